@@ -13,7 +13,11 @@ use serde::Deserialize;
 
 /// The `relay` command line.
 #[derive(Debug, Parser)]
-#[command(name = "relay", version, about = "Media relay with scoped, audited drop rules")]
+#[command(
+    name = "relay",
+    version,
+    about = "Media relay with scoped, audited drop rules"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// What to do; `serve` when absent.
@@ -28,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Work with the audit log.
     Audit {
         /// The audit action.
@@ -211,7 +215,10 @@ impl ServeArgs {
         }
         let limits = Limits {
             max_rooms: args.max_rooms.unwrap_or(10_000),
-            max_participants: args.max_participants.unwrap_or(1_000).min(u16::MAX as usize),
+            max_participants: args
+                .max_participants
+                .unwrap_or(1_000)
+                .min(u16::MAX as usize),
             max_tracks: args.max_tracks.unwrap_or(32),
         };
         Ok(Config {
@@ -259,7 +266,11 @@ mod tests {
     fn flags_beat_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");
-        std::fs::write(&path, "media = \"127.0.0.1:5000\"\nworkers = 3\nmax-tracks = 4\n").unwrap();
+        std::fs::write(
+            &path,
+            "media = \"127.0.0.1:5000\"\nworkers = 3\nmax-tracks = 4\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(path),
             workers: Some(1),

@@ -21,7 +21,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Serve(args)) => args.resolve().and_then(serve),
         None => cli.serve.resolve().and_then(serve),
-        Some(Command::Audit { .. }) => Err(anyhow::anyhow!("the audit log is not available in this build")),
+        Some(Command::Audit { .. }) => Err(anyhow::anyhow!(
+            "the audit log is not available in this build"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

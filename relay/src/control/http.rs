@@ -37,11 +37,7 @@ struct Shared {
 
 impl ControlServer {
     /// Binds `addr` and starts serving `state`.
-    pub fn start(
-        addr: SocketAddr,
-        state: State,
-        token: Option<String>,
-    ) -> anyhow::Result<Self> {
+    pub fn start(addr: SocketAddr, state: State, token: Option<String>) -> anyhow::Result<Self> {
         let server = Arc::new(
             Server::http(addr)
                 .map_err(|e| anyhow::anyhow!("binding the control API to {addr}: {e}"))?,
@@ -231,7 +227,10 @@ fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
 
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("missing_body", "a JSON body is required"));
+        return Err(ApiError::bad_request(
+            "missing_body",
+            "a JSON body is required",
+        ));
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))

@@ -18,9 +18,7 @@ use super::api::{
 use crate::config::Limits;
 use crate::io::DataPlane;
 use crate::packet::rtp::Ssrc;
-use crate::route::{
-    Blocks, MemberSpec, ParticipantCounters, Room, RoomId, Subscription, Update,
-};
+use crate::route::{Blocks, MemberSpec, ParticipantCounters, Room, RoomId, Subscription, Update};
 
 /// Where a participant's region came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +96,10 @@ impl State {
         if self.rooms.len() >= self.limits.max_rooms {
             return Err(ApiError::conflict(
                 "too_many_rooms",
-                format!("the relay already has {} rooms, its limit", self.limits.max_rooms),
+                format!(
+                    "the relay already has {} rooms, its limit",
+                    self.limits.max_rooms
+                ),
             ));
         }
         let id = RoomId(self.next_room);
@@ -296,10 +297,17 @@ impl State {
             if other == id {
                 continue;
             }
-            if let Some(t) = p.tracks.iter().find(|t| tracks.iter().any(|n| n.ssrc == t.ssrc)) {
+            if let Some(t) = p
+                .tracks
+                .iter()
+                .find(|t| tracks.iter().any(|n| n.ssrc == t.ssrc))
+            {
                 return Err(ApiError::conflict(
                     "ssrc_in_use",
-                    format!("ssrc {} already belongs to participant {other} of room {room}", t.ssrc),
+                    format!(
+                        "ssrc {} already belongs to participant {other} of room {room}",
+                        t.ssrc
+                    ),
                 ));
             }
         }
@@ -451,7 +459,11 @@ fn compile(r: &RoomState) -> Result<Room, ApiError> {
         })
         .collect();
     Room::compile(&specs).map_err(|e| {
-        ApiError::new(500, "compile_failed", format!("room could not be compiled: {e:?}"))
+        ApiError::new(
+            500,
+            "compile_failed",
+            format!("room could not be compiled: {e:?}"),
+        )
     })
 }
 
@@ -514,7 +526,9 @@ mod tests {
     #[test]
     fn addresses() {
         assert_eq!(
-            parse_address("[::ffff:127.0.0.1]:5000").unwrap().to_string(),
+            parse_address("[::ffff:127.0.0.1]:5000")
+                .unwrap()
+                .to_string(),
             "127.0.0.1:5000"
         );
         assert!(parse_address("127.0.0.1:0").is_err());

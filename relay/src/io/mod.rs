@@ -172,7 +172,10 @@ impl DataPlane {
         let mut expected = 0;
         for w in &self.workers {
             for u in &updates {
-                if w.tx.send(Message::Update(u.clone(), ack_tx.clone())).is_ok() {
+                if w.tx
+                    .send(Message::Update(u.clone(), ack_tx.clone()))
+                    .is_ok()
+                {
                     expected += 1;
                 }
             }

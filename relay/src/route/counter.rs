@@ -27,7 +27,10 @@ impl Counter {
     pub fn add(&self, worker: usize, n: u64) {
         if let Some(cell) = self.cells.get(worker) {
             // Single writer per cell: a plain load and store is enough and avoids a locked add.
-            cell.store(cell.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+            cell.store(
+                cell.load(Ordering::Relaxed).wrapping_add(n),
+                Ordering::Relaxed,
+            );
         }
     }
 

@@ -157,7 +157,10 @@ impl Room {
                         continue;
                     }
                     match &receiver.blocks.receive[kind.index()] {
-                        Some(rule) => match receive_blocks.iter_mut().find(|(x, _)| Arc::ptr_eq(x, rule)) {
+                        Some(rule) => match receive_blocks
+                            .iter_mut()
+                            .find(|(x, _)| Arc::ptr_eq(x, rule))
+                        {
                             Some((_, n)) => *n += 1,
                             None => receive_blocks.push((rule.clone(), 1)),
                         },

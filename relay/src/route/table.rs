@@ -141,7 +141,10 @@ impl Table {
         };
         for m in old.members.iter() {
             if let Some(addr) = m.addr
-                && self.by_addr.get(&addr).is_some_and(|(r, _)| Arc::ptr_eq(r, old))
+                && self
+                    .by_addr
+                    .get(&addr)
+                    .is_some_and(|(r, _)| Arc::ptr_eq(r, old))
             {
                 self.by_addr.remove(&addr);
             }
@@ -265,7 +268,9 @@ fn route_rtcp(
                 let rule = member.blocks.send[kind]
                     .as_ref()
                     .map(|r| &r.dropped_send)
-                    .or(member.blocks.receive[kind].as_ref().map(|r| &r.dropped_receive))
+                    .or(member.blocks.receive[kind]
+                        .as_ref()
+                        .map(|r| &r.dropped_receive))
                     .or(owner.blocks.send[kind].as_ref().map(|r| &r.dropped_send));
                 if let Some(counter) = rule {
                     counter.add(worker, 1);

@@ -37,7 +37,10 @@ fn route(table: &Table, from: u16, buf: &[u8]) -> (Verdict, Vec<SocketAddr>) {
 
 fn table_with(specs: &[MemberSpec]) -> Table {
     let mut t = Table::new();
-    t.apply(Update::Room(RoomId(1), Arc::new(Room::compile(specs).unwrap())));
+    t.apply(Update::Room(
+        RoomId(1),
+        Arc::new(Room::compile(specs).unwrap()),
+    ));
     t
 }
 
@@ -48,18 +51,39 @@ fn fan_out_reaches_everyone_else() {
         member("b", Some(2), &[(22, MediaKind::Video)]),
         member("c", Some(3), &[]),
     ]);
-    assert_eq!(route(&t, 1, &rtp(11)), (Verdict::Forward(2), vec![addr(2), addr(3)]));
-    assert_eq!(route(&t, 2, &rtp(22)), (Verdict::Forward(2), vec![addr(1), addr(3)]));
+    assert_eq!(
+        route(&t, 1, &rtp(11)),
+        (Verdict::Forward(2), vec![addr(2), addr(3)])
+    );
+    assert_eq!(
+        route(&t, 2, &rtp(22)),
+        (Verdict::Forward(2), vec![addr(1), addr(3)])
+    );
 }
 
 #[test]
 fn unknown_source_and_undeclared_ssrc_drop() {
-    let t = table_with(&[member("a", Some(1), &[(11, MediaKind::Audio)]), member("b", Some(2), &[])]);
-    assert_eq!(route(&t, 9, &rtp(11)).0, Verdict::Drop(DropReason::UnknownSource));
-    assert_eq!(route(&t, 1, &rtp(12)).0, Verdict::Drop(DropReason::UndeclaredSsrc));
+    let t = table_with(&[
+        member("a", Some(1), &[(11, MediaKind::Audio)]),
+        member("b", Some(2), &[]),
+    ]);
+    assert_eq!(
+        route(&t, 9, &rtp(11)).0,
+        Verdict::Drop(DropReason::UnknownSource)
+    );
+    assert_eq!(
+        route(&t, 1, &rtp(12)).0,
+        Verdict::Drop(DropReason::UndeclaredSsrc)
+    );
     // b is in the room but declared no track.
-    assert_eq!(route(&t, 2, &rtp(11)).0, Verdict::Drop(DropReason::UndeclaredSsrc));
-    assert_eq!(route(&t, 1, &[0x80, 96, 0]).0, Verdict::Drop(DropReason::MalformedRtp));
+    assert_eq!(
+        route(&t, 2, &rtp(11)).0,
+        Verdict::Drop(DropReason::UndeclaredSsrc)
+    );
+    assert_eq!(
+        route(&t, 1, &[0x80, 96, 0]).0,
+        Verdict::Drop(DropReason::MalformedRtp)
+    );
     assert_eq!(route(&t, 1, &[22, 3, 1]).0, Verdict::Drop(DropReason::Dtls));
     assert_eq!(route(&t, 1, &[99]).0, Verdict::Drop(DropReason::NotMedia));
     assert_eq!(route(&t, 1, &[]).0, Verdict::Drop(DropReason::NotMedia));
@@ -82,7 +106,11 @@ fn subscriptions_limit_fan_out() {
 fn rules_shape_fan_out_and_count() {
     let send = Arc::new(RuleCounters::new(1));
     let recv = Arc::new(RuleCounters::new(1));
-    let mut a = member("a", Some(1), &[(11, MediaKind::Audio), (12, MediaKind::Video)]);
+    let mut a = member(
+        "a",
+        Some(1),
+        &[(11, MediaKind::Audio), (12, MediaKind::Video)],
+    );
     a.blocks.send[MediaKind::Video.index()] = Some(send.clone());
     let mut c = member("c", Some(3), &[]);
     c.blocks.receive[MediaKind::Audio.index()] = Some(recv.clone());
@@ -95,9 +123,15 @@ fn rules_shape_fan_out_and_count() {
 
 #[test]
 fn removing_a_room_forgets_its_addresses() {
-    let mut t = table_with(&[member("a", Some(1), &[(11, MediaKind::Audio)]), member("b", Some(2), &[])]);
+    let mut t = table_with(&[
+        member("a", Some(1), &[(11, MediaKind::Audio)]),
+        member("b", Some(2), &[]),
+    ]);
     t.apply(Update::RemoveRoom(RoomId(1)));
-    assert_eq!(route(&t, 1, &rtp(11)).0, Verdict::Drop(DropReason::UnknownSource));
+    assert_eq!(
+        route(&t, 1, &rtp(11)).0,
+        Verdict::Drop(DropReason::UnknownSource)
+    );
     assert_eq!(t.rooms(), 0);
 }
 
@@ -108,10 +142,16 @@ fn replacing_a_room_drops_a_removed_member() {
         member("b", Some(2), &[]),
         member("c", Some(3), &[]),
     ]);
-    let room = Room::compile(&[member("a", Some(1), &[(11, MediaKind::Audio)]), member("b", Some(2), &[])]);
+    let room = Room::compile(&[
+        member("a", Some(1), &[(11, MediaKind::Audio)]),
+        member("b", Some(2), &[]),
+    ]);
     t.apply(Update::Room(RoomId(1), Arc::new(room.unwrap())));
     assert_eq!(route(&t, 1, &rtp(11)).1, vec![addr(2)]);
-    assert_eq!(route(&t, 3, &rtp(11)).0, Verdict::Drop(DropReason::UnknownSource));
+    assert_eq!(
+        route(&t, 3, &rtp(11)).0,
+        Verdict::Drop(DropReason::UnknownSource)
+    );
 }
 
 #[test]
@@ -126,6 +166,9 @@ fn duplicate_ssrc_is_refused() {
 
 #[test]
 fn members_without_address_get_nothing() {
-    let t = table_with(&[member("a", Some(1), &[(11, MediaKind::Audio)]), member("b", None, &[])]);
+    let t = table_with(&[
+        member("a", Some(1), &[(11, MediaKind::Audio)]),
+        member("b", None, &[]),
+    ]);
     assert_eq!(route(&t, 1, &rtp(11)), (Verdict::Forward(0), vec![]));
 }
