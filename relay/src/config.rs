@@ -90,9 +90,19 @@ pub struct ServeArgs {
     /// Datagrams per receive batch [default: 64].
     #[arg(long, env = "RELAY_RECV_BATCH")]
     pub recv_batch: Option<usize>,
-    /// Sends per sendmmsg at most [default: 1024].
+    /// Sends queued before they are submitted (one sendmmsg or io_uring submit) [default: 1024].
     #[arg(long, env = "RELAY_SEND_BATCH")]
     pub send_batch: Option<usize>,
+    /// Receive buffers per worker in the io_uring buffer ring, a power of two [default: 1024].
+    #[arg(long, env = "RELAY_RING_BUFFERS")]
+    pub ring_buffers: Option<usize>,
+    /// Send bursts of equal-size packets to a receiver as one UDP GSO send [default: true].
+    #[arg(long, env = "RELAY_GSO")]
+    pub gso: Option<bool>,
+    /// Spin instead of sleeping when idle: lower latency for a whole core per worker
+    /// [default: false].
+    #[arg(long, env = "RELAY_BUSY_POLL")]
+    pub busy_poll: Option<bool>,
     /// Most rooms at once [default: 10000].
     #[arg(long, env = "RELAY_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
@@ -133,8 +143,14 @@ pub struct Config {
     pub socket_buffer: usize,
     /// Datagrams per receive batch.
     pub recv_batch: usize,
-    /// Sends per sendmmsg at most.
+    /// Sends queued before they are submitted.
     pub send_batch: usize,
+    /// io_uring receive buffers per worker.
+    pub ring_buffers: usize,
+    /// UDP GSO for bursts.
+    pub gso: bool,
+    /// Spin instead of sleeping.
+    pub busy_poll: bool,
     /// API limits.
     pub limits: Limits,
     /// Log filter.
@@ -179,6 +195,9 @@ impl ServeArgs {
             socket_buffer: self.socket_buffer.or(other.socket_buffer),
             recv_batch: self.recv_batch.or(other.recv_batch),
             send_batch: self.send_batch.or(other.send_batch),
+            ring_buffers: self.ring_buffers.or(other.ring_buffers),
+            gso: self.gso.or(other.gso),
+            busy_poll: self.busy_poll.or(other.busy_poll),
             max_rooms: self.max_rooms.or(other.max_rooms),
             max_participants: self.max_participants.or(other.max_participants),
             max_tracks: self.max_tracks.or(other.max_tracks),
@@ -236,7 +255,15 @@ impl ServeArgs {
             pin: args.pin.unwrap_or(true),
             socket_buffer: args.socket_buffer.unwrap_or(4 << 20),
             recv_batch: args.recv_batch.unwrap_or(64).clamp(1, 1024),
-            send_batch: args.send_batch.unwrap_or(1024).clamp(1, 1024),
+            send_batch: args.send_batch.unwrap_or(1024).clamp(1, 4096),
+            ring_buffers: match args.ring_buffers {
+                Some(n) if !(64..=32768).contains(&n) || !n.is_power_of_two() => {
+                    bail!("--ring-buffers must be a power of two from 64 to 32768")
+                }
+                n => n.unwrap_or(1024),
+            },
+            gso: args.gso.unwrap_or(true),
+            busy_poll: args.busy_poll.unwrap_or(false),
             limits,
             log: args.log.unwrap_or_else(|| "info".into()),
         })
