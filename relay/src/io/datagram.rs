@@ -19,7 +19,10 @@ pub(crate) trait Output {
     fn forward(&mut self, dest: &SockAddr);
     /// Queues a datagram the relay made itself (a STUN response) for `dest`. The bytes are
     /// copied: the caller may reuse its buffer at once.
-    #[allow(dead_code, reason = "the STUN handler calls it from `Datapath::handle`")]
+    #[allow(
+        dead_code,
+        reason = "the STUN handler calls it from `Datapath::handle`"
+    )]
     fn reply(&mut self, dest: &SockAddr, bytes: &[u8]);
 }
 

@@ -235,7 +235,8 @@ impl SendQueue {
                     segment,
                     ..
                 } => {
-                    hdr.msg_hdr.msg_iov = ptr::from_ref(&batch.send_iovs[first as usize]).cast_mut();
+                    hdr.msg_hdr.msg_iov =
+                        ptr::from_ref(&batch.send_iovs[first as usize]).cast_mut();
                     hdr.msg_hdr.msg_iovlen = usize::from(count) as _;
                     if count > 1 {
                         self.cmsgs[i] = SegmentCmsg::new(segment);
@@ -260,7 +261,10 @@ impl SendQueue {
             // SAFETY: each header points at a live slot iovec or reply, a room's address, and a
             // control message of this queue, none of which change until the call returns.
             let (n, err) = unsafe { send::sendmmsg(fd, &mut self.hdrs[start..]) };
-            for (h, e) in self.hdrs[start..start + n].iter().zip(&self.plan.entries()[start..]) {
+            for (h, e) in self.hdrs[start..start + n]
+                .iter()
+                .zip(&self.plan.entries()[start..])
+            {
                 let segments = e.segments();
                 self.sent.packets += segments;
                 self.sent.bytes += u64::from(h.msg_len);
@@ -277,12 +281,12 @@ impl SendQueue {
                     self.gso_fallbacks += 1;
                     tracing::warn!(error = %err, "the kernel refused GSO: sending datagrams one by one");
                 }
-                let h = &self.hdrs[start].msg_hdr;
-                // SAFETY: as above; the header's iovecs are `segments` live slot iovecs.
-                let s = unsafe {
-                    let iovs = std::slice::from_raw_parts(h.msg_iov, h.msg_iovlen as usize);
-                    send::send_each(fd, &*e.dest, iovs)
+                let What::Run { first, count, .. } = e.what else {
+                    unreachable!("only runs have several segments");
                 };
+                let iovs = &batch.send_iovs[first as usize..][..usize::from(count)];
+                // SAFETY: the iovecs point into live slots and the destination into a live room.
+                let s = unsafe { send::send_each(fd, &*e.dest, iovs) };
                 self.sent.packets += s.packets;
                 self.sent.bytes += s.bytes;
                 self.sent.errors += s.errors;

@@ -48,7 +48,10 @@ pub(crate) enum What {
         last: u16,
     },
     /// Reply slot `n` of the plan.
-    #[allow(dead_code, reason = "made by `push_reply`, which the STUN handler calls")]
+    #[allow(
+        dead_code,
+        reason = "made by `push_reply`, which the STUN handler calls"
+    )]
     Reply(u16),
 }
 
@@ -132,7 +135,10 @@ impl Plan {
 
     /// Plans a reply to `dest`. Returns false when the plan is full (flush, then push again), and
     /// drops a reply too large for a slot (which the caller never makes).
-    #[allow(dead_code, reason = "the STUN handler calls it through `Output::reply`")]
+    #[allow(
+        dead_code,
+        reason = "the STUN handler calls it through `Output::reply`"
+    )]
     pub(crate) fn push_reply(&mut self, dest: &SockAddr, bytes: &[u8]) -> bool {
         if self.is_full() || self.used_replies == REPLY_SLOTS {
             return false;
@@ -237,7 +243,11 @@ mod tests {
             .map(|e| match e.what {
                 What::Run { first, count, .. } => {
                     // SAFETY: the test keeps the addresses alive.
-                    (unsafe { &*e.dest }.as_socket().unwrap().port(), first, count)
+                    (
+                        unsafe { &*e.dest }.as_socket().unwrap().port(),
+                        first,
+                        count,
+                    )
                 }
                 What::Reply(_) => (0, 0, 0),
             })
@@ -279,7 +289,14 @@ mod tests {
         plan.push(&c);
         assert_eq!(
             runs(&plan),
-            vec![(2, 0, 1), (2, 1, 1), (3, 2, 1), (3, 4, 1), (3, 5, 1), (3, 6, 1)]
+            vec![
+                (2, 0, 1),
+                (2, 1, 1),
+                (3, 2, 1),
+                (3, 4, 1),
+                (3, 5, 1),
+                (3, 6, 1)
+            ]
         );
     }
 

@@ -143,12 +143,15 @@ mod tests {
             let addr: SocketAddr = text.parse().unwrap();
             let sa = socket2::SockAddr::from(addr);
             // SAFETY: as_ptr points at sa.len() initialised bytes owned by sa.
-            let bytes = unsafe { std::slice::from_raw_parts(sa.as_ptr().cast::<u8>(), sa.len() as usize) };
+            let bytes =
+                unsafe { std::slice::from_raw_parts(sa.as_ptr().cast::<u8>(), sa.len() as usize) };
             assert_eq!(name_to_addr(bytes), Some(addr), "{text}");
         }
         let mapped = socket2::SockAddr::from("[::ffff:10.1.2.3]:9".parse::<SocketAddr>().unwrap());
         // SAFETY: as above.
-        let bytes = unsafe { std::slice::from_raw_parts(mapped.as_ptr().cast::<u8>(), mapped.len() as usize) };
+        let bytes = unsafe {
+            std::slice::from_raw_parts(mapped.as_ptr().cast::<u8>(), mapped.len() as usize)
+        };
         assert_eq!(name_to_addr(bytes), Some("10.1.2.3:9".parse().unwrap()));
         assert_eq!(name_to_addr(&[]), None);
         assert_eq!(name_to_addr(&[2, 0, 1]), None);

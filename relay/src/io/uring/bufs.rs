@@ -67,9 +67,7 @@ impl BufRing {
     pub(super) fn register(&self, submitter: &io_uring::Submitter<'_>) -> io::Result<()> {
         // SAFETY: the ring memory stays allocated and in place until this value is dropped,
         // which happens only after the io_uring instance is gone or the group unregistered.
-        unsafe {
-            submitter.register_buf_ring_with_flags(self.ring as u64, self.entries, GROUP, 0)
-        }
+        unsafe { submitter.register_buf_ring_with_flags(self.ring as u64, self.entries, GROUP, 0) }
     }
 
     /// The number of buffers.

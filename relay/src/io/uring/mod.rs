@@ -59,7 +59,10 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
         Ok(u) => u,
         Err(e) => {
             let kind = e.kind();
-            ready(Err(io::Error::new(kind, format!("io_uring worker set-up: {e}"))));
+            ready(Err(io::Error::new(
+                kind,
+                format!("io_uring worker set-up: {e}"),
+            )));
             return Err(e);
         }
     };
@@ -300,7 +303,10 @@ impl Uring {
             let ts = Timespec::new().sec(1);
             let args = SubmitArgs::new().timespec(&ts);
             if let Err(e) = self.ring.submitter().submit_with_args(1, &args)
-                && !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY))
+                && !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                )
             {
                 tracing::warn!(error = %e, "io_uring wait failed");
             }
@@ -336,7 +342,12 @@ impl Uring {
         // waiting for one completion (with a zero timeout when spinning) asks for.
         match self.ring.submitter().submit_with_args(1, &args) {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
                 Ok(())
             }
             Err(e) => Err(e),
@@ -411,7 +422,7 @@ impl Uring {
                 }
             }
         }
-        if !(self.records.idle() && !self.recv_armed) {
+        if !self.records.idle() || self.recv_armed {
             tracing::warn!("io_uring did not drain at shutdown: leaking its buffers");
             self.records.leak();
             let bufs = mem::replace(

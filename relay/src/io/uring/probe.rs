@@ -35,7 +35,9 @@ pub(crate) fn probe() -> Result<(), String> {
         (opcode::AsyncCancel::CODE, "async_cancel"),
     ] {
         if !probe.is_supported(code) {
-            return Err(format!("the kernel does not support the io_uring {name} operation"));
+            return Err(format!(
+                "the kernel does not support the io_uring {name} operation"
+            ));
         }
     }
     // One buffer: the first datagram fills it, the second ends the multishot with ENOBUFS, so

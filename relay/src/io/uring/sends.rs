@@ -151,7 +151,9 @@ impl Drop for Records {
         // SAFETY: both were made by Box::into_raw of boxed slices of these lengths in `new`, and
         // the owner drops this value only once nothing is in flight.
         unsafe {
-            drop(Box::from_raw(ptr::slice_from_raw_parts_mut(self.base, self.len)));
+            drop(Box::from_raw(ptr::slice_from_raw_parts_mut(
+                self.base, self.len,
+            )));
             drop(Box::from_raw(ptr::slice_from_raw_parts_mut(
                 self.replies,
                 self.reply_count,
