@@ -1,1 +1,4 @@
 //! Relay library.
+
+pub mod rules;
+pub mod store;
