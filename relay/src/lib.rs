@@ -1,1 +1,3 @@
 //! Relay library.
+
+pub mod packet;
