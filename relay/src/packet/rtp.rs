@@ -336,7 +336,10 @@ mod tests {
         b[0] = 0x90;
         b[12..16].copy_from_slice(&[0xbe, 0xde, 0x00, 0x01]);
         assert_eq!(Packet::new_checked(&b[..]), Err(Error::BadExtensionLength));
-        assert_eq!(Packet::new_checked(&b[..14]), Err(Error::BadExtensionLength));
+        assert_eq!(
+            Packet::new_checked(&b[..14]),
+            Err(Error::BadExtensionLength)
+        );
         // Declared length 0 fits.
         b[14..16].copy_from_slice(&[0, 0]);
         assert!(Packet::new_checked(&b[..]).is_ok());
@@ -366,7 +369,10 @@ mod tests {
 
     #[test]
     fn errors_display() {
-        assert_eq!(Error::BadPadding.to_string(), "RTP padding count is zero or too large");
+        assert_eq!(
+            Error::BadPadding.to_string(),
+            "RTP padding count is zero or too large"
+        );
         assert_eq!(Ssrc(42).to_string(), "42");
     }
 }

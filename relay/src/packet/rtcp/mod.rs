@@ -14,9 +14,20 @@
 //! ```
 //!
 //! [`compound`] walks the sub-packets of one datagram; [`classify`] (in `route.rs`) tells the
-//! router where the whole datagram goes: along the sender's media ([`Route::Sender`]), back to
-//! the publishers of the media it names ([`Route::Feedback`]), or, for encrypted SRTCP, by its
-//! sender alone ([`Route::Encrypted`]). See [`classify`] for the rules and the SRTCP heuristic.
+//! router where the whole datagram goes:
+//!
+//! - a compound holding an SR is sender information and follows the sender's media
+//!   ([`Route::Sender`]); if it also names media SSRCs (the SR's report blocks, or RTPFB/PSFB
+//!   packets in the same compound) it is *also* feedback to their publishers
+//!   (`also_feedback`), so the caller does both;
+//! - otherwise a compound holding an RR, RTPFB or PSFB is receiver feedback
+//!   ([`Route::Feedback`]) and goes to the publishers of the SSRCs it names: report-block SSRCs,
+//!   the media source of NACK, transport-cc, PLI and other FMTs, the FCI entries of FIR, the
+//!   SSRC list of REMB;
+//! - otherwise (SDES, BYE, APP, XR only) it follows the sender's media;
+//! - SRTCP whose E flag is set is [`Route::Encrypted`]: only its sender SSRC is known.
+//!
+//! See [`classify`] for the exact rules and the SRTCP trailer heuristic.
 //!
 //! Checks, per sub-packet, in this order: 4-byte header present, version 2, the length field
 //! fits in what is left of the datagram, padding only on the last sub-packet with a non-zero
@@ -382,7 +393,10 @@ mod tests {
     #[test]
     fn header_errors() {
         assert_eq!(compound(&[]).next(), None);
-        assert_eq!(compound(&[0x80, 0xc8, 0x00]).next(), Some(Err(Error::Truncated)));
+        assert_eq!(
+            compound(&[0x80, 0xc8, 0x00]).next(),
+            Some(Err(Error::Truncated))
+        );
         let mut b = RR_SDES;
         b[0] = 0x41;
         assert_eq!(compound(&b).next(), Some(Err(Error::BadVersion)));
@@ -407,7 +421,10 @@ mod tests {
         b[0] = 0x82;
         assert_eq!(compound(&b).next(), Some(Err(Error::BadCount)));
         // RR with no sender SSRC.
-        assert_eq!(compound(&[0x80, 0xc9, 0, 0]).next(), Some(Err(Error::Truncated)));
+        assert_eq!(
+            compound(&[0x80, 0xc9, 0, 0]).next(),
+            Some(Err(Error::Truncated))
+        );
         // SDES and BYE with count 0 are fine and name no sender.
         let p = compound(&[0x80, 0xca, 0, 0]).next().unwrap().unwrap();
         assert_eq!(p.sender_ssrc(), None);
@@ -419,13 +436,19 @@ mod tests {
             Some(Err(Error::BadCount))
         );
         // SDES claiming a chunk with no room for it.
-        assert_eq!(compound(&[0x81, 0xca, 0, 0]).next(), Some(Err(Error::BadCount)));
+        assert_eq!(
+            compound(&[0x81, 0xca, 0, 0]).next(),
+            Some(Err(Error::BadCount))
+        );
         // APP needs SSRC and name.
         assert_eq!(
             compound(&[0x80, 0xcc, 0, 1, 0, 0, 0, 1]).next(),
             Some(Err(Error::Truncated))
         );
-        assert_eq!(compound(&[0x80, 0xcf, 0, 0]).next(), Some(Err(Error::Truncated)));
+        assert_eq!(
+            compound(&[0x80, 0xcf, 0, 0]).next(),
+            Some(Err(Error::Truncated))
+        );
         // Unknown types pass with header checks only.
         let p = compound(&[0x80, 0xc3, 0, 0]).next().unwrap().unwrap();
         assert_eq!(p.packet_type(), Type(195));
@@ -451,6 +474,9 @@ mod tests {
         assert_eq!(format!("{:?}", Type::SR), "SR");
         assert_eq!(format!("{:?}", Type::PSFB), "PSFB");
         assert_eq!(format!("{:?}", Type(195)), "Type(0xc3)");
-        assert_eq!(Error::BadLength.to_string(), "RTCP length field runs past the datagram");
+        assert_eq!(
+            Error::BadLength.to_string(),
+            "RTCP length field runs past the datagram"
+        );
     }
 }

@@ -194,7 +194,10 @@ mod tests {
         );
         let blocks = p.report_blocks();
         assert_eq!(blocks.len(), 2);
-        let [a, b] = [blocks.clone().next().unwrap(), blocks.clone().nth(1).unwrap()];
+        let [a, b] = [
+            blocks.clone().next().unwrap(),
+            blocks.clone().nth(1).unwrap(),
+        ];
         assert_eq!(a.ssrc(), Ssrc(0x11));
         assert_eq!(a.fraction_lost(), 0);
         assert_eq!(a.cumulative_lost(), -2);

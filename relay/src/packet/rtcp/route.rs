@@ -236,8 +236,8 @@ mod tests {
 
     // SR from 0xa1 with no block, 28 bytes.
     const SR: [u8; 28] = [
-        0x80, 0xc8, 0x00, 0x06, 0x00, 0x00, 0x00, 0xa1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0,
-        0, 0, 4, 0, 0, 0, 5,
+        0x80, 0xc8, 0x00, 0x06, 0x00, 0x00, 0x00, 0xa1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0,
+        0, 4, 0, 0, 0, 5,
     ];
     // SR from 0xa1 with blocks about 0x11 and 0x22.
     const SR_BLOCKS: [u8; 76] = {
@@ -384,35 +384,15 @@ mod tests {
         let index = [0x80, 0x00, 0x00, 0x2a];
         let tag10 = [0x77u8; 10];
         let b: [u8; 78] = cat(&[&enc, &index, &tag10]);
-        assert_eq!(
-            classify(&b),
-            Ok(Route::Encrypted {
-                sender: Ssrc(0xa1)
-            })
-        );
+        assert_eq!(classify(&b), Ok(Route::Encrypted { sender: Ssrc(0xa1) }));
         let b: [u8; 72] = cat(&[&enc, &index, &tag10[..4]]);
-        assert_eq!(
-            classify(&b),
-            Ok(Route::Encrypted {
-                sender: Ssrc(0xa1)
-            })
-        );
+        assert_eq!(classify(&b), Ok(Route::Encrypted { sender: Ssrc(0xa1) }));
         // AEAD: tag inside the encrypted part, index last.
         let b: [u8; 68] = cat(&[&enc, &index]);
-        assert_eq!(
-            classify(&b),
-            Ok(Route::Encrypted {
-                sender: Ssrc(0xa1)
-            })
-        );
+        assert_eq!(classify(&b), Ok(Route::Encrypted { sender: Ssrc(0xa1) }));
         // A single-packet SRTCP whose index word would parse as an RTCP header of type 0.
         let one: [u8; 36] = cat(&[&SR, &[0x80, 0x00, 0x00, 0x01], &tag10[..4]]);
-        assert_eq!(
-            classify(&one),
-            Ok(Route::Encrypted {
-                sender: Ssrc(0xa1)
-            })
-        );
+        assert_eq!(classify(&one), Ok(Route::Encrypted { sender: Ssrc(0xa1) }));
     }
 
     #[test]
