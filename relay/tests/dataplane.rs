@@ -39,9 +39,14 @@ fn bursts_arrive_byte_identical_with_and_without_gso() {
                 );
             }
             assert_eq!(discard(&socks[0]), 0, "no echo to the sender");
+            // Counters are published after the batch's sends: give the worker a moment.
+            let out = || sum(&plane, |s| &s.packets_out);
+            assert!(
+                wait_until(PATIENT, || out() == 400),
+                "{backend:?} gso={gso}: {}",
+                out()
+            );
             let gso_sends = sum(&plane, |s| &s.gso_sends);
-            let out = sum(&plane, |s| &s.packets_out);
-            assert_eq!(out, 400, "{backend:?} gso={gso}");
             if gso {
                 assert!(gso_sends > 0, "{backend:?}: no GSO send was made");
             } else {
@@ -113,5 +118,26 @@ fn idle_workers_wake_for_changes() {
             "{backend:?}: {:?}",
             t.elapsed()
         );
+    }
+}
+
+/// Busy polling forwards, applies changes and shuts down like the sleeping loop, on both
+/// backends.
+#[test]
+fn busy_poll_forwards_and_stops() {
+    for backend in BACKENDS {
+        let plane = start(backend, |c| c.busy_poll = true);
+        let socks = clients(2);
+        let addrs: Vec<_> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
+        install(&plane, 1, 100, &addrs);
+        let p = rtp(100, 1, 300);
+        socks[0].send_to(&p, plane.local_addr()).unwrap();
+        assert_eq!(recv_n(&socks[1], 1, PATIENT), vec![p], "{backend:?}");
+        install(&plane, 1, 100, &addrs[..1]);
+        socks[0]
+            .send_to(&rtp(100, 2, 300), plane.local_addr())
+            .unwrap();
+        assert!(recv_n(&socks[1], 1, Duration::from_millis(100)).is_empty());
+        drop(plane);
     }
 }
