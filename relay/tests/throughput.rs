@@ -185,3 +185,90 @@ fn pin_self(core: usize) {
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
 }
+
+/// CPU time per datagram of the ways to send 1100-byte datagrams to one loopback receiver:
+/// `sendto`, `send` on a connected socket, `sendmmsg` of 64 (unconnected and connected), and
+/// one UDP GSO send of 8 segments. The loopback send also runs the receiver's delivery.
+#[test]
+#[ignore = "a measurement: run by hand in release mode"]
+fn measure_send_paths() {
+    pin_self(1);
+    let payload = rtp(1, 1, 1100);
+    let burst: Vec<Vec<u8>> = (0..8).map(|_| payload.clone()).collect();
+    let batch: Vec<Vec<u8>> = (0..64).map(|_| payload.clone()).collect();
+    type Send = Box<dyn Fn(&UdpSocket, SocketAddr) -> usize>;
+    let p1 = payload.clone();
+    let p2 = payload.clone();
+    let b1 = batch.clone();
+    let ways: Vec<(&str, bool, Send)> = vec![
+        (
+            "sendto",
+            false,
+            Box::new(move |s, to| {
+                s.send_to(&p1, to).unwrap();
+                1
+            }),
+        ),
+        (
+            "send (connected)",
+            true,
+            Box::new(move |s, _| {
+                s.send(&p2).unwrap();
+                1
+            }),
+        ),
+        (
+            "sendmmsg x64",
+            false,
+            Box::new(move |s, to| {
+                sendmmsg(s, to, &b1);
+                64
+            }),
+        ),
+        (
+            "GSO x8",
+            false,
+            Box::new(move |s, to| {
+                send_burst(s, to, &burst);
+                8
+            }),
+        ),
+    ];
+    for (name, connected, send) in &ways {
+        let mut costs = Vec::new();
+        for _ in 0..5 {
+            let rx = &clients(1)[0];
+            let to = rx.local_addr().unwrap();
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            if *connected {
+                tx.connect(to).unwrap();
+            }
+            let (mut cpu, mut sent) = (0u64, 0usize);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(400) {
+                let t0 = thread_cpu_ns();
+                let mut n = 0;
+                while n < 1024 {
+                    n += send(&tx, to);
+                }
+                cpu += thread_cpu_ns() - t0;
+                sent += n;
+                discard(rx);
+            }
+            costs.push(cpu as f64 / sent as f64);
+        }
+        println!(
+            "{name}: {:.0} ns per datagram (median of 5: {:?})",
+            median(&costs),
+            costs.iter().map(|c| *c as u64).collect::<Vec<_>>()
+        );
+    }
+}
+
+fn thread_cpu_ns() -> u64 {
+    // SAFETY: clock_gettime writes one timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the pointer is to a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -57,15 +57,21 @@ pub fn clients(n: usize) -> Vec<UdpSocket> {
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
             let size: libc::c_int = 4 << 20;
-            // SAFETY: setsockopt reads a c_int from a live pointer.
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUF,
-                    (&raw const size).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                );
+            // Beyond rmem_max where the process may; the plain request otherwise.
+            for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+                // SAFETY: setsockopt reads a c_int from a live pointer.
+                let r = unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        opt,
+                        (&raw const size).cast(),
+                        size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                if r == 0 {
+                    break;
+                }
             }
             s
         })
