@@ -7,7 +7,9 @@
 //!
 //! One worker pinned to core 0; this thread (the load) pinned to core 1. CPU time comes from the
 //! worker's schedstat (nanoseconds on a CPU), so it is the relay's cost alone.
-//! `RELAY_BENCH_CELL="Video10 IoUring gso=false"` runs the cells whose name contains it.
+//! `RELAY_BENCH_CELL="Video10 IoUring gso=false"` runs the cells whose name contains it;
+//! `RELAY_BENCH_RECV_BATCH`, `RELAY_BENCH_SEND_BATCH` and `RELAY_BENCH_RING_BUFFERS` override the
+//! batch sizes.
 
 mod common;
 
@@ -68,6 +70,10 @@ fn run(shape: Shape, backend: BackendChoice, gso: bool) -> (f64, f64) {
     let plane = start(backend, |c| {
         c.gso = gso;
         c.pin = true;
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        c.recv_batch = var("RELAY_BENCH_RECV_BATCH").unwrap_or(c.recv_batch);
+        c.send_batch = var("RELAY_BENCH_SEND_BATCH").unwrap_or(c.send_batch);
+        c.ring_buffers = var("RELAY_BENCH_RING_BUFFERS").unwrap_or(c.ring_buffers);
     });
     let to = plane.local_addr();
     // Every member's socket stays open (a closed one would answer with ICMP errors).

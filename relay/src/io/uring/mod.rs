@@ -159,7 +159,7 @@ impl Uring {
             }
             if !self.recv_armed && self.bufs.any_free() {
                 self.push(
-                    &opcode::RecvMsgMulti::new(SOCKET_SLOT, &*self.recv_hdr, bufs::GROUP).build(),
+                    opcode::RecvMsgMulti::new(SOCKET_SLOT, &*self.recv_hdr, bufs::GROUP).build(),
                     RECV,
                 )?;
                 self.recv_armed = true;
@@ -167,7 +167,7 @@ impl Uring {
             }
             if !self.wake_armed {
                 let poll = opcode::PollAdd::new(WAKE_SLOT, libc::POLLIN as u32).multi(true);
-                self.push(&poll.build(), WAKE)?;
+                self.push(poll.build(), WAKE)?;
                 self.wake_armed = true;
             }
             self.enter(!self.busy_poll)?;
@@ -286,7 +286,7 @@ impl Uring {
                 }
             }
             let sqe = opcode::SendMsg::new(SOCKET_SLOT, hdr).build();
-            if self.push(&sqe, u64::from(idx)).is_err() {
+            if self.push(sqe, u64::from(idx)).is_err() {
                 // Unreachable: push submits to make room. Give the record back untouched.
                 self.complete(idx, -libc::EAGAIN);
             }
@@ -315,8 +315,8 @@ impl Uring {
     }
 
     /// Pushes one submission, submitting first when the queue is full.
-    fn push(&mut self, sqe: &squeue::Entry, user_data: u64) -> io::Result<()> {
-        let sqe = sqe.clone().user_data(user_data);
+    fn push(&mut self, sqe: squeue::Entry, user_data: u64) -> io::Result<()> {
+        let sqe = sqe.user_data(user_data);
         for _ in 0..2 {
             // SAFETY: every submission points at memory that lives until its completion: the
             // receive header and buffer ring (owned by self, freed only after `drain`), and send
@@ -406,7 +406,7 @@ impl Uring {
     fn drain(&mut self) {
         for target in [RECV, WAKE] {
             let cancel = opcode::AsyncCancel::new(target).build();
-            let _ = self.push(&cancel, CANCEL);
+            let _ = self.push(cancel, CANCEL);
         }
         for _ in 0..50 {
             if self.records.idle() && !self.recv_armed && !self.wake_armed {
