@@ -141,3 +141,80 @@ fn busy_poll_forwards_and_stops() {
         drop(plane);
     }
 }
+
+/// When the kernel refuses GSO on the relay's socket (here: SO_NO_CHECK, with which Linux
+/// refuses UDP_SEGMENT with EINVAL), the worker turns GSO off once, resends the refused runs one
+/// datagram at a time, and nothing is lost or changed.
+#[test]
+fn refused_gso_falls_back_without_loss() {
+    for backend in BACKENDS {
+        let plane = start(backend, |c| c.gso = true);
+        refuse_gso(plane.local_addr());
+        let socks = clients(3);
+        let addrs: Vec<_> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
+        install(&plane, 1, 100, &addrs);
+        let mut sent = Vec::new();
+        for burst in 0..5u16 {
+            let packets: Vec<Vec<u8>> = (0..6u16)
+                .map(|i| rtp(100, burst * 6 + i, if i == 5 { 50 } else { 700 }))
+                .collect();
+            send_burst(&socks[0], plane.local_addr(), &packets);
+            sent.extend(packets);
+        }
+        for r in &socks[1..] {
+            let got = recv_n(r, sent.len(), PATIENT);
+            assert!(
+                got == sent,
+                "{backend:?}: got {} of {}",
+                got.len(),
+                sent.len()
+            );
+        }
+        let out = || sum(&plane, |s| &s.packets_out);
+        assert!(
+            wait_until(PATIENT, || out() == 60),
+            "{backend:?}: {}",
+            out()
+        );
+        assert_eq!(sum(&plane, |s| &s.gso_fallbacks), 1, "{backend:?}");
+        assert_eq!(sum(&plane, |s| &s.gso_sends), 0, "{backend:?}");
+        assert_eq!(sum(&plane, |s| &s.send_errors), 0, "{backend:?}");
+    }
+}
+
+/// Finds this process's socket bound to `addr` and sets SO_NO_CHECK on it.
+fn refuse_gso(addr: std::net::SocketAddr) {
+    let mut found = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: a zeroed sockaddr_storage is valid.
+        let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: getsockname writes at most `len` bytes into `name`; a descriptor that is not a
+        // socket (or was closed meanwhile by another test) just fails.
+        if unsafe { libc::getsockname(fd, (&raw mut name).cast(), &mut len) } != 0 {
+            continue;
+        }
+        // SAFETY: the kernel wrote `len` bytes of a socket address into `name`.
+        let bound = unsafe { socket2::SockAddr::new(name, len) };
+        if bound.as_socket() != Some(addr) {
+            continue;
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads a c_int from a live pointer.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        found += 1;
+    }
+    assert_eq!(found, 1, "the worker socket");
+}
