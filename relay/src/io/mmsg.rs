@@ -212,20 +212,61 @@ impl SendQueue {
     }
 }
 
-/// Converts a kernel socket address, mapping IPv4-mapped IPv6 addresses to plain IPv4 so that a
-/// dual-stack socket sees the addresses participants were registered with.
+/// Converts a kernel socket address without copying the whole storage, mapping IPv4-mapped IPv6
+/// addresses to plain IPv4 so that a dual-stack socket sees the addresses participants were
+/// registered with.
 pub(crate) fn sockaddr_to_std(
     storage: &libc::sockaddr_storage,
     len: libc::socklen_t,
 ) -> Option<SocketAddr> {
-    // SAFETY: storage is a fully initialised sockaddr_storage, and len is what the kernel wrote.
-    let addr = unsafe { SockAddr::new(*storage, len) };
-    let std = addr.as_socket()?;
-    Some(match std {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => std,
-        },
-        v4 => v4,
-    })
+    let len = len as usize;
+    match i32::from(storage.ss_family) {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, and it is large enough.
+            let a = unsafe { &*ptr::from_ref(storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::new(ip.into(), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in6, and it is large enough.
+            let a = unsafe { &*ptr::from_ref(storage).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            let port = u16::from_be(a.sin6_port);
+            Some(match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), port),
+                None => SocketAddr::V6(std::net::SocketAddrV6::new(
+                    ip,
+                    port,
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                )),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(addr: SocketAddr) -> Option<SocketAddr> {
+        let s = SockAddr::from(addr);
+        // SAFETY: SockAddr holds a sockaddr_storage-sized, initialised buffer.
+        let storage = unsafe { *s.as_ptr().cast::<libc::sockaddr_storage>() };
+        sockaddr_to_std(&storage, s.len())
+    }
+
+    #[test]
+    fn addresses_convert() {
+        for a in ["192.0.2.1:5004", "[2001:db8::1]:5004", "127.0.0.1:1"] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(roundtrip(a), Some(a));
+        }
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:9".parse().unwrap();
+        assert_eq!(roundtrip(mapped), Some("192.0.2.7:9".parse().unwrap()));
+        // SAFETY: an all-zero sockaddr_storage is valid (family AF_UNSPEC).
+        let zero: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        assert_eq!(sockaddr_to_std(&zero, 0), None);
+    }
 }
