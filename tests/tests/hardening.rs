@@ -104,6 +104,17 @@ fn socket_drops(port: u16) -> u64 {
         .sum()
 }
 
+/// CPU time the process has used (user + system), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // SAFETY: sysconf has no memory arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis((f[10] + f[11]) * 1000 / hz)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -135,6 +146,7 @@ fn garbage_floods_are_dropped_counted_and_a_real_stream_loses_nothing() {
     relay.ok("PUT", "/v1/rooms/r/participants/k", Some(&body));
 
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = cpu_time(relay.pid());
     let unknown = UdpSocket::bind("127.0.0.1:0").unwrap();
     let f = flood(
         vec![unknown, known],
@@ -151,6 +163,13 @@ fn garbage_floods_are_dropped_counted_and_a_real_stream_loses_nothing() {
     let got = b.recv_n(100, PATIENT);
     stop.store(true, Ordering::Relaxed);
     let sent = f.join().unwrap();
+    let cpu = cpu_time(relay.pid()) - cpu_before;
+    let read = relay.metric("relay_packets_in_total");
+    eprintln!(
+        "flood: {sent} sent, {read} read by the relay, {} dropped by the kernel; relay CPU {cpu:?} = {:.2} us per datagram read",
+        socket_drops(relay.media.port()),
+        cpu.as_secs_f64() * 1e6 / read.max(1) as f64
+    );
     assert_eq!(
         got.len(),
         100,
