@@ -25,7 +25,7 @@ use super::worker::Worker;
 pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<()> {
     let fd = w.socket.as_raw_fd();
     let gso = w.settings.gso && send::gso_supported(fd);
-    let mut path = Datapath::new(w.index);
+    let mut path = Datapath::new(w.index, w.latches.clone());
     let mut batch = RecvBatch::new(w.settings.recv_batch, SLOT_SIZE);
     let mut queue = SendQueue::new(w.settings.send_batch, gso);
     ready(Ok(()));
@@ -42,6 +42,7 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
             }
             continue;
         }
+        path.begin_batch();
         for k in 0..n {
             let (src, bytes, truncated) = batch.datagram(k);
             queue.plan.begin(k as u32, bytes.len());
@@ -224,8 +225,12 @@ impl SendQueue {
         for (i, e) in self.plan.entries().iter().enumerate() {
             // SAFETY: a zeroed mmsghdr is valid; the fields set below are the only ones read.
             let mut hdr: libc::mmsghdr = unsafe { mem::zeroed() };
-            // SAFETY: the destination lives in a compiled room the worker holds until the flush.
-            let dest = unsafe { &*e.dest };
+            let dest = match e.what {
+                // SAFETY: the destination lives in a compiled room the worker holds until the
+                // flush.
+                What::Run { .. } => unsafe { &*e.dest },
+                What::Reply(n) => self.plan.reply(n).0,
+            };
             hdr.msg_hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
             hdr.msg_hdr.msg_namelen = dest.len();
             match e.what {
@@ -245,7 +250,7 @@ impl SendQueue {
                     }
                 }
                 What::Reply(n) => {
-                    let bytes = self.plan.reply(n);
+                    let (_, bytes) = self.plan.reply(n);
                     self.reply_iovs[usize::from(n)] = libc::iovec {
                         iov_base: bytes.as_ptr() as *mut libc::c_void,
                         iov_len: bytes.len(),

@@ -25,12 +25,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 pub use stats::WorkerStats;
 
 use crate::config::BackendChoice;
-use crate::route::Update;
+use crate::route::{Latch, Update};
 use worker::{Message, Settings, Worker};
 
 /// The backend that moves datagrams.
@@ -99,6 +99,7 @@ pub struct DataPlane {
     workers: Vec<WorkerHandle>,
     local_addr: SocketAddr,
     backend: Backend,
+    latches: Receiver<Latch>,
 }
 
 struct WorkerHandle {
@@ -110,6 +111,9 @@ struct WorkerHandle {
 
 /// The largest datagram a worker forwards; larger ones are counted as oversize and dropped.
 pub const SLOT_SIZE: usize = 2048;
+
+/// Latch requests that may wait for the control thread; more are dropped (clients retry).
+const LATCH_QUEUE: usize = 4096;
 
 /// How long the control thread waits for all workers to apply a change before giving up.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -138,10 +142,12 @@ impl DataPlane {
             busy_poll: config.busy_poll,
         };
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let (latch_tx, latches) = crossbeam_channel::bounded(LATCH_QUEUE);
         let mut plane = Self {
             workers: Vec::with_capacity(workers),
             local_addr,
             backend,
+            latches,
         };
         for (index, socket) in sockets.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
@@ -154,6 +160,7 @@ impl DataPlane {
                 rx,
                 stats: stats.clone(),
                 settings,
+                latches: latch_tx.clone(),
             };
             let pin = config.pin.then_some(index % cores);
             let ready = ready_tx.clone();
@@ -197,6 +204,11 @@ impl DataPlane {
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Latch requests from authenticated STUN, for the control thread to apply.
+    pub fn latches(&self) -> &Receiver<Latch> {
+        &self.latches
     }
 
     /// The number of workers.

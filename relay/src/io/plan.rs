@@ -28,7 +28,8 @@ pub(crate) const REPLY_SIZE: usize = 576;
 /// One planned send.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Entry {
-    /// The destination; points into a compiled room that outlives the plan's flush.
+    /// The destination of a run; points into a compiled room that outlives the plan's flush.
+    /// Null for a reply, whose destination is kept with its bytes ([`Plan::reply`]).
     pub(crate) dest: *const SockAddr,
     /// What is sent.
     pub(crate) what: What,
@@ -67,6 +68,7 @@ pub(crate) struct Plan {
     gso: bool,
     replies: Box<[[u8; REPLY_SIZE]]>,
     reply_lens: [u16; REPLY_SLOTS],
+    reply_dests: Box<[SockAddr]>,
     used_replies: usize,
 }
 
@@ -87,6 +89,9 @@ impl Plan {
             gso,
             replies: vec![[0u8; REPLY_SIZE]; REPLY_SLOTS].into_boxed_slice(),
             reply_lens: [0; REPLY_SLOTS],
+            reply_dests: (0..REPLY_SLOTS)
+                .map(|_| SockAddr::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0))))
+                .collect(),
             used_replies: 0,
         }
     }
@@ -149,9 +154,10 @@ impl Plan {
         let n = self.used_replies;
         self.replies[n][..bytes.len()].copy_from_slice(bytes);
         self.reply_lens[n] = bytes.len() as u16;
+        self.reply_dests[n] = dest.clone();
         self.used_replies += 1;
         self.entries.push(Entry {
-            dest,
+            dest: ptr::null(),
             what: What::Reply(n as u16),
             bytes: bytes.len() as u32,
         });
@@ -168,10 +174,13 @@ impl Plan {
         &self.entries
     }
 
-    /// The bytes of reply slot `n`.
-    pub(crate) fn reply(&self, n: u16) -> &[u8] {
+    /// The destination and bytes of reply slot `n`.
+    pub(crate) fn reply(&self, n: u16) -> (&SockAddr, &[u8]) {
         let n = usize::from(n);
-        &self.replies[n][..usize::from(self.reply_lens[n])]
+        (
+            &self.reply_dests[n],
+            &self.replies[n][..usize::from(self.reply_lens[n])],
+        )
     }
 
     /// Forgets every planned send (after they were submitted). Runs never span a flush.
@@ -332,7 +341,8 @@ mod tests {
         assert!(plan.push(&b));
         assert!(plan.push_reply(&c, b"pong"));
         assert!(!plan.push(&c));
-        assert_eq!(plan.reply(0), b"pong");
+        let (to, bytes) = plan.reply(0);
+        assert_eq!((to.as_socket(), bytes), (c.as_socket(), &b"pong"[..]));
         plan.clear();
         plan.begin(1, 10);
         assert!(plan.push(&b));

@@ -13,7 +13,7 @@ use socket2::Socket;
 
 use super::Backend;
 use super::stats::WorkerStats;
-use crate::route::{Table, Update};
+use crate::route::{Latch, Table, Update};
 
 /// A message from the control thread to a worker.
 #[derive(Debug)]
@@ -46,6 +46,8 @@ pub(crate) struct Worker {
     pub(crate) rx: Receiver<Message>,
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) settings: Settings,
+    /// Where authenticated STUN sends latch requests for the control thread.
+    pub(crate) latches: Sender<Latch>,
 }
 
 impl Worker {

@@ -43,6 +43,7 @@ pub fn install(plane: &DataPlane, id: u32, base: u32, addrs: &[SocketAddr]) {
             subscription: Subscription::All,
             blocks: Blocks::default(),
             counters: Arc::new(ParticipantCounters::new(plane.workers())),
+            ice: None,
         })
         .collect();
     let room = Room::compile(&specs).expect("room compiles");

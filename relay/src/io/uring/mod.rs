@@ -151,7 +151,7 @@ impl Uring {
 
     /// The worker loop.
     fn serve(&mut self, w: &Worker) -> io::Result<()> {
-        let mut path = Datapath::new(w.index);
+        let mut path = Datapath::new(w.index, w.latches.clone());
         let mut first_arm = true;
         loop {
             if !w.apply_messages(&mut path.table) {
@@ -172,6 +172,9 @@ impl Uring {
             }
             self.enter(!self.busy_poll)?;
             self.reap();
+            if !self.pending.is_empty() {
+                path.begin_batch();
+            }
             let mut i = 0;
             while i < self.pending.len() {
                 let (res, flags) = self.pending[i];
@@ -246,9 +249,7 @@ impl Uring {
     fn flush(&mut self) {
         for j in 0..self.plan.entries().len() {
             let e = self.plan.entries()[j];
-            // SAFETY: the destination lives in a compiled room that the worker holds until the
-            // end of the turn; the record copies it.
-            let dest = unsafe { &*e.dest };
+            let mut reply_retried = false;
             let filled = loop {
                 let filled = match e.what {
                     What::Run {
@@ -257,17 +258,27 @@ impl Uring {
                         segment,
                         ..
                     } => {
+                        // SAFETY: the destination lives in a compiled room that the worker holds
+                        // until the end of the turn; the record copies it.
+                        let dest = unsafe { &*e.dest };
                         let run = &self.turn[first as usize..][..usize::from(count)];
                         self.records
                             .fill(dest, run.iter().map(|r| (r.iov, r.bid)), segment)
                     }
                     What::Reply(n) => {
-                        let bytes = self.plan.reply(n);
+                        let (dest, bytes) = self.plan.reply(n);
                         let r = self.records.fill_reply(dest, bytes);
                         if r.is_none() && self.records.any_free() {
-                            // Every reply buffer is in flight: drop this reply.
-                            self.sent.errors += 1;
-                            break None;
+                            // Every reply buffer is in flight: collect finished sends once,
+                            // then drop this reply if none came back (the client retries).
+                            if reply_retried {
+                                self.sent.errors += 1;
+                                break None;
+                            }
+                            reply_retried = true;
+                            let _ = self.ring.submit();
+                            self.reap();
+                            continue;
                         }
                         r
                     }
