@@ -132,7 +132,14 @@ fn busy_poll_forwards_and_stops() {
         install(&plane, 1, 100, &addrs);
         let p = rtp(100, 1, 300);
         socks[0].send_to(&p, plane.local_addr()).unwrap();
-        assert_eq!(recv_n(&socks[1], 1, PATIENT), vec![p], "{backend:?}");
+        let got = recv_n(&socks[1], 1, PATIENT);
+        assert!(
+            got == vec![p],
+            "{backend:?}: healthy {} in {} out {}",
+            plane.healthy(),
+            sum(&plane, |s| &s.packets_in),
+            sum(&plane, |s| &s.packets_out),
+        );
         install(&plane, 1, 100, &addrs[..1]);
         socks[0]
             .send_to(&rtp(100, 2, 300), plane.local_addr())

@@ -281,15 +281,28 @@ impl Drop for DataPlane {
 
 /// Picks the backend: io_uring when asked or allowed and the kernel has what it needs.
 fn choose(choice: BackendChoice) -> io::Result<Backend> {
+    // The probe runs on a thread of its own: the kernel may still send the throw-away ring's
+    // task work to the thread that used it, which would interrupt a blocking call of the caller
+    // with EINTR later on.
+    let probe = || {
+        std::thread::Builder::new()
+            .name("io_uring-probe".into())
+            .spawn(uring::probe)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("the probe panicked".into()))
+            })
+    };
     match choice {
         BackendChoice::Mmsg => Ok(Backend::Mmsg),
-        BackendChoice::IoUring => match uring::probe() {
+        BackendChoice::IoUring => match probe() {
             Ok(()) => Ok(Backend::IoUring),
             Err(reason) => Err(io::Error::other(format!(
                 "--backend io_uring: io_uring is not usable here: {reason}"
             ))),
         },
-        BackendChoice::Auto => match uring::probe() {
+        BackendChoice::Auto => match probe() {
             Ok(()) => Ok(Backend::IoUring),
             Err(reason) => {
                 tracing::warn!(%reason, "io_uring is not usable: using the mmsg backend");

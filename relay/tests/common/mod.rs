@@ -147,6 +147,7 @@ pub fn recv_n(sock: &UdpSocket, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
         sock.set_read_timeout(Some(left)).unwrap();
         match sock.recv_from(&mut buf) {
             Ok((len, _)) => out.push(buf[..len].to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
     }
