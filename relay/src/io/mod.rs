@@ -124,15 +124,8 @@ impl DataPlane {
     pub fn start(config: &DataPlaneConfig) -> io::Result<Self> {
         let backend = choose(config.backend)?;
         let workers = config.workers.max(1);
-        let first = socket::bind(config.media, config.socket_buffer)?;
-        let local_addr = first
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("media socket has no IP address"))?;
-        let mut sockets = vec![first];
-        for _ in 1..workers {
-            sockets.push(socket::bind(local_addr, config.socket_buffer)?);
-        }
+        let (sockets, local_addr) =
+            socket::bind_group(config.media, workers, config.socket_buffer)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let settings = Settings {
             recv_batch: config.recv_batch.clamp(1, 1024),

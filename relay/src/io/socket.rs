@@ -7,8 +7,65 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// Binds `n` sockets to `addr` in one SO_REUSEPORT group, and returns them with the bound
+/// address.
+///
+/// With port 0 the kernel may hand out a port that another socket of the same user already
+/// holds with SO_REUSEPORT (it may share it), and then the two would split each other's traffic.
+/// So after binding, the group checks that nobody else is on its port, and picks again if so.
+pub(crate) fn bind_group(
+    addr: SocketAddr,
+    n: usize,
+    buffer: usize,
+) -> io::Result<(Vec<Socket>, SocketAddr)> {
+    for _ in 0..PORT_ATTEMPTS {
+        let first = bind(addr, buffer)?;
+        let local = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("media socket has no IP address"))?;
+        let mut sockets = vec![first];
+        for _ in 1..n {
+            sockets.push(bind(local, buffer)?);
+        }
+        if addr.port() != 0 || sockets_on_port(local.port()).is_none_or(|count| count <= n) {
+            return Ok((sockets, local));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "every port the kernel offered was shared with another socket",
+    ))
+}
+
+/// Times `bind_group` asks the kernel for another port.
+const PORT_ATTEMPTS: usize = 16;
+
+/// UDP sockets on this host bound to `port`, from /proc (None when it cannot be read).
+fn sockets_on_port(port: u16) -> Option<usize> {
+    let needle = format!(":{port:04X}");
+    let mut count = 0;
+    let mut read_any = false;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        read_any = true;
+        count += text
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| a.ends_with(&needle))
+            })
+            .count();
+    }
+    read_any.then_some(count)
+}
+
 /// Binds one worker socket with SO_REUSEPORT.
-pub(crate) fn bind(addr: SocketAddr, buffer: usize) -> io::Result<Socket> {
+fn bind(addr: SocketAddr, buffer: usize) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -136,6 +193,20 @@ pub(crate) fn name_to_addr(name: &[u8]) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_zero_groups_get_a_port_of_their_own() {
+        // 800 binds among ~28,000 ephemeral ports: without the check, about ten would land on a
+        // port another one holds.
+        let groups: Vec<_> = (0..800)
+            .map(|_| bind_group("127.0.0.1:0".parse().unwrap(), 1, 0).unwrap())
+            .collect();
+        let mut ports: Vec<u16> = groups.iter().map(|(_, a)| a.port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), groups.len(), "two groups share a port");
+        assert!(groups.iter().all(|(s, _)| s.len() == 1));
+    }
 
     #[test]
     fn names_read_back_as_the_addresses_they_encode() {
