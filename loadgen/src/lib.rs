@@ -1,1 +1,8 @@
-//! loadgen library.
+//! loadgen: plays a signaling server and many RTP clients against the relay (or rtpengine, or
+//! itself) and measures loss, duplicates, reordering, jitter, latency and misdelivery.
+#![warn(missing_docs)]
+
+pub mod model;
+pub mod profile;
+pub mod rtp;
+pub mod stats;
