@@ -2,7 +2,11 @@
 //! itself) and measures loss, duplicates, reordering, jitter, latency and misdelivery.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod model;
 pub mod profile;
 pub mod rtp;
+pub mod scenario;
 pub mod stats;
+pub(crate) mod client;
+pub(crate) mod io;
