@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod cli;
 pub mod model;
 pub mod profile;
 pub mod rtp;
@@ -10,3 +11,10 @@ pub mod scenario;
 pub mod stats;
 pub(crate) mod client;
 pub(crate) mod io;
+pub mod report;
+pub mod rtpengine;
+mod run;
+
+pub use report::Report;
+pub use run::{Options, run, run_with};
+pub use scenario::Scenario;

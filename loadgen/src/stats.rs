@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::model::{Tri, World};
-use crate::profile::Kind;
 
 /// What one receiver saw of one stream.
 #[derive(Debug, Clone, Default)]
@@ -135,7 +134,7 @@ pub struct Tally {
     /// Largest final jitter estimate, µs.
     pub jitter_max_us: f64,
     #[serde(skip)]
-    jitter_n: u64,
+    pub(crate) jitter_n: u64,
 }
 
 impl Tally {
@@ -236,6 +235,7 @@ pub const MAX_SEQ: u32 = 1 << 27;
 mod tests {
     use super::*;
     use crate::model::{Direction, Media, Rule, Subscribe, Switch, Window};
+    use crate::profile::Kind;
 
     /// RFC 3550 A.8 in floating point, the reference.
     fn reference_jitter(arrivals: &[(u32, u32)]) -> f64 {
