@@ -1,0 +1,312 @@
+//! Command line, configuration file and environment.
+//!
+//! Every `serve` flag can also be set by an environment variable `RELAY_<FLAG>` and by a key of the
+//! same name in a TOML file given with `--config`. Precedence: flag, then environment, then file,
+//! then the embedded default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// The `relay` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "relay",
+    version,
+    about = "Media relay with scoped, audited drop rules"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do; `serve` when absent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay (the default).
+    Serve(Box<ServeArgs>),
+    /// Work with the audit log.
+    Audit {
+        /// The audit action.
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+/// `relay audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Check the hash chain of the audit log; exits non-zero naming the first bad entry.
+    Verify {
+        /// The data directory that holds the database.
+        #[arg(long, env = "RELAY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+/// Flags of `relay serve`. Each is optional here so that the file can fill what flags leave out.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (keys named like the flags).
+    #[arg(long, env = "RELAY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// UDP media address [default: 0.0.0.0:40000]; port 0 picks a free port.
+    #[arg(long, env = "RELAY_MEDIA")]
+    pub media: Option<SocketAddr>,
+    /// HTTP control address [default: 127.0.0.1:7780]; port 0 picks a free port.
+    #[arg(long, env = "RELAY_CONTROL")]
+    pub control: Option<SocketAddr>,
+    /// Directory for the rules database and audit log [default: ./relay-data].
+    #[arg(long, env = "RELAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Worker threads [default: one per available core].
+    #[arg(long, env = "RELAY_WORKERS")]
+    pub workers: Option<usize>,
+    /// Data-plane backend: auto, io_uring or mmsg [default: auto].
+    #[arg(long, env = "RELAY_BACKEND")]
+    pub backend: Option<String>,
+    /// Bearer token required on every /v1 call.
+    #[arg(long, env = "RELAY_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: Option<String>,
+    /// MaxMind country database for region attribution.
+    #[arg(long, env = "RELAY_GEOIP")]
+    pub geoip: Option<PathBuf>,
+    /// Pin worker i to core i [default: true].
+    #[arg(long, env = "RELAY_PIN")]
+    pub pin: Option<bool>,
+    /// SO_RCVBUF and SO_SNDBUF of each media socket, in bytes [default: 4194304].
+    #[arg(long, env = "RELAY_SOCKET_BUFFER")]
+    pub socket_buffer: Option<usize>,
+    /// Datagrams per receive batch [default: 64].
+    #[arg(long, env = "RELAY_RECV_BATCH")]
+    pub recv_batch: Option<usize>,
+    /// Sends per sendmmsg at most [default: 1024].
+    #[arg(long, env = "RELAY_SEND_BATCH")]
+    pub send_batch: Option<usize>,
+    /// Most rooms at once [default: 10000].
+    #[arg(long, env = "RELAY_MAX_ROOMS")]
+    pub max_rooms: Option<usize>,
+    /// Most participants in one room [default: 1000].
+    #[arg(long, env = "RELAY_MAX_PARTICIPANTS")]
+    pub max_participants: Option<usize>,
+    /// Most tracks of one participant [default: 32].
+    #[arg(long, env = "RELAY_MAX_TRACKS")]
+    pub max_tracks: Option<usize>,
+    /// Log filter, in tracing's EnvFilter syntax [default: info].
+    #[arg(long, env = "RELAY_LOG")]
+    pub log: Option<String>,
+}
+
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./relay-data";
+
+/// The resolved settings of `relay serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// UDP media address.
+    pub media: SocketAddr,
+    /// HTTP control address.
+    pub control: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Worker threads.
+    pub workers: usize,
+    /// Requested backend.
+    pub backend: BackendChoice,
+    /// Bearer token, if any.
+    pub control_token: Option<String>,
+    /// MaxMind database path, if any.
+    pub geoip: Option<PathBuf>,
+    /// Pin workers to cores.
+    pub pin: bool,
+    /// Socket buffer size in bytes.
+    pub socket_buffer: usize,
+    /// Datagrams per receive batch.
+    pub recv_batch: usize,
+    /// Sends per sendmmsg at most.
+    pub send_batch: usize,
+    /// API limits.
+    pub limits: Limits,
+    /// Log filter.
+    pub log: String,
+}
+
+/// The backend the operator asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// io_uring where the kernel allows it, else mmsg.
+    Auto,
+    /// io_uring or fail.
+    IoUring,
+    /// recvmmsg/sendmmsg.
+    Mmsg,
+}
+
+/// Limits the control API enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most rooms at once.
+    pub max_rooms: usize,
+    /// Most participants per room.
+    pub max_participants: usize,
+    /// Most tracks per participant.
+    pub max_tracks: usize,
+}
+
+impl ServeArgs {
+    /// Fills unset fields from `other`.
+    fn or(self, other: Self) -> Self {
+        Self {
+            config: self.config.or(other.config),
+            media: self.media.or(other.media),
+            control: self.control.or(other.control),
+            data_dir: self.data_dir.or(other.data_dir),
+            workers: self.workers.or(other.workers),
+            backend: self.backend.or(other.backend),
+            control_token: self.control_token.or(other.control_token),
+            geoip: self.geoip.or(other.geoip),
+            pin: self.pin.or(other.pin),
+            socket_buffer: self.socket_buffer.or(other.socket_buffer),
+            recv_batch: self.recv_batch.or(other.recv_batch),
+            send_batch: self.send_batch.or(other.send_batch),
+            max_rooms: self.max_rooms.or(other.max_rooms),
+            max_participants: self.max_participants.or(other.max_participants),
+            max_tracks: self.max_tracks.or(other.max_tracks),
+            log: self.log.or(other.log),
+        }
+    }
+
+    /// Reads the file named by `--config` if any, and applies the defaults.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let args = match self.config.clone() {
+            Some(path) => self.or(read_file(&path)?),
+            None => self,
+        };
+        let backend = match args.backend.as_deref().unwrap_or("auto") {
+            "auto" => BackendChoice::Auto,
+            "io_uring" | "io-uring" => BackendChoice::IoUring,
+            "mmsg" => BackendChoice::Mmsg,
+            other => bail!("unknown backend {other:?}: expected auto, io_uring or mmsg"),
+        };
+        let workers = match args.workers {
+            Some(0) => bail!("--workers must be at least 1"),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let control = args
+            .control
+            .unwrap_or_else(|| "127.0.0.1:7780".parse().expect("valid literal"));
+        let control_token = args.control_token.filter(|t| !t.is_empty());
+        if !control.ip().is_loopback() && control_token.is_none() {
+            bail!(
+                "the control API would listen on a non-loopback address without a token: \
+                 set --control-token (or RELAY_CONTROL_TOKEN), or listen on loopback"
+            );
+        }
+        let limits = Limits {
+            max_rooms: args.max_rooms.unwrap_or(10_000),
+            max_participants: args
+                .max_participants
+                .unwrap_or(1_000)
+                .min(u16::MAX as usize),
+            max_tracks: args.max_tracks.unwrap_or(32),
+        };
+        Ok(Config {
+            media: args
+                .media
+                .unwrap_or_else(|| "0.0.0.0:40000".parse().expect("valid literal")),
+            control,
+            data_dir: args
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            workers,
+            backend,
+            control_token,
+            geoip: args.geoip,
+            pin: args.pin.unwrap_or(true),
+            socket_buffer: args.socket_buffer.unwrap_or(4 << 20),
+            recv_batch: args.recv_batch.unwrap_or(64).clamp(1, 1024),
+            send_batch: args.send_batch.unwrap_or(1024).clamp(1, 1024),
+            limits,
+            log: args.log.unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<ServeArgs> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_nothing() {
+        let c = ServeArgs::default().resolve().unwrap();
+        assert_eq!(c.media.to_string(), "0.0.0.0:40000");
+        assert_eq!(c.control.to_string(), "127.0.0.1:7780");
+        assert_eq!(c.backend, BackendChoice::Auto);
+        assert!(c.workers >= 1);
+    }
+
+    #[test]
+    fn flags_beat_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "media = \"127.0.0.1:5000\"\nworkers = 3\nmax-tracks = 4\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            workers: Some(1),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.media.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.workers, 1);
+        assert_eq!(c.limits.max_tracks, 4);
+    }
+
+    #[test]
+    fn unknown_file_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "mediaa = \"127.0.0.1:5000\"\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("mediaa"), "{err:#}");
+    }
+
+    #[test]
+    fn public_control_needs_token() {
+        let args = ServeArgs {
+            control: Some("0.0.0.0:7780".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(args.clone().resolve().is_err());
+        let ok = ServeArgs {
+            control_token: Some("secret".into()),
+            ..args
+        };
+        assert!(ok.resolve().is_ok());
+    }
+}

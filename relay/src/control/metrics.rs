@@ -1,0 +1,99 @@
+//! Prometheus text exposition of the relay's counters.
+
+use std::fmt::Write;
+
+use super::state::State;
+use crate::io::WorkerStats;
+use crate::route::DropReason;
+
+/// A counter of [`WorkerStats`]: name, help, and how to read it.
+type Series = (&'static str, &'static str, fn(&WorkerStats) -> u64);
+
+/// Renders every metric. Per-worker series carry a `worker` label; the unlabelled series is the
+/// sum over workers.
+pub(super) fn render(state: &State) -> String {
+    let plane = state.plane();
+    let stats: Vec<&WorkerStats> = plane.stats().collect();
+    let mut out = String::with_capacity(4096);
+    let counters: [Series; 6] = [
+        ("packets_in", "Datagrams received on the media port.", |s| {
+            WorkerStats::get(&s.packets_in)
+        }),
+        ("bytes_in", "Bytes received on the media port.", |s| {
+            WorkerStats::get(&s.bytes_in)
+        }),
+        ("packets_out", "Datagrams sent.", |s| {
+            WorkerStats::get(&s.packets_out)
+        }),
+        ("bytes_out", "Bytes sent.", |s| {
+            WorkerStats::get(&s.bytes_out)
+        }),
+        ("send_errors", "Sends the kernel refused.", |s| {
+            WorkerStats::get(&s.send_errors)
+        }),
+        ("batches", "Receive batches processed.", |s| {
+            WorkerStats::get(&s.batches)
+        }),
+    ];
+    for (name, help, get) in counters {
+        let total: u64 = stats.iter().map(|s| get(s)).sum();
+        let _ = writeln!(out, "# HELP relay_{name}_total {help}");
+        let _ = writeln!(out, "# TYPE relay_{name}_total counter");
+        let _ = writeln!(out, "relay_{name}_total {total}");
+        let _ = writeln!(out, "# HELP relay_worker_{name}_total {help} Per worker.");
+        let _ = writeln!(out, "# TYPE relay_worker_{name}_total counter");
+        for (i, s) in stats.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "relay_worker_{name}_total{{worker=\"{i}\"}} {}",
+                get(s)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP relay_dropped_packets_total Datagrams dropped, by reason."
+    );
+    let _ = writeln!(out, "# TYPE relay_dropped_packets_total counter");
+    for r in DropReason::ALL {
+        let total: u64 = stats
+            .iter()
+            .map(|s| WorkerStats::get(&s.drops[r.index()]))
+            .sum();
+        let _ = writeln!(
+            out,
+            "relay_dropped_packets_total{{reason=\"{}\"}} {total}",
+            r.name()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP relay_worker_dropped_packets_total Datagrams dropped, by worker and reason."
+    );
+    let _ = writeln!(out, "# TYPE relay_worker_dropped_packets_total counter");
+    for (i, s) in stats.iter().enumerate() {
+        for r in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "relay_worker_dropped_packets_total{{worker=\"{i}\",reason=\"{}\"}} {}",
+                r.name(),
+                WorkerStats::get(&s.drops[r.index()])
+            );
+        }
+    }
+    let (rooms, participants) = state.sizes();
+    let _ = writeln!(
+        out,
+        "# HELP relay_rooms Rooms open.\n# TYPE relay_rooms gauge\nrelay_rooms {rooms}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP relay_participants Participants in all rooms.\n# TYPE relay_participants gauge\nrelay_participants {participants}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP relay_workers Data-plane workers.\n# TYPE relay_workers gauge\nrelay_workers {}",
+        stats.len()
+    );
+    out
+}

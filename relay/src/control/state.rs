@@ -1,0 +1,539 @@
+//! The source of truth for rooms and participants, and its publication to the workers.
+//!
+//! Every change is validated completely before anything is modified, so a refused call changes
+//! nothing. A change that affects routing recompiles only the rooms it touches and returns after
+//! every worker has applied them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rand::Rng;
+use serde_json::{Value, json};
+
+use super::api::{
+    self, ApiError, IceBody, ParticipantBody, ParticipantPatch, SubscribeBody, TrackBody,
+};
+use crate::config::Limits;
+use crate::io::DataPlane;
+use crate::packet::rtp::Ssrc;
+use crate::route::{Blocks, MemberSpec, ParticipantCounters, Room, RoomId, Subscription, Update};
+
+/// Where a participant's region came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionSource {
+    /// Given by the signaling server.
+    Signaling,
+    /// Looked up from its media address.
+    Geoip,
+    /// Not known.
+    Unknown,
+}
+
+impl RegionSource {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Signaling => "signaling",
+            Self::Geoip => "geoip",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Participant {
+    region: Option<[u8; 2]>,
+    region_source: RegionSource,
+    address: Option<SocketAddr>,
+    ice: IceBody,
+    tracks: Vec<TrackBody>,
+    subscribe: SubscribeBody,
+    counters: Arc<ParticipantCounters>,
+    joined: SystemTime,
+}
+
+#[derive(Debug)]
+struct RoomState {
+    id: RoomId,
+    participants: BTreeMap<String, Participant>,
+    created: SystemTime,
+}
+
+/// Rooms and participants, owned by the control thread.
+pub struct State {
+    rooms: BTreeMap<String, RoomState>,
+    /// Every fixed or latched address, to keep source lookup unambiguous relay-wide.
+    addresses: HashMap<SocketAddr, (String, String)>,
+    next_room: u32,
+    limits: Limits,
+    plane: Arc<DataPlane>,
+}
+
+impl State {
+    /// Empty state publishing to `plane`.
+    pub fn new(plane: Arc<DataPlane>, limits: Limits) -> Self {
+        Self {
+            rooms: BTreeMap::new(),
+            addresses: HashMap::new(),
+            next_room: 1,
+            limits,
+            plane,
+        }
+    }
+
+    /// The data plane.
+    pub fn plane(&self) -> &DataPlane {
+        &self.plane
+    }
+
+    /// `PUT /v1/rooms/{room}`: returns whether it was created.
+    pub fn put_room(&mut self, room: &str) -> Result<(bool, Value), ApiError> {
+        api::check_id("room", room)?;
+        if let Some(r) = self.rooms.get(room) {
+            return Ok((false, self.room_json(room, r)));
+        }
+        if self.rooms.len() >= self.limits.max_rooms {
+            return Err(ApiError::conflict(
+                "too_many_rooms",
+                format!(
+                    "the relay already has {} rooms, its limit",
+                    self.limits.max_rooms
+                ),
+            ));
+        }
+        let id = RoomId(self.next_room);
+        self.next_room = self.next_room.wrapping_add(1).max(1);
+        let state = RoomState {
+            id,
+            participants: BTreeMap::new(),
+            created: SystemTime::now(),
+        };
+        let body = self.room_json(room, &state);
+        self.rooms.insert(room.to_owned(), state);
+        tracing::info!(room, "room created");
+        Ok((true, body))
+    }
+
+    /// `GET /v1/rooms`.
+    pub fn list_rooms(&self) -> Value {
+        let rooms: Vec<Value> = self
+            .rooms
+            .iter()
+            .map(|(name, r)| json!({"room": name, "participants": r.participants.len()}))
+            .collect();
+        json!({ "rooms": rooms })
+    }
+
+    /// `GET /v1/rooms/{room}`.
+    pub fn get_room(&self, room: &str) -> Result<Value, ApiError> {
+        let r = self.room(room)?;
+        Ok(self.room_json(room, r))
+    }
+
+    /// `DELETE /v1/rooms/{room}`: closes the room for everyone at once.
+    pub fn delete_room(&mut self, room: &str) -> Result<Value, ApiError> {
+        let id = self.room(room)?.id;
+        self.publish(vec![Update::RemoveRoom(id)])?;
+        let r = self.rooms.remove(room).expect("checked above");
+        for p in r.participants.values() {
+            if let Some(a) = p.address {
+                self.addresses.remove(&a);
+            }
+        }
+        tracing::info!(room, "room closed");
+        Ok(json!({"room": room, "closed": true, "participants": r.participants.len()}))
+    }
+
+    /// `PUT /v1/rooms/{room}/participants/{participant}`: add or replace.
+    pub fn put_participant(
+        &mut self,
+        room: &str,
+        id: &str,
+        body: ParticipantBody,
+    ) -> Result<(bool, Value), ApiError> {
+        api::check_id("participant", id)?;
+        let r = self.room(room)?;
+        let existing = r.participants.get(id);
+        if existing.is_none() && r.participants.len() >= self.limits.max_participants {
+            return Err(ApiError::conflict(
+                "room_full",
+                format!(
+                    "room {room} already has {} participants, its limit",
+                    self.limits.max_participants
+                ),
+            ));
+        }
+        let region = body.region.as_deref().map(api::check_region).transpose()?;
+        let address = body.address.as_deref().map(parse_address).transpose()?;
+        let ice = match body.ice {
+            Some(ice) => {
+                api::check_ice(&ice)?;
+                ice
+            }
+            None => existing.map_or_else(generate_ice, |p| p.ice.clone()),
+        };
+        let subscribe = body
+            .subscribe
+            .unwrap_or(SubscribeBody::All(api::AllTag::All));
+        self.check_participant(room, id, address, &body.tracks, &subscribe)?;
+        let participant = Participant {
+            region,
+            region_source: if region.is_some() {
+                RegionSource::Signaling
+            } else {
+                RegionSource::Unknown
+            },
+            address,
+            ice,
+            tracks: body.tracks,
+            subscribe,
+            counters: existing.map_or_else(
+                || Arc::new(ParticipantCounters::new(self.plane.workers())),
+                |p| p.counters.clone(),
+            ),
+            joined: existing.map_or_else(SystemTime::now, |p| p.joined),
+        };
+        let created = existing.is_none();
+        self.replace_participant(room, id, participant)?;
+        tracing::info!(room, participant = id, created, "participant set");
+        Ok((created, self.get_participant(room, id)?))
+    }
+
+    /// `PATCH /v1/rooms/{room}/participants/{participant}`.
+    pub fn patch_participant(
+        &mut self,
+        room: &str,
+        id: &str,
+        patch: ParticipantPatch,
+    ) -> Result<Value, ApiError> {
+        let mut p = self.participant(room, id)?.clone();
+        if let Some(region) = patch.region {
+            p.region = region.as_deref().map(api::check_region).transpose()?;
+            p.region_source = if p.region.is_some() {
+                RegionSource::Signaling
+            } else {
+                RegionSource::Unknown
+            };
+        }
+        if let Some(address) = patch.address {
+            p.address = address.as_deref().map(parse_address).transpose()?;
+        }
+        if let Some(tracks) = patch.tracks {
+            p.tracks = tracks;
+        }
+        if let Some(subscribe) = patch.subscribe {
+            p.subscribe = subscribe;
+        }
+        self.check_participant(room, id, p.address, &p.tracks, &p.subscribe)?;
+        self.replace_participant(room, id, p)?;
+        tracing::info!(room, participant = id, "participant changed");
+        self.get_participant(room, id)
+    }
+
+    /// `GET /v1/rooms/{room}/participants/{participant}`.
+    pub fn get_participant(&self, room: &str, id: &str) -> Result<Value, ApiError> {
+        let p = self.participant(room, id)?;
+        Ok(self.participant_json(room, id, p))
+    }
+
+    /// `DELETE /v1/rooms/{room}/participants/{participant}`.
+    pub fn delete_participant(&mut self, room: &str, id: &str) -> Result<Value, ApiError> {
+        self.participant(room, id)?;
+        let old = {
+            let r = self.rooms.get_mut(room).expect("checked above");
+            r.participants.remove(id).expect("checked above")
+        };
+        if let Err(e) = self.publish_room(room) {
+            // Put it back: a refused call changes nothing.
+            self.rooms
+                .get_mut(room)
+                .expect("still there")
+                .participants
+                .insert(id.to_owned(), old);
+            return Err(e);
+        }
+        if let Some(a) = old.address {
+            self.addresses.remove(&a);
+        }
+        tracing::info!(room, participant = id, "participant removed");
+        Ok(json!({"room": room, "participant": id, "removed": true}))
+    }
+
+    /// Totals for metrics: (rooms, participants).
+    pub fn sizes(&self) -> (usize, usize) {
+        let participants = self.rooms.values().map(|r| r.participants.len()).sum();
+        (self.rooms.len(), participants)
+    }
+
+    fn check_participant(
+        &self,
+        room: &str,
+        id: &str,
+        address: Option<SocketAddr>,
+        tracks: &[TrackBody],
+        subscribe: &SubscribeBody,
+    ) -> Result<(), ApiError> {
+        if tracks.len() > self.limits.max_tracks {
+            return Err(ApiError::bad_request(
+                "too_many_tracks",
+                format!(
+                    "{} tracks given, at most {} per participant",
+                    tracks.len(),
+                    self.limits.max_tracks
+                ),
+            ));
+        }
+        for (i, t) in tracks.iter().enumerate() {
+            if tracks[..i].iter().any(|o| o.ssrc == t.ssrc) {
+                return Err(ApiError::bad_request(
+                    "duplicate_ssrc",
+                    format!("ssrc {} is declared twice", t.ssrc),
+                ));
+            }
+        }
+        let r = self.room(room)?;
+        for (other, p) in &r.participants {
+            if other == id {
+                continue;
+            }
+            if let Some(t) = p
+                .tracks
+                .iter()
+                .find(|t| tracks.iter().any(|n| n.ssrc == t.ssrc))
+            {
+                return Err(ApiError::conflict(
+                    "ssrc_in_use",
+                    format!(
+                        "ssrc {} already belongs to participant {other} of room {room}",
+                        t.ssrc
+                    ),
+                ));
+            }
+        }
+        if let Some(a) = address
+            && let Some((r2, p2)) = self.addresses.get(&a)
+            && (r2 != room || p2 != id)
+        {
+            return Err(ApiError::conflict(
+                "address_in_use",
+                "that media address already belongs to another participant",
+            ));
+        }
+        if let SubscribeBody::Only(list) = subscribe {
+            if list.len() > self.limits.max_participants {
+                return Err(ApiError::bad_request(
+                    "too_many_subscriptions",
+                    "the subscription list is longer than a room can be",
+                ));
+            }
+            for s in list {
+                api::check_id("subscribed participant", s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs `p`, publishes the room, and rolls back if publishing fails.
+    fn replace_participant(
+        &mut self,
+        room: &str,
+        id: &str,
+        p: Participant,
+    ) -> Result<(), ApiError> {
+        let new_addr = p.address;
+        let r = self.rooms.get_mut(room).expect("caller checked the room");
+        let old = r.participants.insert(id.to_owned(), p);
+        if let Err(e) = self.publish_room(room) {
+            let r = self.rooms.get_mut(room).expect("still there");
+            match old {
+                Some(o) => r.participants.insert(id.to_owned(), o),
+                None => r.participants.remove(id),
+            };
+            return Err(e);
+        }
+        if let Some(a) = old.and_then(|o| o.address)
+            && Some(a) != new_addr
+        {
+            self.addresses.remove(&a);
+        }
+        if let Some(a) = new_addr {
+            self.addresses.insert(a, (room.to_owned(), id.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn publish_room(&self, room: &str) -> Result<(), ApiError> {
+        let r = self.room(room)?;
+        let compiled = compile(r)?;
+        self.publish(vec![Update::Room(r.id, Arc::new(compiled))])
+    }
+
+    fn publish(&self, updates: Vec<Update>) -> Result<(), ApiError> {
+        self.plane.publish(updates).map_err(|e| {
+            tracing::error!(error = %e, "publishing to workers failed");
+            ApiError::new(503, "workers_unavailable", e.to_string())
+        })
+    }
+
+    fn room(&self, room: &str) -> Result<&RoomState, ApiError> {
+        api::check_id("room", room)?;
+        self.rooms
+            .get(room)
+            .ok_or_else(|| ApiError::not_found(format!("no room {room}")))
+    }
+
+    fn participant(&self, room: &str, id: &str) -> Result<&Participant, ApiError> {
+        api::check_id("participant", id)?;
+        self.room(room)?
+            .participants
+            .get(id)
+            .ok_or_else(|| ApiError::not_found(format!("no participant {id} in room {room}")))
+    }
+
+    fn room_json(&self, name: &str, r: &RoomState) -> Value {
+        let participants: Vec<Value> = r
+            .participants
+            .iter()
+            .map(|(id, p)| self.participant_json(name, id, p))
+            .collect();
+        let (mut packets, mut bytes) = (0, 0);
+        for p in r.participants.values() {
+            packets += p.counters.packets_in.sum();
+            bytes += p.counters.bytes_in.sum();
+        }
+        json!({
+            "room": name,
+            "created_at": rfc3339(r.created),
+            "participants": participants,
+            "counters": {"packets_in": packets, "bytes_in": bytes},
+        })
+    }
+
+    fn participant_json(&self, room: &str, id: &str, p: &Participant) -> Value {
+        json!({
+            "room": room,
+            "participant": id,
+            "media_address": self.plane.local_addr().to_string(),
+            "ice": p.ice,
+            "region": p.region.map(|r| String::from_utf8_lossy(&r).into_owned()),
+            "region_source": p.region_source.name(),
+            "address_set": p.address.is_some(),
+            "joined_at": rfc3339(p.joined),
+            "tracks": p.tracks,
+            "subscribe": p.subscribe,
+            "counters": {
+                "packets_in": p.counters.packets_in.sum(),
+                "bytes_in": p.counters.bytes_in.sum(),
+                "packets_dropped": p.counters.packets_dropped.sum(),
+            },
+        })
+    }
+}
+
+/// Compiles one room for the workers.
+fn compile(r: &RoomState) -> Result<Room, ApiError> {
+    let index: HashMap<&str, usize> = r
+        .participants
+        .keys()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
+    let specs: Vec<MemberSpec> = r
+        .participants
+        .iter()
+        .map(|(id, p)| MemberSpec {
+            name: Arc::from(id.as_str()),
+            addr: p.address,
+            tracks: p.tracks.iter().map(|t| (Ssrc(t.ssrc), t.kind)).collect(),
+            subscription: match &p.subscribe {
+                SubscribeBody::All(_) => Subscription::All,
+                SubscribeBody::Only(list) => Subscription::Only(
+                    list.iter()
+                        .filter_map(|s| index.get(s.as_str()).copied())
+                        .collect(),
+                ),
+            },
+            blocks: Blocks::default(),
+            counters: p.counters.clone(),
+        })
+        .collect();
+    Room::compile(&specs).map_err(|e| {
+        ApiError::new(
+            500,
+            "compile_failed",
+            format!("room could not be compiled: {e:?}"),
+        )
+    })
+}
+
+fn parse_address(s: &str) -> Result<SocketAddr, ApiError> {
+    let a: SocketAddr = s.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_address",
+            "address must be IP:PORT (IPv6 in brackets), for example 192.0.2.1:5004",
+        )
+    })?;
+    if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
+        return Err(ApiError::bad_request(
+            "invalid_address",
+            "address must be a unicast IP with a non-zero port",
+        ));
+    }
+    // Normalise IPv4-mapped IPv6 so lookups match what the data plane sees.
+    Ok(match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    })
+}
+
+/// Fresh relay-side credentials from the OS-seeded CSPRNG (RFC 8445 §5.3: ufrag ≥ 24 bits,
+/// pwd ≥ 128 bits of randomness).
+fn generate_ice() -> IceBody {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut rng = rand::thread_rng();
+    let mut pick = |n: usize| -> String {
+        (0..n)
+            .map(|_| char::from(CHARS[rng.gen_range(0..CHARS.len())]))
+            .collect()
+    };
+    IceBody {
+        ufrag: pick(8),
+        pwd: pick(24),
+    }
+}
+
+/// Formats a time as RFC 3339 in UTC, to the second.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ice_is_valid() {
+        let a = generate_ice();
+        let b = generate_ice();
+        assert!(api::check_ice(&a).is_ok());
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_address("[::ffff:127.0.0.1]:5000")
+                .unwrap()
+                .to_string(),
+            "127.0.0.1:5000"
+        );
+        assert!(parse_address("127.0.0.1:0").is_err());
+        assert!(parse_address("0.0.0.0:5").is_err());
+        assert!(parse_address("localhost:5").is_err());
+        assert!(parse_address("[::1]:5004").is_ok());
+    }
+}

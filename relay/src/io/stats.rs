@@ -1,0 +1,61 @@
+//! Per-worker traffic counters, written by their worker once per batch and read by the control
+//! thread for metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::route::DropReason;
+
+/// Counters of one worker. Only that worker writes them.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Datagrams received.
+    pub packets_in: AtomicU64,
+    /// Bytes received.
+    pub bytes_in: AtomicU64,
+    /// Datagrams sent.
+    pub packets_out: AtomicU64,
+    /// Bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Sends the kernel refused.
+    pub send_errors: AtomicU64,
+    /// Receive batches processed.
+    pub batches: AtomicU64,
+    /// Drops by [`DropReason::index`].
+    pub drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+/// Counts gathered during one batch, then published with one store per counter.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BatchCounts {
+    pub(crate) packets_in: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) packets_out: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) send_errors: u64,
+    pub(crate) drops: [u64; DropReason::ALL.len()],
+}
+
+impl WorkerStats {
+    /// Adds one batch's counts. Single writer: relaxed load and store.
+    pub(crate) fn publish(&self, c: &BatchCounts) {
+        fn bump(a: &AtomicU64, n: u64) {
+            if n != 0 {
+                a.store(a.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+            }
+        }
+        bump(&self.packets_in, c.packets_in);
+        bump(&self.bytes_in, c.bytes_in);
+        bump(&self.packets_out, c.packets_out);
+        bump(&self.bytes_out, c.bytes_out);
+        bump(&self.send_errors, c.send_errors);
+        bump(&self.batches, 1);
+        for (a, &n) in self.drops.iter().zip(&c.drops) {
+            bump(a, n);
+        }
+    }
+
+    /// Reads one counter.
+    pub fn get(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
+    }
+}
