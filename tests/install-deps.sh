@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
+perl -MMaxMind::DB::Writer::Tree -e1 2>/dev/null || need+=(libmaxmind-db-writer-perl)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

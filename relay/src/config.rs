@@ -102,6 +102,9 @@ pub struct ServeArgs {
     /// Most tracks of one participant [default: 32].
     #[arg(long, env = "RELAY_MAX_TRACKS")]
     pub max_tracks: Option<usize>,
+    /// Rule changes (add or lift) accepted per second, with bursts of twice that [default: 20].
+    #[arg(long, env = "RELAY_MAX_RULE_CHANGES")]
+    pub max_rule_changes: Option<u32>,
     /// Log filter, in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "RELAY_LOG")]
     pub log: Option<String>,
@@ -161,6 +164,8 @@ pub struct Limits {
     pub max_participants: usize,
     /// Most tracks per participant.
     pub max_tracks: usize,
+    /// Rule changes accepted per second.
+    pub rule_changes_per_sec: u32,
 }
 
 impl ServeArgs {
@@ -182,6 +187,7 @@ impl ServeArgs {
             max_rooms: self.max_rooms.or(other.max_rooms),
             max_participants: self.max_participants.or(other.max_participants),
             max_tracks: self.max_tracks.or(other.max_tracks),
+            max_rule_changes: self.max_rule_changes.or(other.max_rule_changes),
             log: self.log.or(other.log),
         }
     }
@@ -220,6 +226,7 @@ impl ServeArgs {
                 .unwrap_or(1_000)
                 .min(u16::MAX as usize),
             max_tracks: args.max_tracks.unwrap_or(32),
+            rule_changes_per_sec: args.max_rule_changes.unwrap_or(20).max(1),
         };
         Ok(Config {
             media: args

@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::Parser;
 use mimalloc::MiMalloc;
 
-use relay::config::{Cli, Command, Config};
-use relay::control::{ControlServer, State};
+use relay::config::{AuditAction, Cli, Command, Config};
+use relay::control::{ControlServer, Geoip, State};
 use relay::io::{DataPlane, DataPlaneConfig};
 
 #[global_allocator]
@@ -21,9 +21,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Serve(args)) => args.resolve().and_then(serve),
         None => cli.serve.resolve().and_then(serve),
-        Some(Command::Audit { .. }) => Err(anyhow::anyhow!(
-            "the audit log is not available in this build"
-        )),
+        Some(Command::Audit {
+            action: AuditAction::Verify { data_dir },
+        }) => {
+            let code = relay::store::run_verify_cli(&data_dir);
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,6 +39,11 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config.log);
+    // Open the store and restore the rules before any packet can be forwarded.
+    let store = relay::store::Store::open(&config.data_dir).map_err(|e| {
+        anyhow::anyhow!("opening the database in {}: {e}", config.data_dir.display())
+    })?;
+    let geoip = config.geoip.as_deref().map(Geoip::open).transpose()?;
     let term = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // A second signal while shutting down exits at once.
@@ -56,7 +64,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let media = plane.local_addr();
     let backend = plane.backend().name();
     let workers = plane.workers();
-    let state = State::new(plane.clone(), config.limits);
+    let state = State::new(plane.clone(), config.limits, store, geoip)?;
     let control = ControlServer::start(config.control, state, config.control_token.clone())?;
     println!(
         "relay ready media={media} control={} backend={backend} workers={workers}",

@@ -59,6 +59,8 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Leave out `--media` and `--control` (to test defaults from env or file).
     pub no_addresses: bool,
+    /// Write the relay's standard error to this file instead of the test's.
+    pub stderr: Option<PathBuf>,
 }
 
 impl Relay {
@@ -87,11 +89,21 @@ impl Relay {
             cmd.args(["--backend", &b]);
         }
         cmd.args(&opts.args)
-            .env("RELAY_LOG", "warn")
+            .env(
+                "RELAY_LOG",
+                if opts.stderr.is_some() {
+                    "info"
+                } else {
+                    "warn"
+                },
+            )
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match &opts.stderr {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("stderr file")),
+                None => Stdio::inherit(),
+            });
         let mut child = cmd.spawn().expect("spawn relay");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
@@ -114,6 +126,14 @@ impl Relay {
             token: opts.token,
             data_dir,
             _tmp: tmp,
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -208,6 +228,26 @@ impl Relay {
     /// Creates a room.
     pub fn room(&self, room: &str) {
         self.ok("PUT", &format!("/v1/rooms/{room}"), None);
+    }
+
+    /// Adds a drop rule with a test basis and a one-hour expiry; returns its id.
+    pub fn rule(&self, rule: Value) -> u64 {
+        let mut rule = rule;
+        let obj = rule.as_object_mut().expect("rule is an object");
+        obj.entry("basis").or_insert_with(|| {
+            serde_json::json!({"authority": "Test Court", "reference": "T-1", "jurisdiction": "ZZ"})
+        });
+        obj.entry("expires_at")
+            .or_insert_with(|| Value::String(rfc3339_in(3600)));
+        let (status, v) = self.call("POST", "/v1/rules", Some(&rule));
+        assert_eq!(status, 201, "POST /v1/rules {rule} -> {v}");
+        v["id"].as_u64().expect("rule id")
+    }
+
+    /// Lifts a rule.
+    pub fn lift(&self, id: u64) {
+        let body = serde_json::json!({"reason": "test over"});
+        self.ok("DELETE", &format!("/v1/rules/{id}"), Some(&body));
     }
 
     /// Adds a participant with a fixed address and the given tracks.
@@ -336,6 +376,37 @@ pub fn rtcp_nack(ssrc: u32, media: u32, pid: u16) -> Vec<u8> {
     p.extend_from_slice(&pid.to_be_bytes());
     p.extend_from_slice(&[0, 0]);
     p
+}
+
+/// An RFC 3339 UTC time `secs` seconds from now.
+pub fn rfc3339_in(secs: u64) -> String {
+    let t = std::time::SystemTime::now() + Duration::from_secs(secs);
+    let unix = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let (days, rem) = (unix / 86_400, unix % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// How long the tests wait for datagrams that should not arrive.

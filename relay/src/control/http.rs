@@ -27,6 +27,7 @@ pub struct ControlServer {
     threads: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
     addr: SocketAddr,
+    shared: Arc<Shared>,
 }
 
 struct Shared {
@@ -52,7 +53,7 @@ impl ControlServer {
             token,
             stopping: stopping.clone(),
         });
-        let threads = (0..THREADS)
+        let mut threads: Vec<JoinHandle<()>> = (0..THREADS)
             .map(|i| {
                 let server = server.clone();
                 let shared = shared.clone();
@@ -61,11 +62,19 @@ impl ControlServer {
                     .spawn(move || serve(&server, &shared))
             })
             .collect::<Result<_, _>>()?;
+        let ticker = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("control-tick".into())
+                .spawn(move || tick(&ticker))?,
+        );
+        let closer = shared;
         Ok(Self {
             server,
             threads,
             stopping,
             addr,
+            shared: closer,
         })
     }
 
@@ -80,6 +89,19 @@ impl ControlServer {
         self.server.unblock();
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.close();
+        }
+    }
+}
+
+/// Expires rules and saves counters, four times a second, so an expiry takes effect within 1 s.
+fn tick(shared: &Shared) {
+    while !shared.stopping.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(250));
+        if let Ok(mut state) = shared.state.lock() {
+            state.tick();
         }
     }
 }
@@ -129,7 +151,7 @@ fn respond(request: &mut Request, shared: &Shared) -> Result<Reply, ApiError> {
         .map_err(|_| ApiError::new(500, "internal", "state lock poisoned"))?;
     let ok = |v: Value| Ok(Reply::Json(200, v));
     let created = |(new, v): (bool, Value)| Ok(Reply::Json(if new { 201 } else { 200 }, v));
-    use Method::{Delete, Get, Patch, Put};
+    use Method::{Delete, Get, Patch, Post, Put};
     match (&method, segments.as_slice()) {
         (Get, ["healthz"]) => {
             if state.plane().healthy() {
@@ -161,6 +183,16 @@ fn respond(request: &mut Request, shared: &Shared) -> Result<Reply, ApiError> {
         (Delete, ["v1", "rooms", room, "participants", id]) => {
             ok(state.delete_participant(room, id)?)
         }
+        (Post, ["v1", "rules"]) => Ok(Reply::Json(201, state.post_rule(&body)?)),
+        (Get, ["v1", "rules"]) => ok(state.list_rules()?),
+        (Get, ["v1", "rules", id]) => ok(state.get_rule(id)?),
+        (Delete, ["v1", "rules", id]) => ok(state.delete_rule(id, &body)?),
+        (Get, ["v1", "audit"]) => {
+            let after = query(&url, "after")?.unwrap_or(0);
+            let limit = query(&url, "limit")?.unwrap_or(1000).min(10_000) as usize;
+            ok(state.audit(after, limit)?)
+        }
+        (Get, ["v1", "transparency"]) => ok(state.transparency()?),
         _ => Err(ApiError::new(
             404,
             "no_such_endpoint",
@@ -223,6 +255,21 @@ fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
         return Err(too_large());
     }
     Ok(body)
+}
+
+/// A numeric query parameter, e.g. `after` in `/v1/audit?after=10`.
+fn query(url: &str, name: &str) -> Result<Option<u64>, ApiError> {
+    let Some((_, q)) = url.split_once('?') else {
+        return Ok(None);
+    };
+    for pair in q.split('&') {
+        if let Some(v) = pair.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            return v.parse().map(Some).map_err(|_| {
+                ApiError::bad_request("invalid_query", format!("{name} must be a whole number"))
+            });
+        }
+    }
+    Ok(None)
 }
 
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

@@ -5,9 +5,12 @@
 //! returns.
 
 pub mod api;
+mod geoip;
 mod http;
 mod metrics;
+mod rulebook;
 mod state;
 
+pub use geoip::Geoip;
 pub use http::ControlServer;
 pub use state::{RegionSource, State, rfc3339};

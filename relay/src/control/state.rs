@@ -4,7 +4,7 @@
 //! nothing. A change that affects routing recompiles only the rooms it touches and returns after
 //! every worker has applied them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -15,10 +15,13 @@ use serde_json::{Value, json};
 use super::api::{
     self, ApiError, IceBody, ParticipantBody, ParticipantPatch, SubscribeBody, TrackBody,
 };
+use super::geoip::Geoip;
+use super::rulebook::{self, RuleBook};
 use crate::config::Limits;
 use crate::io::DataPlane;
 use crate::packet::rtp::Ssrc;
-use crate::route::{Blocks, MemberSpec, ParticipantCounters, Room, RoomId, Subscription, Update};
+use crate::route::{MemberSpec, ParticipantCounters, Room, RoomId, Subscription, Update};
+use crate::rules::{Rule, RuleId, Subject};
 
 /// Where a participant's region came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,21 +68,42 @@ pub struct State {
     rooms: BTreeMap<String, RoomState>,
     /// Every fixed or latched address, to keep source lookup unambiguous relay-wide.
     addresses: HashMap<SocketAddr, (String, String)>,
+    /// Participants by region, so a region rule finds its rooms without scanning them all.
+    by_region: HashMap<[u8; 2], BTreeSet<(String, String)>>,
     next_room: u32,
     limits: Limits,
     plane: Arc<DataPlane>,
+    rules: RuleBook,
+    geoip: Option<Geoip>,
+    last_save: SystemTime,
 }
 
 impl State {
-    /// Empty state publishing to `plane`.
-    pub fn new(plane: Arc<DataPlane>, limits: Limits) -> Self {
-        Self {
+    /// State with no rooms and the rules restored from `store`, publishing to `plane`.
+    pub fn new(
+        plane: Arc<DataPlane>,
+        limits: Limits,
+        store: crate::store::Store,
+        geoip: Option<Geoip>,
+    ) -> anyhow::Result<Self> {
+        let rules = RuleBook::open(
+            store,
+            plane.workers(),
+            limits.rule_changes_per_sec,
+            unix_now(),
+        )
+        .map_err(|e| anyhow::anyhow!("restoring rules: {e}"))?;
+        Ok(Self {
             rooms: BTreeMap::new(),
             addresses: HashMap::new(),
+            by_region: HashMap::new(),
             next_room: 1,
             limits,
             plane,
-        }
+            rules,
+            geoip,
+            last_save: SystemTime::now(),
+        })
     }
 
     /// The data plane.
@@ -136,11 +160,13 @@ impl State {
         let id = self.room(room)?.id;
         self.publish(vec![Update::RemoveRoom(id)])?;
         let r = self.rooms.remove(room).expect("checked above");
-        for p in r.participants.values() {
+        for (id, p) in &r.participants {
             if let Some(a) = p.address {
                 self.addresses.remove(&a);
             }
+            self.index_region(room, id, p.region, None);
         }
+        self.rules.forget_room(room);
         tracing::info!(room, "room closed");
         Ok(json!({"room": room, "closed": true, "participants": r.participants.len()}))
     }
@@ -195,6 +221,8 @@ impl State {
             joined: existing.map_or_else(SystemTime::now, |p| p.joined),
         };
         let created = existing.is_none();
+        let mut participant = participant;
+        self.attribute_region(&mut participant);
         self.replace_participant(room, id, participant)?;
         tracing::info!(room, participant = id, created, "participant set");
         Ok((created, self.get_participant(room, id)?))
@@ -226,6 +254,7 @@ impl State {
             p.subscribe = subscribe;
         }
         self.check_participant(room, id, p.address, &p.tracks, &p.subscribe)?;
+        self.attribute_region(&mut p);
         self.replace_participant(room, id, p)?;
         tracing::info!(room, participant = id, "participant changed");
         self.get_participant(room, id)
@@ -256,6 +285,7 @@ impl State {
         if let Some(a) = old.address {
             self.addresses.remove(&a);
         }
+        self.index_region(room, id, old.region, None);
         tracing::info!(room, participant = id, "participant removed");
         Ok(json!({"room": room, "participant": id, "removed": true}))
     }
@@ -341,7 +371,7 @@ impl State {
         id: &str,
         p: Participant,
     ) -> Result<(), ApiError> {
-        let new_addr = p.address;
+        let (new_addr, new_region) = (p.address, p.region);
         let r = self.rooms.get_mut(room).expect("caller checked the room");
         let old = r.participants.insert(id.to_owned(), p);
         if let Err(e) = self.publish_room(room) {
@@ -352,7 +382,8 @@ impl State {
             };
             return Err(e);
         }
-        if let Some(a) = old.and_then(|o| o.address)
+        let (old_addr, old_region) = old.map_or((None, None), |o| (o.address, o.region));
+        if let Some(a) = old_addr
             && Some(a) != new_addr
         {
             self.addresses.remove(&a);
@@ -360,13 +391,140 @@ impl State {
         if let Some(a) = new_addr {
             self.addresses.insert(a, (room.to_owned(), id.to_owned()));
         }
+        self.index_region(room, id, old_region, new_region);
         Ok(())
     }
 
-    fn publish_room(&self, room: &str) -> Result<(), ApiError> {
-        let r = self.room(room)?;
-        let compiled = compile(r)?;
-        self.publish(vec![Update::Room(r.id, Arc::new(compiled))])
+    /// Looks the region up from the address unless signaling gave one.
+    fn attribute_region(&self, p: &mut Participant) {
+        if p.region_source == RegionSource::Signaling {
+            return;
+        }
+        let found = match (&self.geoip, p.address) {
+            (Some(db), Some(addr)) => db.region(addr.ip()),
+            _ => None,
+        };
+        p.region = found;
+        p.region_source = if found.is_some() {
+            RegionSource::Geoip
+        } else {
+            RegionSource::Unknown
+        };
+    }
+
+    fn index_region(&mut self, room: &str, id: &str, old: Option<[u8; 2]>, new: Option<[u8; 2]>) {
+        if old == new {
+            return;
+        }
+        let key = (room.to_owned(), id.to_owned());
+        if let Some(old) = old
+            && let Some(set) = self.by_region.get_mut(&old)
+        {
+            set.remove(&key);
+            if set.is_empty() {
+                self.by_region.remove(&old);
+            }
+        }
+        if let Some(new) = new {
+            self.by_region.entry(new).or_default().insert(key);
+        }
+    }
+
+    fn publish_room(&mut self, room: &str) -> Result<(), ApiError> {
+        self.publish_rooms(std::iter::once(room.to_owned()).collect())
+    }
+
+    /// Recompiles the rooms, publishes them in one round, then records whom each rule matches.
+    fn publish_rooms(&mut self, rooms: BTreeSet<String>) -> Result<(), ApiError> {
+        let mut updates = Vec::with_capacity(rooms.len());
+        let mut matches = Vec::with_capacity(rooms.len());
+        for name in &rooms {
+            let Some(r) = self.rooms.get(name) else {
+                continue;
+            };
+            let (compiled, matched) = compile(name, r, &self.rules)?;
+            updates.push(Update::Room(r.id, Arc::new(compiled)));
+            matches.push((name, matched));
+        }
+        self.publish(updates)?;
+        for (name, matched) in matches {
+            self.rules.set_matches(name, matched);
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/rules`: in force on every worker when it returns.
+    pub fn post_rule(&mut self, body: &[u8]) -> Result<Value, ApiError> {
+        let (id, rule) = self.rules.add(body, unix_now())?;
+        let rooms = rulebook::rooms_of(rule, &self.by_region);
+        self.publish_rooms(rooms)?;
+        self.rules.get(id)
+    }
+
+    /// `GET /v1/rules`.
+    pub fn list_rules(&self) -> Result<Value, ApiError> {
+        self.rules.list()
+    }
+
+    /// `GET /v1/rules/{id}`.
+    pub fn get_rule(&self, id: &str) -> Result<Value, ApiError> {
+        self.rules.get(parse_rule_id(id)?)
+    }
+
+    /// `DELETE /v1/rules/{id}` with `{"reason": "..."}`: lifted on every worker when it returns.
+    pub fn delete_rule(&mut self, id: &str, body: &[u8]) -> Result<Value, ApiError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Lift {
+            reason: String,
+        }
+        let id = parse_rule_id(id)?;
+        let lift: Lift = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_reason",
+                format!("a JSON body {{\"reason\": \"...\"}} is required: {e}"),
+            )
+        })?;
+        let rule = self.rules.lift(id, &lift.reason)?;
+        self.republish_for(&rule)?;
+        self.rules.get(id)
+    }
+
+    /// `GET /v1/audit`.
+    pub fn audit(&self, after: u64, limit: usize) -> Result<Value, ApiError> {
+        self.rules.audit(after, limit)
+    }
+
+    /// `GET /v1/transparency`.
+    pub fn transparency(&self) -> Result<Value, ApiError> {
+        self.rules.transparency()
+    }
+
+    /// Housekeeping, called a few times a second: expires due rules, saves counters now and then.
+    pub fn tick(&mut self) {
+        for rule in self.rules.expire(unix_now()) {
+            if let Err(e) = self.republish_for(&rule) {
+                tracing::error!(error = %e, "republishing after an expiry failed");
+            }
+        }
+        let now = SystemTime::now();
+        if now
+            .duration_since(self.last_save)
+            .is_ok_and(|d| d.as_secs() >= 10)
+        {
+            self.last_save = now;
+            self.rules.save_counters();
+        }
+    }
+
+    /// Saves counters and records the shutdown in the audit log.
+    pub fn close(&mut self) {
+        self.rules.close();
+    }
+
+    fn republish_for(&mut self, rule: &Rule) -> Result<(), ApiError> {
+        let rooms = rulebook::rooms_of(rule, &self.by_region);
+        self.publish_rooms(rooms)
     }
 
     fn publish(&self, updates: Vec<Update>) -> Result<(), ApiError> {
@@ -431,8 +589,13 @@ impl State {
     }
 }
 
-/// Compiles one room for the workers.
-fn compile(r: &RoomState) -> Result<Room, ApiError> {
+/// Compiles one room for the workers, with the rules in force; also says whom each rule matches.
+fn compile(
+    name: &str,
+    r: &RoomState,
+    rules: &RuleBook,
+) -> Result<(Room, HashMap<RuleId, BTreeSet<String>>), ApiError> {
+    let mut matched: HashMap<RuleId, BTreeSet<String>> = HashMap::new();
     let index: HashMap<&str, usize> = r
         .participants
         .keys()
@@ -454,17 +617,41 @@ fn compile(r: &RoomState) -> Result<Room, ApiError> {
                         .collect(),
                 ),
             },
-            blocks: Blocks::default(),
+            blocks: {
+                let subject = Subject {
+                    room: name,
+                    participant: id,
+                    region: p.region,
+                };
+                for (rule, _) in rules.set.matching(&subject) {
+                    matched.entry(rule).or_default().insert(id.clone());
+                }
+                rules.blocks(&subject)
+            },
             counters: p.counters.clone(),
         })
         .collect();
-    Room::compile(&specs).map_err(|e| {
+    let room = Room::compile(&specs).map_err(|e| {
         ApiError::new(
             500,
             "compile_failed",
             format!("room could not be compiled: {e:?}"),
         )
-    })
+    })?;
+    Ok((room, matched))
+}
+
+fn parse_rule_id(id: &str) -> Result<RuleId, ApiError> {
+    id.parse()
+        .map(RuleId)
+        .map_err(|_| ApiError::not_found(format!("no rule {id}")))
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn parse_address(s: &str) -> Result<SocketAddr, ApiError> {

@@ -288,7 +288,7 @@ mod tests {
         ];
         let p = Packet::new_checked(&b[..]).unwrap();
         assert_eq!(p.extension(), Some((0x1000, &[][..])));
-        assert_eq!(p.payload(), []);
+        assert!(p.payload().is_empty());
         assert_eq!(p.ssrc(), Ssrc(5));
     }
 
@@ -298,7 +298,7 @@ mod tests {
         let b = [0xa0, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 4];
         let p = Packet::new_checked(&b[..]).unwrap();
         assert_eq!(p.padding_len(), 4);
-        assert_eq!(p.payload(), []);
+        assert!(p.payload().is_empty());
     }
 
     #[test]
@@ -326,7 +326,7 @@ mod tests {
         b[0] = 0x81;
         let p = Packet::new_checked(&b[..]).unwrap();
         assert!(p.csrcs().eq([Ssrc(0x6162_6364)]));
-        assert_eq!(p.payload(), []);
+        assert!(p.payload().is_empty());
     }
 
     #[test]
@@ -358,13 +358,13 @@ mod tests {
         b[15] = 5;
         assert_eq!(Packet::new_checked(&b[..]), Err(Error::BadPadding));
         b[15] = 4;
-        assert_eq!(Packet::new_checked(&b[..]).unwrap().payload(), []);
+        assert!(Packet::new_checked(&b[..]).unwrap().payload().is_empty());
         // The padding count may not reach back into the extension.
         let mut c = FULL;
         c[39] = 13;
         assert_eq!(Packet::new_checked(&c[..]), Err(Error::BadPadding));
         c[39] = 12;
-        assert_eq!(Packet::new_checked(&c[..]).unwrap().payload(), []);
+        assert!(Packet::new_checked(&c[..]).unwrap().payload().is_empty());
     }
 
     #[test]

@@ -244,56 +244,36 @@ fn route_rtcp(
         return Verdict::Drop(DropReason::MalformedRtcp);
     };
     match route {
-        // Sender reports follow the sender's media, rules included.
-        rtcp::Route::Sender { sender } => match member.track(sender) {
-            Some(track) => fan_out(worker, room, track, emit),
-            None => Verdict::Drop(DropReason::UndeclaredSsrc),
-        },
+        // Sender reports follow the sender's media, rules included; report blocks in the same
+        // compound also go back to the publishers they name, once each.
+        rtcp::Route::Sender {
+            sender,
+            also_feedback,
+        } => {
+            let Some(track) = member.track(sender) else {
+                return Verdict::Drop(DropReason::UndeclaredSsrc);
+            };
+            let verdict = fan_out(worker, room, track, emit);
+            let Some(feedback) = also_feedback else {
+                return verdict;
+            };
+            let skip = if verdict == Verdict::Drop(DropReason::Rule) {
+                &[][..]
+            } else {
+                &track.fanout[..]
+            };
+            let (sent, _) = route_feedback(worker, room, index, feedback, skip, emit);
+            match verdict {
+                Verdict::Forward(n) => Verdict::Forward(n + sent),
+                _ if sent > 0 => Verdict::Forward(sent),
+                v => v,
+            }
+        }
         rtcp::Route::Feedback { feedback, .. } => {
-            let mut targets = [0u16; MAX_FEEDBACK_TARGETS];
-            let mut n = 0;
-            let mut blocked = false;
-            for ssrc in feedback.media_ssrcs() {
-                let Some(&(publisher, t)) = room.ssrcs.get(&ssrc) else {
-                    continue;
-                };
-                let p = usize::from(publisher);
-                let owner = &room.members[p];
-                let kind = owner.tracks[usize::from(t)].kind.index();
-                // Feedback travels against the media flow: it passes only where that flow is
-                // allowed, and a rule on either end stops it.
-                if p == index || !owner.is_subscriber(index) || targets[..n].contains(&publisher) {
-                    continue;
-                }
-                let rule = member.blocks.send[kind]
-                    .as_ref()
-                    .map(|r| &r.dropped_send)
-                    .or(member.blocks.receive[kind]
-                        .as_ref()
-                        .map(|r| &r.dropped_receive))
-                    .or(owner.blocks.send[kind].as_ref().map(|r| &r.dropped_send));
-                if let Some(counter) = rule {
-                    counter.add(worker, 1);
-                    blocked = true;
-                    continue;
-                }
-                if n == MAX_FEEDBACK_TARGETS {
-                    break;
-                }
-                targets[n] = publisher;
-                n += 1;
-            }
-            let mut sent = 0;
-            for &p in &targets[..n] {
-                if let Some(dest) = &room.members[usize::from(p)].sockaddr {
-                    emit(dest);
-                    sent += 1;
-                }
-            }
-            match (sent, blocked) {
+            match route_feedback(worker, room, index, feedback, &[], emit) {
                 (0, true) => Verdict::Drop(DropReason::Rule),
                 (0, false) => Verdict::Drop(DropReason::NoRoute),
-                _ => Verdict::Forward(sent),
+                (sent, _) => Verdict::Forward(sent),
             }
         }
         rtcp::Route::Encrypted { .. } => {
@@ -307,4 +287,62 @@ fn route_rtcp(
             Verdict::Forward(sent)
         }
     }
+}
+
+/// Sends receiver feedback from member `index` to the publishers of the media SSRCs it names,
+/// once per publisher, skipping those in `skip`. Returns (sent, whether a rule stopped some).
+fn route_feedback(
+    worker: usize,
+    room: &Room,
+    index: usize,
+    feedback: rtcp::Feedback<'_>,
+    skip: &[u16],
+    emit: &mut impl FnMut(&SockAddr),
+) -> (usize, bool) {
+    let member = &room.members[index];
+    let mut targets = [0u16; MAX_FEEDBACK_TARGETS];
+    let mut n = 0;
+    let mut blocked = false;
+    for ssrc in feedback.media_ssrcs() {
+        let Some(&(publisher, t)) = room.ssrcs.get(&ssrc) else {
+            continue;
+        };
+        let p = usize::from(publisher);
+        let owner = &room.members[p];
+        let kind = owner.tracks[usize::from(t)].kind.index();
+        // Feedback travels against the media flow: it passes only where that flow is allowed,
+        // and a rule on either end stops it.
+        if p == index
+            || !owner.is_subscriber(index)
+            || targets[..n].contains(&publisher)
+            || skip.contains(&publisher)
+        {
+            continue;
+        }
+        let rule = member.blocks.send[kind]
+            .as_ref()
+            .map(|r| &r.dropped_send)
+            .or(member.blocks.receive[kind]
+                .as_ref()
+                .map(|r| &r.dropped_receive))
+            .or(owner.blocks.send[kind].as_ref().map(|r| &r.dropped_send));
+        if let Some(counter) = rule {
+            counter.add(worker, 1);
+            blocked = true;
+            continue;
+        }
+        if n == MAX_FEEDBACK_TARGETS {
+            break;
+        }
+        targets[n] = publisher;
+        n += 1;
+    }
+    let mut sent = 0;
+    for &p in &targets[..n] {
+        if let Some(dest) = &room.members[usize::from(p)].sockaddr {
+            emit(dest);
+            sent += 1;
+        }
+    }
+    (sent, blocked)
 }
