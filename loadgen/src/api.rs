@@ -40,8 +40,17 @@ impl Api {
             .timeout_connect(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
             .build();
-        let host = control.to_socket_addrs().ok().and_then(|mut a| a.next()).map(|a| a.ip());
-        Self { agent, base: format!("http://{control}"), host, token: token.map(str::to_owned) }
+        let host = control
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(|a| a.ip());
+        Self {
+            agent,
+            base: format!("http://{control}"),
+            host,
+            token: token.map(str::to_owned),
+        }
     }
 
     /// `GET /v1/info`.
@@ -51,13 +60,18 @@ impl Api {
 
     /// `PUT /v1/rooms/{room}`.
     pub fn put_room(&self, room: &str) -> Result<()> {
-        self.call("PUT", &format!("/v1/rooms/{room}"), Some(&Value::Object(Default::default())))
-            .map(drop)
+        self.call(
+            "PUT",
+            &format!("/v1/rooms/{room}"),
+            Some(&Value::Object(Default::default())),
+        )
+        .map(drop)
     }
 
     /// `DELETE /v1/rooms/{room}`.
     pub fn delete_room(&self, room: &str) -> Result<()> {
-        self.call("DELETE", &format!("/v1/rooms/{room}"), None).map(drop)
+        self.call("DELETE", &format!("/v1/rooms/{room}"), None)
+            .map(drop)
     }
 
     /// `PUT /v1/rooms/{room}/participants/{participant}`.
@@ -68,8 +82,9 @@ impl Api {
             .get("media_address")
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("PUT {path}: reply has no media_address: {reply}"))?;
-        let mut media_address: SocketAddr =
-            addr.parse().with_context(|| format!("PUT {path}: bad media_address {addr:?}"))?;
+        let mut media_address: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("PUT {path}: bad media_address {addr:?}"))?;
         // A relay bound to all interfaces answers with the unspecified address: use the
         // control host instead.
         if media_address.ip().is_unspecified() {
@@ -77,14 +92,20 @@ impl Api {
                 media_address.set_ip(host);
             }
         }
-        let ice = reply.get("ice").and_then(|v| serde_json::from_value(v.clone()).ok());
+        let ice = reply
+            .get("ice")
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
         Ok(Joined { media_address, ice })
     }
 
     /// `DELETE /v1/rooms/{room}/participants/{participant}`.
     pub fn delete_participant(&self, room: &str, participant: &str) -> Result<()> {
-        self.call("DELETE", &format!("/v1/rooms/{room}/participants/{participant}"), None)
-            .map(drop)
+        self.call(
+            "DELETE",
+            &format!("/v1/rooms/{room}/participants/{participant}"),
+            None,
+        )
+        .map(drop)
     }
 
     /// `POST /v1/rules`; returns the rule's id.
@@ -100,7 +121,8 @@ impl Api {
     /// `DELETE /v1/rules/{id}` with the reason the API requires.
     pub fn delete_rule(&self, id: &str, reason: &str) -> Result<()> {
         let body = serde_json::json!({ "reason": reason });
-        self.call("DELETE", &format!("/v1/rules/{id}"), Some(&body)).map(drop)
+        self.call("DELETE", &format!("/v1/rules/{id}"), Some(&body))
+            .map(drop)
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
@@ -114,7 +136,9 @@ impl Api {
         };
         match result {
             Ok(resp) => {
-                let text = resp.into_string().with_context(|| format!("{method} {path}"))?;
+                let text = resp
+                    .into_string()
+                    .with_context(|| format!("{method} {path}"))?;
                 if text.trim().is_empty() {
                     return Ok(Value::Null);
                 }
@@ -125,7 +149,11 @@ impl Api {
                 let text = resp.into_string().unwrap_or_default();
                 let message = serde_json::from_str::<Value>(&text)
                     .ok()
-                    .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned))
+                    .and_then(|v| {
+                        v.pointer("/error/message")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
                     .unwrap_or(text);
                 bail!("{method} {path}: HTTP {code}: {message}")
             }

@@ -114,7 +114,11 @@ impl Args {
                 Scenario::default()
             }
         };
-        if self.scenario.is_none() || self.rooms.is_some() || self.participants.is_some() || self.profile.is_some() {
+        if self.scenario.is_none()
+            || self.rooms.is_some()
+            || self.participants.is_some()
+            || self.profile.is_some()
+        {
             let base = s.room.first().cloned().unwrap_or_default();
             let profile = match self.profile {
                 Some(ProfileArg::Audio) => Send::Audio,
@@ -124,10 +128,15 @@ impl Args {
                 None => Send::Audio,
             };
             let size = self.participants.map_or(base.size, |m| [m, m]);
-            let rooms = self.rooms.unwrap_or(if self.scenario.is_some() { s.rooms } else { 1 });
+            let rooms = self
+                .rooms
+                .unwrap_or(if self.scenario.is_some() { s.rooms } else { 1 });
             let u = Scenario::uniform(rooms, size[0], profile);
             s.rooms = u.rooms;
-            s.room = vec![crate::scenario::RoomClass { size, ..u.room[0].clone() }];
+            s.room = vec![crate::scenario::RoomClass {
+                size,
+                ..u.room[0].clone()
+            }];
         }
         s.target = match self.target {
             TargetArg::Relay => Target::Relay,
@@ -190,11 +199,20 @@ mod tests {
         .unwrap();
         assert_eq!(s.control, "127.0.0.1:7780");
         assert_eq!(s.token.as_deref(), Some("t"));
-        assert_eq!((s.rooms, s.room[0].size, s.room[0].profile), (5, [3, 3], Send::Mixed));
+        assert_eq!(
+            (s.rooms, s.room[0].size, s.room[0].profile),
+            (5, [3, 3], Send::Mixed)
+        );
         assert_eq!(s.addressing, Addressing::Fixed);
         assert_eq!(s.duration, 2.0);
-        assert!(parse("loadgen --rooms 1 --duration 2").is_err(), "control is required");
-        assert!(parse("loadgen --control x:1").is_err(), "duration is required");
+        assert!(
+            parse("loadgen --rooms 1 --duration 2").is_err(),
+            "control is required"
+        );
+        assert!(
+            parse("loadgen --control x:1").is_err(),
+            "duration is required"
+        );
         assert!(parse("loadgen --target direct --duration 1 --rate 1000").is_ok());
     }
 }

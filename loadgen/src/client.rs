@@ -1,8 +1,8 @@
 //! Client threads: each drives many participants' sockets, sending their paced media in
 //! `sendmmsg` batches and reading whatever arrives with epoll and `recvmmsg`.
 
-use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -147,7 +147,12 @@ struct Thread<'a> {
 }
 
 impl<'a> Thread<'a> {
-    fn new(work: Work, shared: &'a Shared, thread: usize, intervals: Option<mpsc::Sender<Interval>>) -> Self {
+    fn new(
+        work: Work,
+        shared: &'a Shared,
+        thread: usize,
+        intervals: Option<mpsc::Sender<Interval>>,
+    ) -> Self {
         let mut dest_index: HashMap<SocketAddr, usize> = HashMap::new();
         let mut dests = Vec::new();
         let mut streams = Vec::with_capacity(work.streams.len());
@@ -223,7 +228,9 @@ impl<'a> Thread<'a> {
     }
 
     fn run(&mut self) {
-        let Some(mut poller) = self.poller.take() else { return };
+        let Some(mut poller) = self.poller.take() else {
+            return;
+        };
         let progress = &self.shared.progress[self.thread];
         loop {
             let now = self.shared.now_ns();
@@ -270,7 +277,7 @@ impl<'a> Thread<'a> {
     fn send_frame(&mut self, s: usize, now: u64) {
         let participant = self.clients[self.streams[s].client].participant;
         let st = &mut self.streams[s];
-        let frame = st.pacer.next();
+        let frame = st.pacer.next_frame();
         if !self.shared.active[participant as usize].load(Ordering::Relaxed) {
             return;
         }
@@ -297,7 +304,9 @@ impl<'a> Thread<'a> {
                 seq: first_seq + u32::from(i),
             };
             let len = if last { frame.last_len } else { frame.len };
-            let p = self.send.push(|b| rtp::encode(&header, 0, usize::from(len), b));
+            let p = self
+                .send
+                .push(|b| rtp::encode(&header, 0, usize::from(len), b));
             for &d in &st.dests {
                 self.send.send_to(p, d);
             }
@@ -349,7 +358,8 @@ impl<'a> Thread<'a> {
                     continue;
                 };
                 self.got += 1;
-                let arrival = (u128::from(now) * u128::from(kind.clock_rate()) / 1_000_000_000) as u32;
+                let arrival =
+                    (u128::from(now) * u128::from(kind.clock_rate()) / 1_000_000_000) as u32;
                 let st = self.received[client].entry(p.stream).or_default();
                 // Ticks of the send-side clock line up with ours: both count from the same start,
                 // and the stream's random base cancels in the transit difference.
@@ -378,7 +388,10 @@ impl<'a> Thread<'a> {
     fn flush_interval(&mut self) {
         if let Some(tx) = &self.intervals {
             let h = self.interval.clone();
-            let _ = tx.send(Interval { index: self.interval_index, histogram: h });
+            let _ = tx.send(Interval {
+                index: self.interval_index,
+                histogram: h,
+            });
         }
         self.interval.reset();
     }
@@ -391,7 +404,11 @@ impl<'a> Thread<'a> {
             .map(|c| c.participant)
             .zip(self.received)
             .collect();
-        let send_us = self.streams.into_iter().map(|s| (s.spec_id, s.log)).collect();
+        let send_us = self
+            .streams
+            .into_iter()
+            .map(|s| (s.spec_id, s.log))
+            .collect();
         Outcome {
             received,
             send_us,

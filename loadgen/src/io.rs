@@ -91,12 +91,14 @@ impl SendBatch {
             let n = (total - done).min(MAX_MMSG);
             // SAFETY: hdrs[done..done+n] are valid headers pointing into self.iovs, self.buf and
             // dests, all of which outlive the call.
-            let r = unsafe {
-                libc::sendmmsg(fd, self.hdrs[done..].as_mut_ptr(), n as libc::c_uint, 0)
-            };
+            let r =
+                unsafe { libc::sendmmsg(fd, self.hdrs[done..].as_mut_ptr(), n as libc::c_uint, 0) };
             if r < 0 {
                 let e = io::Error::last_os_error();
-                let transient = matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS | libc::EINTR));
+                let transient = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN | libc::ENOBUFS | libc::EINTR)
+                );
                 if transient && retries < 3 {
                     retries += 1;
                     std::thread::yield_now();
@@ -116,7 +118,11 @@ impl SendBatch {
         };
         self.lens.clear();
         self.msgs.clear();
-        Flushed { datagrams: done, packets, error }
+        Flushed {
+            datagrams: done,
+            packets,
+            error,
+        }
     }
 }
 
@@ -153,7 +159,12 @@ impl RecvBatch {
             h.msg_hdr.msg_iovlen = 1;
             hdrs.push(h);
         }
-        Self { buf, lens: vec![0; packets], iovs, hdrs }
+        Self {
+            buf,
+            lens: vec![0; packets],
+            iovs,
+            hdrs,
+        }
     }
 
     /// Reads what is queued on `fd` without blocking; returns how many datagrams.
@@ -210,12 +221,18 @@ impl Poller {
         }
         // SAFETY: fd is a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { fd, events: vec![libc::epoll_event { events: 0, u64: 0 }; 256] })
+        Ok(Self {
+            fd,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
+        })
     }
 
     /// Watches `fd` for reading (level-triggered).
     pub(crate) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
         // SAFETY: ev is a valid event; fds are checked by the kernel.
         let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
         if r < 0 {
@@ -272,7 +289,9 @@ mod tests {
     #[test]
     fn batches_roundtrip_on_loopback() {
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let rx: Vec<_> = (0..3).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        let rx: Vec<_> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
         for s in &rx {
             s.set_nonblocking(true).unwrap();
         }

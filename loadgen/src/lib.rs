@@ -4,16 +4,16 @@
 
 pub mod api;
 pub mod cli;
-pub mod model;
-pub mod profile;
-pub mod rtp;
-pub mod scenario;
-pub mod stats;
 pub(crate) mod client;
 pub(crate) mod io;
+pub mod model;
+pub mod profile;
 pub mod report;
+pub mod rtp;
 pub mod rtpengine;
 mod run;
+pub mod scenario;
+pub mod stats;
 
 pub use report::Report;
 pub use run::{Options, run, run_with};

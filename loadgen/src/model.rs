@@ -269,9 +269,19 @@ mod tests {
         World {
             grace_ns: 5,
             room: vec![0, 0, 0, 1],
-            subscribe: vec![Subscribe::All, Subscribe::All, Subscribe::List(vec![0]), Subscribe::All],
+            subscribe: vec![
+                Subscribe::All,
+                Subscribe::All,
+                Subscribe::List(vec![0]),
+                Subscribe::All,
+            ],
             presence,
-            streams: vec![(0, Kind::Audio), (0, Kind::Video), (1, Kind::Audio), (3, Kind::Audio)],
+            streams: vec![
+                (0, Kind::Audio),
+                (0, Kind::Video),
+                (1, Kind::Audio),
+                (3, Kind::Audio),
+            ],
             rules: Vec::new(),
         }
     }
@@ -294,15 +304,32 @@ mod tests {
         let mut active = Switch::default();
         active.set(w(100, 110), true);
         active.set(w(200, 220), false);
-        m.rules.push(Rule { targets: vec![0], direction: Direction::Send, media: Media::Audio, active });
+        m.rules.push(Rule {
+            targets: vec![0],
+            direction: Direction::Send,
+            media: Media::Audio,
+            active,
+        });
         assert_eq!(m.deliver(0, 1, 94), Tri::Yes);
-        assert_eq!(m.deliver(0, 1, 95), Tri::Unknown, "within grace before the call");
+        assert_eq!(
+            m.deliver(0, 1, 95),
+            Tri::Unknown,
+            "within grace before the call"
+        );
         assert_eq!(m.deliver(0, 1, 109), Tri::Unknown);
-        assert_eq!(m.deliver(0, 1, 110), Tri::No, "sent after the POST returned");
+        assert_eq!(
+            m.deliver(0, 1, 110),
+            Tri::No,
+            "sent after the POST returned"
+        );
         assert_eq!(m.deliver(1, 1, 150), Tri::Yes, "video is not covered");
         assert_eq!(m.deliver(2, 0, 150), Tri::Yes, "p0 still receives");
         assert_eq!(m.deliver(0, 1, 219), Tri::Unknown);
-        assert_eq!(m.deliver(0, 1, 220), Tri::Yes, "sent after the DELETE returned");
+        assert_eq!(
+            m.deliver(0, 1, 220),
+            Tri::Yes,
+            "sent after the DELETE returned"
+        );
         assert_eq!(
             m.segments(0, 1),
             vec![
@@ -321,7 +348,12 @@ mod tests {
         let mut m = world();
         let mut active = Switch::default();
         active.set(w(100, 110), true);
-        m.rules.push(Rule { targets: vec![1], direction: Direction::Receive, media: Media::All, active });
+        m.rules.push(Rule {
+            targets: vec![1],
+            direction: Direction::Receive,
+            media: Media::All,
+            active,
+        });
         assert_eq!(m.deliver(0, 1, 120), Tri::No);
         assert_eq!(m.deliver(2, 0, 120), Tri::Yes, "p1 still sends");
         m.presence[2].set(w(300, 310), false);

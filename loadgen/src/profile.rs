@@ -135,7 +135,7 @@ impl Profile {
         let mut pacer = Pacer::new(self, 1, 0);
         let mut packets = 0u64;
         while pacer.due() < SPAN_NS {
-            packets += u64::from(pacer.next().count);
+            packets += u64::from(pacer.next_frame().count);
         }
         packets as f64 * 1e9 / SPAN_NS as f64
     }
@@ -223,23 +223,22 @@ impl Pacer {
     }
 
     /// The frame due at `due()`; advances to the next one.
-    pub fn next(&mut self) -> Frame {
+    pub fn next_frame(&mut self) -> Frame {
         let due_ns = self.next_ns;
         let p = &self.profile;
-        let rtp_ticks = (due_ns - self.start_ns) as u128 * u128::from(p.kind.clock_rate())
-            / 1_000_000_000;
+        let rtp_ticks =
+            (due_ns - self.start_ns) as u128 * u128::from(p.kind.clock_rate()) / 1_000_000_000;
         let rtp_ticks = rtp_ticks as u64;
-        let frame = match p.kind {
+        match p.kind {
             Kind::Audio => self.audio_frame(due_ns, rtp_ticks),
             Kind::Video | Kind::Screen => self.video_frame(due_ns, rtp_ticks),
-        };
-        frame
+        }
     }
 
     /// Skips frames due before `now_ns` (a sender that was not allowed to send yet).
     pub fn skip_to(&mut self, now_ns: u64) {
         while self.next_ns < now_ns {
-            self.next();
+            self.next_frame();
         }
     }
 
@@ -251,14 +250,28 @@ impl Pacer {
             self.spurt_until_ns = due_ns + self.rng.range(500, 3_000) * 1_000_000;
         }
         let (len, step) = if self.talking || !p.dtx {
-            let len = self.rng.range(u64::from(p.len.0), u64::from(p.len.1.max(p.len.0)));
+            let len = self
+                .rng
+                .range(u64::from(p.len.0), u64::from(p.len.1.max(p.len.0)));
             (len as u16, p.frame_ns)
         } else {
             // Opus DTX: about one small frame every 400 ms during silence.
-            (rtp::MIN_LEN as u16, (p.frame_ns * 20).min(self.spurt_until_ns - due_ns).max(p.frame_ns))
+            (
+                rtp::MIN_LEN as u16,
+                (p.frame_ns * 20)
+                    .min(self.spurt_until_ns - due_ns)
+                    .max(p.frame_ns),
+            )
         };
         self.next_ns = due_ns + step;
-        Frame { due_ns, rtp_ticks, count: 1, len, last_len: len, marker: false }
+        Frame {
+            due_ns,
+            rtp_ticks,
+            count: 1,
+            len,
+            last_len: len,
+            marker: false,
+        }
     }
 
     fn video_frame(&mut self, due_ns: u64, rtp_ticks: u64) -> Frame {
@@ -280,7 +293,11 @@ impl Pacer {
         let mut size = delta * (0.75 + 0.5 * self.rng.unit());
         if due_ns >= self.next_key_ns {
             size = delta * p.keyframe_mult;
-            self.next_key_ns = if p.keyframe_ns == 0 { u64::MAX } else { due_ns + p.keyframe_ns };
+            self.next_key_ns = if p.keyframe_ns == 0 {
+                u64::MAX
+            } else {
+                due_ns + p.keyframe_ns
+            };
         }
         let size = (size as u64).max(rtp::MIN_LEN as u64);
         let len = u64::from(self.packet_len.max(rtp::MIN_LEN as u16));
@@ -339,7 +356,7 @@ mod tests {
         let mut pacer = Pacer::new(profile, 9, 1_000);
         let (mut packets, mut bytes, mut frames) = (0, 0, Vec::new());
         while pacer.due() < 1_000 + secs * 1_000_000_000 {
-            let f = pacer.next();
+            let f = pacer.next_frame();
             packets += u64::from(f.count);
             bytes += u64::from(f.count - 1) * u64::from(f.len) + u64::from(f.last_len);
             frames.push(f);
@@ -351,7 +368,11 @@ mod tests {
     fn audio_sends_50_packets_per_second() {
         let (packets, bytes, frames) = run(&Profile::audio(), 10);
         assert_eq!(packets, 500);
-        assert!(frames.iter().all(|f| (60..=160).contains(&f.len) && f.count == 1));
+        assert!(
+            frames
+                .iter()
+                .all(|f| (60..=160).contains(&f.len) && f.count == 1)
+        );
         let mean = bytes / packets;
         assert!((90..=130).contains(&mean), "mean {mean}");
         // 20 ms at 48 kHz is 960 ticks.
@@ -360,7 +381,10 @@ mod tests {
 
     #[test]
     fn audio_dtx_sends_less() {
-        let p = Profile { dtx: true, ..Profile::audio() };
+        let p = Profile {
+            dtx: true,
+            ..Profile::audio()
+        };
         let (packets, _, frames) = run(&p, 60);
         assert!(packets < 3_000 * 8 / 10 && packets > 3_000 / 4, "{packets}");
         assert!(frames.iter().any(|f| usize::from(f.len) == rtp::MIN_LEN));
@@ -373,7 +397,10 @@ mod tests {
             let (_, bytes, frames) = run(&p, 20);
             assert!((frames.len() as u32).abs_diff(20 * fps) <= 1);
             let bps = bytes * 8 / 20;
-            assert!((1_080_000..=1_320_000).contains(&bps), "{fps} fps: {bps} bit/s");
+            assert!(
+                (1_080_000..=1_320_000).contains(&bps),
+                "{fps} fps: {bps} bit/s"
+            );
             for f in &frames {
                 assert!((1100..=1200).contains(&f.len));
                 assert!(f.last_len <= f.len && f.marker);
@@ -397,7 +424,11 @@ mod tests {
 
     #[test]
     fn scaling_reaches_the_requested_rate() {
-        for p in [Profile::audio(), Profile::video(30, 1_000_000), Profile::screen()] {
+        for p in [
+            Profile::audio(),
+            Profile::video(30, 1_000_000),
+            Profile::screen(),
+        ] {
             let q = p.with_pps(400.0);
             let got = q.nominal_pps();
             assert!((360.0..=440.0).contains(&got), "{:?}: {got}", p.kind);
@@ -409,6 +440,6 @@ mod tests {
         let mut pacer = Pacer::new(&Profile::audio(), 1, 0);
         pacer.skip_to(1_000_000_000);
         assert_eq!(pacer.due(), 1_000_000_000);
-        assert_eq!(pacer.next().rtp_ticks, 48_000);
+        assert_eq!(pacer.next_frame().rtp_ticks, 48_000);
     }
 }

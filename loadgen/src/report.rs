@@ -144,7 +144,10 @@ impl Report {
             if tallies[i].sent > 0 || tallies[i].received > 0 {
                 self.per_profile.insert(
                     kind.name().to_owned(),
-                    ProfileReport { tally: tallies[i], latency_us: Latency::of(&latency[i]) },
+                    ProfileReport {
+                        tally: tallies[i],
+                        latency_us: Latency::of(&latency[i]),
+                    },
                 );
             }
         }
@@ -155,7 +158,10 @@ impl Report {
         self.duplicates = all.duplicates;
         self.misdelivered = all.misdelivered;
         self.reordered = all.reordered;
-        self.jitter_us = Jitter { mean: round1(all.jitter_mean_us), max: round1(all.jitter_max_us) };
+        self.jitter_us = Jitter {
+            mean: round1(all.jitter_mean_us),
+            max: round1(all.jitter_max_us),
+        };
         self.latency_us = Latency::of(&hist);
         if self.duration_s > 0.0 {
             self.offered_pps = (self.sent as f64 / self.duration_s).round();
@@ -174,15 +180,35 @@ impl Report {
         let _ = writeln!(
             s,
             "{:<8} {:>11} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
-            "media", "sent", "received", "lost", "dup", "misdeliv", "reorder", "p50 us", "p99 us",
-            "p99.9 us", "max us", "jitter"
+            "media",
+            "sent",
+            "received",
+            "lost",
+            "dup",
+            "misdeliv",
+            "reorder",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "max us",
+            "jitter"
         );
         let row = |s: &mut String, name: &str, t: &Tally, l: &Latency| {
             let _ = writeln!(
                 s,
                 "{:<8} {:>11} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8.1}",
-                name, t.sent, t.received, t.lost, t.duplicates, t.misdelivered, t.reordered, l.p50,
-                l.p99, l.p999, l.max, t.jitter_mean_us
+                name,
+                t.sent,
+                t.received,
+                t.lost,
+                t.duplicates,
+                t.misdelivered,
+                t.reordered,
+                l.p50,
+                l.p99,
+                l.p999,
+                l.max,
+                t.jitter_mean_us
             );
         };
         for (name, p) in &self.per_profile {
@@ -199,7 +225,11 @@ impl Report {
             ..Tally::default()
         };
         row(&mut s, "all", &all, &self.latency_us);
-        let loss = if self.expected > 0 { 100.0 * self.lost as f64 / self.expected as f64 } else { 0.0 };
+        let loss = if self.expected > 0 {
+            100.0 * self.lost as f64 / self.expected as f64
+        } else {
+            0.0
+        };
         let _ = writeln!(
             s,
             "offered {:.0} pkt/s, received {:.0} pkt/s, loss {:.3}% of {} expected deliveries",
@@ -210,7 +240,13 @@ impl Report {
             let _ = writeln!(
                 s,
                 "control: {} calls ({} failed, slowest {:.1} ms), {} joins, {} leaves, {} rules added, {} lifted",
-                c.calls, c.failed, c.slowest_call_ms, c.joins, c.leaves, c.rules_added, c.rules_lifted
+                c.calls,
+                c.failed,
+                c.slowest_call_ms,
+                c.joins,
+                c.leaves,
+                c.rules_added,
+                c.rules_lifted
             );
         }
         if self.late_frames > 0 || self.send_errors > 0 || self.other > 0 {

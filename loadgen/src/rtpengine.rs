@@ -18,7 +18,11 @@ impl Rtpengine {
         bail!("rtpengine target not implemented yet")
     }
 
-    pub(crate) fn setup(&mut self, _plan: &Plan, _addrs: &[SocketAddr]) -> Result<Vec<Vec<SocketAddr>>> {
+    pub(crate) fn setup(
+        &mut self,
+        _plan: &Plan,
+        _addrs: &[SocketAddr],
+    ) -> Result<Vec<Vec<SocketAddr>>> {
         bail!("rtpengine target not implemented yet")
     }
 

@@ -48,13 +48,24 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
     let plan = scenario.plan();
     let start = Instant::now();
     let sockets = bind(plan.participants.len())?;
-    let addrs: Vec<SocketAddr> = sockets.iter().map(|s| s.local_addr()).collect::<Result<_, _>>()?;
+    let addrs: Vec<SocketAddr> = sockets
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<Result<_, _>>()?;
     let mut world = World {
         grace_ns: scenario.grace_ms * 1_000_000,
         room: plan.participants.iter().map(|p| p.room).collect(),
-        subscribe: plan.participants.iter().map(|p| p.subscribe.clone()).collect(),
+        subscribe: plan
+            .participants
+            .iter()
+            .map(|p| p.subscribe.clone())
+            .collect(),
         presence: vec![Switch::default(); plan.participants.len()],
-        streams: plan.streams.iter().map(|s| (s.participant, s.profile.kind)).collect(),
+        streams: plan
+            .streams
+            .iter()
+            .map(|s| (s.participant, s.profile.kind))
+            .collect(),
         rules: plan
             .rules
             .iter()
@@ -76,17 +87,30 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
     for (p, socket) in sockets.into_iter().enumerate() {
         let w = &mut works[p % threads];
         slot[p] = (p % threads, w.clients.len());
-        w.clients.push(ClientSpec { participant: p as u32, socket });
+        w.clients.push(ClientSpec {
+            participant: p as u32,
+            socket,
+        });
     }
     for (id, (s, dests)) in plan.streams.iter().zip(dests).enumerate() {
         let (t, client) = slot[s.participant as usize];
-        works[t].streams.push(StreamSpec { id: id as u32, client, profile: s.profile, ssrc: s.ssrc, dests });
+        works[t].streams.push(StreamSpec {
+            id: id as u32,
+            client,
+            profile: s.profile,
+            ssrc: s.ssrc,
+            dests,
+        });
     }
     let send_from_ns = ctl.now() + 20_000_000;
     let duration_ns = (scenario.duration * 1e9) as u64;
     let shared = Shared {
         start,
-        active: plan.participants.iter().map(|p| AtomicBool::new(p.join_ns == 0)).collect(),
+        active: plan
+            .participants
+            .iter()
+            .map(|p| AtomicBool::new(p.join_ns == 0))
+            .collect(),
         kinds: plan.streams.iter().map(|s| s.profile.kind).collect(),
         send_from_ns,
         send_until_ns: AtomicU64::new(send_from_ns + duration_ns),
@@ -122,12 +146,18 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
                 }
             }
             rates.update(&bar, &shared, now);
-            let wake = plan.events.get(next).map_or(u64::MAX, |(at, _)| send_from_ns + at);
+            let wake = plan
+                .events
+                .get(next)
+                .map_or(u64::MAX, |(at, _)| send_from_ns + at);
             let nap = wake.saturating_sub(ctl.now()).min(50_000_000);
             std::thread::sleep(Duration::from_nanos(nap.max(200_000)));
         }
         bar.finish_and_clear();
-        handles.into_iter().map(|h| h.join().expect("client threads do not panic")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client threads do not panic"))
+            .collect()
     });
     drop(tx);
     ctl.teardown();
@@ -144,8 +174,12 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
     report.control = ctl.control;
     report.errors.extend(ctl.errors);
     if let Some(path) = &options.histogram_log {
-        write_histogram_log(path, rx, SystemTime::now() - start.elapsed() + Duration::from_nanos(send_from_ns))
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_histogram_log(
+            path,
+            rx,
+            SystemTime::now() - start.elapsed() + Duration::from_nanos(send_from_ns),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(report)
 }
@@ -198,7 +232,12 @@ struct Controller<'a> {
 }
 
 impl<'a> Controller<'a> {
-    fn new(scenario: &'a Scenario, plan: &'a Plan, addrs: &'a [SocketAddr], start: Instant) -> Self {
+    fn new(
+        scenario: &'a Scenario,
+        plan: &'a Plan,
+        addrs: &'a [SocketAddr],
+        start: Instant,
+    ) -> Self {
         Self {
             scenario,
             plan,
@@ -245,7 +284,13 @@ impl<'a> Controller<'a> {
                     }
                 };
                 for p in &mut world.presence {
-                    p.set(Window { start_ns: t0, end_ns: t1 }, true);
+                    p.set(
+                        Window {
+                            start_ns: t0,
+                            end_ns: t1,
+                        },
+                        true,
+                    );
                 }
                 Ok(dests)
             }
@@ -254,13 +299,20 @@ impl<'a> Controller<'a> {
 
     fn setup_direct(&mut self, world: &mut World) -> Vec<Vec<SocketAddr>> {
         for p in &mut world.presence {
-            p.set(Window { start_ns: 0, end_ns: 0 }, true);
+            p.set(
+                Window {
+                    start_ns: 0,
+                    end_ns: 0,
+                },
+                true,
+            );
         }
         self.plan
             .streams
             .iter()
             .map(|s| {
-                let room = &self.plan.rooms[self.plan.participants[s.participant as usize].room as usize];
+                let room =
+                    &self.plan.rooms[self.plan.participants[s.participant as usize].room as usize];
                 room.members
                     .iter()
                     .filter(|&&r| r != s.participant)
@@ -277,7 +329,10 @@ impl<'a> Controller<'a> {
     fn setup_relay(&mut self, world: &mut World) -> Result<Vec<Vec<SocketAddr>>> {
         let api = Api::new(&self.scenario.control, self.scenario.token.as_deref());
         api.info().with_context(|| {
-            format!("cannot reach the relay's control API at {}", self.scenario.control)
+            format!(
+                "cannot reach the relay's control API at {}",
+                self.scenario.control
+            )
         })?;
         self.api = Some(api);
         for (i, room) in self.plan.rooms.iter().enumerate() {
@@ -295,7 +350,9 @@ impl<'a> Controller<'a> {
             media[p] = Some(joined);
         }
         self.media = media.iter().flatten().next().copied();
-        let Some(first) = self.media else { bail!("no participant joined at the start") };
+        let Some(first) = self.media else {
+            bail!("no participant joined at the start")
+        };
         Ok(self
             .plan
             .streams
@@ -319,7 +376,11 @@ impl<'a> Controller<'a> {
         let subscribe = match &part.subscribe {
             Subscribe::All => json!("all"),
             Subscribe::List(l) => {
-                json!(l.iter().map(|&q| self.plan.participants[q as usize].name.as_str()).collect::<Vec<_>>())
+                json!(
+                    l.iter()
+                        .map(|&q| self.plan.participants[q as usize].name.as_str())
+                        .collect::<Vec<_>>()
+                )
             }
         };
         let mut body = json!({"tracks": tracks, "subscribe": subscribe});
@@ -330,7 +391,13 @@ impl<'a> Controller<'a> {
         let joined = self
             .timed(|api| api.put_participant(&room.name, &part.name, &body))
             .with_context(|| format!("adding participant {} to room {}", part.name, room.name))?;
-        Ok((Window { start_ns, end_ns: self.now() }, joined.media_address))
+        Ok((
+            Window {
+                start_ns,
+                end_ns: self.now(),
+            },
+            joined.media_address,
+        ))
     }
 
     /// Makes one scheduled change. Failures are counted and reported, not fatal.
@@ -341,7 +408,8 @@ impl<'a> Controller<'a> {
                 shared.active[p as usize].store(true, Ordering::Relaxed);
                 self.control.joins += 1;
                 if Some(addr) != self.media {
-                    self.errors.push(format!("participant {p} was given another media address"));
+                    self.errors
+                        .push(format!("participant {p} was given another media address"));
                 }
             }),
             Event::Leave(p) => {
@@ -349,16 +417,29 @@ impl<'a> Controller<'a> {
                 let part = &self.plan.participants[p as usize];
                 let room = &self.plan.rooms[part.room as usize].name;
                 let start_ns = self.now();
-                self.timed(|api| api.delete_participant(room, &part.name)).map(|()| {
-                    world.presence[p as usize].set(Window { start_ns, end_ns: self.now() }, false);
-                    self.control.leaves += 1;
-                })
+                self.timed(|api| api.delete_participant(room, &part.name))
+                    .map(|()| {
+                        world.presence[p as usize].set(
+                            Window {
+                                start_ns,
+                                end_ns: self.now(),
+                            },
+                            false,
+                        );
+                        self.control.leaves += 1;
+                    })
             }
             Event::AddRule(r) => {
                 let body = self.rule_body(r);
                 let start_ns = self.now();
                 self.timed(|api| api.post_rule(&body)).map(|id| {
-                    world.rules[r].active.set(Window { start_ns, end_ns: self.now() }, true);
+                    world.rules[r].active.set(
+                        Window {
+                            start_ns,
+                            end_ns: self.now(),
+                        },
+                        true,
+                    );
                     self.rule_ids[r] = Some(id);
                     self.control.rules_added += 1;
                 })
@@ -371,11 +452,19 @@ impl<'a> Controller<'a> {
     }
 
     fn lift(&mut self, r: usize, reason: &str, world: Option<&mut World>) -> Result<()> {
-        let Some(id) = self.rule_ids[r].take() else { return Ok(()) };
+        let Some(id) = self.rule_ids[r].take() else {
+            return Ok(());
+        };
         let start_ns = self.now();
         self.timed(|api| api.delete_rule(&id, reason))?;
         if let Some(world) = world {
-            world.rules[r].active.set(Window { start_ns, end_ns: self.now() }, false);
+            world.rules[r].active.set(
+                Window {
+                    start_ns,
+                    end_ns: self.now(),
+                },
+                false,
+            );
         }
         self.control.rules_lifted += 1;
         Ok(())
@@ -425,7 +514,9 @@ impl<'a> Controller<'a> {
 
     /// Makes one API call, counting it and timing it.
     fn timed<T>(&mut self, f: impl FnOnce(&Api) -> Result<T>) -> Result<T> {
-        let Some(api) = &self.api else { bail!("no control API") };
+        let Some(api) = &self.api else {
+            bail!("no control API")
+        };
         let t = Instant::now();
         let r = f(api);
         let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -456,7 +547,8 @@ fn progress_bar(show: bool, duration_ns: u64) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::with_draw_target(Some(duration_ns / 1_000_000), ProgressDrawTarget::stderr());
+    let bar =
+        ProgressBar::with_draw_target(Some(duration_ns / 1_000_000), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")
             .expect("valid template")
@@ -477,8 +569,16 @@ impl Rates {
         if now < self.last_ns + 250_000_000 || bar.is_hidden() {
             return;
         }
-        let sent: u64 = shared.progress.iter().map(|p| p.sent.load(Ordering::Relaxed)).sum();
-        let got: u64 = shared.progress.iter().map(|p| p.received.load(Ordering::Relaxed)).sum();
+        let sent: u64 = shared
+            .progress
+            .iter()
+            .map(|p| p.sent.load(Ordering::Relaxed))
+            .sum();
+        let got: u64 = shared
+            .progress
+            .iter()
+            .map(|p| p.received.load(Ordering::Relaxed))
+            .sum();
         let dt = (now - self.last_ns) as f64 / 1e9;
         bar.set_position(now.saturating_sub(shared.send_from_ns) / 1_000_000);
         bar.set_message(format!(
@@ -491,7 +591,11 @@ impl Rates {
     }
 }
 
-fn write_histogram_log(path: &PathBuf, rx: mpsc::Receiver<Interval>, start: SystemTime) -> Result<()> {
+fn write_histogram_log(
+    path: &PathBuf,
+    rx: mpsc::Receiver<Interval>,
+    start: SystemTime,
+) -> Result<()> {
     use hdrhistogram::serialization::V2DeflateSerializer;
     use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
     let mut merged: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();

@@ -171,7 +171,11 @@ impl Scenario {
     pub fn uniform(rooms: u32, participants: u32, profile: Send) -> Self {
         Self {
             rooms,
-            room: vec![RoomClass { size: [participants, participants], profile, ..RoomClass::default() }],
+            room: vec![RoomClass {
+                size: [participants, participants],
+                profile,
+                ..RoomClass::default()
+            }],
             ..Self::default()
         }
     }
@@ -209,7 +213,11 @@ impl Scenario {
                 if churn || self.ramp_up > 0.0 {
                     bail!("churn and ramp-up are only supported against the relay");
                 }
-                if self.room.iter().any(|c| c.profile == Send::Mixed || c.screen_share) {
+                if self
+                    .room
+                    .iter()
+                    .any(|c| c.profile == Send::Mixed || c.screen_share)
+                {
                     bail!("rtpengine runs carry one stream per participant: use audio or video");
                 }
             }
@@ -237,7 +245,10 @@ impl Scenario {
             let size = rng.range(u64::from(class.size[0]), u64::from(class.size[1])) as u32;
             let senders = ((f64::from(size) * class.senders).ceil() as u32).clamp(1, size);
             let first = plan.participants.len() as u32;
-            let room = RoomPlan { name: format!("lg-r{r}"), members: (first..first + size).collect() };
+            let room = RoomPlan {
+                name: format!("lg-r{r}"),
+                members: (first..first + size).collect(),
+            };
             for i in 0..size {
                 let p = first + i;
                 let mut kinds = Vec::new();
@@ -267,12 +278,17 @@ impl Scenario {
                         }
                     });
                     let id = plan.streams.len() as u32;
-                    plan.streams.push(StreamPlan { participant: p, profile, ssrc: SSRC_BASE + id });
+                    plan.streams.push(StreamPlan {
+                        participant: p,
+                        profile,
+                        ssrc: SSRC_BASE + id,
+                    });
                     streams.push(id);
                 }
                 let subscribe = match class.subscribe_max {
                     Some(max) if max < senders => {
-                        let mut list: Vec<u32> = (first..first + senders).filter(|&s| s != p).collect();
+                        let mut list: Vec<u32> =
+                            (first..first + senders).filter(|&s| s != p).collect();
                         // Partial Fisher-Yates: the first `max` are a random subset.
                         for k in 0..(max as usize).min(list.len()) {
                             let j = k + rng.range(0, (list.len() - k - 1) as u64) as usize;
@@ -301,7 +317,10 @@ impl Scenario {
                 // Few distinct profiles: scale each once.
                 let mut cache: Vec<(Profile, Profile)> = Vec::new();
                 for s in &mut plan.streams {
-                    let found = cache.iter().find(|(from, _)| *from == s.profile).map(|(_, to)| *to);
+                    let found = cache
+                        .iter()
+                        .find(|(from, _)| *from == s.profile)
+                        .map(|(_, to)| *to);
                     let to = found.unwrap_or_else(|| {
                         let to = s.profile.with_pps(s.profile.nominal_pps() * m);
                         cache.push((s.profile, to));
@@ -340,10 +359,15 @@ impl Scenario {
         let hold_ns = (c.rule_hold.max(0.1) * 1e9) as u64;
         for t in arrivals(rng, c.rules_per_min, ramp_ns, duration_ns) {
             let p = rng.range(0, n as u64 - 1) as u32;
-            let direction = [Direction::Send, Direction::Receive, Direction::Both][rng.range(0, 2) as usize];
+            let direction =
+                [Direction::Send, Direction::Receive, Direction::Both][rng.range(0, 2) as usize];
             let media = [Media::Audio, Media::Video, Media::All][rng.range(0, 2) as usize];
             let rule = plan.rules.len();
-            plan.rules.push(RulePlan { targets: vec![p], direction, media });
+            plan.rules.push(RulePlan {
+                targets: vec![p],
+                direction,
+                media,
+            });
             plan.events.push((t, Event::AddRule(rule)));
             if t + hold_ns < duration_ns {
                 plan.events.push((t + hold_ns, Event::LiftRule(rule)));
@@ -470,7 +494,11 @@ rule_hold = 4
         // Listeners in mid-size rooms, screen share in large ones, limited subscriptions.
         assert!(plan.participants.iter().any(|p| p.streams.is_empty()));
         assert!(plan.streams.iter().any(|s| s.profile.kind == Kind::Screen));
-        assert!(plan.participants.iter().any(|p| matches!(&p.subscribe, Subscribe::List(l) if l.len() == 4)));
+        assert!(
+            plan.participants
+                .iter()
+                .any(|p| matches!(&p.subscribe, Subscribe::List(l) if l.len() == 4))
+        );
         // SSRCs unique.
         let mut ssrcs: Vec<u32> = plan.streams.iter().map(|s| s.ssrc).collect();
         ssrcs.sort_unstable();
@@ -495,7 +523,10 @@ rule_hold = 4
 
     #[test]
     fn total_rate_scales_profiles() {
-        let s = Scenario { rate: Some(10_000.0), ..Scenario::uniform(10, 4, Send::Mixed) };
+        let s = Scenario {
+            rate: Some(10_000.0),
+            ..Scenario::uniform(10, 4, Send::Mixed)
+        };
         let plan = s.plan();
         let pps: f64 = plan.streams.iter().map(|s| s.profile.nominal_pps()).sum();
         assert!((9_000.0..=11_000.0).contains(&pps), "{pps}");

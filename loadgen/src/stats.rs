@@ -68,7 +68,9 @@ impl RecvStream {
         let mut s = from;
         while s < to {
             let word = (s / 64) as usize;
-            let Some(&bits) = self.bits.get(word) else { break };
+            let Some(&bits) = self.bits.get(word) else {
+                break;
+            };
             let lo = s % 64;
             let hi = (to - (s - lo)).min(64);
             let mask = if hi == 64 { u64::MAX } else { (1u64 << hi) - 1 } & (u64::MAX << lo);
@@ -101,7 +103,10 @@ impl Jitter {
         let transit = arrival.wrapping_sub(rtp_ts);
         if let Some(prev) = self.transit {
             let d = (transit.wrapping_sub(prev) as i32).unsigned_abs();
-            self.scaled = self.scaled.wrapping_add(d).wrapping_sub((self.scaled + 8) >> 4);
+            self.scaled = self
+                .scaled
+                .wrapping_add(d)
+                .wrapping_sub((self.scaled + 8) >> 4);
         }
         self.transit = Some(transit);
     }
@@ -181,20 +186,28 @@ pub fn account(
     // Streams of each room, to find pairs that expected packets but got none.
     let mut by_room: HashMap<u32, Vec<u32>> = HashMap::new();
     for (s, &(p, _)) in world.streams.iter().enumerate() {
-        by_room.entry(world.room[p as usize]).or_default().push(s as u32);
+        by_room
+            .entry(world.room[p as usize])
+            .or_default()
+            .push(s as u32);
     }
     let empty = RecvStream::default();
     for (r, seen) in received.iter().enumerate() {
         let room = world.room.get(r).copied();
         let mut streams: Vec<u32> = seen.keys().copied().collect();
         if let Some(list) = room.and_then(|room| by_room.get(&room)) {
-            streams.extend(list.iter().filter(|s| world.streams[**s as usize].0 != r as u32));
+            streams.extend(
+                list.iter()
+                    .filter(|s| world.streams[**s as usize].0 != r as u32),
+            );
         }
         streams.sort_unstable();
         streams.dedup();
         for s in streams {
             let got = seen.get(&s).unwrap_or(&empty);
-            let Some(&(_, kind)) = world.streams.get(s as usize) else { continue };
+            let Some(&(_, kind)) = world.streams.get(s as usize) else {
+                continue;
+            };
             let log = &send_us[s as usize];
             let t = &mut tallies[kind.index()];
             t.received += got.received;
@@ -264,7 +277,11 @@ mod tests {
                 j.update(arrival, ts);
             }
             let want = reference_jitter(&arrivals);
-            assert!((f64::from(j.ticks()) - want).abs() <= 1.0 + want * 0.01, "{} vs {want}", j.ticks());
+            assert!(
+                (f64::from(j.ticks()) - want).abs() <= 1.0 + want * 0.01,
+                "{} vs {want}",
+                j.ticks()
+            );
         }
         // Constant transit gives zero jitter, across RTP timestamp wrap too.
         let mut j = Jitter::default();
@@ -306,7 +323,12 @@ mod tests {
         let world = World {
             grace_ns: 0,
             room: vec![0, 0, 0, 1],
-            subscribe: vec![Subscribe::All, Subscribe::All, Subscribe::List(vec![1]), Subscribe::All],
+            subscribe: vec![
+                Subscribe::All,
+                Subscribe::All,
+                Subscribe::List(vec![1]),
+                Subscribe::All,
+            ],
             presence,
             streams: (0..4).map(|p| (p, Kind::Audio)).collect(),
             rules: Vec::new(),
@@ -315,7 +337,12 @@ mod tests {
         (world, vec![log; 4])
     }
 
-    fn deliver(seen: &mut [HashMap<u32, RecvStream>], r: usize, s: u32, seqs: impl Iterator<Item = u32>) {
+    fn deliver(
+        seen: &mut [HashMap<u32, RecvStream>],
+        r: usize,
+        s: u32,
+        seqs: impl Iterator<Item = u32>,
+    ) {
         let st = seen[r].entry(s).or_default();
         for q in seqs {
             st.on_packet(q, q * 48, q * 48);
@@ -332,7 +359,10 @@ mod tests {
         }
         let t = account(&world, &log, &seen)[0];
         assert_eq!((t.sent, t.expected, t.received), (400, 500, 500));
-        assert_eq!((t.lost, t.duplicates, t.misdelivered, t.reordered), (0, 0, 0, 0));
+        assert_eq!(
+            (t.lost, t.duplicates, t.misdelivered, t.reordered),
+            (0, 0, 0, 0)
+        );
     }
 
     #[test]
@@ -364,7 +394,12 @@ mod tests {
         let mut active = Switch::default();
         active.set(win(20_500_000, 30_500_000), true);
         active.set(win(60_500_000, 70_500_000), false);
-        world.rules.push(Rule { targets: vec![0], direction: Direction::Send, media: Media::All, active });
+        world.rules.push(Rule {
+            targets: vec![0],
+            direction: Direction::Send,
+            media: Media::All,
+            active,
+        });
         let mut seen = vec![HashMap::new(); 4];
         // Before the rule (0..=18 sure, 19..=30 in flight): delivered. In force (31..=58 sure):
         // two leak (40, 41). Around the lift (59..=70 in flight): nothing arrives, fine.
