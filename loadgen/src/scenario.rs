@@ -243,7 +243,13 @@ impl Scenario {
                 .unwrap_or(self.room.len() - 1);
             let class = &self.room[class_index];
             let size = rng.range(u64::from(class.size[0]), u64::from(class.size[1])) as u32;
-            let senders = ((f64::from(size) * class.senders).ceil() as u32).clamp(1, size);
+            // rtpengine rooms larger than a call are one publisher and subscribers.
+            let pubsub = self.target == Target::Rtpengine && size > 2;
+            let senders = if pubsub {
+                1
+            } else {
+                ((f64::from(size) * class.senders).ceil() as u32).clamp(1, size)
+            };
             let first = plan.participants.len() as u32;
             let room = RoomPlan {
                 name: format!("lg-r{r}"),
@@ -286,6 +292,8 @@ impl Scenario {
                     streams.push(id);
                 }
                 let subscribe = match class.subscribe_max {
+                    _ if pubsub && i == 0 => Subscribe::List(Vec::new()),
+                    _ if pubsub => Subscribe::List(vec![first]),
                     Some(max) if max < senders => {
                         let mut list: Vec<u32> =
                             (first..first + senders).filter(|&s| s != p).collect();
