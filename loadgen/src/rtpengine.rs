@@ -21,9 +21,9 @@ pub enum Bencode {
     /// `<len>:<bytes>`
     Bytes(Vec<u8>),
     /// `l...e`
-    List(Vec<Bencode>),
+    List(Vec<Self>),
     /// `d...e`, keys sorted as raw bytes.
-    Dict(BTreeMap<Vec<u8>, Bencode>),
+    Dict(BTreeMap<Vec<u8>, Self>),
 }
 
 /// Why bytes are not bencode.
