@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod blast;
 pub mod cli;
 pub(crate) mod client;
 pub(crate) mod io;

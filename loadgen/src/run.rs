@@ -629,3 +629,50 @@ fn write_histogram_log(
 
 /// Requested kernel buffer per client socket (capped by rmem_max / wmem_max).
 const SOCKET_BUFFER: usize = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Send;
+
+    #[test]
+    fn direct_run_accounts_for_every_packet() {
+        let mut s = Scenario::uniform(3, 3, Send::Mixed);
+        s.target = Target::Direct;
+        s.duration = 0.5;
+        s.drain_ms = 200;
+        let r = run(&s).unwrap();
+        assert!(r.sent > 100, "{r:?}");
+        // Rooms of three: every packet goes to two receivers.
+        assert_eq!(r.expected, 2 * r.sent);
+        assert_eq!((r.lost, r.duplicates, r.misdelivered), (0, 0, 0));
+        assert_eq!(r.received, r.expected);
+        assert!(r.per_profile.contains_key("audio") && r.per_profile.contains_key("video"));
+        assert!(r.latency_us.max > 0);
+    }
+
+    #[test]
+    fn packet_budget_stops_the_run() {
+        let mut s = Scenario::uniform(2, 2, Send::Audio);
+        s.target = Target::Direct;
+        s.duration = 0.5;
+        s.drain_ms = 100;
+        s.max_packets = 20;
+        let r = run(&s).unwrap();
+        assert!(r.sent <= 20 && r.sent > 0, "{r:?}");
+        assert_eq!(r.lost, 0);
+    }
+
+    #[test]
+    fn setup_failure_is_an_error() {
+        let mut s = Scenario::uniform(1, 2, Send::Audio);
+        s.addressing = Addressing::Fixed;
+        // Nothing listens on port 9 of loopback.
+        s.control = "127.0.0.1:9".into();
+        s.duration = 0.2;
+        assert!(run(&s).is_err());
+        s.addressing = Addressing::Stun;
+        let e = run(&s).unwrap_err().to_string();
+        assert!(e.contains("--fixed-address"), "{e}");
+    }
+}
