@@ -15,7 +15,7 @@ use socket2::SockAddr;
 use crate::io::{Poller, RecvBatch, SendBatch};
 use crate::profile::{Kind, Pacer, Profile, Rng};
 use crate::rtp;
-use crate::stats::{Receipt, RecvStream};
+use crate::stats::{Receipt, StreamMap};
 
 /// One participant's socket.
 pub(crate) struct ClientSpec {
@@ -78,7 +78,7 @@ pub(crate) struct Interval {
 /// What a thread hands back at the end.
 pub(crate) struct Outcome {
     /// What each participant received, per stream id.
-    pub(crate) received: Vec<(u32, HashMap<u32, RecvStream>)>,
+    pub(crate) received: Vec<(u32, StreamMap)>,
     /// Send time (µs since start) of each packet, per stream id.
     pub(crate) send_us: Vec<(u32, Vec<u32>)>,
     /// Latency in µs, per kind.
@@ -125,7 +125,7 @@ struct Thread<'a> {
     shared: &'a Shared,
     thread: usize,
     clients: Vec<ClientSpec>,
-    received: Vec<HashMap<u32, RecvStream>>,
+    received: Vec<StreamMap>,
     streams: Vec<Stream>,
     dests: Vec<SockAddr>,
     due: BinaryHeap<Reverse<(u64, usize)>>,
@@ -204,7 +204,7 @@ impl<'a> Thread<'a> {
         Self {
             shared,
             thread,
-            received: vec![HashMap::new(); work.clients.len()],
+            received: vec![StreamMap::default(); work.clients.len()],
             clients: work.clients,
             streams,
             dests,
@@ -369,7 +369,9 @@ impl<'a> Thread<'a> {
                 }
                 let us = now.saturating_sub(p.send_ns) / 1_000;
                 self.latency[kind.index()].saturating_record(us.max(1));
-                self.interval.saturating_record(us.max(1));
+                if self.intervals.is_some() {
+                    self.interval.saturating_record(us.max(1));
+                }
             }
             if n < self.recv.capacity() {
                 return;

@@ -1,7 +1,7 @@
 //! One run: set up the target, drive the clients, make the scheduled changes, tear down, and
 //! account for every packet.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -186,7 +186,7 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
 
 fn account(plan: &Plan, world: &World, outcomes: Vec<Outcome>, report: &mut Report) {
     let mut send_us = vec![Vec::new(); plan.streams.len()];
-    let mut received = vec![HashMap::new(); plan.participants.len()];
+    let mut received = vec![crate::stats::StreamMap::default(); plan.participants.len()];
     let hist = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
     let mut latency = [hist(), hist(), hist()];
     let mut foreign = 0;

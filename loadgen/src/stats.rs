@@ -7,10 +7,35 @@
 //! have arrived and did is misdelivered; one in flight across a change counts for neither.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::Serialize;
 
 use crate::model::{Tri, World};
+
+/// What one receiver saw, per stream id.
+pub type StreamMap = HashMap<u32, RecvStream, BuildHasherDefault<IdHasher>>;
+
+/// A multiplicative hash for our own small integer ids (stream ids we assigned; a load tool
+/// need not resist chosen collisions).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (u64::from(n) ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// What one receiver saw of one stream.
 #[derive(Debug, Clone, Default)]
@@ -172,11 +197,7 @@ impl Tally {
 /// Judges every (stream, receiver) pair. `send_us[s]` holds the send time (µs since the start)
 /// of each packet of stream `s`, by sequence number; `received[r]` what receiver `r` saw.
 /// Returns one tally per kind, in `Kind::ALL` order.
-pub fn account(
-    world: &World,
-    send_us: &[Vec<u32>],
-    received: &[HashMap<u32, RecvStream>],
-) -> [Tally; 3] {
+pub fn account(world: &World, send_us: &[Vec<u32>], received: &[StreamMap]) -> [Tally; 3] {
     let mut tallies = [Tally::default(); 3];
     for (s, log) in send_us.iter().enumerate() {
         if let Some(&(_, kind)) = world.streams.get(s) {
@@ -337,12 +358,7 @@ mod tests {
         (world, vec![log; 4])
     }
 
-    fn deliver(
-        seen: &mut [HashMap<u32, RecvStream>],
-        r: usize,
-        s: u32,
-        seqs: impl Iterator<Item = u32>,
-    ) {
+    fn deliver(seen: &mut [StreamMap], r: usize, s: u32, seqs: impl Iterator<Item = u32>) {
         let st = seen[r].entry(s).or_default();
         for q in seqs {
             st.on_packet(q, q * 48, q * 48);
@@ -352,7 +368,7 @@ mod tests {
     #[test]
     fn perfect_delivery() {
         let (world, log) = scene();
-        let mut seen = vec![HashMap::new(); 4];
+        let mut seen = vec![StreamMap::default(); 4];
         // p0 -> p1; p1 -> p0, p2; p2 -> p0, p1.
         for (s, r) in [(0, 1), (1, 0), (1, 2), (2, 0), (2, 1)] {
             deliver(&mut seen, r, s, 0..100);
@@ -368,7 +384,7 @@ mod tests {
     #[test]
     fn loss_duplicates_and_misdelivery() {
         let (world, log) = scene();
-        let mut seen = vec![HashMap::new(); 4];
+        let mut seen = vec![StreamMap::default(); 4];
         deliver(&mut seen, 1, 0, (0..100).filter(|q| q % 10 != 0)); // 10 lost
         deliver(&mut seen, 1, 0, 5..7); // 2 duplicates
         deliver(&mut seen, 0, 1, 0..100);
@@ -400,7 +416,7 @@ mod tests {
             media: Media::All,
             active,
         });
-        let mut seen = vec![HashMap::new(); 4];
+        let mut seen = vec![StreamMap::default(); 4];
         // Before the rule (0..=18 sure, 19..=30 in flight): delivered. In force (31..=58 sure):
         // two leak (40, 41). Around the lift (59..=70 in flight): nothing arrives, fine.
         // After (71..): all but 99 arrive.
