@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) start: Instant,
     /// Whether each participant (global index) may send now.
     pub(crate) active: Vec<AtomicBool>,
+    /// Whether each participant's client got a STUN Binding success.
+    pub(crate) latched: Vec<AtomicBool>,
     /// Kind of each stream id.
     pub(crate) kinds: Vec<Kind>,
     pub(crate) send_from_ns: u64,
@@ -348,8 +350,14 @@ impl<'a> Thread<'a> {
             };
             let now = self.shared.now_ns();
             for i in 0..n {
-                let Ok(p) = rtp::decode(self.recv.get(i)) else {
-                    self.other += 1;
+                let datagram = self.recv.get(i);
+                let Ok(p) = rtp::decode(datagram) else {
+                    if crate::stun::is_binding_success(datagram) {
+                        let participant = self.clients[client].participant as usize;
+                        self.shared.latched[participant].store(true, Ordering::Relaxed);
+                    } else {
+                        self.other += 1;
+                    }
                     continue;
                 };
                 let Some(&kind) = self.shared.kinds.get(p.stream as usize) else {

@@ -15,6 +15,7 @@ pub mod rtpengine;
 mod run;
 pub mod scenario;
 pub mod stats;
+mod stun;
 
 pub use report::Report;
 pub use run::{Options, run, run_with};

@@ -78,6 +78,11 @@ impl Switch {
         Tri::of(value)
     }
 
+    /// When the first change started.
+    pub fn first_start(&self) -> Option<u64> {
+        self.changes.first().map(|(w, _)| w.start_ns)
+    }
+
     fn breakpoints(&self, grace: u64, out: &mut Vec<u64>) {
         for (w, _) in &self.changes {
             out.push(w.start_ns.saturating_sub(grace));

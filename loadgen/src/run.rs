@@ -14,13 +14,13 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
-use crate::api::Api;
+use crate::api::{Api, Joined};
 use crate::client::{self, ClientSpec, Interval, Outcome, Progress, Shared, StreamSpec, Work};
 use crate::model::{Rule, Subscribe, Switch, Window, World};
 use crate::report::{Control, Report};
 use crate::rtpengine::Rtpengine;
 use crate::scenario::{Addressing, Event, Plan, Scenario, Target};
-use crate::stats;
+use crate::{stats, stun};
 
 /// How a run shows itself.
 #[derive(Debug, Clone, Default)]
@@ -39,12 +39,6 @@ pub fn run(scenario: &Scenario) -> Result<Report> {
 /// Runs a scenario. Fails only when the setup fails; errors during the run are in the report.
 pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
     scenario.validate()?;
-    if scenario.target == Target::Relay && scenario.addressing == Addressing::Stun {
-        bail!(
-            "STUN latching is not supported by this loadgen yet: pass --fixed-address \
-             (or `addressing = \"fixed\"` in the scenario) to register client addresses through the API"
-        );
-    }
     let plan = scenario.plan();
     let start = Instant::now();
     let sockets = bind(plan.participants.len())?;
@@ -78,6 +72,14 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
             .collect(),
     };
     let mut ctl = Controller::new(scenario, &plan, &addrs, start);
+    // Clones of the sockets let the controller send STUN requests for participants that join
+    // once the client threads own the sockets.
+    if scenario.addressing == Addressing::Stun {
+        ctl.stun_sockets = sockets
+            .iter()
+            .map(UdpSocket::try_clone)
+            .collect::<Result<_, _>>()?;
+    }
     let dests = ctl.setup(&mut world)?;
 
     // Threads get participants round-robin, each with its streams.
@@ -110,6 +112,11 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
             .participants
             .iter()
             .map(|p| AtomicBool::new(p.join_ns == 0))
+            .collect(),
+        latched: plan
+            .participants
+            .iter()
+            .map(|_| AtomicBool::new(false))
             .collect(),
         kinds: plan.streams.iter().map(|s| s.profile.kind).collect(),
         send_from_ns,
@@ -227,6 +234,7 @@ struct Controller<'a> {
     media: Option<SocketAddr>,
     rule_ids: Vec<Option<String>>,
     rooms_made: Vec<usize>,
+    stun_sockets: Vec<UdpSocket>,
     control: Control,
     errors: Vec<String>,
 }
@@ -248,6 +256,7 @@ impl<'a> Controller<'a> {
             media: None,
             rule_ids: vec![None; plan.rules.len()],
             rooms_made: Vec::new(),
+            stun_sockets: Vec::new(),
             control: Control::default(),
             errors: Vec::new(),
         }
@@ -341,13 +350,18 @@ impl<'a> Controller<'a> {
             self.rooms_made.push(i);
         }
         let mut media = vec![None; self.plan.participants.len()];
+        let mut joined = Vec::new();
         for (p, part) in self.plan.participants.iter().enumerate() {
             if part.join_ns > 0 {
                 continue;
             }
-            let (window, joined) = self.join(p)?;
+            let (window, j) = self.join(p)?;
             world.presence[p].set(window, true);
-            media[p] = Some(joined);
+            media[p] = Some(j.media_address);
+            joined.push((p, j));
+        }
+        if self.scenario.addressing == Addressing::Stun {
+            self.latch_setup(world, &joined)?;
         }
         self.media = media.iter().flatten().next().copied();
         let Some(first) = self.media else {
@@ -361,8 +375,8 @@ impl<'a> Controller<'a> {
             .collect())
     }
 
-    /// PUTs participant `p`; returns the call's window and the media address to send to.
-    fn join(&mut self, p: usize) -> Result<(Window, SocketAddr)> {
+    /// PUTs participant `p`; returns the call's window and the relay's reply.
+    fn join(&mut self, p: usize) -> Result<(Window, Joined)> {
         let part = &self.plan.participants[p];
         let room = &self.plan.rooms[part.room as usize];
         let tracks: Vec<Value> = part
@@ -396,21 +410,69 @@ impl<'a> Controller<'a> {
                 start_ns,
                 end_ns: self.now(),
             },
-            joined.media_address,
+            joined,
         ))
+    }
+
+    /// Latches the participants present from the start, before the client threads run.
+    fn latch_setup(&mut self, world: &mut World, joined: &[(usize, Joined)]) -> Result<()> {
+        let mut clients = Vec::new();
+        for (p, j) in joined {
+            let ice = j.ice.as_ref().with_context(|| {
+                format!("the relay gave participant {p} no ICE credentials to latch with")
+            })?;
+            clients.push((&self.stun_sockets[*p], j.media_address, ice));
+        }
+        stun::latch_all(&clients, LATCH_TIMEOUT)?;
+        // Until its address is latched, packets to a participant may go either way.
+        let end_ns = self.now();
+        for (p, _) in joined {
+            let start_ns = world.presence[*p].first_start().unwrap_or(0);
+            world.presence[*p] = Switch::default();
+            world.presence[*p].set(Window { start_ns, end_ns }, true);
+        }
+        Ok(())
+    }
+
+    /// Latches a participant that joins while the clients run: its client thread sees the
+    /// Binding success and raises its flag. Returns when latched.
+    fn latch_live(&self, p: usize, joined: &Joined, shared: &Shared) -> Result<()> {
+        let ice = joined
+            .ice
+            .as_ref()
+            .with_context(|| format!("participant {p}: no ICE credentials"))?;
+        let request = stun::binding_request(ice, &format!("lg{p}"))?;
+        shared.latched[p].store(false, Ordering::Relaxed);
+        let deadline = Instant::now() + LATCH_TIMEOUT;
+        while Instant::now() < deadline {
+            let _ = self.stun_sockets[p].send_to(&request, joined.media_address);
+            let resend = Instant::now() + stun::RESEND;
+            while Instant::now() < resend {
+                if shared.latched[p].load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        bail!("participant {p} got no STUN Binding success within {LATCH_TIMEOUT:?}")
     }
 
     /// Makes one scheduled change. Failures are counted and reported, not fatal.
     fn apply(&mut self, event: Event, world: &mut World, shared: &Shared) {
         let result = match event {
-            Event::Join(p) => self.join(p as usize).map(|(window, addr)| {
+            Event::Join(p) => self.join(p as usize).and_then(|(mut window, joined)| {
+                if self.scenario.addressing == Addressing::Stun {
+                    self.latch_live(p as usize, &joined, shared)?;
+                    window.end_ns = self.now();
+                }
                 world.presence[p as usize].set(window, true);
                 shared.active[p as usize].store(true, Ordering::Relaxed);
                 self.control.joins += 1;
-                if Some(addr) != self.media {
+                if Some(joined.media_address) != self.media {
                     self.errors
                         .push(format!("participant {p} was given another media address"));
                 }
+                Ok(())
             }),
             Event::Leave(p) => {
                 shared.active[p as usize].store(false, Ordering::Relaxed);
@@ -627,6 +689,8 @@ fn write_histogram_log(
     Ok(())
 }
 
+/// How long a client may take to latch its address with STUN.
+const LATCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Requested kernel buffer per client socket (capped by rmem_max / wmem_max).
 const SOCKET_BUFFER: usize = 1 << 20;
 
@@ -671,8 +735,5 @@ mod tests {
         s.control = "127.0.0.1:9".into();
         s.duration = 0.2;
         assert!(run(&s).is_err());
-        s.addressing = Addressing::Stun;
-        let e = run(&s).unwrap_err().to_string();
-        assert!(e.contains("--fixed-address"), "{e}");
     }
 }
