@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Most tracks of one participant [default: 32].
     #[arg(long, env = "RELAY_MAX_TRACKS")]
     pub max_tracks: Option<usize>,
+    /// Seconds without a packet or STUN request before a latched address is dropped
+    /// [default: 30].
+    #[arg(long, env = "RELAY_LATCH_TIMEOUT")]
+    pub latch_timeout: Option<u64>,
     /// Rule changes (add or lift) accepted per second, with bursts of twice that [default: 20].
     #[arg(long, env = "RELAY_MAX_RULE_CHANGES")]
     pub max_rule_changes: Option<u32>,
@@ -166,6 +170,8 @@ pub struct Limits {
     pub max_tracks: usize,
     /// Rule changes accepted per second.
     pub rule_changes_per_sec: u32,
+    /// Silence after which a latched address is dropped.
+    pub latch_timeout: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -188,6 +194,7 @@ impl ServeArgs {
             max_participants: self.max_participants.or(other.max_participants),
             max_tracks: self.max_tracks.or(other.max_tracks),
             max_rule_changes: self.max_rule_changes.or(other.max_rule_changes),
+            latch_timeout: self.latch_timeout.or(other.latch_timeout),
             log: self.log.or(other.log),
         }
     }
@@ -227,6 +234,7 @@ impl ServeArgs {
                 .min(u16::MAX as usize),
             max_tracks: args.max_tracks.unwrap_or(32),
             rule_changes_per_sec: args.max_rule_changes.unwrap_or(20).max(1),
+            latch_timeout: std::time::Duration::from_secs(args.latch_timeout.unwrap_or(30).max(1)),
         };
         Ok(Config {
             media: args

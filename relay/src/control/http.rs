@@ -62,6 +62,12 @@ impl ControlServer {
                     .spawn(move || serve(&server, &shared))
             })
             .collect::<Result<_, _>>()?;
+        let latcher = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("control-latch".into())
+                .spawn(move || apply_latches(&latcher))?,
+        );
         let ticker = shared.clone();
         threads.push(
             std::thread::Builder::new()
@@ -92,6 +98,21 @@ impl ControlServer {
         }
         if let Ok(mut state) = self.shared.state.lock() {
             state.close();
+        }
+    }
+}
+
+/// Applies latch requests from the workers as they come.
+fn apply_latches(shared: &Shared) {
+    let rx = match shared.state.lock() {
+        Ok(state) => state.plane().latches().clone(),
+        Err(_) => return,
+    };
+    while !shared.stopping.load(Ordering::SeqCst) {
+        if let Ok(latch) = rx.recv_timeout(Duration::from_millis(100))
+            && let Ok(mut state) = shared.state.lock()
+        {
+            state.latch(latch);
         }
     }
 }

@@ -81,6 +81,11 @@ pub(super) fn render(state: &State) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP relay_latches_total Addresses latched by authenticated STUN.\n# TYPE relay_latches_total counter\nrelay_latches_total {}",
+        state.latch_count()
+    );
     let (rooms, participants) = state.sizes();
     let _ = writeln!(
         out,

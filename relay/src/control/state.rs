@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use rand::Rng;
 use serde_json::{Value, json};
@@ -20,7 +20,9 @@ use super::rulebook::{self, RuleBook};
 use crate::config::Limits;
 use crate::io::DataPlane;
 use crate::packet::rtp::Ssrc;
-use crate::route::{MemberSpec, ParticipantCounters, Room, RoomId, Subscription, Update};
+use crate::route::{
+    Credentials, Latch, MemberSpec, ParticipantCounters, Room, RoomId, Subscription, Update,
+};
 use crate::rules::{Rule, RuleId, Subject};
 
 /// Where a participant's region came from.
@@ -54,6 +56,14 @@ struct Participant {
     subscribe: SubscribeBody,
     counters: Arc<ParticipantCounters>,
     joined: SystemTime,
+    /// Since when the address was latched by STUN; `None` for a fixed or absent address.
+    latched_since: Option<SystemTime>,
+    /// Times the latched address was dropped for silence, and the last time.
+    unlatches: u64,
+    last_unlatched: Option<SystemTime>,
+    /// Packets and STUN requests seen at `heard_at`, to notice silence without a per-packet clock.
+    heard: u64,
+    heard_at: Instant,
 }
 
 #[derive(Debug)]
@@ -68,6 +78,10 @@ pub struct State {
     rooms: BTreeMap<String, RoomState>,
     /// Every fixed or latched address, to keep source lookup unambiguous relay-wide.
     addresses: HashMap<SocketAddr, (String, String)>,
+    /// Every relay-side ufrag, so a STUN request names one participant.
+    ufrags: HashMap<String, (String, String)>,
+    room_names: HashMap<RoomId, String>,
+    latches: u64,
     /// Participants by region, so a region rule finds its rooms without scanning them all.
     by_region: HashMap<[u8; 2], BTreeSet<(String, String)>>,
     next_room: u32,
@@ -96,6 +110,9 @@ impl State {
         Ok(Self {
             rooms: BTreeMap::new(),
             addresses: HashMap::new(),
+            ufrags: HashMap::new(),
+            room_names: HashMap::new(),
+            latches: 0,
             by_region: HashMap::new(),
             next_room: 1,
             limits,
@@ -135,6 +152,7 @@ impl State {
         };
         let body = self.room_json(room, &state);
         self.rooms.insert(room.to_owned(), state);
+        self.room_names.insert(id, room.to_owned());
         tracing::info!(room, "room created");
         Ok((true, body))
     }
@@ -160,10 +178,12 @@ impl State {
         let id = self.room(room)?.id;
         self.publish(vec![Update::RemoveRoom(id)])?;
         let r = self.rooms.remove(room).expect("checked above");
+        self.room_names.remove(&r.id);
         for (id, p) in &r.participants {
             if let Some(a) = p.address {
                 self.addresses.remove(&a);
             }
+            self.ufrags.remove(&p.ice.ufrag);
             self.index_region(room, id, p.region, None);
         }
         self.rules.forget_room(room);
@@ -191,7 +211,15 @@ impl State {
             ));
         }
         let region = body.region.as_deref().map(api::check_region).transpose()?;
-        let address = body.address.as_deref().map(parse_address).transpose()?;
+        let mut address = body.address.as_deref().map(parse_address).transpose()?;
+        // A re-PUT without an address keeps a STUN-latched one: the client is still there.
+        let mut latched_since = None;
+        if address.is_none()
+            && let Some(p) = existing.filter(|p| p.latched_since.is_some())
+        {
+            address = p.address;
+            latched_since = p.latched_since;
+        }
         let ice = match body.ice {
             Some(ice) => {
                 api::check_ice(&ice)?;
@@ -202,7 +230,7 @@ impl State {
         let subscribe = body
             .subscribe
             .unwrap_or(SubscribeBody::All(api::AllTag::All));
-        self.check_participant(room, id, address, &body.tracks, &subscribe)?;
+        self.check_participant(room, id, address, &ice, &body.tracks, &subscribe)?;
         let participant = Participant {
             region,
             region_source: if region.is_some() {
@@ -219,6 +247,11 @@ impl State {
                 |p| p.counters.clone(),
             ),
             joined: existing.map_or_else(SystemTime::now, |p| p.joined),
+            latched_since,
+            unlatches: existing.map_or(0, |p| p.unlatches),
+            last_unlatched: existing.and_then(|p| p.last_unlatched),
+            heard: 0,
+            heard_at: Instant::now(),
         };
         let created = existing.is_none();
         let mut participant = participant;
@@ -246,6 +279,7 @@ impl State {
         }
         if let Some(address) = patch.address {
             p.address = address.as_deref().map(parse_address).transpose()?;
+            p.latched_since = None;
         }
         if let Some(tracks) = patch.tracks {
             p.tracks = tracks;
@@ -253,7 +287,7 @@ impl State {
         if let Some(subscribe) = patch.subscribe {
             p.subscribe = subscribe;
         }
-        self.check_participant(room, id, p.address, &p.tracks, &p.subscribe)?;
+        self.check_participant(room, id, p.address, &p.ice, &p.tracks, &p.subscribe)?;
         self.attribute_region(&mut p);
         self.replace_participant(room, id, p)?;
         tracing::info!(room, participant = id, "participant changed");
@@ -286,6 +320,7 @@ impl State {
             self.addresses.remove(&a);
         }
         self.index_region(room, id, old.region, None);
+        self.ufrags.remove(&old.ice.ufrag);
         tracing::info!(room, participant = id, "participant removed");
         Ok(json!({"room": room, "participant": id, "removed": true}))
     }
@@ -301,9 +336,18 @@ impl State {
         room: &str,
         id: &str,
         address: Option<SocketAddr>,
+        ice: &IceBody,
         tracks: &[TrackBody],
         subscribe: &SubscribeBody,
     ) -> Result<(), ApiError> {
+        if let Some((r2, p2)) = self.ufrags.get(&ice.ufrag)
+            && (r2 != room || p2 != id)
+        {
+            return Err(ApiError::conflict(
+                "ufrag_in_use",
+                "that ICE ufrag already belongs to another participant",
+            ));
+        }
         if tracks.len() > self.limits.max_tracks {
             return Err(ApiError::bad_request(
                 "too_many_tracks",
@@ -371,7 +415,7 @@ impl State {
         id: &str,
         p: Participant,
     ) -> Result<(), ApiError> {
-        let (new_addr, new_region) = (p.address, p.region);
+        let (new_addr, new_region, new_ufrag) = (p.address, p.region, p.ice.ufrag.clone());
         let r = self.rooms.get_mut(room).expect("caller checked the room");
         let old = r.participants.insert(id.to_owned(), p);
         if let Err(e) = self.publish_room(room) {
@@ -382,7 +426,14 @@ impl State {
             };
             return Err(e);
         }
-        let (old_addr, old_region) = old.map_or((None, None), |o| (o.address, o.region));
+        let (old_addr, old_region) = old.as_ref().map_or((None, None), |o| (o.address, o.region));
+        if let Some(o) = &old
+            && o.ice.ufrag != new_ufrag
+        {
+            self.ufrags.remove(&o.ice.ufrag);
+        }
+        self.ufrags
+            .insert(new_ufrag, (room.to_owned(), id.to_owned()));
         if let Some(a) = old_addr
             && Some(a) != new_addr
         {
@@ -502,6 +553,7 @@ impl State {
 
     /// Housekeeping, called a few times a second: expires due rules, saves counters now and then.
     pub fn tick(&mut self) {
+        self.expire_latches();
         for rule in self.rules.expire(unix_now()) {
             if let Err(e) = self.republish_for(&rule) {
                 tracing::error!(error = %e, "republishing after an expiry failed");
@@ -515,6 +567,99 @@ impl State {
             self.last_save = now;
             self.rules.save_counters();
         }
+    }
+
+    /// Binds a participant to the address of its authenticated STUN request (NAT rebinding
+    /// included): media from the old address stops being accepted once this returns.
+    pub fn latch(&mut self, latch: Latch) {
+        let Some(room) = self.room_names.get(&latch.room).cloned() else {
+            return;
+        };
+        let id: &str = &latch.participant;
+        let Some(mut p) = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.participants.get(id))
+            .cloned()
+        else {
+            return;
+        };
+        if p.address == Some(latch.addr) {
+            return;
+        }
+        // An authenticated binding wins: whoever held the address loses it.
+        if let Some((r2, p2)) = self.addresses.get(&latch.addr).cloned()
+            && (r2 != room || p2 != id)
+        {
+            self.unlatch(&r2, &p2, false);
+        }
+        p.address = Some(latch.addr);
+        p.latched_since = Some(SystemTime::now());
+        p.heard_at = Instant::now();
+        self.attribute_region(&mut p);
+        match self.replace_participant(&room, id, p) {
+            Ok(()) => {
+                self.latches += 1;
+                tracing::info!(room, participant = id, "address latched");
+            }
+            Err(e) => tracing::warn!(room, participant = id, error = %e, "latching failed"),
+        }
+    }
+
+    /// Drops a participant's address: the relay stops sending to it until it binds again.
+    fn unlatch(&mut self, room: &str, id: &str, silent: bool) {
+        let Some(mut p) = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.participants.get(id))
+            .cloned()
+        else {
+            return;
+        };
+        let Some(addr) = p.address.take() else {
+            return;
+        };
+        p.latched_since = None;
+        if silent {
+            p.unlatches += 1;
+            p.last_unlatched = Some(SystemTime::now());
+        }
+        self.attribute_region(&mut p);
+        if let Err(e) = self.replace_participant(room, id, p) {
+            tracing::warn!(room, participant = id, error = %e, "unlatching failed");
+            return;
+        }
+        self.addresses.remove(&addr);
+        tracing::info!(room, participant = id, silent, "address unlatched");
+    }
+
+    /// Unlatches participants not heard from (no packet, no STUN) for the latch timeout.
+    fn expire_latches(&mut self) {
+        let now = Instant::now();
+        let timeout = self.limits.latch_timeout;
+        let mut silent = Vec::new();
+        for (room, r) in self.rooms.iter_mut() {
+            for (id, p) in r.participants.iter_mut() {
+                if p.latched_since.is_none() {
+                    continue;
+                }
+                let heard = p.counters.packets_in.sum() + p.counters.stun_ok.sum();
+                if heard != p.heard {
+                    p.heard = heard;
+                    p.heard_at = now;
+                } else if now.duration_since(p.heard_at) >= timeout {
+                    silent.push((room.clone(), id.clone()));
+                }
+            }
+        }
+        for (room, id) in silent {
+            self.unlatch(&room, &id, true);
+        }
+    }
+
+    /// Latches so far, for metrics.
+    pub fn latch_count(&self) -> u64 {
+        self.latches
     }
 
     /// Saves counters and records the shutdown in the audit log.
@@ -577,6 +722,10 @@ impl State {
             "region": p.region.map(|r| String::from_utf8_lossy(&r).into_owned()),
             "region_source": p.region_source.name(),
             "address_set": p.address.is_some(),
+            "latched": p.latched_since.is_some(),
+            "latched_since": p.latched_since.map(rfc3339),
+            "unlatched_count": p.unlatches,
+            "last_unlatched_at": p.last_unlatched.map(rfc3339),
             "joined_at": rfc3339(p.joined),
             "tracks": p.tracks,
             "subscribe": p.subscribe,
@@ -629,6 +778,10 @@ fn compile(
                 rules.blocks(&subject)
             },
             counters: p.counters.clone(),
+            ice: Some(Credentials {
+                ufrag: p.ice.ufrag.as_str().into(),
+                pwd: p.ice.pwd.as_str().into(),
+            }),
         })
         .collect();
     let room = Room::compile(&specs).map_err(|e| {

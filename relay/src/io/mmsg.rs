@@ -112,6 +112,11 @@ impl RecvBatch {
         (src, bytes, truncated)
     }
 
+    /// The source address of datagram `i` as the kernel wrote it, for sending a reply.
+    pub(crate) fn source(&self, i: usize) -> (*const libc::sockaddr_storage, libc::socklen_t) {
+        (&self.names[i], self.hdrs[i].msg_hdr.msg_namelen)
+    }
+
     /// The iovec that sends datagram `i` as received.
     pub(crate) fn send_iov(&self, i: usize) -> *const libc::iovec {
         &self.send_iovs[i]
@@ -154,11 +159,21 @@ impl SendQueue {
     /// The caller keeps `iov`, the memory it points to, and `dest` alive and unchanged until the
     /// next `flush`, and never pushes to a full queue (which would allocate).
     pub(crate) fn push(&mut self, iov: *const libc::iovec, dest: &SockAddr) {
+        self.push_raw(iov, dest.as_ptr().cast(), dest.len());
+    }
+
+    /// As [`SendQueue::push`], with the address as a raw pointer and length.
+    pub(crate) fn push_raw(
+        &mut self,
+        iov: *const libc::iovec,
+        name: *const libc::sockaddr_storage,
+        namelen: libc::socklen_t,
+    ) {
         debug_assert!(!self.is_full());
         // SAFETY: a zeroed mmsghdr is valid; the fields set below are the only ones read.
         let mut hdr: libc::mmsghdr = unsafe { mem::zeroed() };
-        hdr.msg_hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
-        hdr.msg_hdr.msg_namelen = dest.len();
+        hdr.msg_hdr.msg_name = name.cast_mut().cast();
+        hdr.msg_hdr.msg_namelen = namelen;
         hdr.msg_hdr.msg_iov = iov.cast_mut();
         hdr.msg_hdr.msg_iovlen = 1;
         // SAFETY: the caller guarantees that iov is valid until the flush.

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use stats::WorkerStats;
 
-use crate::route::Update;
+use crate::route::{Latch, Update};
 use worker::{Message, Sizes, Worker};
 
 /// The backend that moves datagrams.
@@ -62,6 +62,7 @@ pub struct DataPlane {
     workers: Vec<WorkerHandle>,
     local_addr: SocketAddr,
     backend: Backend,
+    latches: Receiver<Latch>,
 }
 
 struct WorkerHandle {
@@ -73,6 +74,9 @@ struct WorkerHandle {
 
 /// The largest datagram a worker forwards; larger ones are counted as oversize and dropped.
 pub const SLOT_SIZE: usize = 2048;
+
+/// Latch requests that may wait for the control thread; more are dropped (clients retry).
+const LATCH_QUEUE: usize = 4096;
 
 /// How long the control thread waits for all workers to apply a change before giving up.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -97,6 +101,7 @@ impl DataPlane {
             send_queue: config.send_batch.max(1),
         };
         let mut handles = Vec::with_capacity(workers);
+        let (latch_tx, latches) = crossbeam_channel::bounded(LATCH_QUEUE);
         for (index, socket) in sockets.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
             let wake = Arc::new(eventfd()?);
@@ -108,6 +113,7 @@ impl DataPlane {
                 rx,
                 stats: stats.clone(),
                 sizes,
+                latches: latch_tx.clone(),
             };
             let pin = config.pin.then_some(index % cores);
             let thread = std::thread::Builder::new()
@@ -133,6 +139,7 @@ impl DataPlane {
             workers: handles,
             local_addr,
             backend: Backend::Mmsg,
+            latches,
         })
     }
 
@@ -144,6 +151,11 @@ impl DataPlane {
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Latch requests from authenticated STUN, for the control thread to apply.
+    pub fn latches(&self) -> &Receiver<Latch> {
+        &self.latches
     }
 
     /// The number of workers.

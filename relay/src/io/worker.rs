@@ -8,12 +8,14 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use crossbeam_channel::{Receiver, Sender};
 use socket2::Socket;
 
 use super::mmsg::{RecvBatch, SendQueue};
 use super::stats::{BatchCounts, WorkerStats};
-use crate::route::{DropReason, Table, Update, Verdict};
+use crate::route::{DropReason, Latch, StunAction, StunGuard, Table, Update, Verdict};
 
 /// A message from the control thread to a worker.
 #[derive(Debug)]
@@ -39,7 +41,12 @@ pub(crate) struct Worker {
     pub(crate) rx: Receiver<Message>,
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) sizes: Sizes,
+    pub(crate) latches: Sender<Latch>,
 }
+
+/// Room for a STUN response: header, XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT, or an
+/// error with a short reason, all well under this.
+const REPLY_SIZE: usize = 256;
 
 impl Worker {
     pub(crate) fn run(self) -> io::Result<()> {
@@ -47,6 +54,17 @@ impl Worker {
         let mut table = Table::new();
         let mut batch = RecvBatch::new(self.sizes.recv_batch, self.sizes.slot_size);
         let mut queue = SendQueue::with_capacity(self.sizes.send_queue);
+        let mut guard = StunGuard::new();
+        // One reply buffer per datagram of a batch, so replies live until the flush.
+        let mut replies = vec![[0u8; REPLY_SIZE]; self.sizes.recv_batch.max(1)];
+        let mut reply_iovs: Vec<libc::iovec> = replies
+            .iter_mut()
+            .map(|r| libc::iovec {
+                iov_base: r.as_mut_ptr().cast(),
+                iov_len: 0,
+            })
+            .collect();
+        let start = Instant::now();
         loop {
             if !self.apply_messages(&mut table) {
                 return Ok(());
@@ -57,6 +75,7 @@ impl Worker {
                 continue;
             }
             let mut counts = BatchCounts::default();
+            let now_ms = start.elapsed().as_millis() as u64 + 1;
             for i in 0..batch.len() {
                 let (src, bytes, truncated) = batch.datagram(i);
                 counts.packets_in += 1;
@@ -76,8 +95,33 @@ impl Worker {
                 };
                 match verdict {
                     Verdict::Forward(_) => {}
-                    // STUN is answered by the ICE layer when it is enabled; until then it is a drop.
-                    Verdict::Stun => counts.drops[DropReason::Stun.index()] += 1,
+                    Verdict::Stun => {
+                        let Some(src) = src else { continue };
+                        let action = table.stun(
+                            self.index,
+                            now_ms,
+                            &mut guard,
+                            &src,
+                            bytes,
+                            &mut replies[i],
+                        );
+                        match action {
+                            StunAction::Reply { len, latch } => {
+                                reply_iovs[i].iov_len = len;
+                                if queue.is_full() {
+                                    add_flushed(&mut counts, queue.flush(fd));
+                                }
+                                let (name, namelen) = batch.source(i);
+                                queue.push_raw(&reply_iovs[i], name, namelen);
+                                if let Some(latch) = latch {
+                                    // The control thread applies latches; if it is behind, the
+                                    // client's next check retries.
+                                    let _ = self.latches.try_send(latch);
+                                }
+                            }
+                            StunAction::Drop(reason) => counts.drops[reason.index()] += 1,
+                        }
+                    }
                     Verdict::Drop(reason) => counts.drops[reason.index()] += 1,
                 }
             }

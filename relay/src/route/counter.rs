@@ -59,6 +59,8 @@ pub struct ParticipantCounters {
     pub bytes_in: Counter,
     /// Packets from the participant that were dropped (undeclared SSRC, rule, malformed).
     pub packets_dropped: Counter,
+    /// Authenticated STUN Binding requests answered.
+    pub stun_ok: Counter,
 }
 
 impl ParticipantCounters {
@@ -68,6 +70,7 @@ impl ParticipantCounters {
             packets_in: Counter::new(workers),
             bytes_in: Counter::new(workers),
             packets_dropped: Counter::new(workers),
+            stun_ok: Counter::new(workers),
         }
     }
 }

@@ -11,10 +11,12 @@
 #![deny(unsafe_code)]
 
 mod counter;
+mod ice;
 mod room;
 mod table;
 
 pub use counter::{Counter, ParticipantCounters, RuleCounters};
+pub use ice::{Credentials, Latch, StunAction, StunGuard};
 pub use room::{Blocks, CompileError, MediaKind, MemberSpec, Room, Subscription};
 pub use table::{DropReason, RoomId, Table, Update, Verdict};
 

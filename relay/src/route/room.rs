@@ -11,6 +11,7 @@ use std::sync::Arc;
 use socket2::SockAddr;
 
 use super::counter::{ParticipantCounters, RuleCounters};
+use super::ice::Credentials;
 use crate::packet::rtp::Ssrc;
 
 /// The media kind of a track, as rules see it.
@@ -66,6 +67,8 @@ pub struct MemberSpec {
     pub blocks: Blocks,
     /// Its counters, kept across recompilations.
     pub counters: Arc<ParticipantCounters>,
+    /// Relay-side ICE credentials, for STUN latching.
+    pub ice: Option<Credentials>,
 }
 
 /// A track compiled for forwarding.
@@ -95,6 +98,7 @@ pub(crate) struct Member {
     /// Where this member's encrypted SRTCP goes: every member it has an allowed media flow with,
     /// in either direction.
     pub(crate) srtcp_fanout: Box<[u16]>,
+    pub(crate) ice: Option<Credentials>,
 }
 
 /// A compiled room.
@@ -188,6 +192,7 @@ impl Room {
                 blocks: spec.blocks.clone(),
                 subscribers,
                 srtcp_fanout: Box::new([]),
+                ice: spec.ice.clone(),
             });
         }
         for (m, member) in members.iter_mut().enumerate() {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use socket2::SockAddr;
 
+use super::ice::{self, Latch, StunAction, StunGuard};
 use super::room::{Member, Room};
 use crate::packet::{demux, rtcp, rtp};
 
@@ -49,11 +50,19 @@ pub enum DropReason {
     Rule,
     /// Receiver feedback that names no SSRC of an allowed publisher.
     NoRoute,
+    /// STUN that does not parse, or whose FINGERPRINT is wrong.
+    StunMalformed,
+    /// A Binding request without USERNAME or with a MESSAGE-INTEGRITY that does not verify.
+    StunUnauthorized,
+    /// A Binding request whose ufrag belongs to no participant.
+    StunUnknownUser,
+    /// A Binding request over its source's or the worker's rate of HMAC checks.
+    StunRateLimited,
 }
 
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 14] = [
         Self::UnknownSource,
         Self::UndeclaredSsrc,
         Self::MalformedRtp,
@@ -64,6 +73,10 @@ impl DropReason {
         Self::Oversize,
         Self::Rule,
         Self::NoRoute,
+        Self::StunMalformed,
+        Self::StunUnauthorized,
+        Self::StunUnknownUser,
+        Self::StunRateLimited,
     ];
 
     /// A dense index for counter arrays.
@@ -84,6 +97,10 @@ impl DropReason {
             Self::Oversize => "oversize",
             Self::Rule => "rule",
             Self::NoRoute => "no_route",
+            Self::StunMalformed => "stun_malformed",
+            Self::StunUnauthorized => "stun_unauthorized",
+            Self::StunUnknownUser => "stun_unknown_user",
+            Self::StunRateLimited => "stun_rate_limited",
         }
     }
 }
@@ -108,6 +125,7 @@ pub struct Table {
     rooms: HashMap<RoomId, Arc<Room>>,
     // Keys come from the network: std's keyed SipHash resists collision floods.
     by_addr: HashMap<SocketAddr, (Arc<Room>, u16)>,
+    by_ufrag: HashMap<Box<[u8]>, (RoomId, Arc<Room>, u16)>,
 }
 
 impl Table {
@@ -124,6 +142,10 @@ impl Table {
                 for (i, m) in room.members.iter().enumerate() {
                     if let Some(addr) = m.addr {
                         self.by_addr.insert(addr, (room.clone(), i as u16));
+                    }
+                    if let Some(ice) = &m.ice {
+                        let key: Box<[u8]> = ice.ufrag.as_bytes().into();
+                        self.by_ufrag.insert(key, (id, room.clone(), i as u16));
                     }
                 }
                 self.rooms.insert(id, room);
@@ -148,12 +170,65 @@ impl Table {
             {
                 self.by_addr.remove(&addr);
             }
+            if let Some(ice) = &m.ice
+                && self
+                    .by_ufrag
+                    .get(ice.ufrag.as_bytes())
+                    .is_some_and(|(_, r, _)| Arc::ptr_eq(r, old))
+            {
+                self.by_ufrag.remove(ice.ufrag.as_bytes());
+            }
         }
     }
 
     /// The number of rooms installed.
     pub fn rooms(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// Answers a STUN datagram (after [`Table::route`] said [`Verdict::Stun`]): writes the
+    /// response into `out` and says whether the participant's address must be latched.
+    ///
+    /// `now_ms` is a monotonic millisecond clock read once per batch, for the rate limit.
+    pub fn stun(
+        &self,
+        worker: usize,
+        now_ms: u64,
+        guard: &mut StunGuard,
+        src: &SocketAddr,
+        buf: &[u8],
+        out: &mut [u8],
+    ) -> StunAction {
+        let msg = match ice::request(buf) {
+            Ok(m) => m,
+            Err(reason) => return StunAction::Drop(reason),
+        };
+        let Some(username) = msg.username() else {
+            return StunAction::Drop(DropReason::StunUnauthorized);
+        };
+        let Some((room_id, room, index)) = self.by_ufrag.get(ice::local_ufrag(username)) else {
+            return StunAction::Drop(DropReason::StunUnknownUser);
+        };
+        if !ice::allow(guard, now_ms, src) {
+            return StunAction::Drop(DropReason::StunRateLimited);
+        }
+        let member = &room.members[usize::from(*index)];
+        let Some(creds) = &member.ice else {
+            return StunAction::Drop(DropReason::StunUnknownUser);
+        };
+        match ice::answer(&msg, *src, creds.pwd.as_bytes(), out) {
+            Ok(len) => {
+                member.counters.stun_ok.add(worker, 1);
+                let latch =
+                    (member.addr != Some(*src) && msg.ice_controlled().is_none()).then(|| Latch {
+                        room: *room_id,
+                        participant: member.name.clone(),
+                        addr: *src,
+                    });
+                StunAction::Reply { len, latch }
+            }
+            Err(reason) => StunAction::Drop(reason),
+        }
     }
 
     /// Decides where one datagram goes and calls `emit` once per destination.

@@ -18,6 +18,7 @@ fn member(name: &str, port: Option<u16>, tracks: &[(u32, MediaKind)]) -> MemberS
         subscription: Subscription::All,
         blocks: Blocks::default(),
         counters: Arc::new(ParticipantCounters::new(1)),
+        ice: None,
     }
 }
 
