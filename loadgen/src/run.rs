@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
-use crate::api::{Api, Joined};
+use crate::api::{Api, Ice, Joined};
 use crate::client::{self, ClientSpec, Interval, Outcome, Progress, Shared, StreamSpec, Work};
 use crate::model::{Rule, Subscribe, Switch, Window, World};
 use crate::report::{Control, Report};
@@ -152,6 +152,7 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
                     ctl.apply(event, &mut world, &shared);
                 }
             }
+            ctl.keep_consent();
             rates.update(&bar, &shared, now);
             let wake = plan
                 .events
@@ -235,6 +236,10 @@ struct Controller<'a> {
     rule_ids: Vec<Option<String>>,
     rooms_made: Vec<usize>,
     stun_sockets: Vec<UdpSocket>,
+    /// Relay address and credentials of each latched participant, for consent checks.
+    consent: Vec<Option<(SocketAddr, Ice)>>,
+    consent_next: usize,
+    consent_ns: u64,
     control: Control,
     errors: Vec<String>,
 }
@@ -257,6 +262,9 @@ impl<'a> Controller<'a> {
             rule_ids: vec![None; plan.rules.len()],
             rooms_made: Vec::new(),
             stun_sockets: Vec::new(),
+            consent: vec![None; plan.participants.len()],
+            consent_next: 0,
+            consent_ns: 0,
             control: Control::default(),
             errors: Vec::new(),
         }
@@ -422,6 +430,7 @@ impl<'a> Controller<'a> {
                 format!("the relay gave participant {p} no ICE credentials to latch with")
             })?;
             clients.push((&self.stun_sockets[*p], j.media_address, ice));
+            self.consent[*p] = Some((j.media_address, ice.clone()));
         }
         stun::latch_all(&clients, LATCH_TIMEOUT)?;
         // Until its address is latched, packets to a participant may go either way.
@@ -464,6 +473,9 @@ impl<'a> Controller<'a> {
                 if self.scenario.addressing == Addressing::Stun {
                     self.latch_live(p as usize, &joined, shared)?;
                     window.end_ns = self.now();
+                    if let Some(ice) = &joined.ice {
+                        self.consent[p as usize] = Some((joined.media_address, ice.clone()));
+                    }
                 }
                 world.presence[p as usize].set(window, true);
                 shared.active[p as usize].store(true, Ordering::Relaxed);
@@ -476,6 +488,7 @@ impl<'a> Controller<'a> {
             }),
             Event::Leave(p) => {
                 shared.active[p as usize].store(false, Ordering::Relaxed);
+                self.consent[p as usize] = None;
                 let part = &self.plan.participants[p as usize];
                 let room = &self.plan.rooms[part.room as usize].name;
                 let start_ns = self.now();
@@ -510,6 +523,32 @@ impl<'a> Controller<'a> {
         };
         if let Err(e) = result {
             self.errors.push(format!("{e:#}"));
+        }
+    }
+
+    /// Repeats each latched client's Binding request every `CONSENT_INTERVAL`, spread out, as
+    /// ICE consent freshness does (RFC 7675 §5.1), so clients that only listen stay latched.
+    fn keep_consent(&mut self) {
+        let now = self.now();
+        let n = self.consent.len() as u64;
+        if self.stun_sockets.is_empty() || n == 0 {
+            self.consent_ns = now;
+            return;
+        }
+        let interval = CONSENT_INTERVAL.as_nanos() as u64;
+        let due = (n * now.saturating_sub(self.consent_ns) / interval).min(n);
+        if due == 0 {
+            return;
+        }
+        self.consent_ns = now;
+        for _ in 0..due {
+            let p = self.consent_next;
+            self.consent_next = (p + 1) % self.consent.len();
+            if let Some((relay, ice)) = &self.consent[p] {
+                if let Ok(request) = stun::binding_request(ice, &format!("lg{p}")) {
+                    let _ = self.stun_sockets[p].send_to(&request, relay);
+                }
+            }
         }
     }
 
@@ -689,6 +728,8 @@ fn write_histogram_log(
     Ok(())
 }
 
+/// How often each client repeats its Binding request (RFC 7675 §5.1 suggests 5 s on average).
+const CONSENT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a client may take to latch its address with STUN.
 const LATCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Requested kernel buffer per client socket (capped by rmem_max / wmem_max).
