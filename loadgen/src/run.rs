@@ -481,8 +481,7 @@ impl<'a> Controller<'a> {
                 shared.active[p as usize].store(true, Ordering::Relaxed);
                 self.control.joins += 1;
                 if Some(joined.media_address) != self.media {
-                    self.errors
-                        .push(format!("participant {p} was given another media address"));
+                    self.note(format!("participant {p} was given another media address"));
                 }
                 Ok(())
             }),
@@ -522,7 +521,7 @@ impl<'a> Controller<'a> {
             Event::LiftRule(r) => self.lift(r, "loadgen churn", Some(world)),
         };
         if let Err(e) = result {
-            self.errors.push(format!("{e:#}"));
+            self.note(format!("{e:#}"));
         }
     }
 
@@ -595,21 +594,28 @@ impl<'a> Controller<'a> {
     fn teardown(&mut self) {
         for r in 0..self.rule_ids.len() {
             if let Err(e) = self.lift(r, "loadgen run finished", None) {
-                self.errors.push(format!("{e:#}"));
+                self.note(format!("{e:#}"));
             }
         }
         for i in std::mem::take(&mut self.rooms_made) {
             let name = &self.plan.rooms[i].name;
             if let Err(e) = self.timed(|api| api.delete_room(name)) {
-                self.errors.push(format!("{e:#}"));
+                self.note(format!("{e:#}"));
             }
         }
-        if let Some(ng) = &mut self.rtpengine {
+        if let Some(mut ng) = self.rtpengine.take() {
             let before = ng.calls;
             if let Err(e) = ng.teardown() {
-                self.errors.push(format!("{e:#}"));
+                self.note(format!("{e:#}"));
             }
             self.control.calls += ng.calls - before;
+        }
+    }
+
+    /// Keeps an error for the report (the first few; the count of failed calls has them all).
+    fn note(&mut self, e: String) {
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(e);
         }
     }
 
@@ -728,6 +734,8 @@ fn write_histogram_log(
     Ok(())
 }
 
+/// Errors kept for the report.
+const MAX_ERRORS: usize = 20;
 /// How often each client repeats its Binding request (RFC 7675 §5.1 suggests 5 s on average).
 const CONSENT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a client may take to latch its address with STUN.
