@@ -9,10 +9,11 @@
 //! for bit to the reference decode of the sender's own copy of what it encoded, with no decode
 //! error in its log.
 //!
-//! Neither tool multiplexes RTCP with RTP on one port, and the relay has one port per
-//! participant: ffmpeg's sender reports come from the port above its media port and are dropped as
-//! `unknown_source`. So when a sender is done, the test says BYE for it (an SR and a BYE) from its
-//! media address, as a sender using rtcp-mux would; the relay forwards it like any RTCP with sender information, and
+//! Neither tool multiplexes RTCP with RTP on one port, and the relay knows one address per
+//! participant: ffmpeg's sender reports come from the port above its media port and are dropped
+//! as `unknown_source`. Without a BYE, an ffmpeg receiver would wait ten seconds for more. So when
+//! a sender is done, the test says BYE for it (an SR and a BYE) from its media address, as a
+//! sender using rtcp-mux would; the relay forwards it like any RTCP with sender information, and
 //! ffmpeg receivers end on it and finish their output (RFC 3550 §6.6). GStreamer receivers get
 //! SIGINT instead. Receivers never need RTCP to decode.
 //!
@@ -66,6 +67,9 @@ fn opus_from_ffmpeg_decodes_bit_exact_at_two_ffmpeg_receivers() {
         t.receiver("rx2", Stack::Ffmpeg, Codec::Opus, "tx"),
     ];
     let mut tx = t.sender("tx", Source::FfmpegOpus, 0x0765_4321, 0x0765_4321);
+    // The first frame differs from the reference: the copy's container carries the encoder's
+    // pre-skip (as Ogg does, RFC 7845 §5.1) and its decoder trims the first frame by it, while
+    // the RTP payload format has no place for it (RFC 7587). Every other frame must match.
     let sent = tx.finish(&t);
     t.check_delivery(&tx, &mut rx, &sent);
 }
