@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod media;
+
 /// A running relay process, stopped (SIGKILL) when dropped.
 pub struct Relay {
     child: Option<Child>,

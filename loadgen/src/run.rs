@@ -1,0 +1,788 @@
+//! One run: set up the target, drive the clients, make the scheduled changes, tear down, and
+//! account for every packet.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::api::{Api, Ice, Joined};
+use crate::client::{self, ClientSpec, Interval, Outcome, Progress, Shared, StreamSpec, Work};
+use crate::model::{Rule, Subscribe, Switch, Window, World};
+use crate::report::{Control, Report};
+use crate::rtpengine::Rtpengine;
+use crate::scenario::{Addressing, Event, Plan, Scenario, Target};
+use crate::{stats, stun};
+
+/// How a run shows itself.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Draw a live progress bar on stderr.
+    pub progress: bool,
+    /// Write an HDR histogram interval log of latency (µs, one histogram per second) here.
+    pub histogram_log: Option<PathBuf>,
+}
+
+/// Runs a scenario with no progress bar and no histogram log.
+pub fn run(scenario: &Scenario) -> Result<Report> {
+    run_with(scenario, &Options::default())
+}
+
+/// Runs a scenario. Fails only when the setup fails; errors during the run are in the report.
+pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
+    scenario.validate()?;
+    let plan = scenario.plan();
+    let start = Instant::now();
+    let sockets = bind(plan.participants.len())?;
+    let addrs: Vec<SocketAddr> = sockets
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<Result<_, _>>()?;
+    let mut world = World {
+        grace_ns: scenario.grace_ms * 1_000_000,
+        room: plan.participants.iter().map(|p| p.room).collect(),
+        subscribe: plan
+            .participants
+            .iter()
+            .map(|p| p.subscribe.clone())
+            .collect(),
+        presence: vec![Switch::default(); plan.participants.len()],
+        streams: plan
+            .streams
+            .iter()
+            .map(|s| (s.participant, s.profile.kind))
+            .collect(),
+        rules: plan
+            .rules
+            .iter()
+            .map(|r| Rule {
+                targets: r.targets.clone(),
+                direction: r.direction,
+                media: r.media,
+                active: Switch::default(),
+            })
+            .collect(),
+    };
+    let mut ctl = Controller::new(scenario, &plan, &addrs, start);
+    // Clones of the sockets let the controller send STUN requests for participants that join
+    // once the client threads own the sockets.
+    if scenario.addressing == Addressing::Stun {
+        ctl.stun_sockets = sockets
+            .iter()
+            .map(UdpSocket::try_clone)
+            .collect::<Result<_, _>>()?;
+    }
+    let dests = ctl.setup(&mut world)?;
+
+    // Threads get participants round-robin, each with its streams.
+    let threads = scenario.threads.min(plan.participants.len()).max(1);
+    let mut works: Vec<Work> = (0..threads).map(|_| Work::default()).collect();
+    let mut slot = vec![(0usize, 0usize); plan.participants.len()];
+    for (p, socket) in sockets.into_iter().enumerate() {
+        let w = &mut works[p % threads];
+        slot[p] = (p % threads, w.clients.len());
+        w.clients.push(ClientSpec {
+            participant: p as u32,
+            socket,
+        });
+    }
+    for (id, (s, dests)) in plan.streams.iter().zip(dests).enumerate() {
+        let (t, client) = slot[s.participant as usize];
+        works[t].streams.push(StreamSpec {
+            id: id as u32,
+            client,
+            profile: s.profile,
+            ssrc: s.ssrc,
+            dests,
+        });
+    }
+    let send_from_ns = ctl.now() + 20_000_000;
+    let duration_ns = (scenario.duration * 1e9) as u64;
+    let shared = Shared {
+        start,
+        active: plan
+            .participants
+            .iter()
+            .map(|p| AtomicBool::new(p.join_ns == 0))
+            .collect(),
+        latched: plan
+            .participants
+            .iter()
+            .map(|_| AtomicBool::new(false))
+            .collect(),
+        kinds: plan.streams.iter().map(|s| s.profile.kind).collect(),
+        send_from_ns,
+        send_until_ns: AtomicU64::new(send_from_ns + duration_ns),
+        drain_ns: scenario.drain_ms * 1_000_000,
+        max_packets: scenario.max_packets / threads as u64,
+        seed: scenario.seed,
+        progress: (0..threads).map(|_| Progress::default()).collect(),
+    };
+    let (tx, rx) = mpsc::channel::<Interval>();
+    let log = options.histogram_log.is_some();
+    let bar = progress_bar(options.progress, duration_ns);
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = works
+            .into_iter()
+            .enumerate()
+            .map(|(t, work)| {
+                let tx = log.then(|| tx.clone());
+                let shared = &shared;
+                scope.spawn(move || client::drive(work, shared, t, tx))
+            })
+            .collect();
+        let mut next = 0;
+        let mut rates = Rates::default();
+        while !handles.iter().all(|h| h.is_finished()) {
+            let now = ctl.now();
+            while let Some(&(at, event)) = plan.events.get(next) {
+                if send_from_ns + at > now {
+                    break;
+                }
+                next += 1;
+                if at < duration_ns {
+                    ctl.apply(event, &mut world, &shared);
+                }
+            }
+            ctl.keep_consent();
+            rates.update(&bar, &shared, now);
+            let wake = plan
+                .events
+                .get(next)
+                .map_or(u64::MAX, |(at, _)| send_from_ns + at);
+            let nap = wake.saturating_sub(ctl.now()).min(50_000_000);
+            std::thread::sleep(Duration::from_nanos(nap.max(200_000)));
+        }
+        bar.finish_and_clear();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client threads do not panic"))
+            .collect()
+    });
+    drop(tx);
+    ctl.teardown();
+
+    let mut report = Report {
+        target: format!("{:?}", scenario.target).to_lowercase(),
+        duration_s: duration_ns as f64 / 1e9,
+        rooms: plan.rooms.len() as u64,
+        participants: plan.participants.len() as u64,
+        streams: plan.streams.len() as u64,
+        ..Report::default()
+    };
+    account(&plan, &world, outcomes, &mut report);
+    report.control = ctl.control;
+    report.errors.extend(ctl.errors);
+    if let Some(path) = &options.histogram_log {
+        write_histogram_log(
+            path,
+            rx,
+            SystemTime::now() - start.elapsed() + Duration::from_nanos(send_from_ns),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+fn account(plan: &Plan, world: &World, outcomes: Vec<Outcome>, report: &mut Report) {
+    let mut send_us = vec![Vec::new(); plan.streams.len()];
+    let mut received = vec![crate::stats::StreamMap::default(); plan.participants.len()];
+    let hist = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut latency = [hist(), hist(), hist()];
+    let mut foreign = 0;
+    for o in outcomes {
+        for (id, log) in o.send_us {
+            send_us[id as usize] = log;
+        }
+        for (p, seen) in o.received {
+            received[p as usize] = seen;
+        }
+        for (all, h) in latency.iter_mut().zip(&o.latency) {
+            let _ = all.add(h);
+        }
+        report.datagrams_out += o.datagrams_out;
+        report.send_errors += o.send_errors;
+        report.late_frames += o.late_frames;
+        report.other += o.other;
+        foreign += o.foreign;
+        if let Some(e) = o.error {
+            report.errors.push(e);
+        }
+    }
+    let tallies = stats::account(world, &send_us, &received);
+    report.fill(&tallies, &latency);
+    // Copies naming no stream of ours are misdelivered too.
+    report.received += foreign;
+    report.misdelivered += foreign;
+}
+
+/// Sets up and changes the target: the relay's API, rtpengine's ng protocol, or nothing.
+struct Controller<'a> {
+    scenario: &'a Scenario,
+    plan: &'a Plan,
+    addrs: &'a [SocketAddr],
+    start: Instant,
+    api: Option<Api>,
+    rtpengine: Option<Rtpengine>,
+    media: Option<SocketAddr>,
+    rule_ids: Vec<Option<String>>,
+    rooms_made: Vec<usize>,
+    stun_sockets: Vec<UdpSocket>,
+    /// Relay address and credentials of each latched participant, for consent checks.
+    consent: Vec<Option<(SocketAddr, Ice)>>,
+    consent_next: usize,
+    consent_ns: u64,
+    control: Control,
+    errors: Vec<String>,
+}
+
+impl<'a> Controller<'a> {
+    fn new(
+        scenario: &'a Scenario,
+        plan: &'a Plan,
+        addrs: &'a [SocketAddr],
+        start: Instant,
+    ) -> Self {
+        Self {
+            scenario,
+            plan,
+            addrs,
+            start,
+            api: None,
+            rtpengine: None,
+            media: None,
+            rule_ids: vec![None; plan.rules.len()],
+            rooms_made: Vec::new(),
+            stun_sockets: Vec::new(),
+            consent: vec![None; plan.participants.len()],
+            consent_next: 0,
+            consent_ns: 0,
+            control: Control::default(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Creates rooms and the participants present from the start; returns each stream's
+    /// destinations.
+    fn setup(&mut self, world: &mut World) -> Result<Vec<Vec<SocketAddr>>> {
+        match self.scenario.target {
+            Target::Direct => Ok(self.setup_direct(world)),
+            Target::Relay => {
+                let result = self.setup_relay(world);
+                if result.is_err() {
+                    self.teardown();
+                }
+                result
+            }
+            Target::Rtpengine => {
+                let t0 = self.now();
+                let mut ng = Rtpengine::connect(&self.scenario.control)?;
+                let result = ng.setup(self.plan, self.addrs);
+                let t1 = self.now();
+                self.control.calls += ng.calls;
+                self.rtpengine = Some(ng);
+                let dests = match result {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.teardown();
+                        return Err(e);
+                    }
+                };
+                for p in &mut world.presence {
+                    p.set(
+                        Window {
+                            start_ns: t0,
+                            end_ns: t1,
+                        },
+                        true,
+                    );
+                }
+                Ok(dests)
+            }
+        }
+    }
+
+    fn setup_direct(&mut self, world: &mut World) -> Vec<Vec<SocketAddr>> {
+        for p in &mut world.presence {
+            p.set(
+                Window {
+                    start_ns: 0,
+                    end_ns: 0,
+                },
+                true,
+            );
+        }
+        self.plan
+            .streams
+            .iter()
+            .map(|s| {
+                let room =
+                    &self.plan.rooms[self.plan.participants[s.participant as usize].room as usize];
+                room.members
+                    .iter()
+                    .filter(|&&r| r != s.participant)
+                    .filter(|&&r| match &self.plan.participants[r as usize].subscribe {
+                        Subscribe::All => true,
+                        Subscribe::List(l) => l.binary_search(&s.participant).is_ok(),
+                    })
+                    .map(|&r| self.addrs[r as usize])
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn setup_relay(&mut self, world: &mut World) -> Result<Vec<Vec<SocketAddr>>> {
+        let api = Api::new(&self.scenario.control, self.scenario.token.as_deref());
+        api.info().with_context(|| {
+            format!(
+                "cannot reach the relay's control API at {}",
+                self.scenario.control
+            )
+        })?;
+        self.api = Some(api);
+        for (i, room) in self.plan.rooms.iter().enumerate() {
+            self.timed(|api| api.put_room(&room.name))
+                .with_context(|| format!("creating room {}", room.name))?;
+            self.rooms_made.push(i);
+        }
+        let mut media = vec![None; self.plan.participants.len()];
+        let mut joined = Vec::new();
+        for (p, part) in self.plan.participants.iter().enumerate() {
+            if part.join_ns > 0 {
+                continue;
+            }
+            let (window, j) = self.join(p)?;
+            world.presence[p].set(window, true);
+            media[p] = Some(j.media_address);
+            joined.push((p, j));
+        }
+        if self.scenario.addressing == Addressing::Stun {
+            self.latch_setup(world, &joined)?;
+        }
+        self.media = media.iter().flatten().next().copied();
+        let Some(first) = self.media else {
+            bail!("no participant joined at the start")
+        };
+        Ok(self
+            .plan
+            .streams
+            .iter()
+            .map(|s| vec![media[s.participant as usize].unwrap_or(first)])
+            .collect())
+    }
+
+    /// PUTs participant `p`; returns the call's window and the relay's reply.
+    fn join(&mut self, p: usize) -> Result<(Window, Joined)> {
+        let part = &self.plan.participants[p];
+        let room = &self.plan.rooms[part.room as usize];
+        let tracks: Vec<Value> = part
+            .streams
+            .iter()
+            .map(|&s| {
+                let st = &self.plan.streams[s as usize];
+                json!({"ssrc": st.ssrc, "kind": st.profile.kind.media()})
+            })
+            .collect();
+        let subscribe = match &part.subscribe {
+            Subscribe::All => json!("all"),
+            Subscribe::List(l) => {
+                json!(
+                    l.iter()
+                        .map(|&q| self.plan.participants[q as usize].name.as_str())
+                        .collect::<Vec<_>>()
+                )
+            }
+        };
+        let mut body = json!({"tracks": tracks, "subscribe": subscribe});
+        if self.scenario.addressing == Addressing::Fixed {
+            body["address"] = json!(self.addrs[p].to_string());
+        }
+        let start_ns = self.now();
+        let joined = self
+            .timed(|api| api.put_participant(&room.name, &part.name, &body))
+            .with_context(|| format!("adding participant {} to room {}", part.name, room.name))?;
+        Ok((
+            Window {
+                start_ns,
+                end_ns: self.now(),
+            },
+            joined,
+        ))
+    }
+
+    /// Latches the participants present from the start, before the client threads run.
+    fn latch_setup(&mut self, world: &mut World, joined: &[(usize, Joined)]) -> Result<()> {
+        let mut clients = Vec::new();
+        for (p, j) in joined {
+            let ice = j.ice.as_ref().with_context(|| {
+                format!("the relay gave participant {p} no ICE credentials to latch with")
+            })?;
+            clients.push((&self.stun_sockets[*p], j.media_address, ice));
+            self.consent[*p] = Some((j.media_address, ice.clone()));
+        }
+        stun::latch_all(&clients, LATCH_TIMEOUT)?;
+        // Until its address is latched, packets to a participant may go either way.
+        let end_ns = self.now();
+        for (p, _) in joined {
+            let start_ns = world.presence[*p].first_start().unwrap_or(0);
+            world.presence[*p] = Switch::default();
+            world.presence[*p].set(Window { start_ns, end_ns }, true);
+        }
+        Ok(())
+    }
+
+    /// Latches a participant that joins while the clients run: its client thread sees the
+    /// Binding success and raises its flag. Returns when latched.
+    fn latch_live(&self, p: usize, joined: &Joined, shared: &Shared) -> Result<()> {
+        let ice = joined
+            .ice
+            .as_ref()
+            .with_context(|| format!("participant {p}: no ICE credentials"))?;
+        let request = stun::binding_request(ice, &format!("lg{p}"))?;
+        shared.latched[p].store(false, Ordering::Relaxed);
+        let deadline = Instant::now() + LATCH_TIMEOUT;
+        while Instant::now() < deadline {
+            let _ = self.stun_sockets[p].send_to(&request, joined.media_address);
+            let resend = Instant::now() + stun::RESEND;
+            while Instant::now() < resend {
+                if shared.latched[p].load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        bail!("participant {p} got no STUN Binding success within {LATCH_TIMEOUT:?}")
+    }
+
+    /// Makes one scheduled change. Failures are counted and reported, not fatal.
+    fn apply(&mut self, event: Event, world: &mut World, shared: &Shared) {
+        let result = match event {
+            Event::Join(p) => self.join(p as usize).and_then(|(mut window, joined)| {
+                if self.scenario.addressing == Addressing::Stun {
+                    self.latch_live(p as usize, &joined, shared)?;
+                    window.end_ns = self.now();
+                    if let Some(ice) = &joined.ice {
+                        self.consent[p as usize] = Some((joined.media_address, ice.clone()));
+                    }
+                }
+                world.presence[p as usize].set(window, true);
+                shared.active[p as usize].store(true, Ordering::Relaxed);
+                self.control.joins += 1;
+                if Some(joined.media_address) != self.media {
+                    self.note(format!("participant {p} was given another media address"));
+                }
+                Ok(())
+            }),
+            Event::Leave(p) => {
+                shared.active[p as usize].store(false, Ordering::Relaxed);
+                self.consent[p as usize] = None;
+                let part = &self.plan.participants[p as usize];
+                let room = &self.plan.rooms[part.room as usize].name;
+                let start_ns = self.now();
+                self.timed(|api| api.delete_participant(room, &part.name))
+                    .map(|()| {
+                        world.presence[p as usize].set(
+                            Window {
+                                start_ns,
+                                end_ns: self.now(),
+                            },
+                            false,
+                        );
+                        self.control.leaves += 1;
+                    })
+            }
+            Event::AddRule(r) => {
+                let body = self.rule_body(r);
+                let start_ns = self.now();
+                self.timed(|api| api.post_rule(&body)).map(|id| {
+                    world.rules[r].active.set(
+                        Window {
+                            start_ns,
+                            end_ns: self.now(),
+                        },
+                        true,
+                    );
+                    self.rule_ids[r] = Some(id);
+                    self.control.rules_added += 1;
+                })
+            }
+            Event::LiftRule(r) => self.lift(r, "loadgen churn", Some(world)),
+        };
+        if let Err(e) = result {
+            self.note(format!("{e:#}"));
+        }
+    }
+
+    /// Repeats each latched client's Binding request every `CONSENT_INTERVAL`, spread out, as
+    /// ICE consent freshness does (RFC 7675 §5.1), so clients that only listen stay latched.
+    fn keep_consent(&mut self) {
+        let now = self.now();
+        let n = self.consent.len() as u64;
+        if self.stun_sockets.is_empty() || n == 0 {
+            self.consent_ns = now;
+            return;
+        }
+        let interval = CONSENT_INTERVAL.as_nanos() as u64;
+        let due = (n * now.saturating_sub(self.consent_ns) / interval).min(n);
+        if due == 0 {
+            return;
+        }
+        self.consent_ns = now;
+        for _ in 0..due {
+            let p = self.consent_next;
+            self.consent_next = (p + 1) % self.consent.len();
+            if let Some((relay, ice)) = &self.consent[p] {
+                if let Ok(request) = stun::binding_request(ice, &format!("lg{p}")) {
+                    let _ = self.stun_sockets[p].send_to(&request, relay);
+                }
+            }
+        }
+    }
+
+    fn lift(&mut self, r: usize, reason: &str, world: Option<&mut World>) -> Result<()> {
+        let Some(id) = self.rule_ids[r].take() else {
+            return Ok(());
+        };
+        let start_ns = self.now();
+        self.timed(|api| api.delete_rule(&id, reason))?;
+        if let Some(world) = world {
+            world.rules[r].active.set(
+                Window {
+                    start_ns,
+                    end_ns: self.now(),
+                },
+                false,
+            );
+        }
+        self.control.rules_lifted += 1;
+        Ok(())
+    }
+
+    fn rule_body(&self, r: usize) -> Value {
+        let rule = &self.plan.rules[r];
+        let participants: Vec<Value> = rule
+            .targets
+            .iter()
+            .map(|&p| {
+                let part = &self.plan.participants[p as usize];
+                json!({"room": self.plan.rooms[part.room as usize].name, "participant": part.name})
+            })
+            .collect();
+        let expires = SystemTime::now() + Duration::from_secs(3_600);
+        json!({
+            "match": {"participants": participants},
+            "direction": rule.direction.as_str(),
+            "media": rule.media.as_str(),
+            "basis": {"authority": "loadgen", "reference": format!("churn-{r}"), "jurisdiction": "ZZ"},
+            "expires_at": humantime::format_rfc3339_seconds(expires).to_string(),
+        })
+    }
+
+    /// Lifts the rules still in force and closes every room made.
+    fn teardown(&mut self) {
+        for r in 0..self.rule_ids.len() {
+            if let Err(e) = self.lift(r, "loadgen run finished", None) {
+                self.note(format!("{e:#}"));
+            }
+        }
+        for i in std::mem::take(&mut self.rooms_made) {
+            let name = &self.plan.rooms[i].name;
+            if let Err(e) = self.timed(|api| api.delete_room(name)) {
+                self.note(format!("{e:#}"));
+            }
+        }
+        if let Some(mut ng) = self.rtpengine.take() {
+            let before = ng.calls;
+            if let Err(e) = ng.teardown() {
+                self.note(format!("{e:#}"));
+            }
+            self.control.calls += ng.calls - before;
+        }
+    }
+
+    /// Keeps an error for the report (the first few; the count of failed calls has them all).
+    fn note(&mut self, e: String) {
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(e);
+        }
+    }
+
+    /// Makes one API call, counting it and timing it.
+    fn timed<T>(&mut self, f: impl FnOnce(&Api) -> Result<T>) -> Result<T> {
+        let Some(api) = &self.api else {
+            bail!("no control API")
+        };
+        let t = Instant::now();
+        let r = f(api);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        self.control.calls += 1;
+        self.control.slowest_call_ms = self.control.slowest_call_ms.max((ms * 10.0).round() / 10.0);
+        if r.is_err() {
+            self.control.failed += 1;
+        }
+        r
+    }
+}
+
+/// One UDP socket per participant on loopback, non-blocking, with large buffers.
+fn bind(n: usize) -> Result<Vec<UdpSocket>> {
+    (0..n)
+        .map(|_| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+            crate::io::size_buffers(&s, SOCKET_BUFFER);
+            s.set_nonblocking(true)?;
+            s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+            Ok(s.into())
+        })
+        .collect::<std::io::Result<_>>()
+        .context("binding client sockets (raise the open-file limit for many participants)")
+}
+
+fn progress_bar(show: bool, duration_ns: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar =
+        ProgressBar::with_draw_target(Some(duration_ns / 1_000_000), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Running send and receive rates for the progress bar.
+#[derive(Default)]
+struct Rates {
+    last_ns: u64,
+    last: (u64, u64),
+}
+
+impl Rates {
+    fn update(&mut self, bar: &ProgressBar, shared: &Shared, now: u64) {
+        if now < self.last_ns + 250_000_000 || bar.is_hidden() {
+            return;
+        }
+        let sent: u64 = shared
+            .progress
+            .iter()
+            .map(|p| p.sent.load(Ordering::Relaxed))
+            .sum();
+        let got: u64 = shared
+            .progress
+            .iter()
+            .map(|p| p.received.load(Ordering::Relaxed))
+            .sum();
+        let dt = (now - self.last_ns) as f64 / 1e9;
+        bar.set_position(now.saturating_sub(shared.send_from_ns) / 1_000_000);
+        bar.set_message(format!(
+            "sent {sent} ({:.0}/s)  received {got} ({:.0}/s)",
+            (sent - self.last.0) as f64 / dt,
+            (got - self.last.1) as f64 / dt
+        ));
+        self.last_ns = now;
+        self.last = (sent, got);
+    }
+}
+
+fn write_histogram_log(
+    path: &PathBuf,
+    rx: mpsc::Receiver<Interval>,
+    start: SystemTime,
+) -> Result<()> {
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+    let mut merged: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
+    for i in rx.try_iter() {
+        match merged.get_mut(&i.index) {
+            Some(h) => {
+                let _ = h.add(&i.histogram);
+            }
+            None => {
+                merged.insert(i.index, i.histogram);
+            }
+        }
+    }
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut serializer = V2DeflateSerializer::new();
+    let mut writer = IntervalLogWriterBuilder::new()
+        .add_comment("loadgen one-way latency, microseconds")
+        .with_start_time(start)
+        .with_base_time(start)
+        .with_max_value_divisor(1_000.0)
+        .begin_log_with(&mut file, &mut serializer)?;
+    for (index, h) in &merged {
+        writer
+            .write_histogram(h, Duration::from_secs(*index), Duration::from_secs(1), None)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    drop(writer);
+    file.flush()?;
+    Ok(())
+}
+
+/// Errors kept for the report.
+const MAX_ERRORS: usize = 20;
+/// How often each client repeats its Binding request (RFC 7675 §5.1 suggests 5 s on average).
+const CONSENT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a client may take to latch its address with STUN.
+const LATCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Requested kernel buffer per client socket (capped by rmem_max / wmem_max).
+const SOCKET_BUFFER: usize = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Send;
+
+    #[test]
+    fn direct_run_accounts_for_every_packet() {
+        let mut s = Scenario::uniform(3, 3, Send::Mixed);
+        s.target = Target::Direct;
+        s.duration = 0.5;
+        s.drain_ms = 200;
+        let r = run(&s).unwrap();
+        assert!(r.sent > 100, "{r:?}");
+        // Rooms of three: every packet goes to two receivers.
+        assert_eq!(r.expected, 2 * r.sent);
+        assert_eq!((r.lost, r.duplicates, r.misdelivered), (0, 0, 0));
+        assert_eq!(r.received, r.expected);
+        assert!(r.per_profile.contains_key("audio") && r.per_profile.contains_key("video"));
+        assert!(r.latency_us.max > 0);
+    }
+
+    #[test]
+    fn packet_budget_stops_the_run() {
+        let mut s = Scenario::uniform(2, 2, Send::Audio);
+        s.target = Target::Direct;
+        s.duration = 0.5;
+        s.drain_ms = 100;
+        s.max_packets = 20;
+        let r = run(&s).unwrap();
+        assert!(r.sent <= 20 && r.sent > 0, "{r:?}");
+        assert_eq!(r.lost, 0);
+    }
+
+    #[test]
+    fn setup_failure_is_an_error() {
+        let mut s = Scenario::uniform(1, 2, Send::Audio);
+        s.addressing = Addressing::Fixed;
+        // Nothing listens on port 9 of loopback.
+        s.control = "127.0.0.1:9".into();
+        s.duration = 0.2;
+        assert!(run(&s).is_err());
+    }
+}

@@ -1,0 +1,556 @@
+//! What a run does: the scenario (from a TOML file or flags) and the plan made from it, with
+//! every room, participant, stream and scheduled change.
+
+use std::collections::HashMap;
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Direction, Media, Subscribe};
+use crate::profile::{Kind, Profile, Rng};
+
+/// Where the clients' media goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The relay, driven through its control API.
+    Relay,
+    /// rtpengine, driven through its ng control protocol: rooms of two are calls, larger
+    /// rooms are one publisher and subscribers.
+    Rtpengine,
+    /// No relay: each sender sends to every receiver itself (the floor to compare with).
+    Direct,
+}
+
+/// How the relay learns a client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Addressing {
+    /// Latched from a STUN Binding request.
+    Stun,
+    /// Registered through the API (`"address"` in the participant body).
+    Fixed,
+}
+
+/// Which media a participant sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Send {
+    /// Audio only.
+    Audio,
+    /// Video only.
+    Video,
+    /// Audio and video.
+    Mixed,
+    /// Nothing (a listener).
+    None,
+}
+
+/// A kind of room; rooms are drawn from the classes by weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomClass {
+    /// Relative share of rooms of this class.
+    pub weight: f64,
+    /// Participants per room, smallest and largest.
+    pub size: [u32; 2],
+    /// What each sender sends.
+    pub profile: Send,
+    /// Share of the participants that send (the rest only listen); at least one sends.
+    pub senders: f64,
+    /// Each participant subscribes to at most this many senders, drawn at random (absent: all).
+    pub subscribe_max: Option<u32>,
+    /// The first participant also shares its screen.
+    pub screen_share: bool,
+    /// Video frames per second (15 or 30 are typical).
+    pub video_fps: u32,
+    /// Video target bitrate, bit/s.
+    pub video_bitrate: u64,
+    /// Audio silence suppression (DTX).
+    pub dtx: bool,
+}
+
+impl Default for RoomClass {
+    fn default() -> Self {
+        Self {
+            weight: 1.0,
+            size: [2, 2],
+            profile: Send::Audio,
+            senders: 1.0,
+            subscribe_max: None,
+            screen_share: false,
+            video_fps: 30,
+            video_bitrate: 1_000_000,
+            dtx: false,
+        }
+    }
+}
+
+/// Changes made during the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Churn {
+    /// Participants leaving (and coming back `rejoin_after` s later) per minute.
+    pub leaves_per_min: f64,
+    /// Seconds a leaver stays away.
+    pub rejoin_after: f64,
+    /// Drop rules added per minute (each on one random participant).
+    pub rules_per_min: f64,
+    /// Seconds a rule stays before it is lifted.
+    pub rule_hold: f64,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    /// Where the media goes.
+    pub target: Target,
+    /// Control address, `HOST:PORT` (relay API or rtpengine ng).
+    pub control: String,
+    /// Bearer token for the relay API.
+    pub token: Option<String>,
+    /// How the relay learns client addresses.
+    pub addressing: Addressing,
+    /// Seconds of sending.
+    pub duration: f64,
+    /// Seconds over which the participants join at the start.
+    pub ramp_up: f64,
+    /// Milliseconds to wait for packets in flight after the last send.
+    pub drain_ms: u64,
+    /// Milliseconds before each control change during which packets may go either way.
+    pub grace_ms: u64,
+    /// Seed for every random choice.
+    pub seed: u64,
+    /// Client threads.
+    pub threads: usize,
+    /// At most this many packets are sent in all.
+    pub max_packets: u64,
+    /// Total packets per second to offer, all streams together (scales every profile).
+    pub rate: Option<f64>,
+    /// Packets per second per stream (overrides the profiles' own rates).
+    pub stream_rate: Option<f64>,
+    /// Number of rooms.
+    pub rooms: u32,
+    /// Room classes.
+    pub room: Vec<RoomClass>,
+    /// Changes during the run.
+    pub churn: Churn,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            target: Target::Relay,
+            control: "127.0.0.1:7780".into(),
+            token: None,
+            addressing: Addressing::Stun,
+            duration: 10.0,
+            ramp_up: 0.0,
+            drain_ms: 500,
+            grace_ms: 50,
+            seed: 1,
+            threads: 1,
+            max_packets: 200_000_000,
+            rate: None,
+            stream_rate: None,
+            rooms: 1,
+            room: vec![RoomClass::default()],
+            churn: Churn::default(),
+        }
+    }
+}
+
+impl Scenario {
+    /// Reads a scenario from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Rooms × participants × profile, as the flags give them.
+    pub fn uniform(rooms: u32, participants: u32, profile: Send) -> Self {
+        Self {
+            rooms,
+            room: vec![RoomClass {
+                size: [participants, participants],
+                profile,
+                ..RoomClass::default()
+            }],
+            ..Self::default()
+        }
+    }
+
+    /// Checks the scenario before anything is set up.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.duration > 0.0 && self.duration <= MAX_DURATION_S) {
+            bail!("duration must be between 0 and {MAX_DURATION_S} seconds");
+        }
+        if self.ramp_up < 0.0 || self.ramp_up >= self.duration {
+            bail!("ramp_up must be shorter than the duration");
+        }
+        if self.room.is_empty() || self.rooms == 0 {
+            bail!("a scenario needs at least one room");
+        }
+        for c in &self.room {
+            if c.size[0] == 0 || c.size[0] > c.size[1] || c.weight < 0.0 {
+                bail!("room class sizes must be 1 <= min <= max, weights >= 0");
+            }
+        }
+        if self.room.iter().map(|c| c.weight).sum::<f64>() <= 0.0 {
+            bail!("room class weights must not all be zero");
+        }
+        if self.threads == 0 || self.threads > 64 {
+            bail!("threads must be between 1 and 64");
+        }
+        let churn = self.churn.leaves_per_min > 0.0 || self.churn.rules_per_min > 0.0;
+        match self.target {
+            Target::Relay => {}
+            Target::Direct if churn || self.ramp_up > 0.0 => {
+                bail!("the direct path has no control: churn and ramp-up need a relay")
+            }
+            Target::Direct => {}
+            Target::Rtpengine => {
+                if churn || self.ramp_up > 0.0 {
+                    bail!("churn and ramp-up are only supported against the relay");
+                }
+                if self
+                    .room
+                    .iter()
+                    .any(|c| c.profile == Send::Mixed || c.screen_share)
+                {
+                    bail!("rtpengine runs carry one stream per participant: use audio or video");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every room, participant, stream and scheduled change of the run.
+    pub(crate) fn plan(&self) -> Plan {
+        let mut rng = Rng::new(self.seed);
+        let mut plan = Plan::default();
+        let total_weight: f64 = self.room.iter().map(|c| c.weight).sum();
+        let mut profiles: HashMap<(usize, Kind), Profile> = HashMap::new();
+        for r in 0..self.rooms {
+            let mut pick = rng.unit() * total_weight;
+            let class_index = self
+                .room
+                .iter()
+                .position(|c| {
+                    pick -= c.weight;
+                    pick < 0.0
+                })
+                .unwrap_or(self.room.len() - 1);
+            let class = &self.room[class_index];
+            let size = rng.range(u64::from(class.size[0]), u64::from(class.size[1])) as u32;
+            // rtpengine rooms larger than a call are one publisher and subscribers.
+            let pubsub = self.target == Target::Rtpengine && size > 2;
+            let senders = if pubsub {
+                1
+            } else {
+                ((f64::from(size) * class.senders).ceil() as u32).clamp(1, size)
+            };
+            let first = plan.participants.len() as u32;
+            let room = RoomPlan {
+                name: format!("lg-r{r}"),
+                members: (first..first + size).collect(),
+            };
+            for i in 0..size {
+                let p = first + i;
+                let mut kinds = Vec::new();
+                if i < senders {
+                    match class.profile {
+                        Send::Audio => kinds.push(Kind::Audio),
+                        Send::Video => kinds.push(Kind::Video),
+                        Send::Mixed => kinds.extend([Kind::Audio, Kind::Video]),
+                        Send::None => {}
+                    }
+                }
+                if i == 0 && class.screen_share {
+                    kinds.push(Kind::Screen);
+                }
+                let mut streams = Vec::new();
+                for kind in kinds {
+                    let profile = *profiles.entry((class_index, kind)).or_insert_with(|| {
+                        let mut p = Profile::of(kind);
+                        match kind {
+                            Kind::Audio => p.dtx = class.dtx,
+                            Kind::Video => p = Profile::video(class.video_fps, class.video_bitrate),
+                            Kind::Screen => {}
+                        }
+                        match self.stream_rate {
+                            Some(pps) => p.with_pps(pps),
+                            None => p,
+                        }
+                    });
+                    let id = plan.streams.len() as u32;
+                    plan.streams.push(StreamPlan {
+                        participant: p,
+                        profile,
+                        ssrc: SSRC_BASE + id,
+                    });
+                    streams.push(id);
+                }
+                let subscribe = match class.subscribe_max {
+                    _ if pubsub && i == 0 => Subscribe::List(Vec::new()),
+                    _ if pubsub => Subscribe::List(vec![first]),
+                    Some(max) if max < senders => {
+                        let mut list: Vec<u32> =
+                            (first..first + senders).filter(|&s| s != p).collect();
+                        // Partial Fisher-Yates: the first `max` are a random subset.
+                        for k in 0..(max as usize).min(list.len()) {
+                            let j = k + rng.range(0, (list.len() - k - 1) as u64) as usize;
+                            list.swap(k, j);
+                        }
+                        list.truncate(max as usize);
+                        list.sort_unstable();
+                        Subscribe::List(list)
+                    }
+                    _ => Subscribe::All,
+                };
+                plan.participants.push(ParticipantPlan {
+                    name: format!("p{i}"),
+                    room: r,
+                    streams,
+                    subscribe,
+                    join_ns: 0,
+                });
+            }
+            plan.rooms.push(room);
+        }
+        if let Some(total) = self.rate {
+            let nominal: f64 = plan.streams.iter().map(|s| s.profile.nominal_pps()).sum();
+            if nominal > 0.0 {
+                let m = total / nominal;
+                // Few distinct profiles: scale each once.
+                let mut cache: Vec<(Profile, Profile)> = Vec::new();
+                for s in &mut plan.streams {
+                    let found = cache
+                        .iter()
+                        .find(|(from, _)| *from == s.profile)
+                        .map(|(_, to)| *to);
+                    let to = found.unwrap_or_else(|| {
+                        let to = s.profile.with_pps(s.profile.nominal_pps() * m);
+                        cache.push((s.profile, to));
+                        to
+                    });
+                    s.profile = to;
+                }
+            }
+        }
+        self.schedule(&mut plan, &mut rng);
+        plan
+    }
+
+    fn schedule(&self, plan: &mut Plan, rng: &mut Rng) {
+        let n = plan.participants.len();
+        let duration_ns = (self.duration * 1e9) as u64;
+        let ramp_ns = (self.ramp_up * 1e9) as u64;
+        for (i, p) in plan.participants.iter_mut().enumerate() {
+            p.join_ns = ramp_ns * i as u64 / n as u64;
+            if p.join_ns > 0 {
+                plan.events.push((p.join_ns, Event::Join(i as u32)));
+            }
+        }
+        let c = &self.churn;
+        let mut busy = vec![ramp_ns; n];
+        let away_ns = (c.rejoin_after.max(0.1) * 1e9) as u64;
+        for t in arrivals(rng, c.leaves_per_min, ramp_ns, duration_ns) {
+            let p = rng.range(0, n as u64 - 1) as usize;
+            if busy[p] > t || t + away_ns >= duration_ns {
+                continue;
+            }
+            busy[p] = t + away_ns + 1;
+            plan.events.push((t, Event::Leave(p as u32)));
+            plan.events.push((t + away_ns, Event::Join(p as u32)));
+        }
+        let hold_ns = (c.rule_hold.max(0.1) * 1e9) as u64;
+        for t in arrivals(rng, c.rules_per_min, ramp_ns, duration_ns) {
+            let p = rng.range(0, n as u64 - 1) as u32;
+            let direction =
+                [Direction::Send, Direction::Receive, Direction::Both][rng.range(0, 2) as usize];
+            let media = [Media::Audio, Media::Video, Media::All][rng.range(0, 2) as usize];
+            let rule = plan.rules.len();
+            plan.rules.push(RulePlan {
+                targets: vec![p],
+                direction,
+                media,
+            });
+            plan.events.push((t, Event::AddRule(rule)));
+            if t + hold_ns < duration_ns {
+                plan.events.push((t + hold_ns, Event::LiftRule(rule)));
+            }
+        }
+        plan.events.sort_by_key(|(t, _)| *t);
+    }
+}
+
+/// Evenly spaced times at `per_min` per minute in `from..to`, each jittered within its slot.
+fn arrivals(rng: &mut Rng, per_min: f64, from: u64, to: u64) -> Vec<u64> {
+    if per_min <= 0.0 || to <= from {
+        return Vec::new();
+    }
+    let step = (60e9 / per_min) as u64;
+    let mut out = Vec::new();
+    let mut t = from;
+    while t + step <= to && out.len() < MAX_EVENTS {
+        out.push(t + rng.range(0, step.max(1) - 1));
+        t += step;
+    }
+    out
+}
+
+/// The run's rooms, participants, streams and changes.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub(crate) rooms: Vec<RoomPlan>,
+    pub(crate) participants: Vec<ParticipantPlan>,
+    pub(crate) streams: Vec<StreamPlan>,
+    pub(crate) rules: Vec<RulePlan>,
+    /// Changes in time order, ns after the send phase starts.
+    pub(crate) events: Vec<(u64, Event)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RoomPlan {
+    pub(crate) name: String,
+    pub(crate) members: Vec<u32>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ParticipantPlan {
+    pub(crate) name: String,
+    pub(crate) room: u32,
+    pub(crate) streams: Vec<u32>,
+    pub(crate) subscribe: Subscribe,
+    /// When it first joins, ns after the send phase starts (0: during setup).
+    pub(crate) join_ns: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct StreamPlan {
+    pub(crate) participant: u32,
+    pub(crate) profile: Profile,
+    pub(crate) ssrc: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct RulePlan {
+    pub(crate) targets: Vec<u32>,
+    pub(crate) direction: Direction,
+    pub(crate) media: Media,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    Join(u32),
+    Leave(u32),
+    AddRule(usize),
+    LiftRule(usize),
+}
+
+/// SSRCs are the stream id plus this, so they are unique in every room.
+const SSRC_BASE: u32 = 0x1000_0000;
+/// Runs are bounded to an hour (send times are kept in 32-bit µs).
+const MAX_DURATION_S: f64 = 3_600.0;
+/// At most this many scheduled changes of each kind.
+const MAX_EVENTS: usize = 100_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIXED: &str = r#"
+rooms = 200
+duration = 60
+ramp_up = 5
+seed = 7
+[[room]]
+weight = 0.70
+size = [2, 4]
+profile = "mixed"
+[[room]]
+weight = 0.25
+size = [5, 20]
+profile = "mixed"
+subscribe_max = 4
+senders = 0.5
+[[room]]
+weight = 0.05
+size = [50, 200]
+profile = "audio"
+screen_share = true
+dtx = true
+[churn]
+leaves_per_min = 6
+rejoin_after = 3
+rules_per_min = 12
+rule_hold = 4
+"#;
+
+    #[test]
+    fn toml_scenario_plans_mixed_rooms() {
+        let s = Scenario::from_toml(MIXED).unwrap();
+        s.validate().unwrap();
+        let plan = s.plan();
+        assert_eq!(plan.rooms.len(), 200);
+        let sizes: Vec<usize> = plan.rooms.iter().map(|r| r.members.len()).collect();
+        let small = sizes.iter().filter(|&&n| n <= 4).count();
+        let large = sizes.iter().filter(|&&n| n >= 50).count();
+        assert!((120..=160).contains(&small), "{small}");
+        assert!((2..=25).contains(&large), "{large}");
+        // Listeners in mid-size rooms, screen share in large ones, limited subscriptions.
+        assert!(plan.participants.iter().any(|p| p.streams.is_empty()));
+        assert!(plan.streams.iter().any(|s| s.profile.kind == Kind::Screen));
+        assert!(
+            plan.participants
+                .iter()
+                .any(|p| matches!(&p.subscribe, Subscribe::List(l) if l.len() == 4))
+        );
+        // SSRCs unique.
+        let mut ssrcs: Vec<u32> = plan.streams.iter().map(|s| s.ssrc).collect();
+        ssrcs.sort_unstable();
+        ssrcs.dedup();
+        assert_eq!(ssrcs.len(), plan.streams.len());
+        // Churn: rules added and lifted, leaves followed by joins, all in order.
+        let count = |f: fn(&Event) -> bool| plan.events.iter().filter(|(_, e)| f(e)).count();
+        assert_eq!(count(|e| matches!(e, Event::AddRule(_))), 11);
+        assert!(count(|e| matches!(e, Event::Leave(_))) >= 3);
+        assert!(plan.events.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(plan.events.iter().all(|(t, _)| *t < 60_000_000_000));
+    }
+
+    #[test]
+    fn flags_make_uniform_rooms() {
+        let s = Scenario::uniform(3, 4, Send::Mixed);
+        let plan = s.plan();
+        assert_eq!(plan.participants.len(), 12);
+        assert_eq!(plan.streams.len(), 24);
+        assert!(plan.events.is_empty());
+    }
+
+    #[test]
+    fn total_rate_scales_profiles() {
+        let s = Scenario {
+            rate: Some(10_000.0),
+            ..Scenario::uniform(10, 4, Send::Mixed)
+        };
+        let plan = s.plan();
+        let pps: f64 = plan.streams.iter().map(|s| s.profile.nominal_pps()).sum();
+        assert!((9_000.0..=11_000.0).contains(&pps), "{pps}");
+    }
+
+    #[test]
+    fn rejects_bad_scenarios() {
+        assert!(Scenario::from_toml("rooms = 1\nbogus = 2").is_err());
+        let mut s = Scenario::uniform(1, 2, Send::Mixed);
+        s.duration = 0.0;
+        assert!(s.validate().is_err());
+        s.duration = 5.0;
+        s.target = Target::Rtpengine;
+        assert!(s.validate().is_err());
+        s.target = Target::Direct;
+        s.churn.rules_per_min = 1.0;
+        assert!(s.validate().is_err());
+    }
+}
