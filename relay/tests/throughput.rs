@@ -2,7 +2,7 @@
 //! forwarded packet, per backend, with GSO on and off, for three traffic shapes. Run with
 //!
 //! ```sh
-//! cargo test --release -p relay --test throughput -- --ignored --nocapture
+//! cargo test --release -p relay --test throughput -- --ignored --nocapture --test-threads=1
 //! ```
 //!
 //! One worker pinned to core 0; this thread (the load) pinned to core 1. CPU time comes from the
