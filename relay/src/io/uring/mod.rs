@@ -172,7 +172,8 @@ impl Uring {
             }
             self.enter(!self.busy_poll)?;
             self.reap();
-            if !self.pending.is_empty() {
+            let received = !self.pending.is_empty();
+            if received {
                 path.begin_batch();
             }
             let mut i = 0;
@@ -187,9 +188,14 @@ impl Uring {
                 self.bufs.release(r.bid);
             }
             self.bufs.publish();
-            self.take_counts(&mut path.counts);
-            w.stats.publish(&path.counts);
-            path.counts = BatchCounts::default();
+            // Counters go out once per batch; a turn with only send completions (or a wake-up)
+            // publishes too when it has something to add.
+            let sent = self.sent.packets + self.sent.errors;
+            if received || sent > 0 || self.gso_fallbacks > 0 {
+                self.take_counts(&mut path.counts);
+                w.stats.publish(&path.counts);
+                path.counts = BatchCounts::default();
+            }
         }
     }
 
