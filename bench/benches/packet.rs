@@ -101,6 +101,7 @@ fn config() -> Criterion {
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
+        .nresamples(10_000)
         .without_plots()
 }
 
