@@ -408,21 +408,7 @@ pub fn blocks(
     counters: &HashMap<RuleId, Arc<RuleCounters>>,
     subject: &Subject<'_>,
 ) -> Blocks {
-    let effect = set.effect(subject);
-    let counter = |id: Option<RuleId>| id.and_then(|id| counters.get(&id).cloned());
-    let mut blocks = Blocks::default();
-    for (kind, media) in [
-        (rules::Kind::Audio, MediaKind::Audio),
-        (rules::Kind::Video, MediaKind::Video),
-    ] {
-        let i = match media {
-            MediaKind::Audio => 0,
-            MediaKind::Video => 1,
-        };
-        blocks.send[i] = counter(effect.send(kind));
-        blocks.receive[i] = counter(effect.receive(kind));
-    }
-    blocks
+    Blocks::from_effect(&set.effect(subject), |id| counters.get(&id).cloned())
 }
 
 /// Member specs of [`ROOM`] with the blocks `set` gives each member: what the control plane

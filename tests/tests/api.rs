@@ -239,7 +239,10 @@ fn the_advertised_address_is_what_clients_are_told() {
     });
     relay.room("r");
     let v = relay.ok("PUT", "/v1/rooms/r/participants/p", Some(&json!({})));
-    assert_eq!(v["media_address"], format!("192.0.2.10:{}", relay.media.port()));
+    assert_eq!(
+        v["media_address"],
+        format!("192.0.2.10:{}", relay.media.port())
+    );
     let info = relay.ok("GET", "/v1/info", None);
     assert_eq!(info["media_addresses"][0], v["media_address"]);
     assert_eq!(info["media_bound"], relay.media.to_string());
