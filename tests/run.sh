@@ -11,9 +11,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end tests start the real binary, built as it ships (release): floods and timing
 # tests measure what an operator would run.
 cargo build --workspace --bins
-cargo build --release -p relay
+cargo build --release -p relay -p loadgen
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 export RELAY_BIN="$target_dir/release/relay"
+export LOADGEN_BIN="$target_dir/release/loadgen"
 
 # Unit, property and in-process data-plane tests (these run both backends themselves).
 cargo test --workspace --exclude e2e

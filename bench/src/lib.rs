@@ -1,1 +1,3 @@
 //! bench helpers.
+
+pub mod fixtures;

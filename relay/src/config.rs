@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// Data-plane backend: auto, io_uring or mmsg [default: auto].
     #[arg(long, env = "RELAY_BACKEND")]
     pub backend: Option<String>,
+    /// IP address to give clients as the media address, when the bound one is not reachable
+    /// as is (a wildcard bind, NAT) [default: the bound address].
+    #[arg(long, env = "RELAY_ADVERTISE")]
+    pub advertise: Option<std::net::IpAddr>,
     /// Bearer token required on every /v1 call.
     #[arg(long, env = "RELAY_CONTROL_TOKEN", hide_env_values = true)]
     pub control_token: Option<String>,
@@ -142,6 +146,8 @@ pub struct Config {
     pub backend: BackendChoice,
     /// Bearer token, if any.
     pub control_token: Option<String>,
+    /// IP given to clients as the media address.
+    pub advertise: Option<std::net::IpAddr>,
     /// MaxMind database path, if any.
     pub geoip: Option<PathBuf>,
     /// Pin workers to cores.
@@ -201,6 +207,7 @@ impl ServeArgs {
             workers: self.workers.or(other.workers),
             backend: self.backend.or(other.backend),
             control_token: self.control_token.or(other.control_token),
+            advertise: self.advertise.or(other.advertise),
             geoip: self.geoip.or(other.geoip),
             pin: self.pin.or(other.pin),
             socket_buffer: self.socket_buffer.or(other.socket_buffer),
@@ -266,6 +273,7 @@ impl ServeArgs {
             workers,
             backend,
             control_token,
+            advertise: args.advertise,
             geoip: args.geoip,
             pin: args.pin.unwrap_or(true),
             socket_buffer: args.socket_buffer.unwrap_or(4 << 20),

@@ -68,7 +68,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let media = plane.local_addr();
     let backend = plane.backend().name();
     let workers = plane.workers();
-    let state = State::new(plane.clone(), config.limits, store, geoip)?;
+    let state = State::new(plane.clone(), config.limits, store, geoip, config.advertise)?;
     let control = ControlServer::start(config.control, state, config.control_token.clone())?;
     println!(
         "relay ready media={media} control={} backend={backend} workers={workers}",

@@ -48,6 +48,20 @@ pub fn relay_bin() -> PathBuf {
     bin
 }
 
+/// Path of the loadgen binary: `LOADGEN_BIN`, or beside the relay binary.
+pub fn loadgen_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("LOADGEN_BIN") {
+        return PathBuf::from(p);
+    }
+    let bin = relay_bin().with_file_name("loadgen");
+    assert!(
+        bin.exists(),
+        "loadgen binary not found at {}: run `cargo build -p loadgen` first (tests/run.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 /// Options for starting a relay.
 #[derive(Default, Clone)]
 pub struct Options {
