@@ -1,1 +1,3 @@
-//! bench helpers.
+//! bench helpers and the `budget` runner's parts.
+
+pub mod budget;
