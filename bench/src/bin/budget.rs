@@ -191,7 +191,11 @@ fn run(args: &Args) -> Result<bool> {
     let pass = results.iter().all(|s| s.checks.iter().all(|c| c.pass));
     let run = RunResult {
         date: format!("{date}T{time}"),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        // The command as one reruns it, without this machine's paths.
+        command: std::iter::once("cargo run --release -p bench --bin budget --".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
         machine: machine(),
         rtpengine: rtpengine_status,
         scenarios: results,
