@@ -292,6 +292,7 @@ impl<'a> Controller<'a> {
                 let result = ng.setup(self.plan, self.addrs);
                 let t1 = self.now();
                 self.control.calls += ng.calls;
+                self.control.slowest_call_ms = ng.slowest_ms;
                 self.rtpengine = Some(ng);
                 let dests = match result {
                     Ok(d) => d,
