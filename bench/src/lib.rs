@@ -1,1 +1,4 @@
-//! bench helpers.
+//! Benchmark fixtures (criterion) and the `budget` runner's parts.
+
+pub mod budget;
+pub mod fixtures;

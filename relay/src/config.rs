@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// Data-plane backend: auto, io_uring or mmsg [default: auto].
     #[arg(long, env = "RELAY_BACKEND")]
     pub backend: Option<String>,
+    /// IP address to give clients as the media address, when the bound one is not reachable
+    /// as is (a wildcard bind, NAT) [default: the bound address].
+    #[arg(long, env = "RELAY_ADVERTISE")]
+    pub advertise: Option<std::net::IpAddr>,
     /// Bearer token required on every /v1 call.
     #[arg(long, env = "RELAY_CONTROL_TOKEN", hide_env_values = true)]
     pub control_token: Option<String>,
@@ -90,9 +94,19 @@ pub struct ServeArgs {
     /// Datagrams per receive batch [default: 64].
     #[arg(long, env = "RELAY_RECV_BATCH")]
     pub recv_batch: Option<usize>,
-    /// Sends per sendmmsg at most [default: 1024].
+    /// Sends queued before they are submitted (one sendmmsg or io_uring submit) [default: 1024].
     #[arg(long, env = "RELAY_SEND_BATCH")]
     pub send_batch: Option<usize>,
+    /// Receive buffers per worker in the io_uring buffer ring, a power of two [default: 1024].
+    #[arg(long, env = "RELAY_RING_BUFFERS")]
+    pub ring_buffers: Option<usize>,
+    /// Send bursts of equal-size packets to a receiver as one UDP GSO send [default: true].
+    #[arg(long, env = "RELAY_GSO")]
+    pub gso: Option<bool>,
+    /// Spin instead of sleeping when idle: lower latency for a whole core per worker
+    /// [default: false].
+    #[arg(long, env = "RELAY_BUSY_POLL")]
+    pub busy_poll: Option<bool>,
     /// Most rooms at once [default: 10000].
     #[arg(long, env = "RELAY_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
@@ -132,6 +146,8 @@ pub struct Config {
     pub backend: BackendChoice,
     /// Bearer token, if any.
     pub control_token: Option<String>,
+    /// IP given to clients as the media address.
+    pub advertise: Option<std::net::IpAddr>,
     /// MaxMind database path, if any.
     pub geoip: Option<PathBuf>,
     /// Pin workers to cores.
@@ -140,8 +156,14 @@ pub struct Config {
     pub socket_buffer: usize,
     /// Datagrams per receive batch.
     pub recv_batch: usize,
-    /// Sends per sendmmsg at most.
+    /// Sends queued before they are submitted.
     pub send_batch: usize,
+    /// io_uring receive buffers per worker.
+    pub ring_buffers: usize,
+    /// UDP GSO for bursts.
+    pub gso: bool,
+    /// Spin instead of sleeping.
+    pub busy_poll: bool,
     /// API limits.
     pub limits: Limits,
     /// Log filter.
@@ -185,11 +207,15 @@ impl ServeArgs {
             workers: self.workers.or(other.workers),
             backend: self.backend.or(other.backend),
             control_token: self.control_token.or(other.control_token),
+            advertise: self.advertise.or(other.advertise),
             geoip: self.geoip.or(other.geoip),
             pin: self.pin.or(other.pin),
             socket_buffer: self.socket_buffer.or(other.socket_buffer),
             recv_batch: self.recv_batch.or(other.recv_batch),
             send_batch: self.send_batch.or(other.send_batch),
+            ring_buffers: self.ring_buffers.or(other.ring_buffers),
+            gso: self.gso.or(other.gso),
+            busy_poll: self.busy_poll.or(other.busy_poll),
             max_rooms: self.max_rooms.or(other.max_rooms),
             max_participants: self.max_participants.or(other.max_participants),
             max_tracks: self.max_tracks.or(other.max_tracks),
@@ -247,11 +273,20 @@ impl ServeArgs {
             workers,
             backend,
             control_token,
+            advertise: args.advertise,
             geoip: args.geoip,
             pin: args.pin.unwrap_or(true),
             socket_buffer: args.socket_buffer.unwrap_or(4 << 20),
             recv_batch: args.recv_batch.unwrap_or(64).clamp(1, 1024),
-            send_batch: args.send_batch.unwrap_or(1024).clamp(1, 1024),
+            send_batch: args.send_batch.unwrap_or(1024).clamp(1, 4096),
+            ring_buffers: match args.ring_buffers {
+                Some(n) if !(64..=32768).contains(&n) || !n.is_power_of_two() => {
+                    bail!("--ring-buffers must be a power of two from 64 to 32768")
+                }
+                n => n.unwrap_or(1024),
+            },
+            gso: args.gso.unwrap_or(true),
+            busy_poll: args.busy_poll.unwrap_or(false),
             limits,
             log: args.log.unwrap_or_else(|| "info".into()),
         })

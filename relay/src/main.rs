@@ -54,17 +54,21 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let plane = DataPlane::start(&DataPlaneConfig {
         media: config.media,
         workers: config.workers,
+        backend: config.backend,
         pin: config.pin,
         socket_buffer: config.socket_buffer,
         recv_batch: config.recv_batch,
         send_batch: config.send_batch,
+        ring_buffers: config.ring_buffers,
+        gso: config.gso,
+        busy_poll: config.busy_poll,
     })
     .with_context(|| format!("starting the data plane on {}", config.media))?;
     let plane = Arc::new(plane);
     let media = plane.local_addr();
     let backend = plane.backend().name();
     let workers = plane.workers();
-    let state = State::new(plane.clone(), config.limits, store, geoip)?;
+    let state = State::new(plane.clone(), config.limits, store, geoip, config.advertise)?;
     let control = ControlServer::start(config.control, state, config.control_token.clone())?;
     println!(
         "relay ready media={media} control={} backend={backend} workers={workers}",

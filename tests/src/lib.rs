@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod media;
+
 /// A running relay process, stopped (SIGKILL) when dropped.
 pub struct Relay {
     child: Option<Child>,
@@ -41,6 +43,20 @@ pub fn relay_bin() -> PathBuf {
     assert!(
         bin.exists(),
         "relay binary not found at {}: run `cargo build -p relay` first (tests/run.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Path of the loadgen binary: `LOADGEN_BIN`, or beside the relay binary.
+pub fn loadgen_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("LOADGEN_BIN") {
+        return PathBuf::from(p);
+    }
+    let bin = relay_bin().with_file_name("loadgen");
+    assert!(
+        bin.exists(),
+        "loadgen binary not found at {}: run `cargo build -p loadgen` first (tests/run.sh does)",
         bin.display()
     );
     bin

@@ -232,6 +232,23 @@ fn settings_come_from_env_and_file() {
 }
 
 #[test]
+fn the_advertised_address_is_what_clients_are_told() {
+    let relay = Relay::start_with(Options {
+        args: vec!["--advertise".into(), "192.0.2.10".into()],
+        ..Default::default()
+    });
+    relay.room("r");
+    let v = relay.ok("PUT", "/v1/rooms/r/participants/p", Some(&json!({})));
+    assert_eq!(
+        v["media_address"],
+        format!("192.0.2.10:{}", relay.media.port())
+    );
+    let info = relay.ok("GET", "/v1/info", None);
+    assert_eq!(info["media_addresses"][0], v["media_address"]);
+    assert_eq!(info["media_bound"], relay.media.to_string());
+}
+
+#[test]
 fn bad_settings_stop_start_up_with_a_clear_error() {
     let out = std::process::Command::new(e2e::relay_bin())
         .args(["serve", "--control", "0.0.0.0:0", "--media", "127.0.0.1:0"])

@@ -184,7 +184,8 @@ fn respond(request: &mut Request, shared: &Shared) -> Result<Reply, ApiError> {
         (Get, ["metrics"]) => Ok(Reply::Text(metrics::render(&state))),
         (Get, ["v1", "info"]) => ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "media_addresses": [state.plane().local_addr().to_string()],
+            "media_addresses": [state.media_address().to_string()],
+            "media_bound": state.plane().local_addr().to_string(),
             "backend": state.plane().backend().name(),
             "workers": state.plane().workers(),
         })),

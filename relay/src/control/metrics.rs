@@ -15,7 +15,7 @@ pub(super) fn render(state: &State) -> String {
     let plane = state.plane();
     let stats: Vec<&WorkerStats> = plane.stats().collect();
     let mut out = String::with_capacity(4096);
-    let counters: [Series; 6] = [
+    let counters: [Series; 9] = [
         ("packets_in", "Datagrams received on the media port.", |s| {
             WorkerStats::get(&s.packets_in)
         }),
@@ -31,6 +31,21 @@ pub(super) fn render(state: &State) -> String {
         ("send_errors", "Sends the kernel refused.", |s| {
             WorkerStats::get(&s.send_errors)
         }),
+        (
+            "gso_sends",
+            "UDP GSO sends (runs of packets sent as one).",
+            |s| WorkerStats::get(&s.gso_sends),
+        ),
+        (
+            "gso_fallbacks",
+            "Sockets that fell back from GSO after the kernel refused it.",
+            |s| WorkerStats::get(&s.gso_fallbacks),
+        ),
+        (
+            "recv_rearms",
+            "io_uring multishot receives re-armed (buffers ran out).",
+            |s| WorkerStats::get(&s.recv_rearms),
+        ),
         ("batches", "Receive batches processed.", |s| {
             WorkerStats::get(&s.batches)
         }),
@@ -86,6 +101,11 @@ pub(super) fn render(state: &State) -> String {
         "# HELP relay_latches_total Addresses latched by authenticated STUN.\n# TYPE relay_latches_total counter\nrelay_latches_total {}",
         state.latch_count()
     );
+    let _ = writeln!(
+        out,
+        "# HELP relay_socket_drops_total Datagrams the kernel dropped at the media sockets (receive buffers full).\n# TYPE relay_socket_drops_total counter\nrelay_socket_drops_total {}",
+        socket_drops(plane.local_addr().port())
+    );
     let (rooms, participants) = state.sizes();
     let _ = writeln!(
         out,
@@ -101,4 +121,24 @@ pub(super) fn render(state: &State) -> String {
         stats.len()
     );
     out
+}
+
+/// Datagrams the kernel dropped at the sockets bound to `port`: the last column of
+/// /proc/net/udp and /proc/net/udp6 (the sockets of the SO_REUSEPORT group share the port).
+fn socket_drops(port: u16) -> u64 {
+    let suffix = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|a| a.ends_with(&suffix))
+                })
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }

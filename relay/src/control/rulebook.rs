@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::api::ApiError;
-use crate::route::{self, Blocks, MediaKind};
-use crate::rules::{self, Kind, Rule, RuleCounters, RuleId, RuleSet, Subject};
+use crate::route::{self, Blocks};
+use crate::rules::{self, Rule, RuleCounters, RuleId, RuleSet, Subject};
 use crate::store::{Store, StoreError};
 
 /// Rules, store and counters, owned by the control state.
@@ -124,17 +124,7 @@ impl RuleBook {
 
     /// What the rules block for one participant, with the counters the fan-out adds to.
     pub(super) fn blocks(&self, subject: &Subject<'_>) -> Blocks {
-        let effect = self.set.effect(subject);
-        let counter = |id: Option<RuleId>| id.and_then(|id| self.live.get(&id).cloned());
-        let mut blocks = Blocks::default();
-        for (kind, media) in [
-            (Kind::Audio, MediaKind::Audio),
-            (Kind::Video, MediaKind::Video),
-        ] {
-            blocks.send[media.index()] = counter(effect.send(kind));
-            blocks.receive[media.index()] = counter(effect.receive(kind));
-        }
-        blocks
+        Blocks::from_effect(&self.set.effect(subject), |id| self.live.get(&id).cloned())
     }
 
     /// Records which participants of `room` each rule matches now, after a recompilation.

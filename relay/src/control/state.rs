@@ -90,6 +90,7 @@ pub struct State {
     rules: RuleBook,
     geoip: Option<Geoip>,
     last_save: SystemTime,
+    media_address: SocketAddr,
 }
 
 impl State {
@@ -99,7 +100,10 @@ impl State {
         limits: Limits,
         store: crate::store::Store,
         geoip: Option<Geoip>,
+        advertise: Option<std::net::IpAddr>,
     ) -> anyhow::Result<Self> {
+        let bound = plane.local_addr();
+        let media_address = advertise.map_or(bound, |ip| SocketAddr::new(ip, bound.port()));
         let rules = RuleBook::open(
             store,
             plane.workers(),
@@ -120,7 +124,13 @@ impl State {
             rules,
             geoip,
             last_save: SystemTime::now(),
+            media_address,
         })
+    }
+
+    /// The media address clients are told to use.
+    pub fn media_address(&self) -> SocketAddr {
+        self.media_address
     }
 
     /// The data plane.
@@ -717,7 +727,7 @@ impl State {
         json!({
             "room": room,
             "participant": id,
-            "media_address": self.plane.local_addr().to_string(),
+            "media_address": self.media_address.to_string(),
             "ice": p.ice,
             "region": p.region.map(|r| String::from_utf8_lossy(&r).into_owned()),
             "region_source": p.region_source.name(),

@@ -1,16 +1,89 @@
-//! The portable backend: `recvmmsg` into fixed slots, `sendmmsg` of queued sends.
+//! The portable backend: `recvmmsg` into fixed slots, `sendmmsg` of the planned sends.
 //!
 //! A fan-out of one datagram to N destinations queues N `mmsghdr`s that all point at the same
-//! iovec, which points into the receive slot: one buffer, N sends, no copy. The queue is flushed
-//! before the next receive overwrites the slots.
+//! iovec, which points into the receive slot: one buffer, N sends, no copy. A GSO run points at
+//! the consecutive iovecs of its datagrams, and the kernel cuts the concatenation at the segment
+//! size. The queue is flushed before the next receive overwrites the slots.
 
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr;
 
 use socket2::SockAddr;
+
+use super::SLOT_SIZE;
+use super::datagram::{Datapath, Output};
+use super::plan::{Plan, REPLY_SLOTS, What};
+use super::send::{self, SEGMENT_CMSG_SPACE, SegmentCmsg, Sent};
+use super::socket;
+use super::stats::BatchCounts;
+use super::worker::Worker;
+
+/// Runs a worker on this backend until shutdown. `ready` hears once that set-up is done.
+pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<()> {
+    let fd = w.socket.as_raw_fd();
+    let gso = w.settings.gso && send::gso_supported(fd);
+    let mut path = Datapath::new(w.index, w.latches.clone());
+    let mut batch = RecvBatch::new(w.settings.recv_batch, SLOT_SIZE);
+    let mut queue = SendQueue::new(w.settings.send_batch, gso);
+    ready(Ok(()));
+    loop {
+        if !w.apply_messages(&mut path.table) {
+            return Ok(());
+        }
+        let n = batch.recv(fd)?;
+        if n == 0 {
+            if w.settings.busy_poll {
+                std::hint::spin_loop();
+            } else {
+                wait(fd, w.wake.as_raw_fd())?;
+            }
+            continue;
+        }
+        path.begin_batch();
+        for k in 0..n {
+            let (src, bytes, truncated) = batch.datagram(k);
+            queue.plan.begin(k as u32, bytes.len());
+            let mut out = Out {
+                queue: &mut queue,
+                batch: &batch,
+                fd,
+            };
+            path.handle(src, bytes, truncated, &mut out);
+        }
+        queue.flush(fd, &batch);
+        queue.take_counts(&mut path.counts);
+        w.stats.publish(&path.counts);
+        path.counts = BatchCounts::default();
+    }
+}
+
+/// The [`Output`] of this backend: plans sends, flushing when the plan is full.
+struct Out<'a> {
+    queue: &'a mut SendQueue,
+    batch: &'a RecvBatch,
+    fd: RawFd,
+}
+
+impl Output for Out<'_> {
+    fn forward(&mut self, dest: &SockAddr) {
+        if !self.queue.plan.push(dest) {
+            self.queue.flush(self.fd, self.batch);
+            let planned = self.queue.plan.push(dest);
+            debug_assert!(planned, "an empty plan takes a send");
+        }
+    }
+
+    fn reply(&mut self, dest: &SockAddr, bytes: &[u8]) {
+        if !self.queue.plan.push_reply(dest, bytes) {
+            self.queue.flush(self.fd, self.batch);
+            let planned = self.queue.plan.push_reply(dest, bytes);
+            debug_assert!(planned, "an empty plan takes a reply");
+        }
+    }
+}
 
 /// A batch of received datagrams in fixed-size slots.
 pub(crate) struct RecvBatch {
@@ -20,6 +93,7 @@ pub(crate) struct RecvBatch {
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
     /// One iovec per received datagram, sized to its length, for the sends that forward it.
+    /// Consecutive datagrams have consecutive iovecs, which is what a GSO run sends.
     send_iovs: Box<[libc::iovec]>,
     len: usize,
 }
@@ -97,135 +171,170 @@ impl RecvBatch {
         Ok(self.len)
     }
 
-    /// The number of datagrams in the batch.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
     /// Datagram `i`: its source, its bytes, and whether it was larger than a slot.
     pub(crate) fn datagram(&self, i: usize) -> (Option<SocketAddr>, &[u8], bool) {
         let hdr = &self.hdrs[i];
         let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         let len = (hdr.msg_len as usize).min(self.slot_size);
         let bytes = &self.slots[i * self.slot_size..i * self.slot_size + len];
-        let src = sockaddr_to_std(&self.names[i], hdr.msg_hdr.msg_namelen);
-        (src, bytes, truncated)
-    }
-
-    /// The source address of datagram `i` as the kernel wrote it, for sending a reply.
-    pub(crate) fn source(&self, i: usize) -> (*const libc::sockaddr_storage, libc::socklen_t) {
-        (&self.names[i], self.hdrs[i].msg_hdr.msg_namelen)
-    }
-
-    /// The iovec that sends datagram `i` as received.
-    pub(crate) fn send_iov(&self, i: usize) -> *const libc::iovec {
-        &self.send_iovs[i]
+        let namelen = (hdr.msg_hdr.msg_namelen as usize).min(size_of::<libc::sockaddr_storage>());
+        // SAFETY: names[i] is a live sockaddr_storage; namelen is clamped to its size.
+        let name =
+            unsafe { std::slice::from_raw_parts(ptr::from_ref(&self.names[i]).cast(), namelen) };
+        (socket::name_to_addr(name), bytes, truncated)
     }
 }
 
-/// Sends waiting for the next `sendmmsg`.
-pub(crate) struct SendQueue {
+/// The planned sends of a batch and the `sendmmsg` headers that carry them.
+struct SendQueue {
+    plan: Plan,
     hdrs: Vec<libc::mmsghdr>,
-    bytes: u64,
+    cmsgs: Box<[SegmentCmsg]>,
+    reply_iovs: [libc::iovec; REPLY_SLOTS],
+    sent: Sent,
+    gso_sends: u64,
+    gso_fallbacks: u64,
 }
 
-// SAFETY: the queued pointers refer to the receive batch and compiled rooms, which the owning
-// worker keeps alive until `flush`; the queue is used by one thread at a time.
+// SAFETY: the raw pointers inside refer to the queue's own buffers, the receive batch and
+// compiled rooms, which the owning worker keeps alive until the flush; one thread at a time.
 unsafe impl Send for SendQueue {}
 
-/// What one flush did.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Flushed {
-    pub(crate) packets: u64,
-    pub(crate) bytes: u64,
-    pub(crate) errors: u64,
-}
-
 impl SendQueue {
-    pub(crate) fn with_capacity(capacity: usize) -> Self {
+    fn new(capacity: usize, gso: bool) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            hdrs: Vec::with_capacity(capacity.max(1)),
-            bytes: 0,
+            plan: Plan::new(capacity, gso),
+            hdrs: Vec::with_capacity(capacity),
+            cmsgs: vec![SegmentCmsg::new(0); capacity].into_boxed_slice(),
+            reply_iovs: [libc::iovec {
+                iov_base: ptr::null_mut(),
+                iov_len: 0,
+            }; REPLY_SLOTS],
+            sent: Sent::default(),
+            gso_sends: 0,
+            gso_fallbacks: 0,
         }
     }
 
-    /// Whether the queue must be flushed before another push.
-    pub(crate) fn is_full(&self) -> bool {
-        self.hdrs.len() == self.hdrs.capacity()
-    }
-
-    /// Queues one send of the bytes that `iov` describes to `dest`.
-    ///
-    /// The caller keeps `iov`, the memory it points to, and `dest` alive and unchanged until the
-    /// next `flush`, and never pushes to a full queue (which would allocate).
-    pub(crate) fn push(&mut self, iov: *const libc::iovec, dest: &SockAddr) {
-        self.push_raw(iov, dest.as_ptr().cast(), dest.len());
-    }
-
-    /// As [`SendQueue::push`], with the address as a raw pointer and length.
-    pub(crate) fn push_raw(
-        &mut self,
-        iov: *const libc::iovec,
-        name: *const libc::sockaddr_storage,
-        namelen: libc::socklen_t,
-    ) {
-        debug_assert!(!self.is_full());
-        // SAFETY: a zeroed mmsghdr is valid; the fields set below are the only ones read.
-        let mut hdr: libc::mmsghdr = unsafe { mem::zeroed() };
-        hdr.msg_hdr.msg_name = name.cast_mut().cast();
-        hdr.msg_hdr.msg_namelen = namelen;
-        hdr.msg_hdr.msg_iov = iov.cast_mut();
-        hdr.msg_hdr.msg_iovlen = 1;
-        // SAFETY: the caller guarantees that iov is valid until the flush.
-        self.bytes += unsafe { (*iov).iov_len } as u64;
-        self.hdrs.push(hdr);
-    }
-
-    /// Sends everything queued, in as few `sendmmsg` calls as the kernel allows. A datagram the
-    /// kernel refuses is counted and skipped; the rest still go out.
-    pub(crate) fn flush(&mut self, fd: RawFd) -> Flushed {
-        let mut done = Flushed::default();
+    /// Sends everything planned, in as few `sendmmsg` calls as the kernel allows. A datagram the
+    /// kernel refuses is counted and skipped; the rest still go out. A GSO send the kernel
+    /// refuses turns GSO off for this socket and goes out one datagram at a time.
+    fn flush(&mut self, fd: RawFd, batch: &RecvBatch) {
+        self.hdrs.clear();
+        for (i, e) in self.plan.entries().iter().enumerate() {
+            // SAFETY: a zeroed mmsghdr is valid; the fields set below are the only ones read.
+            let mut hdr: libc::mmsghdr = unsafe { mem::zeroed() };
+            let dest = match e.what {
+                // SAFETY: the destination lives in a compiled room the worker holds until the
+                // flush.
+                What::Run { .. } => unsafe { &*e.dest },
+                What::Reply(n) => self.plan.reply(n).0,
+            };
+            hdr.msg_hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
+            hdr.msg_hdr.msg_namelen = dest.len();
+            match e.what {
+                What::Run {
+                    first,
+                    count,
+                    segment,
+                    ..
+                } => {
+                    hdr.msg_hdr.msg_iov =
+                        ptr::from_ref(&batch.send_iovs[first as usize]).cast_mut();
+                    hdr.msg_hdr.msg_iovlen = usize::from(count) as _;
+                    if count > 1 {
+                        self.cmsgs[i] = SegmentCmsg::new(segment);
+                        hdr.msg_hdr.msg_control = ptr::from_mut(&mut self.cmsgs[i]).cast();
+                        hdr.msg_hdr.msg_controllen = SEGMENT_CMSG_SPACE as _;
+                    }
+                }
+                What::Reply(n) => {
+                    let (_, bytes) = self.plan.reply(n);
+                    self.reply_iovs[usize::from(n)] = libc::iovec {
+                        iov_base: bytes.as_ptr() as *mut libc::c_void,
+                        iov_len: bytes.len(),
+                    };
+                    hdr.msg_hdr.msg_iov = &raw mut self.reply_iovs[usize::from(n)];
+                    hdr.msg_hdr.msg_iovlen = 1;
+                }
+            }
+            self.hdrs.push(hdr);
+        }
         let mut start = 0;
         while start < self.hdrs.len() {
-            let rest = &mut self.hdrs[start..];
-            // SAFETY: each header points at a live iovec and address (see `push`).
-            let n = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as u32, 0) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            // SAFETY: each header points at a live slot iovec or reply, a room's address, and a
+            // control message of this queue, none of which change until the call returns.
+            let (n, err) = unsafe { send::sendmmsg(fd, &mut self.hdrs[start..]) };
+            for (h, e) in self.hdrs[start..start + n]
+                .iter()
+                .zip(&self.plan.entries()[start..])
+            {
+                let segments = e.segments();
+                self.sent.packets += segments;
+                self.sent.bytes += u64::from(h.msg_len);
+                self.gso_sends += u64::from(segments > 1);
+            }
+            start += n;
+            let Some(err) = err else {
+                break;
+            };
+            let e = self.plan.entries()[start];
+            if e.segments() > 1 && send::refuses_gso(&err) {
+                if self.plan.gso() {
+                    self.plan.disable_gso();
+                    self.gso_fallbacks += 1;
+                    tracing::warn!(error = %err, "the kernel refused GSO: sending datagrams one by one");
                 }
-                // The first datagram failed: skip it and go on with the others.
-                done.errors += 1;
-                start += 1;
-                continue;
+                let What::Run { first, count, .. } = e.what else {
+                    unreachable!("only runs have several segments");
+                };
+                let iovs = &batch.send_iovs[first as usize..][..usize::from(count)];
+                // SAFETY: the iovecs point into live slots and the destination into a live room.
+                let s = unsafe { send::send_each(fd, &*e.dest, iovs) };
+                self.sent.packets += s.packets;
+                self.sent.bytes += s.bytes;
+                self.sent.errors += s.errors;
+            } else {
+                self.sent.errors += e.segments();
             }
-            for h in &rest[..n as usize] {
-                done.packets += 1;
-                done.bytes += u64::from(h.msg_len);
-            }
-            start += n as usize;
+            start += 1;
         }
-        self.hdrs.clear();
-        self.bytes = 0;
-        done
+        self.plan.clear();
+    }
+
+    /// Moves the send counters into the batch counts.
+    fn take_counts(&mut self, counts: &mut BatchCounts) {
+        counts.add_sent(mem::take(&mut self.sent));
+        counts.gso_sends += mem::take(&mut self.gso_sends);
+        counts.gso_fallbacks += mem::take(&mut self.gso_fallbacks);
     }
 }
 
-/// Converts a kernel socket address, mapping IPv4-mapped IPv6 addresses to plain IPv4 so that a
-/// dual-stack socket sees the addresses participants were registered with.
-pub(crate) fn sockaddr_to_std(
-    storage: &libc::sockaddr_storage,
-    len: libc::socklen_t,
-) -> Option<SocketAddr> {
-    // SAFETY: storage is a fully initialised sockaddr_storage, and len is what the kernel wrote.
-    let addr = unsafe { SockAddr::new(*storage, len) };
-    let std = addr.as_socket()?;
-    Some(match std {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => std,
+/// Sleeps until the socket is readable or the eventfd is signalled, then drains the eventfd.
+fn wait(sock: RawFd, wake: RawFd) -> io::Result<()> {
+    let mut fds = [
+        libc::pollfd {
+            fd: sock,
+            events: libc::POLLIN,
+            revents: 0,
         },
-        v4 => v4,
-    })
+        libc::pollfd {
+            fd: wake,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: fds is a valid array of two pollfd for the duration of the call.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+    if r < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    if fds[1].revents & libc::POLLIN != 0 {
+        socket::drain(wake);
+    }
+    Ok(())
 }

@@ -4,29 +4,40 @@
 //! spreads senders across workers by 4-tuple. Each worker keeps its own routing table; the control
 //! thread sends it [`Update`]s over a channel, wakes it through an eventfd, and waits until every
 //! worker has acknowledged: when [`DataPlane::publish`] returns, the change is in force everywhere.
+//!
+//! Two backends move the bytes: io_uring (`uring`, multishot receive into a provided buffer ring)
+//! and the portable `mmsg` (`recvmmsg`/`sendmmsg`). Both hand every datagram to the same
+//! [`datagram::Datapath::handle`] and plan their sends with the same [`plan::Plan`].
 
+mod datagram;
 mod mmsg;
+mod plan;
+mod send;
+mod socket;
 mod stats;
+mod uring;
 mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use socket2::{Domain, Protocol, Socket, Type};
 
 pub use stats::WorkerStats;
 
+use crate::config::BackendChoice;
 use crate::route::{Latch, Update};
-use worker::{Message, Sizes, Worker};
+use worker::{Message, Settings, Worker};
 
 /// The backend that moves datagrams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// io_uring: multishot receive into a provided buffer ring, batched sends.
+    IoUring,
     /// recvmmsg/sendmmsg: portable, works everywhere.
     Mmsg,
 }
@@ -35,6 +46,7 @@ impl Backend {
     /// The name used in the API and on the command line.
     pub fn name(self) -> &'static str {
         match self {
+            Self::IoUring => "io_uring",
             Self::Mmsg => "mmsg",
         }
     }
@@ -47,14 +59,39 @@ pub struct DataPlaneConfig {
     pub media: SocketAddr,
     /// The number of workers (at least 1).
     pub workers: usize,
+    /// Which backend to use; `Auto` picks io_uring where the kernel allows it.
+    pub backend: BackendChoice,
     /// Pin worker i to core i (modulo the cores available).
     pub pin: bool,
     /// SO_RCVBUF / SO_SNDBUF in bytes (0 keeps the kernel default).
     pub socket_buffer: usize,
-    /// Datagrams per receive batch.
+    /// Datagrams per receive batch (`recvmmsg`).
     pub recv_batch: usize,
-    /// Sends per `sendmmsg` at most.
+    /// Sends planned before they are submitted (one `sendmmsg`, or one io_uring submission).
     pub send_batch: usize,
+    /// Buffers in each worker's io_uring buffer ring (rounded up to a power of two).
+    pub ring_buffers: usize,
+    /// Send runs of equal-size datagrams to a destination as one UDP_SEGMENT (GSO) send.
+    pub gso: bool,
+    /// Spin instead of sleeping when idle: lower latency for a whole core per worker.
+    pub busy_poll: bool,
+}
+
+impl Default for DataPlaneConfig {
+    fn default() -> Self {
+        Self {
+            media: SocketAddr::from(([0, 0, 0, 0], 40000)),
+            workers: 1,
+            backend: BackendChoice::Auto,
+            pin: true,
+            socket_buffer: 4 << 20,
+            recv_batch: 64,
+            send_batch: 1024,
+            ring_buffers: 1024,
+            gso: true,
+            busy_poll: false,
+        }
+    }
 }
 
 /// A handle on the running workers.
@@ -82,29 +119,32 @@ const LATCH_QUEUE: usize = 4096;
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl DataPlane {
-    /// Binds the sockets and starts the workers.
+    /// Chooses the backend, binds the sockets and starts the workers. Returns once every worker
+    /// has set itself up, or the first error.
     pub fn start(config: &DataPlaneConfig) -> io::Result<Self> {
+        let backend = choose(config.backend)?;
         let workers = config.workers.max(1);
-        let first = bind(config.media, config.socket_buffer)?;
-        let local_addr = first
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("media socket has no IP address"))?;
-        let mut sockets = vec![first];
-        for _ in 1..workers {
-            sockets.push(bind(local_addr, config.socket_buffer)?);
-        }
+        let (sockets, local_addr) =
+            socket::bind_group(config.media, workers, config.socket_buffer)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let sizes = Sizes {
-            recv_batch: config.recv_batch.max(1),
-            slot_size: SLOT_SIZE,
-            send_queue: config.send_batch.max(1),
+        let settings = Settings {
+            recv_batch: config.recv_batch.clamp(1, 1024),
+            send_batch: config.send_batch.clamp(1, 4096),
+            ring_buffers: config.ring_buffers.clamp(64, 32768).next_power_of_two(),
+            gso: config.gso,
+            busy_poll: config.busy_poll,
         };
-        let mut handles = Vec::with_capacity(workers);
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let (latch_tx, latches) = crossbeam_channel::bounded(LATCH_QUEUE);
+        let mut plane = Self {
+            workers: Vec::with_capacity(workers),
+            local_addr,
+            backend,
+            latches,
+        };
         for (index, socket) in sockets.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
-            let wake = Arc::new(eventfd()?);
+            let wake = Arc::new(socket::eventfd()?);
             let stats = Arc::new(WorkerStats::default());
             let worker = Worker {
                 index,
@@ -112,35 +152,41 @@ impl DataPlane {
                 wake: wake.clone(),
                 rx,
                 stats: stats.clone(),
-                sizes,
+                settings,
                 latches: latch_tx.clone(),
             };
             let pin = config.pin.then_some(index % cores);
+            let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
                     if let Some(core) = pin {
-                        pin_to_core(core);
+                        socket::pin_to_core(core);
                     }
-                    let result = worker.run();
+                    let result = worker.run(backend, |r| {
+                        let _ = ready.send(r);
+                    });
                     if let Err(e) = &result {
                         tracing::error!(worker = index, error = %e, "worker stopped");
                     }
                     result
                 })?;
-            handles.push(WorkerHandle {
+            plane.workers.push(WorkerHandle {
                 tx,
                 wake,
                 stats,
                 thread: Some(thread),
             });
         }
-        Ok(Self {
-            workers: handles,
-            local_addr,
-            backend: Backend::Mmsg,
-            latches,
-        })
+        drop(ready_tx);
+        for _ in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("a worker exited during start-up")),
+            }
+        }
+        Ok(plane)
     }
 
     /// The bound media address.
@@ -191,7 +237,7 @@ impl DataPlane {
                     expected += 1;
                 }
             }
-            w.wake();
+            socket::signal(w.wake.as_raw_fd());
         }
         drop(ack_tx);
         let deadline = std::time::Instant::now() + APPLY_TIMEOUT;
@@ -210,7 +256,7 @@ impl DataPlane {
     pub fn shutdown(&mut self) {
         for w in &self.workers {
             let _ = w.tx.send(Message::Shutdown);
-            w.wake();
+            socket::signal(w.wake.as_raw_fd());
         }
         for w in &mut self.workers {
             if let Some(t) = w.thread.take() {
@@ -226,79 +272,35 @@ impl Drop for DataPlane {
     }
 }
 
-impl WorkerHandle {
-    fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a u64 to an eventfd we own.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
-    }
-}
-
-/// Binds one worker socket with SO_REUSEPORT.
-fn bind(addr: SocketAddr, buffer: usize) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        // Dual stack: IPv4 peers arrive as IPv4-mapped addresses, which the backend maps back.
-        socket.set_only_v6(false)?;
-    }
-    if buffer > 0 {
-        set_buffer(&socket, buffer);
-    }
-    socket.bind(&addr.into())?;
-    Ok(socket)
-}
-
-/// Sets the socket buffers, beyond `rmem_max` where the process may (CAP_NET_ADMIN).
-fn set_buffer(socket: &Socket, bytes: usize) {
-    let fd = socket.as_raw_fd();
-    let value = bytes.min(i32::MAX as usize) as libc::c_int;
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        // SAFETY: setsockopt with a pointer to a c_int and its size.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                force,
-                (&raw const value).cast(),
-                size_of::<libc::c_int>() as u32,
-            )
-        };
-        if r != 0 {
-            // SAFETY: as above.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    plain,
-                    (&raw const value).cast(),
-                    size_of::<libc::c_int>() as u32,
-                )
-            };
-        }
-    }
-}
-
-fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd has no memory arguments; the result is checked before use.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn pin_to_core(core: usize) {
-    // SAFETY: cpu_set_t is a plain bit array; CPU_SET writes inside it; sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            tracing::warn!(core, "could not pin worker to its core");
-        }
+/// Picks the backend: io_uring when asked or allowed and the kernel has what it needs.
+fn choose(choice: BackendChoice) -> io::Result<Backend> {
+    // The probe runs on a thread of its own: the kernel may still send the throw-away ring's
+    // task work to the thread that used it, which would interrupt a blocking call of the caller
+    // with EINTR later on.
+    let probe = || {
+        std::thread::Builder::new()
+            .name("io_uring-probe".into())
+            .spawn(uring::probe)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("the probe panicked".into()))
+            })
+    };
+    match choice {
+        BackendChoice::Mmsg => Ok(Backend::Mmsg),
+        BackendChoice::IoUring => match probe() {
+            Ok(()) => Ok(Backend::IoUring),
+            Err(reason) => Err(io::Error::other(format!(
+                "--backend io_uring: io_uring is not usable here: {reason}"
+            ))),
+        },
+        BackendChoice::Auto => match probe() {
+            Ok(()) => Ok(Backend::IoUring),
+            Err(reason) => {
+                tracing::warn!(%reason, "io_uring is not usable: using the mmsg backend");
+                Ok(Backend::Mmsg)
+            }
+        },
     }
 }

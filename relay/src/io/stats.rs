@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::send::Sent;
 use crate::route::DropReason;
 
 /// Counters of one worker. Only that worker writes them.
@@ -20,6 +21,13 @@ pub struct WorkerStats {
     pub send_errors: AtomicU64,
     /// Receive batches processed.
     pub batches: AtomicU64,
+    /// Sends that carried several datagrams as one UDP_SEGMENT (GSO) send.
+    pub gso_sends: AtomicU64,
+    /// Times the kernel refused GSO on this worker's socket, which turned it off (0 or 1).
+    pub gso_fallbacks: AtomicU64,
+    /// Times the io_uring multishot receive ended (no free buffer, or the kernel stopped it) and
+    /// was armed again.
+    pub recv_rearms: AtomicU64,
     /// Drops by [`DropReason::index`].
     pub drops: [AtomicU64; DropReason::ALL.len()],
 }
@@ -32,7 +40,19 @@ pub(crate) struct BatchCounts {
     pub(crate) packets_out: u64,
     pub(crate) bytes_out: u64,
     pub(crate) send_errors: u64,
+    pub(crate) gso_sends: u64,
+    pub(crate) gso_fallbacks: u64,
+    pub(crate) recv_rearms: u64,
     pub(crate) drops: [u64; DropReason::ALL.len()],
+}
+
+impl BatchCounts {
+    /// Adds what a group of sends did.
+    pub(crate) fn add_sent(&mut self, s: Sent) {
+        self.packets_out += s.packets;
+        self.bytes_out += s.bytes;
+        self.send_errors += s.errors;
+    }
 }
 
 impl WorkerStats {
@@ -49,6 +69,9 @@ impl WorkerStats {
         bump(&self.bytes_out, c.bytes_out);
         bump(&self.send_errors, c.send_errors);
         bump(&self.batches, 1);
+        bump(&self.gso_sends, c.gso_sends);
+        bump(&self.gso_fallbacks, c.gso_fallbacks);
+        bump(&self.recv_rearms, c.recv_rearms);
         for (a, &n) in self.drops.iter().zip(&c.drops) {
             bump(a, n);
         }

@@ -21,4 +21,6 @@ pub use room::{Blocks, CompileError, MediaKind, MemberSpec, Room, Subscription};
 pub use table::{DropReason, RoomId, Table, Update, Verdict};
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;

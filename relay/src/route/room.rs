@@ -25,8 +25,8 @@ pub enum MediaKind {
 }
 
 impl MediaKind {
-    /// Index into per-kind arrays.
-    pub(crate) fn index(self) -> usize {
+    /// Index into per-kind arrays such as [`Blocks::send`].
+    pub fn index(self) -> usize {
         match self {
             Self::Audio => 0,
             Self::Video => 1,
@@ -41,6 +41,26 @@ pub struct Blocks {
     pub send: [Option<Arc<RuleCounters>>; 2],
     /// Indexed by [`MediaKind::index`]: the rule that stops media of that kind reaching them.
     pub receive: [Option<Arc<RuleCounters>>; 2],
+}
+
+impl Blocks {
+    /// The blocks a participant's rule [`Effect`](crate::rules::Effect) gives, with `counter`
+    /// finding each rule's live counters: the one mapping from rules to fan-out input.
+    pub fn from_effect(
+        effect: &crate::rules::Effect,
+        counter: impl Fn(crate::rules::RuleId) -> Option<Arc<RuleCounters>>,
+    ) -> Self {
+        use crate::rules::Kind;
+        let mut blocks = Self::default();
+        for (kind, media) in [
+            (Kind::Audio, MediaKind::Audio),
+            (Kind::Video, MediaKind::Video),
+        ] {
+            blocks.send[media.index()] = effect.send(kind).and_then(&counter);
+            blocks.receive[media.index()] = effect.receive(kind).and_then(&counter);
+        }
+        blocks
+    }
 }
 
 /// What one participant receives.

@@ -1,0 +1,132 @@
+//! What drop rules cost: per packet (nothing that grows with the number of rules) and per
+//! compilation (the control plane's work when a rule or a room changes).
+//!
+//! Rooms are compiled as the control plane does it: for each member, `RuleSet::effect` on its
+//! subject gives the rules that block it, mapped to the rules' live counters, then
+//! `Room::compile` builds the fan-out lists with those receivers and senders left out.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bench::fixtures::{self, Targets};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use relay::route::{Blocks, Room, Verdict};
+
+/// Rule counts of the sweep.
+const RULES: [usize; 3] = [0, 10, 1_000];
+/// Members of the room forwarded in.
+const MEMBERS: usize = 10;
+
+fn rules_forward(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rules_forward");
+    g.throughput(Throughput::Elements(1));
+    let mut cases: Vec<(String, usize, Targets)> = RULES
+        .iter()
+        .map(|&n| (format!("rules={n}"), n, Targets::Elsewhere))
+        .collect();
+    cases.push((
+        "rules=1000+1_receiver_blocked".to_owned(),
+        1_000,
+        Targets::OneReceiver,
+    ));
+    let src = fixtures::addr(fixtures::ROOM_ID.0, 0);
+    let buf = fixtures::rtp(fixtures::audio_ssrc(0), &[], 0, fixtures::PAYLOAD_LEN, 0);
+    for (name, n, targets) in cases {
+        let set = fixtures::rule_set(n, targets);
+        let counters = fixtures::rule_counters(&set);
+        let table = fixtures::table(&fixtures::ruled_specs(MEMBERS, &set, &counters), 0);
+        let blocked = usize::from(targets == Targets::OneReceiver);
+        let mut sent = 0usize;
+        let verdict = table.route(0, &src, &buf, |_| sent += 1);
+        assert_eq!(verdict, Verdict::Forward(MEMBERS - 1 - blocked), "{name}");
+        let mut dests = [(std::ptr::null::<u8>(), 0u32); MEMBERS];
+        g.bench_function(
+            BenchmarkId::new("rtp", format!("members={MEMBERS}/{name}")),
+            |b| {
+                b.iter(|| {
+                    let mut k = 0;
+                    let verdict = table.route(0, black_box(&src), black_box(&buf), |dest| {
+                        if let Some(slot) = dests.get_mut(k) {
+                            *slot = (dest.as_ptr().cast(), dest.len());
+                            k += 1;
+                        }
+                    });
+                    black_box(&dests[..k]);
+                    verdict
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn rules_effect(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rules_effect");
+    g.throughput(Throughput::Elements(1));
+    let unmatched = fixtures::participant(0);
+    let matched = fixtures::participant(1);
+    for n in RULES {
+        // Nobody in the room is named: the common case on a join.
+        let set = fixtures::rule_set(n, Targets::Elsewhere);
+        let subject = fixtures::subject(&unmatched);
+        assert!(set.effect(&subject).is_none());
+        let id = BenchmarkId::new("unmatched", format!("rules={n}"));
+        g.bench_function(id, |b| {
+            b.iter(|| black_box(&set).effect(black_box(&subject)))
+        });
+        // The same rules plus one that names the subject.
+        let set = fixtures::rule_set(n, Targets::OneReceiver);
+        let subject = fixtures::subject(&matched);
+        assert!(!set.effect(&subject).is_none());
+        let id = BenchmarkId::new("matched", format!("rules={}", set.len()));
+        g.bench_function(id, |b| {
+            b.iter(|| black_box(&set).effect(black_box(&subject)))
+        });
+    }
+    g.finish();
+}
+
+fn rules_compile(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rules_compile");
+    for members in [10, 100] {
+        g.throughput(Throughput::Elements(members as u64));
+        for n in [0, 1_000] {
+            let set = fixtures::rule_set(n, Targets::OneReceiver);
+            let counters = fixtures::rule_counters(&set);
+            let plain = fixtures::member_specs(fixtures::ROOM_ID.0, members, |_| Blocks::default());
+            let mut specs = plain.clone();
+            assert_eq!(fixtures::apply_rules(&mut specs, &set, &counters), 1);
+            let param = format!("members={members}/rules={}", set.len());
+            // The fan-out lists alone, from member specs whose blocks are known.
+            g.bench_function(BenchmarkId::new("room_compile", &param), |b| {
+                b.iter(|| Room::compile(black_box(&specs)).map(|r| r.len()))
+            });
+            // What a rule change costs per room it touches, as the control plane does it: build
+            // the member specs, find each member's rules, compile.
+            g.bench_function(BenchmarkId::new("effect_and_compile", &param), |b| {
+                b.iter(|| {
+                    let mut specs = black_box(&plain).clone();
+                    fixtures::apply_rules(&mut specs, black_box(&set), &counters);
+                    Room::compile(&specs).map(|r| r.len())
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .nresamples(10_000)
+        .without_plots()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = rules_forward, rules_effect, rules_compile
+}
+criterion_main!(benches);

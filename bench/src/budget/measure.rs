@@ -1,0 +1,389 @@
+//! Measurements: one load point against the relay, rtpengine or the direct path, the knee
+//! search, and the floors (raw kernel send rate).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use loadgen::blast::{BlastConfig, blast};
+use loadgen::report::Latency;
+use loadgen::scenario::{Addressing, Send, Target};
+use loadgen::{Report, Scenario};
+use serde::Serialize;
+use serde_json::json;
+
+use super::procs::{self, Relay, Rtpengine};
+use super::spec::{Media, ScenarioSpec, Search, Step};
+
+/// One load point.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// `relay`, `rtpengine` or `direct`.
+    pub target: String,
+    /// Load multiplier (of the scenario's rate or rooms).
+    pub mult: f64,
+    /// Rooms.
+    pub rooms: u32,
+    /// Packets per second the senders sent.
+    pub offered_pps: f64,
+    /// Datagrams per second the relay sent (its counter), or rtpengine's deliveries as loadgen
+    /// received them.
+    pub egress_pps: f64,
+    /// Loss seen by the relay's counters: 1 - packets out / (sent × fan-out).
+    pub relay_loss: Option<f64>,
+    /// Loss seen by the receivers loadgen reads.
+    pub sampled_loss: f64,
+    /// Deliveries that must not have happened.
+    pub misdelivered: u64,
+    /// One-way latency at the receivers loadgen reads.
+    pub latency_us: Latency,
+    /// CPU ns of the process under test per datagram it sent.
+    pub cpu_ns_per_packet: Option<f64>,
+    /// Frames loadgen sent over 1 ms late (the generator falling behind).
+    pub late_frames: u64,
+    /// Kernel UDP receive-buffer drops during the point (sinks fill up by design).
+    pub udp_rcvbuf_errors: u64,
+    /// Kernel UDP datagrams sent during the point (relay and loadgen together).
+    pub udp_out_datagrams: u64,
+    /// Under the loss limit with no misdelivery.
+    pub ok: bool,
+    /// What lost packets, when it failed.
+    pub limited_by: Option<String>,
+    /// loadgen's errors, if any.
+    pub errors: Vec<String>,
+}
+
+/// The loadgen scenario of `spec` at `mult` against `target`.
+pub fn loadgen_scenario(
+    spec: &ScenarioSpec,
+    mult: f64,
+    seconds: f64,
+    target: Target,
+    control: &str,
+) -> Scenario {
+    let rooms = match spec.step {
+        Step::Rate => spec.rooms,
+        Step::Rooms => ((f64::from(spec.rooms) * mult).round() as u32).max(1),
+    };
+    // Against rtpengine there are no sinks: loadgen plays every receiver.
+    let played = if target == Target::Rtpengine {
+        spec.size
+    } else {
+        spec.played()
+    };
+    let profile = match spec.media {
+        Media::Audio => Send::Audio,
+        Media::Video => Send::Video,
+    };
+    let mut s = Scenario::uniform(rooms, played, profile);
+    // loadgen rounds the share up: just under `senders` of `played`.
+    s.room[0].senders = (f64::from(spec.senders) - 0.5) / f64::from(played);
+    if let Some(fps) = spec.video_fps {
+        s.room[0].video_fps = fps;
+    }
+    if let Some(b) = spec.video_bitrate {
+        s.room[0].video_bitrate = b;
+    }
+    s.target = target;
+    s.control = control.to_owned();
+    s.addressing = Addressing::Fixed;
+    s.duration = seconds;
+    s.drain_ms = 300;
+    s.threads = 1;
+    s.rate = match spec.step {
+        Step::Rate => spec.rate.map(|r| r * mult),
+        Step::Rooms => None,
+    };
+    s
+}
+
+fn loss(lost: u64, expected: u64) -> f64 {
+    if expected == 0 {
+        0.0
+    } else {
+        lost as f64 / expected as f64
+    }
+}
+
+fn base_point(target: &str, mult: f64, rooms: u32, r: &Report) -> Point {
+    Point {
+        target: target.to_owned(),
+        mult,
+        rooms,
+        offered_pps: r.offered_pps,
+        egress_pps: r.received_pps,
+        relay_loss: None,
+        sampled_loss: loss(r.lost, r.expected),
+        misdelivered: r.misdelivered,
+        latency_us: r.latency_us,
+        cpu_ns_per_packet: None,
+        late_frames: r.late_frames,
+        udp_rcvbuf_errors: 0,
+        udp_out_datagrams: 0,
+        ok: false,
+        limited_by: None,
+        errors: r.errors.clone(),
+    }
+}
+
+fn judge(p: &mut Point, limit: f64) {
+    let relay_bad = p.relay_loss.is_some_and(|l| l >= limit);
+    let sampled_bad = p.sampled_loss >= limit;
+    p.ok = !relay_bad && !sampled_bad && p.misdelivered == 0;
+    p.limited_by = if p.misdelivered > 0 {
+        Some("misdelivery".into())
+    } else if relay_bad {
+        Some(format!("{} (its own counters)", p.target))
+    } else if sampled_bad && p.relay_loss.is_some() {
+        // The relay sent every copy: the read receivers (loadgen or their sockets) lost them.
+        Some("read receivers (loadgen)".into())
+    } else if sampled_bad {
+        Some(format!("{} or read receivers", p.target))
+    } else {
+        None
+    };
+}
+
+/// Kernel counters around a point.
+struct Udp(std::collections::BTreeMap<String, u64>);
+
+impl Udp {
+    fn now() -> Self {
+        Self(procs::udp_counters())
+    }
+    fn delta(&self, later: &Self, key: &str) -> u64 {
+        later
+            .0
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(self.0.get(key).copied().unwrap_or(0))
+    }
+}
+
+/// One point against the relay: sinks registered by fixed address, loadgen plays the rest.
+pub fn relay_point(
+    relay: &mut Relay,
+    spec: &ScenarioSpec,
+    mult: f64,
+    seconds: f64,
+    limit: f64,
+) -> Result<Point> {
+    let control = relay.control.to_string();
+    let lg = loadgen_scenario(spec, mult, seconds, Target::Relay, &control);
+    let api = loadgen::api::Api::new(&control, None);
+    let room = |r: u32| format!("lg-r{r}");
+    let mut sinks: Vec<UdpSocket> = Vec::new();
+    for r in 0..lg.rooms {
+        api.put_room(&room(r))?;
+        for k in 0..spec.sinks {
+            let s = UdpSocket::bind("127.0.0.1:0")?;
+            let body = json!({"address": s.local_addr()?.to_string(), "subscribe": "all"});
+            api.put_participant(&room(r), &format!("sink{k}"), &body)
+                .context("adding a sink")?;
+            sinks.push(s);
+        }
+    }
+    let cpu0 = procs::cpu_ns(relay.proc.pid())?;
+    let m0 = procs::metrics(relay.control)?;
+    let u0 = Udp::now();
+    let report = loadgen::run(&lg);
+    let u1 = Udp::now();
+    let m1 = procs::metrics(relay.control)?;
+    let cpu1 = procs::cpu_ns(relay.proc.pid())?;
+    for r in 0..lg.rooms {
+        // loadgen closes the rooms it made; this is for runs that failed half-way.
+        let _ = api.delete_room(&room(r));
+    }
+    drop(sinks);
+    relay.proc.check_alive()?;
+    let report = report?;
+    let counter = |k: &str| m1.get(k).unwrap_or(&0.0) - m0.get(k).unwrap_or(&0.0);
+    let out = counter("relay_packets_out_total");
+    let mut p = base_point("relay", mult, lg.rooms, &report);
+    p.egress_pps = out / report.duration_s.max(1e-9);
+    let expected = report.sent as f64 * f64::from(spec.fanout());
+    p.relay_loss = Some(if expected > 0.0 {
+        (1.0 - out / expected).max(0.0)
+    } else {
+        0.0
+    });
+    p.cpu_ns_per_packet = (out > 0.0).then(|| (cpu1 - cpu0) as f64 / out);
+    p.udp_rcvbuf_errors = u0.delta(&u1, "RcvbufErrors");
+    p.udp_out_datagrams = u0.delta(&u1, "OutDatagrams");
+    judge(&mut p, limit);
+    Ok(p)
+}
+
+/// One point on the direct path (no relay): the latency floor.
+pub fn direct_point(spec: &ScenarioSpec, mult: f64, seconds: f64, limit: f64) -> Result<Point> {
+    let lg = loadgen_scenario(spec, mult, seconds, Target::Direct, "127.0.0.1:9");
+    let report = loadgen::run(&lg)?;
+    let mut p = base_point("direct", mult, lg.rooms, &report);
+    judge(&mut p, limit);
+    Ok(p)
+}
+
+/// One point against rtpengine: loadgen plays every receiver (no sinks), fresh calls each time.
+pub fn rtpengine_point(
+    engine: &mut Rtpengine,
+    spec: &ScenarioSpec,
+    mult: f64,
+    seconds: f64,
+    limit: f64,
+) -> Result<Point> {
+    let lg = loadgen_scenario(
+        spec,
+        mult,
+        seconds,
+        Target::Rtpengine,
+        &engine.ng.to_string(),
+    );
+    let cpu0 = procs::cpu_ns(engine.proc.pid())?;
+    let u0 = Udp::now();
+    let report = loadgen::run(&lg);
+    let u1 = Udp::now();
+    let cpu1 = procs::cpu_ns(engine.proc.pid())?;
+    engine.proc.check_alive()?;
+    let report = report?;
+    let mut p = base_point("rtpengine", mult, lg.rooms, &report);
+    p.cpu_ns_per_packet =
+        (report.received > 0).then(|| (cpu1 - cpu0) as f64 / report.received as f64);
+    p.udp_rcvbuf_errors = u0.delta(&u1, "RcvbufErrors");
+    p.udp_out_datagrams = u0.delta(&u1, "OutDatagrams");
+    judge(&mut p, limit);
+    Ok(p)
+}
+
+/// A knee search.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sweep {
+    /// Every step, in the order run.
+    pub steps: Vec<Point>,
+    /// Index in `steps` of the highest-egress step that passed.
+    pub knee: Option<usize>,
+    /// The search stopped at `max_steps` without a failing step: the knee is higher.
+    pub not_reached: bool,
+    /// What failed at the first failing step.
+    pub limited_by: Option<String>,
+}
+
+impl Sweep {
+    /// The knee step.
+    pub fn knee_point(&self) -> Option<&Point> {
+        self.knee.map(|i| &self.steps[i])
+    }
+}
+
+/// Steps the load geometrically until a step fails, then tries once between the last pass and
+/// the first failure.
+pub fn find_knee(search: &Search, mut at: impl FnMut(f64) -> Result<Point>) -> Result<Sweep> {
+    let mut sweep = Sweep {
+        steps: Vec::new(),
+        knee: None,
+        not_reached: true,
+        limited_by: None,
+    };
+    let mut mult = 1.0;
+    let mut pass: Option<f64> = None;
+    for _ in 0..search.max_steps {
+        let p = at(mult)?;
+        eprintln!("    x{mult:<7.2} {}", line(&p));
+        let ok = p.ok;
+        let failure = p.limited_by.clone();
+        sweep.steps.push(p);
+        if ok {
+            sweep.knee = Some(sweep.steps.len() - 1);
+            pass = Some(mult);
+            mult *= search.step_factor;
+        } else {
+            sweep.not_reached = false;
+            sweep.limited_by = failure;
+            break;
+        }
+    }
+    if let (Some(lo), false) = (pass, sweep.not_reached) {
+        let mid = (lo * mult).sqrt();
+        let p = at(mid)?;
+        eprintln!("    x{mid:<7.2} {}", line(&p));
+        let ok = p.ok;
+        sweep.steps.push(p);
+        if ok {
+            sweep.knee = Some(sweep.steps.len() - 1);
+        }
+    }
+    Ok(sweep)
+}
+
+/// One line about a point, for progress output.
+pub fn line(p: &Point) -> String {
+    format!(
+        "{:<9} offered {:>9.0}/s egress {:>9.0}/s loss relay {:>7} read {:>7.4}% p50 {:>6} p99 {:>6} p99.9 {:>6} us cpu {:>7} {}",
+        p.target,
+        p.offered_pps,
+        p.egress_pps,
+        p.relay_loss
+            .map_or("-".into(), |l| format!("{:.4}%", l * 100.0)),
+        p.sampled_loss * 100.0,
+        p.latency_us.p50,
+        p.latency_us.p99,
+        p.latency_us.p999,
+        p.cpu_ns_per_packet
+            .map_or("-".into(), |c| format!("{c:.0}ns")),
+        if p.ok { "ok" } else { "FAIL" }
+    )
+}
+
+/// The raw kernel send rate: loadgen's blaster, pinned to `core`, to `sinks` unread sockets.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BlastFloor {
+    /// Destinations.
+    pub sinks: u32,
+    /// Datagram length.
+    pub len: usize,
+    /// Datagrams per second sent.
+    pub pps: f64,
+    /// CPU ns of the sending thread per datagram.
+    pub cpu_ns_per_packet: f64,
+}
+
+/// Measures the blaster for `seconds`.
+pub fn blast_floor(
+    sinks: u32,
+    len: usize,
+    seconds: f64,
+    core: Option<usize>,
+) -> Result<BlastFloor> {
+    let sockets: Vec<UdpSocket> = (0..sinks.max(1))
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    let addrs: Vec<SocketAddr> = sockets
+        .iter()
+        .map(UdpSocket::local_addr)
+        .collect::<Result<_, _>>()?;
+    let cfg = BlastConfig {
+        sinks: addrs,
+        rate_pps: None,
+        duration: Duration::from_secs_f64(seconds),
+        len,
+        ..BlastConfig::default()
+    };
+    let handle = std::thread::spawn(move || -> Result<(loadgen::blast::BlastReport, u64)> {
+        if let Some(c) = core {
+            procs::pin_current_thread(c)?;
+        }
+        let t0 = procs::thread_cpu_ns();
+        let r = blast(&cfg, Instant::now())?;
+        Ok((r, procs::thread_cpu_ns() - t0))
+    });
+    let (r, cpu) = handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("blast thread panicked"))??;
+    drop(sockets);
+    Ok(BlastFloor {
+        sinks,
+        len,
+        pps: r.pps,
+        cpu_ns_per_packet: cpu as f64 / r.sent.max(1) as f64,
+    })
+}

@@ -1,0 +1,352 @@
+//! Results: the JSON record, the table, the budget checks, and the latency-versus-load plot.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::measure::{BlastFloor, Point, Sweep};
+use super::spec::{Budget, ScenarioSpec};
+
+/// Latency at a share of the knee, with the direct path at the same load.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadPoint {
+    /// Share of the knee's load.
+    pub fraction: f64,
+    /// The system under test.
+    pub measured: Point,
+    /// The direct path (no relay) at the same load.
+    pub direct: Point,
+    /// Measured minus direct, µs.
+    pub added_us: Added,
+}
+
+/// Added latency, µs (negative when noise puts the direct path above).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Added {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+}
+
+impl Added {
+    /// `measured` minus `direct`.
+    pub fn of(measured: &Point, direct: &Point) -> Self {
+        let d = |a: u64, b: u64| a as f64 - b as f64;
+        let (m, f) = (&measured.latency_us, &direct.latency_us);
+        Self {
+            p50: d(m.p50, f.p50),
+            p99: d(m.p99, f.p99),
+            p999: d(m.p999, f.p999),
+        }
+    }
+}
+
+/// One system's results in one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemResult {
+    /// The knee search.
+    pub sweep: Sweep,
+    /// Latency at 25%, 50% and 80% of the knee.
+    pub latency: Vec<LoadPoint>,
+}
+
+impl SystemResult {
+    /// The load point at `fraction` of the knee.
+    pub fn at(&self, fraction: f64) -> Option<&LoadPoint> {
+        self.latency
+            .iter()
+            .find(|l| (l.fraction - fraction).abs() < 1e-9)
+    }
+}
+
+/// A budget check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What is checked.
+    pub name: String,
+    /// Measured value (absent: could not be measured, which fails).
+    pub value: Option<f64>,
+    /// `<=` or `>=`.
+    pub op: &'static str,
+    /// The limit.
+    pub limit: f64,
+    /// Met.
+    pub pass: bool,
+}
+
+impl Check {
+    fn new(name: &str, value: Option<f64>, op: &'static str, limit: f64) -> Self {
+        let pass = value.is_some_and(|v| if op == "<=" { v <= limit } else { v >= limit });
+        Self {
+            name: name.to_owned(),
+            value,
+            op,
+            limit,
+            pass,
+        }
+    }
+}
+
+/// One scenario's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    /// The scenario as run.
+    pub spec: ScenarioSpec,
+    /// The raw kernel send rate to as many sockets as the fan-out.
+    pub blast: BlastFloor,
+    /// The relay.
+    pub relay: SystemResult,
+    /// rtpengine, or why it is absent.
+    pub rtpengine: Option<SystemResult>,
+    /// Why there is no rtpengine result, when there is none.
+    pub rtpengine_note: Option<String>,
+    /// The budget checks (relay only).
+    pub checks: Vec<Check>,
+}
+
+/// Checks the relay's results against `budget`.
+pub fn checks(relay: &SystemResult, blast: &BlastFloor, budget: &Budget) -> Vec<Check> {
+    let knee = relay.sweep.knee_point();
+    let at50 = relay.at(0.5).map(|l| l.added_us);
+    let at80 = relay.at(0.8);
+    let cpu = at80.and_then(|l| l.measured.cpu_ns_per_packet);
+    vec![
+        Check::new(
+            "egress_at_knee / raw_blast_rate",
+            knee.map(|k| k.egress_pps / blast.pps.max(1.0)),
+            ">=",
+            budget.egress_vs_blast,
+        ),
+        Check::new(
+            "p50_added_us @50%",
+            at50.map(|a| a.p50),
+            "<=",
+            budget.p50_added_us,
+        ),
+        Check::new(
+            "p99_added_us @80%",
+            at80.map(|l| l.added_us.p99),
+            "<=",
+            budget.p99_added_us,
+        ),
+        Check::new(
+            "p999_added_us @80%",
+            at80.map(|l| l.added_us.p999),
+            "<=",
+            budget.p999_added_us,
+        ),
+        Check::new(
+            "cpu_per_packet / blast_cpu_per_packet @80%",
+            cpu.map(|c| c / blast.cpu_ns_per_packet.max(1e-9)),
+            "<=",
+            budget.cpu_vs_blast,
+        ),
+    ]
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// UTC date and time.
+    pub date: String,
+    /// The command line.
+    pub command: String,
+    /// CPUs and kernel.
+    pub machine: String,
+    /// Whether rtpengine was compared, and which binary, or why not.
+    pub rtpengine: String,
+    /// Per scenario.
+    pub scenarios: Vec<ScenarioResult>,
+    /// Every budget met.
+    pub pass: bool,
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+/// The Markdown table of the run and its checks.
+pub fn table(run: &RunResult) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| scenario | system | knee egress pkt/s | limited by | blast pkt/s | added p50 @50% us | added p99 @80% us | added p99.9 @80% us | CPU ns/pkt @80% | blast CPU ns/pkt |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    for sc in &run.scenarios {
+        let mut row = |name: &str, r: &SystemResult| {
+            let knee = r.sweep.knee_point().map(|k| k.egress_pps);
+            let limited = if r.sweep.not_reached {
+                "not reached".to_owned()
+            } else {
+                r.sweep.limited_by.clone().unwrap_or_else(|| "-".into())
+            };
+            let a50 = r.at(0.5).map(|l| l.added_us.p50);
+            let a80 = r.at(0.8);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.0} |",
+                sc.spec.name,
+                name,
+                opt(knee, 0),
+                limited,
+                sc.blast.pps,
+                opt(a50, 0),
+                opt(a80.map(|l| l.added_us.p99), 0),
+                opt(a80.map(|l| l.added_us.p999), 0),
+                opt(a80.and_then(|l| l.measured.cpu_ns_per_packet), 0),
+                sc.blast.cpu_ns_per_packet
+            );
+        };
+        row("relay", &sc.relay);
+        if let Some(r) = &sc.rtpengine {
+            row("rtpengine", r);
+        }
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| scenario | budget | value | limit | |");
+    let _ = writeln!(s, "|---|---|---:|---:|---|");
+    for sc in &run.scenarios {
+        for c in &sc.checks {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} {} | {} |",
+                sc.spec.name,
+                c.name,
+                opt(c.value, 2),
+                c.op,
+                c.limit,
+                if c.pass { "ok" } else { "**MISSED**" }
+            );
+        }
+        if let Some(note) = &sc.rtpengine_note {
+            let _ = writeln!(s, "| {} | rtpengine | {note} | | |", sc.spec.name);
+        }
+    }
+    s
+}
+
+/// Latency (p50 and p99, log scale) against egress for every system and scenario.
+pub fn plot(run: &RunResult, path: &Path) -> Result<()> {
+    let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for sc in &run.scenarios {
+        let mut systems = vec![("relay", &sc.relay)];
+        if let Some(r) = &sc.rtpengine {
+            systems.push(("rtpengine", r));
+        }
+        for (name, r) in systems {
+            let mut pts: Vec<&Point> = r.sweep.steps.iter().collect();
+            pts.extend(r.latency.iter().map(|l| &l.measured));
+            pts.retain(|p| p.egress_pps > 0.0 && p.latency_us.p50 > 0);
+            pts.sort_by(|a, b| a.egress_pps.total_cmp(&b.egress_pps));
+            for (q, pick) in [("p50", 0), ("p99", 1)] {
+                let line = pts
+                    .iter()
+                    .map(|p| {
+                        let l = if pick == 0 {
+                            p.latency_us.p50
+                        } else {
+                            p.latency_us.p99
+                        };
+                        (p.egress_pps / 1000.0, l as f64)
+                    })
+                    .collect();
+                series.push((format!("{} {name} {q}", sc.spec.name), line));
+            }
+        }
+    }
+    let xmax = series
+        .iter()
+        .flat_map(|(_, l)| l.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let ymax = series
+        .iter()
+        .flat_map(|(_, l)| l.iter().map(|p| p.1))
+        .fold(100.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("latency vs egress (loopback, one core)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..xmax * 1.05, (1.0..ymax * 1.5).log_scale())
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("egress, thousand packets/s")
+        .y_desc("one-way latency, us")
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    for (i, (name, line)) in series.into_iter().enumerate() {
+        let color = Palette99::pick(i / 2).to_rgba();
+        let style = if i % 2 == 0 {
+            color.stroke_width(2)
+        } else {
+            color.stroke_width(1)
+        };
+        chart
+            .draw_series(LineSeries::new(line, style))
+            .map_err(|e| anyhow!("{e}"))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// `YYYY-MM-DD` and `HH:MM:SSZ` of a Unix time (UTC).
+pub fn utc(secs: u64) -> (String, String) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (proleptic Gregorian), after H. Hinnant's public-domain algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!("{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0).0, "1970-01-01");
+        assert_eq!(utc(951_782_400).0, "2000-02-29");
+        assert_eq!(
+            utc(1_700_000_000),
+            ("2023-11-14".into(), "22:13:20Z".into())
+        );
+    }
+
+    #[test]
+    fn checks_compare_both_ways() {
+        assert!(Check::new("a", Some(1.0), "<=", 1.0).pass);
+        assert!(!Check::new("a", Some(1.1), "<=", 1.0).pass);
+        assert!(Check::new("a", Some(0.9), ">=", 0.85).pass);
+        assert!(!Check::new("a", None, ">=", 0.85).pass);
+    }
+}

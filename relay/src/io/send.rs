@@ -1,0 +1,123 @@
+//! Send helpers shared by both backends: the UDP_SEGMENT control message, `sendmmsg` in a loop,
+//! and the one-datagram-at-a-time fallback used when the kernel refuses GSO.
+
+use std::io;
+use std::mem;
+use std::os::fd::RawFd;
+use std::ptr;
+
+use socket2::SockAddr;
+
+use super::plan::MAX_SEGMENTS;
+use super::socket;
+
+/// A control message that asks for UDP segmentation offload with the given segment size
+/// (`UDP_SEGMENT`, Linux 4.18): the kernel cuts the send into datagrams of that size, the last
+/// one possibly shorter.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct SegmentCmsg {
+    hdr: libc::cmsghdr,
+    size: u16,
+    pad: [u8; 6],
+}
+
+/// The length of a [`SegmentCmsg`] as `msg_controllen`.
+// SAFETY: CMSG_SPACE only does arithmetic on its argument.
+pub(crate) const SEGMENT_CMSG_SPACE: usize = unsafe { libc::CMSG_SPACE(2) } as usize;
+// SAFETY: as above.
+const SEGMENT_CMSG_LEN: usize = unsafe { libc::CMSG_LEN(2) } as usize;
+const _: () = assert!(SEGMENT_CMSG_SPACE <= size_of::<SegmentCmsg>());
+
+impl SegmentCmsg {
+    pub(crate) fn new(size: u16) -> Self {
+        // SAFETY: cmsghdr is a plain C struct; all-zero bytes are a valid value.
+        let mut hdr: libc::cmsghdr = unsafe { mem::zeroed() };
+        hdr.cmsg_len = SEGMENT_CMSG_LEN as _;
+        hdr.cmsg_level = libc::SOL_UDP;
+        hdr.cmsg_type = libc::UDP_SEGMENT;
+        Self {
+            hdr,
+            size,
+            pad: [0; 6],
+        }
+    }
+}
+
+/// Whether the kernel knows UDP_SEGMENT on this socket.
+pub(crate) fn gso_supported(fd: RawFd) -> bool {
+    socket::getsockopt(fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok()
+}
+
+/// Whether a failed GSO send means that this socket cannot do GSO (no checksum offload on the
+/// device, or a kernel that refuses the segment size): then GSO is turned off for the socket and
+/// the segments are sent one by one.
+pub(crate) fn refuses_gso(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL))
+}
+
+/// What a group of sends did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Sent {
+    pub(crate) packets: u64,
+    pub(crate) bytes: u64,
+    pub(crate) errors: u64,
+}
+
+/// Calls `sendmmsg` until every header went or one failed. Returns how many went and, if one
+/// failed, its error (the failed header is `hdrs[returned count]`).
+///
+/// # Safety
+/// Every header must point at live names, iovecs, buffers and control messages.
+pub(crate) unsafe fn sendmmsg(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> (usize, Option<io::Error>) {
+    let mut done = 0;
+    while done < hdrs.len() {
+        let rest = &mut hdrs[done..];
+        let len = rest.len().min(u32::MAX as usize) as u32;
+        // SAFETY: the caller guarantees that each header points at live memory.
+        let n = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), len, 0) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return (done, Some(err));
+        }
+        done += n as usize;
+    }
+    (done, None)
+}
+
+/// Sends each iovec as its own datagram to `dest`: the fallback for a GSO send the kernel
+/// refused. A datagram the kernel refuses is counted and skipped.
+///
+/// # Safety
+/// Each iovec must point at live, initialised bytes.
+pub(crate) unsafe fn send_each(fd: RawFd, dest: &SockAddr, iovs: &[libc::iovec]) -> Sent {
+    // SAFETY: mmsghdr is a plain C struct; all-zero bytes are a valid value.
+    let mut hdrs: [libc::mmsghdr; MAX_SEGMENTS] = unsafe { mem::zeroed() };
+    let mut sent = Sent::default();
+    for chunk in iovs.chunks(MAX_SEGMENTS) {
+        for (h, iov) in hdrs.iter_mut().zip(chunk) {
+            h.msg_hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = dest.len();
+            h.msg_hdr.msg_iov = ptr::from_ref(iov).cast_mut();
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        let mut start = 0;
+        while start < chunk.len() {
+            // SAFETY: the headers point at `dest` and the caller's iovecs, live for this call.
+            let (n, err) = unsafe { sendmmsg(fd, &mut hdrs[start..chunk.len()]) };
+            for h in &hdrs[start..start + n] {
+                sent.packets += 1;
+                sent.bytes += u64::from(h.msg_len);
+            }
+            start += n;
+            if err.is_some() {
+                sent.errors += 1;
+                start += 1;
+            }
+        }
+    }
+    sent
+}

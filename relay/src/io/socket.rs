@@ -1,0 +1,231 @@
+//! Socket set-up shared by both backends: SO_REUSEPORT binding, buffer sizes, the wake-up eventfd
+//! and core pinning. Nothing here runs per packet.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds `n` sockets to `addr` in one SO_REUSEPORT group, and returns them with the bound
+/// address.
+///
+/// With port 0 the kernel may hand out a port that another socket of the same user already
+/// holds with SO_REUSEPORT (it may share it), and then the two would split each other's traffic.
+/// So after binding, the group checks that nobody else is on its port, and picks again if so.
+pub(crate) fn bind_group(
+    addr: SocketAddr,
+    n: usize,
+    buffer: usize,
+) -> io::Result<(Vec<Socket>, SocketAddr)> {
+    for _ in 0..PORT_ATTEMPTS {
+        let first = bind(addr, buffer)?;
+        let local = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("media socket has no IP address"))?;
+        let mut sockets = vec![first];
+        for _ in 1..n {
+            sockets.push(bind(local, buffer)?);
+        }
+        if addr.port() != 0 || sockets_on_port(local.port()).is_none_or(|count| count <= n) {
+            return Ok((sockets, local));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "every port the kernel offered was shared with another socket",
+    ))
+}
+
+/// Times `bind_group` asks the kernel for another port.
+const PORT_ATTEMPTS: usize = 16;
+
+/// UDP sockets on this host bound to `port`, from /proc (None when it cannot be read).
+fn sockets_on_port(port: u16) -> Option<usize> {
+    let needle = format!(":{port:04X}");
+    let mut count = 0;
+    let mut read_any = false;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        read_any = true;
+        count += text
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| a.ends_with(&needle))
+            })
+            .count();
+    }
+    read_any.then_some(count)
+}
+
+/// Binds one worker socket with SO_REUSEPORT.
+fn bind(addr: SocketAddr, buffer: usize) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        // Dual stack: IPv4 peers arrive as IPv4-mapped addresses, which the backend maps back.
+        socket.set_only_v6(false)?;
+    }
+    if buffer > 0 {
+        set_buffer(&socket, buffer);
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Sets the socket buffers, beyond `rmem_max` where the process may (CAP_NET_ADMIN).
+fn set_buffer(socket: &Socket, bytes: usize) {
+    let value = bytes.min(i32::MAX as usize) as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, force, value).is_err() {
+            let _ = setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, plain, value);
+        }
+    }
+}
+
+/// `setsockopt` with an `int` value.
+pub(crate) fn setsockopt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt reads size_of::<c_int>() bytes from a pointer to a live c_int.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `getsockopt` of an `int` value.
+pub(crate) fn getsockopt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into a live c_int and updates `len`.
+    let r = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
+    if r == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A non-blocking eventfd for waking a worker.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd has no memory arguments; the result is checked before use.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd's counter, which wakes whoever waits on it.
+pub(crate) fn signal(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writing 8 bytes from a u64 to an eventfd.
+    unsafe { libc::write(fd, (&raw const one).cast(), 8) };
+}
+
+/// Resets an eventfd's counter (non-blocking: nothing happens when it is zero).
+pub(crate) fn drain(fd: RawFd) {
+    let mut buf = [0u8; 8];
+    // SAFETY: reading at most 8 bytes into an 8-byte buffer.
+    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 8) };
+}
+
+/// Pins the calling thread to one core.
+pub(crate) fn pin_to_core(core: usize) {
+    // SAFETY: cpu_set_t is a plain bit array; CPU_SET writes inside it; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(core, "could not pin worker to its core");
+        }
+    }
+}
+
+/// Reads a kernel socket address (`sockaddr_in` or `sockaddr_in6` bytes as `recvmsg` wrote them),
+/// mapping IPv4-mapped IPv6 addresses to plain IPv4 so that a dual-stack socket sees the addresses
+/// participants were registered with. `None` for anything else or too short.
+pub(crate) fn name_to_addr(name: &[u8]) -> Option<SocketAddr> {
+    let family = libc::c_int::from(u16::from_ne_bytes([*name.first()?, *name.get(1)?]));
+    let port = u16::from_be_bytes([*name.get(2)?, *name.get(3)?]);
+    match family {
+        libc::AF_INET => {
+            let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::new(Ipv4Addr::from(ip).into(), port))
+        }
+        libc::AF_INET6 => {
+            let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+            let scope: [u8; 4] = name.get(24..28)?.try_into().ok()?;
+            let ip = Ipv6Addr::from(ip);
+            Some(match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), port),
+                None => SocketAddrV6::new(ip, port, 0, u32::from_ne_bytes(scope)).into(),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_groups_get_a_port_of_their_own() {
+        // 800 binds among ~28,000 ephemeral ports: without the check, about ten would land on a
+        // port another one holds.
+        let groups: Vec<_> = (0..800)
+            .map(|_| bind_group("127.0.0.1:0".parse().unwrap(), 1, 0).unwrap())
+            .collect();
+        let mut ports: Vec<u16> = groups.iter().map(|(_, a)| a.port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), groups.len(), "two groups share a port");
+        assert!(groups.iter().all(|(s, _)| s.len() == 1));
+    }
+
+    #[test]
+    fn names_read_back_as_the_addresses_they_encode() {
+        for text in ["127.0.0.1:5004", "[::1]:6000", "[fe80::1%3]:7"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            let sa = socket2::SockAddr::from(addr);
+            // SAFETY: as_ptr points at sa.len() initialised bytes owned by sa.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(sa.as_ptr().cast::<u8>(), sa.len() as usize) };
+            assert_eq!(name_to_addr(bytes), Some(addr), "{text}");
+        }
+        let mapped = socket2::SockAddr::from("[::ffff:10.1.2.3]:9".parse::<SocketAddr>().unwrap());
+        // SAFETY: as above.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(mapped.as_ptr().cast::<u8>(), mapped.len() as usize)
+        };
+        assert_eq!(name_to_addr(bytes), Some("10.1.2.3:9".parse().unwrap()));
+        assert_eq!(name_to_addr(&[]), None);
+        assert_eq!(name_to_addr(&[2, 0, 1]), None);
+        assert_eq!(name_to_addr(&[0xff; 28]), None);
+    }
+}

@@ -1,0 +1,528 @@
+//! The io_uring backend: one ring per worker, created on the worker's pinned thread.
+//!
+//! - Receive: one multishot `RecvMsgMulti` on the registered socket fills buffers from a provided
+//!   buffer ring ([`bufs`]); each completion is one datagram (16-byte header, the source address,
+//!   the payload). When the ring runs dry the kernel ends the multishot with ENOBUFS; unread
+//!   datagrams stay queued on the socket, and the worker arms it again once buffers are back.
+//! - Send: every planned send is a `SendMsg` whose iovecs point into the receive buffers (one
+//!   buffer, N sends); a GSO run points at several. Each buffer counts its sends and goes back
+//!   to the ring when the last one completes ([`sends`] keeps what a send needs until then).
+//! - Wake-up: a multishot poll on the control eventfd, so a control message ends the wait.
+//!
+//! The ring is SINGLE_ISSUER and DEFER_TASKRUN: completions are produced only when this thread
+//! enters the kernel to wait for them, so nothing interrupts a batch.
+//!
+//! Calling order of one turn: apply control messages, arm what ended, submit and wait, reap
+//! (sends complete, datagrams queue), handle the datagrams, submit their sends, release the
+//! batch's buffer references, publish counters.
+
+mod bufs;
+mod probe;
+mod sends;
+
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, RawFd};
+
+use io_uring::types::{Fixed, SubmitArgs, Timespec};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use socket2::SockAddr;
+
+use super::SLOT_SIZE;
+use super::datagram::{Datapath, Output};
+use super::plan::{Plan, REPLY_SLOTS, What};
+use super::send::{self, Sent};
+use super::socket;
+use super::stats::BatchCounts;
+use super::worker::Worker;
+use bufs::BufRing;
+use sends::Records;
+
+pub(crate) use probe::probe;
+
+/// Room in a receive buffer for the header and the source address ahead of the payload.
+const BUF_HEADROOM: usize = 64;
+/// The size of `struct io_uring_recvmsg_out` (four u32s), which starts every receive buffer.
+const RECVMSG_OUT_LEN: usize = 16;
+/// user_data of the multishot receive, the wake-up poll and cancellations; sends use their
+/// record index.
+const RECV: u64 = u64::MAX;
+const WAKE: u64 = u64::MAX - 1;
+const CANCEL: u64 = u64::MAX - 2;
+/// Registered file slots.
+const SOCKET_SLOT: Fixed = Fixed(0);
+const WAKE_SLOT: Fixed = Fixed(1);
+
+/// Runs a worker on this backend until shutdown. `ready` hears once that set-up is done.
+pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<()> {
+    let mut u = match Uring::new(w) {
+        Ok(u) => u,
+        Err(e) => {
+            let kind = e.kind();
+            ready(Err(io::Error::new(
+                kind,
+                format!("io_uring worker set-up: {e}"),
+            )));
+            return Err(e);
+        }
+    };
+    ready(Ok(()));
+    let result = u.serve(w);
+    u.drain();
+    result
+}
+
+/// Creates a ring with the flags the workers use. The calling thread becomes its only issuer.
+fn new_ring(sq: u32, cq: u32) -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(cq)
+        .build(sq)
+}
+
+/// One datagram of the current turn: the iovec that sends it and its buffer.
+#[derive(Clone, Copy)]
+struct Received {
+    iov: libc::iovec,
+    bid: u16,
+}
+
+struct Uring {
+    // Declared first so that it is dropped first: the kernel lets go of the memory below.
+    ring: IoUring,
+    bufs: BufRing,
+    records: Records,
+    /// The header the multishot receive reads its name and control lengths from.
+    recv_hdr: Box<libc::msghdr>,
+    /// Receive completions reaped but not yet handled: (result, flags).
+    pending: Vec<(i32, u32)>,
+    /// The datagrams of this turn, in order; a GSO run is a range of them.
+    turn: Vec<Received>,
+    plan: Plan,
+    fd: RawFd,
+    wake: RawFd,
+    recv_armed: bool,
+    wake_armed: bool,
+    busy_poll: bool,
+    sent: Sent,
+    gso_sends: u64,
+    gso_fallbacks: u64,
+    rearms: u64,
+    recv_errors: u64,
+}
+
+impl Uring {
+    fn new(w: &Worker) -> io::Result<Self> {
+        let s = &w.settings;
+        let records = s.send_batch * 2;
+        let sq = (s.send_batch + 16).next_power_of_two() as u32;
+        let cq = ((s.ring_buffers + records) * 2).next_power_of_two() as u32;
+        let ring = new_ring(sq, cq)?;
+        let fd = w.socket.as_raw_fd();
+        let wake = w.wake.as_raw_fd();
+        ring.submitter().register_files(&[fd, wake])?;
+        let bufs = BufRing::new(s.ring_buffers, SLOT_SIZE + BUF_HEADROOM)?;
+        bufs.register(&ring.submitter())?;
+        // SAFETY: a zeroed msghdr is valid; the kernel reads only the two lengths set below.
+        let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
+        recv_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        let gso = s.gso && send::gso_supported(fd);
+        Ok(Self {
+            ring,
+            bufs,
+            records: Records::new(records, REPLY_SLOTS),
+            recv_hdr,
+            pending: Vec::with_capacity(s.ring_buffers + 8),
+            turn: Vec::with_capacity(s.ring_buffers + 8),
+            plan: Plan::new(s.send_batch, gso),
+            fd,
+            wake,
+            recv_armed: false,
+            wake_armed: false,
+            busy_poll: s.busy_poll,
+            sent: Sent::default(),
+            gso_sends: 0,
+            gso_fallbacks: 0,
+            rearms: 0,
+            recv_errors: 0,
+        })
+    }
+
+    /// The worker loop.
+    fn serve(&mut self, w: &Worker) -> io::Result<()> {
+        let mut path = Datapath::new(w.index, w.latches.clone());
+        let mut first_arm = true;
+        loop {
+            if !w.apply_messages(&mut path.table) {
+                return Ok(());
+            }
+            if !self.recv_armed && self.bufs.any_free() {
+                self.push(
+                    opcode::RecvMsgMulti::new(SOCKET_SLOT, &*self.recv_hdr, bufs::GROUP).build(),
+                    RECV,
+                )?;
+                self.recv_armed = true;
+                self.rearms += u64::from(!mem::take(&mut first_arm));
+            }
+            if !self.wake_armed {
+                let poll = opcode::PollAdd::new(WAKE_SLOT, libc::POLLIN as u32).multi(true);
+                self.push(poll.build(), WAKE)?;
+                self.wake_armed = true;
+            }
+            self.enter(!self.busy_poll)?;
+            self.reap();
+            let received = !self.pending.is_empty();
+            if received {
+                path.begin_batch();
+            }
+            let mut i = 0;
+            while i < self.pending.len() {
+                let (res, flags) = self.pending[i];
+                i += 1;
+                self.receive(res, flags, &mut path)?;
+            }
+            self.pending.clear();
+            self.flush();
+            for r in self.turn.drain(..) {
+                self.bufs.release(r.bid);
+            }
+            self.bufs.publish();
+            // Counters go out once per batch; a turn with only send completions (or a wake-up)
+            // publishes too when it has something to add.
+            let sent = self.sent.packets + self.sent.errors;
+            if received || sent > 0 || self.gso_fallbacks > 0 {
+                self.take_counts(&mut path.counts);
+                w.stats.publish(&path.counts);
+                path.counts = BatchCounts::default();
+            }
+        }
+    }
+
+    /// Handles one receive completion.
+    fn receive(&mut self, res: i32, flags: u32, path: &mut Datapath) -> io::Result<()> {
+        if !cqueue::more(flags) {
+            self.recv_armed = false;
+        }
+        if res < 0 {
+            return match -res {
+                // Out of buffers, or stopped by the kernel: armed again at the top of the loop.
+                libc::ENOBUFS | libc::ECANCELED | libc::EINTR | libc::EAGAIN => Ok(()),
+                libc::EBADF | libc::ENOTSOCK | libc::EINVAL | libc::EOPNOTSUPP => Err(
+                    io::Error::other(format!("multishot receive: {}", errno(res))),
+                ),
+                _ => {
+                    if self.recv_errors == 0 {
+                        tracing::warn!(error = %errno(res), "multishot receive failed; re-arming");
+                    }
+                    self.recv_errors += 1;
+                    Ok(())
+                }
+            };
+        }
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            return Ok(());
+        };
+        let buf = self.bufs.take(bid, res as usize);
+        let k = self.turn.len() as u32;
+        let (src, bytes, truncated) = match types::RecvMsgOut::parse(buf, &self.recv_hdr) {
+            Ok(m) => {
+                // The payload follows the header and the fixed-size name field (no control).
+                let start = RECVMSG_OUT_LEN + self.recv_hdr.msg_namelen as usize;
+                let len = m.payload_data().len();
+                (
+                    socket::name_to_addr(m.name_data()),
+                    buf.get(start..start + len).unwrap_or_default(),
+                    m.is_payload_truncated(),
+                )
+            }
+            Err(()) => (None, &buf[..0], true),
+        };
+        self.turn.push(Received {
+            iov: libc::iovec {
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
+            },
+            bid,
+        });
+        self.plan.begin(k, bytes.len());
+        path.handle(src, bytes, truncated, &mut Out { u: self });
+        Ok(())
+    }
+
+    /// Queues every planned send as a `SendMsg` and submits them. A send waits for a free
+    /// record, which a completion returns.
+    fn flush(&mut self) {
+        for j in 0..self.plan.entries().len() {
+            let e = self.plan.entries()[j];
+            let mut reply_retried = false;
+            let filled = loop {
+                let filled = match e.what {
+                    What::Run {
+                        first,
+                        count,
+                        segment,
+                        ..
+                    } => {
+                        // SAFETY: the destination lives in a compiled room that the worker holds
+                        // until the end of the turn; the record copies it.
+                        let dest = unsafe { &*e.dest };
+                        let run = &self.turn[first as usize..][..usize::from(count)];
+                        self.records
+                            .fill(dest, run.iter().map(|r| (r.iov, r.bid)), segment)
+                    }
+                    What::Reply(n) => {
+                        let (dest, bytes) = self.plan.reply(n);
+                        let r = self.records.fill_reply(dest, bytes);
+                        if r.is_none() && self.records.any_free() {
+                            // Every reply buffer is in flight: collect finished sends once,
+                            // then drop this reply if none came back (the client retries).
+                            if reply_retried {
+                                self.sent.errors += 1;
+                                break None;
+                            }
+                            reply_retried = true;
+                            let _ = self.ring.submit();
+                            self.reap();
+                            continue;
+                        }
+                        r
+                    }
+                };
+                if filled.is_some() {
+                    break filled;
+                }
+                self.wait_for_record();
+            };
+            let Some((idx, hdr)) = filled else {
+                continue;
+            };
+            if let What::Run { first, count, .. } = e.what {
+                for r in &self.turn[first as usize..][..usize::from(count)] {
+                    self.bufs.hold(r.bid);
+                }
+            }
+            let sqe = opcode::SendMsg::new(SOCKET_SLOT, hdr).build();
+            if self.push(sqe, u64::from(idx)).is_err() {
+                // Unreachable: push submits to make room. Give the record back untouched.
+                self.complete(idx, -libc::EAGAIN);
+            }
+        }
+        self.plan.clear();
+        if let Err(e) = self.ring.submit() {
+            tracing::warn!(error = %e, "io_uring submit failed");
+        }
+    }
+
+    /// Submits what is queued and waits until some send completes and frees its record.
+    fn wait_for_record(&mut self) {
+        while !self.records.any_free() {
+            let ts = Timespec::new().sec(1);
+            let args = SubmitArgs::new().timespec(&ts);
+            if let Err(e) = self.ring.submitter().submit_with_args(1, &args)
+                && !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                )
+            {
+                tracing::warn!(error = %e, "io_uring wait failed");
+            }
+            self.reap();
+        }
+    }
+
+    /// Pushes one submission, submitting first when the queue is full.
+    fn push(&mut self, sqe: squeue::Entry, user_data: u64) -> io::Result<()> {
+        let sqe = sqe.user_data(user_data);
+        for _ in 0..2 {
+            // SAFETY: every submission points at memory that lives until its completion: the
+            // receive header and buffer ring (owned by self, freed only after `drain`), and send
+            // records (freed only when their completion is reaped).
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+        Err(io::Error::other("io_uring submission queue stays full"))
+    }
+
+    /// Submits what is queued and collects completions: waits for one when `wait`, for at most
+    /// a second so that a missed wake-up costs a second, not forever.
+    fn enter(&mut self, wait: bool) -> io::Result<()> {
+        let ts = if wait {
+            Timespec::new().sec(1)
+        } else {
+            Timespec::new()
+        };
+        let args = SubmitArgs::new().timespec(&ts);
+        // With DEFER_TASKRUN, completions appear only when entering with GETEVENTS, which
+        // waiting for one completion (with a zero timeout when spinning) asks for.
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes every completion: sends finish at once, receives queue for the turn.
+    fn reap(&mut self) {
+        for cqe in self.ring.completion() {
+            match cqe.user_data() {
+                RECV => self.pending.push((cqe.result(), cqe.flags())),
+                WAKE => {
+                    socket::drain(self.wake);
+                    if !cqueue::more(cqe.flags()) {
+                        self.wake_armed = false;
+                    }
+                }
+                CANCEL => {}
+                idx => complete(
+                    &mut self.records,
+                    &mut self.bufs,
+                    &mut self.plan,
+                    Counts {
+                        sent: &mut self.sent,
+                        gso_sends: &mut self.gso_sends,
+                        gso_fallbacks: &mut self.gso_fallbacks,
+                    },
+                    self.fd,
+                    idx as u32,
+                    cqe.result(),
+                ),
+            }
+        }
+    }
+
+    /// Finishes one send whose completion was not reaped from the ring.
+    fn complete(&mut self, idx: u32, res: i32) {
+        let counts = Counts {
+            sent: &mut self.sent,
+            gso_sends: &mut self.gso_sends,
+            gso_fallbacks: &mut self.gso_fallbacks,
+        };
+        let (records, bufs, plan) = (&mut self.records, &mut self.bufs, &mut self.plan);
+        complete(records, bufs, plan, counts, self.fd, idx, res);
+    }
+
+    fn take_counts(&mut self, counts: &mut BatchCounts) {
+        counts.add_sent(mem::take(&mut self.sent));
+        counts.gso_sends += mem::take(&mut self.gso_sends);
+        counts.gso_fallbacks += mem::take(&mut self.gso_fallbacks);
+        counts.recv_rearms += mem::take(&mut self.rearms);
+    }
+
+    /// Ends every operation and waits for the last completions, so that no memory the kernel
+    /// may touch is freed. If the ring does not drain in time the memory is leaked instead.
+    fn drain(&mut self) {
+        for target in [RECV, WAKE] {
+            let cancel = opcode::AsyncCancel::new(target).build();
+            let _ = self.push(cancel, CANCEL);
+        }
+        for _ in 0..50 {
+            if self.records.idle() && !self.recv_armed && !self.wake_armed {
+                break;
+            }
+            let ts = Timespec::new().nsec(20_000_000);
+            let args = SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.reap();
+            for (_, flags) in self.pending.drain(..) {
+                if !cqueue::more(flags) {
+                    self.recv_armed = false;
+                }
+            }
+        }
+        if !self.records.idle() || self.recv_armed {
+            tracing::warn!("io_uring did not drain at shutdown: leaking its buffers");
+            self.records.leak();
+            let bufs = mem::replace(
+                &mut self.bufs,
+                BufRing::new(1, 64).expect("a one-buffer ring allocates"),
+            );
+            mem::forget(bufs);
+            // SAFETY: a zeroed msghdr is valid.
+            let hdr = mem::replace(&mut self.recv_hdr, Box::new(unsafe { mem::zeroed() }));
+            mem::forget(hdr);
+        }
+    }
+}
+
+/// Counters a send completion adds to.
+struct Counts<'a> {
+    sent: &'a mut Sent,
+    gso_sends: &'a mut u64,
+    gso_fallbacks: &'a mut u64,
+}
+
+/// Finishes send `idx` with result `res`: counts it, resends a refused GSO send one datagram at
+/// a time (and turns GSO off), releases its buffers and frees its record.
+fn complete(
+    records: &mut Records,
+    bufs: &mut BufRing,
+    plan: &mut Plan,
+    c: Counts<'_>,
+    fd: RawFd,
+    idx: u32,
+    res: i32,
+) {
+    let Some(r) = records.get(idx) else {
+        return;
+    };
+    let segments = r.segments();
+    if res >= 0 {
+        c.sent.packets += segments;
+        c.sent.bytes += res as u64;
+        *c.gso_sends += u64::from(segments > 1);
+    } else if segments > 1 && send::refuses_gso(&errno(res)) {
+        if plan.gso() {
+            plan.disable_gso();
+            *c.gso_fallbacks += 1;
+            tracing::warn!(error = %errno(res), "the kernel refused GSO: sending datagrams one by one");
+        }
+        // SAFETY: the record's iovecs point into buffers it still holds references to.
+        let s = unsafe { send::send_each(fd, &r.dest(), &r.iov[..usize::from(r.count)]) };
+        c.sent.packets += s.packets;
+        c.sent.bytes += s.bytes;
+        c.sent.errors += s.errors;
+    } else {
+        c.sent.errors += segments;
+    }
+    for &bid in &r.bids[..usize::from(r.count)] {
+        bufs.release(bid);
+    }
+    records.free(idx);
+}
+
+fn errno(res: i32) -> io::Error {
+    io::Error::from_raw_os_error(-res)
+}
+
+/// The [`Output`] of this backend: plans sends, flushing when the plan is full.
+struct Out<'a> {
+    u: &'a mut Uring,
+}
+
+impl Output for Out<'_> {
+    fn forward(&mut self, dest: &SockAddr) {
+        if !self.u.plan.push(dest) {
+            self.u.flush();
+            let planned = self.u.plan.push(dest);
+            debug_assert!(planned, "an empty plan takes a send");
+        }
+    }
+
+    fn reply(&mut self, dest: &SockAddr, bytes: &[u8]) {
+        if !self.u.plan.push_reply(dest, bytes) {
+            self.u.flush();
+            let planned = self.u.plan.push_reply(dest, bytes);
+            debug_assert!(planned, "an empty plan takes a reply");
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! No allocation per packet: a counting global allocator records every allocation made on a
+//! worker thread, and forwarding 100,000+ packets after warm-up must add none, on both backends.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::*;
+
+/// Counts allocations made on threads named `worker-*` (the data-plane workers).
+struct Counting;
+
+static WORKER_ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// 0: not known yet, 1: a worker, 2: another thread, 3: finding out (nested allocation).
+    static KIND: Cell<u8> = const { Cell::new(0) };
+}
+
+fn on_worker() -> bool {
+    KIND.with(|k| match k.get() {
+        0 => {
+            k.set(3);
+            let worker = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("worker-"));
+            k.set(if worker { 1 } else { 2 });
+            worker
+        }
+        1 => true,
+        _ => false,
+    })
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if on_worker() {
+            WORKER_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract is passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if on_worker() {
+            WORKER_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if on_worker() {
+            WORKER_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Packets forwarded in the measured window, at least.
+const TARGET: u64 = 100_000;
+
+#[test]
+fn forwarding_allocates_nothing_on_worker_threads() {
+    for backend in BACKENDS {
+        for gso in [true, false] {
+            run(backend, gso);
+        }
+    }
+}
+
+fn run(backend: relay::config::BackendChoice, gso: bool) {
+    let plane = start(backend, |c| {
+        c.workers = 2;
+        c.gso = gso;
+    });
+    let small = clients(2);
+    let big = clients(50);
+    let addr = |s: &std::net::UdpSocket| s.local_addr().unwrap();
+    install(&plane, 1, 1000, &small.iter().map(addr).collect::<Vec<_>>());
+    install(&plane, 2, 2000, &big.iter().map(addr).collect::<Vec<_>>());
+    // The counter sees worker threads: setting up and applying rooms allocates there.
+    assert!(
+        WORKER_ALLOCS.load(Ordering::Relaxed) > 0,
+        "the counter saw no worker"
+    );
+    let to = plane.local_addr();
+    // One round: audio-like singles in the small room, video-like bursts in both rooms.
+    let mut seq = 0u16;
+    let mut round = || {
+        for _ in 0..20 {
+            seq = seq.wrapping_add(1);
+            small[0].send_to(&rtp(1000, seq, 160), to).unwrap();
+            small[1].send_to(&rtp(1001, seq, 120), to).unwrap();
+        }
+        let burst: Vec<Vec<u8>> = (0..8)
+            .map(|i| rtp(1000, seq.wrapping_add(i), 1100))
+            .collect();
+        send_burst(&small[0], to, &burst);
+        let burst: Vec<Vec<u8>> = (0..4)
+            .map(|i| rtp(2007, seq.wrapping_add(i), 1000))
+            .collect();
+        send_burst(&big[7], to, &burst);
+        big[3].send_to(&rtp(2003, seq, 90), to).unwrap();
+        for s in small.iter().chain(&big) {
+            discard(s);
+        }
+    };
+    let out = || sum(&plane, |s| &s.packets_out);
+    // Warm-up: every code path once, so lazily sized things are sized.
+    for _ in 0..200 {
+        round();
+    }
+    assert!(wait_until(Duration::from_secs(5), || out() > 0));
+    std::thread::sleep(Duration::from_millis(50));
+    let before = WORKER_ALLOCS.load(Ordering::Relaxed);
+    let start_out = out();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while out() - start_out < TARGET && std::time::Instant::now() < deadline {
+        round();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let forwarded = out() - start_out;
+    let allocs = WORKER_ALLOCS.load(Ordering::Relaxed) - before;
+    eprintln!("{backend:?} gso={gso}: {forwarded} packets forwarded, {allocs} worker allocations");
+    assert!(
+        forwarded >= TARGET,
+        "{backend:?}: only {forwarded} forwarded"
+    );
+    assert!(sum(&plane, |s| &s.packets_in) > 0);
+    assert_eq!(
+        allocs, 0,
+        "{backend:?} gso={gso}: workers allocated while forwarding"
+    );
+}
