@@ -1,8 +1,7 @@
 //! Client threads: each drives many participants' sockets, sending their paced media in
 //! `sendmmsg` batches and reading whatever arrives with epoll and `recvmmsg`.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +15,7 @@ use crate::io::{Poller, RecvBatch, SendBatch};
 use crate::profile::{Kind, Pacer, Profile, Rng};
 use crate::rtp;
 use crate::stats::{Receipt, StreamMap};
+use crate::wheel::{SLOT_NS, Wheel};
 
 /// One participant's socket.
 pub(crate) struct ClientSpec {
@@ -130,7 +130,8 @@ struct Thread<'a> {
     received: Vec<StreamMap>,
     streams: Vec<Stream>,
     dests: Vec<SockAddr>,
-    due: BinaryHeap<Reverse<(u64, usize)>>,
+    due: Wheel,
+    ready: Vec<u64>,
     poller: Option<Poller>,
     send: SendBatch,
     recv: RecvBatch,
@@ -158,7 +159,7 @@ impl<'a> Thread<'a> {
         let mut dest_index: HashMap<SocketAddr, usize> = HashMap::new();
         let mut dests = Vec::new();
         let mut streams = Vec::with_capacity(work.streams.len());
-        let mut due = BinaryHeap::new();
+        let mut due = Wheel::new(shared.send_from_ns);
         for spec in work.streams {
             let mut rng = Rng::new(shared.seed ^ (u64::from(spec.id) << 20));
             // Spread the streams' phases over one frame so they do not all send at once.
@@ -174,7 +175,7 @@ impl<'a> Thread<'a> {
                     })
                 })
                 .collect();
-            due.push(Reverse((pacer.due(), streams.len())));
+            due.push(pacer.due(), streams.len() as u32);
             streams.push(Stream {
                 spec_id: spec.id,
                 client: spec.client,
@@ -211,6 +212,7 @@ impl<'a> Thread<'a> {
             streams,
             dests,
             due,
+            ready: Vec::with_capacity(256),
             poller,
             send: SendBatch::new(64),
             recv: RecvBatch::new(64),
@@ -241,34 +243,45 @@ impl<'a> Thread<'a> {
                 break;
             }
             self.roll_interval(now);
-            let mut timeout = Duration::from_millis(10);
+            let mut timeout = Duration::from_nanos(MAX_WAIT_NS);
             if now < until {
                 // Bounded work per turn so receiving is never starved by a send backlog.
                 let mut frames = 0;
-                while let Some(&Reverse((due, s))) = self.due.peek() {
-                    if due > now || frames == 64 {
-                        break;
+                while frames < 64 {
+                    let Some(s) = self.due.pop(now) else { break };
+                    let s = s as usize;
+                    let due = self.streams[s].pacer.due();
+                    if due > now + SLOT_NS {
+                        // Filed in the wheel's last slot: not due yet.
+                        self.due.push(due, s as u32);
+                        continue;
                     }
-                    self.due.pop();
                     self.send_frame(s, now);
                     frames += 1;
-                    if self.streams[s].pacer.due() < until {
-                        self.due.push(Reverse((self.streams[s].pacer.due(), s)));
+                    let next = self.streams[s].pacer.due();
+                    if next < until {
+                        self.due.push(next, s as u32);
                     }
                 }
-                if let Some(&Reverse((due, _))) = self.due.peek() {
-                    timeout = timeout.min(Duration::from_nanos(due.saturating_sub(now)));
+                let next = if frames == 64 {
+                    Some(now)
+                } else {
+                    self.due.next_ns(MAX_WAIT_NS)
+                };
+                if let Some(next) = next {
+                    timeout = timeout.min(Duration::from_nanos(next.saturating_sub(now)));
                 }
             }
-            let ready: Vec<u64> = match poller.wait(timeout) {
-                Ok(r) => r.collect(),
+            self.ready.clear();
+            match poller.wait(timeout) {
+                Ok(r) => self.ready.extend(r),
                 Err(e) => {
                     self.error.get_or_insert(format!("epoll wait: {e}"));
                     break;
                 }
-            };
-            for token in ready {
-                self.receive(token as usize);
+            }
+            for i in 0..self.ready.len() {
+                self.receive(self.ready[i] as usize);
             }
             progress.sent.store(self.sent, Ordering::Relaxed);
             progress.received.store(self.got, Ordering::Relaxed);
@@ -433,5 +446,7 @@ impl<'a> Thread<'a> {
     }
 }
 
+/// Longest sleep between turns, so the end of the run is noticed.
+const MAX_WAIT_NS: u64 = 10_000_000;
 /// Latencies above a minute are recorded as a minute.
 const MAX_LATENCY_US: u64 = 60_000_000;

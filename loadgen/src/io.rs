@@ -278,6 +278,32 @@ pub(crate) fn size_buffers(socket: &socket2::Socket, bytes: usize) {
     let _ = socket.set_send_buffer_size(bytes);
 }
 
+/// Raises the open-file limit to at least `want` if it is lower (best effort: a process without
+/// the privilege keeps its hard limit).
+pub(crate) fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid rlimit for the kernel to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= want {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: lim.rlim_max.max(want),
+    };
+    // SAFETY: raised is a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        let capped = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: capped is a valid rlimit within the current hard limit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &capped) };
+    }
+}
+
 /// Most datagrams handed to one `sendmmsg` (the kernel's UIO_MAXIOV).
 const MAX_MMSG: usize = 1024;
 

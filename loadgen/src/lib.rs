@@ -16,6 +16,7 @@ mod run;
 pub mod scenario;
 pub mod stats;
 mod stun;
+mod wheel;
 
 pub use report::Report;
 pub use run::{Options, run, run_with};

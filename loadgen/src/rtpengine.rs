@@ -190,6 +190,8 @@ pub struct Rtpengine {
     calls_made: Vec<String>,
     /// Commands sent.
     pub calls: u64,
+    /// Slowest command, ms.
+    pub slowest_ms: f64,
 }
 
 impl Rtpengine {
@@ -212,6 +214,7 @@ impl Rtpengine {
             nonce,
             calls_made: Vec::new(),
             calls: 0,
+            slowest_ms: 0.0,
         };
         let pong = ng
             .command(Bencode::dict([("command", Bencode::str("ping"))]))
@@ -384,6 +387,7 @@ impl Rtpengine {
             .unwrap_or("?")
             .to_owned();
         let mut buf = vec![0u8; 65_536];
+        let began = Instant::now();
         for _ in 0..3 {
             self.calls += 1;
             self.socket.send(&msg)?;
@@ -410,6 +414,8 @@ impl Rtpengine {
                 if &reply[..space] != cookie.as_bytes() {
                     continue;
                 }
+                let ms = began.elapsed().as_secs_f64() * 1e3;
+                self.slowest_ms = self.slowest_ms.max((ms * 10.0).round() / 10.0);
                 let v = Bencode::decode(&reply[space + 1..])
                     .map_err(|e| anyhow!("{what}: bad reply: {e:?}"))?;
                 return match v.get("result").and_then(Bencode::as_str) {

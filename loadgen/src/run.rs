@@ -41,6 +41,8 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
     scenario.validate()?;
     let plan = scenario.plan();
     let start = Instant::now();
+    // One socket per participant, and a clone of each for STUN.
+    crate::io::raise_fd_limit(2 * plan.participants.len() as u64 + FD_SPARE);
     let sockets = bind(plan.participants.len())?;
     let addrs: Vec<SocketAddr> = sockets
         .iter()
@@ -74,11 +76,12 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
     let mut ctl = Controller::new(scenario, &plan, &addrs, start);
     // Clones of the sockets let the controller send STUN requests for participants that join
     // once the client threads own the sockets.
-    if scenario.addressing == Addressing::Stun {
+    if scenario.target == Target::Relay && scenario.addressing == Addressing::Stun {
         ctl.stun_sockets = sockets
             .iter()
             .map(UdpSocket::try_clone)
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            .context("cloning client sockets for STUN (raise the open-file limit)")?;
     }
     let dests = ctl.setup(&mut world)?;
 
@@ -292,6 +295,7 @@ impl<'a> Controller<'a> {
                 let result = ng.setup(self.plan, self.addrs);
                 let t1 = self.now();
                 self.control.calls += ng.calls;
+                self.control.slowest_call_ms = ng.slowest_ms;
                 self.rtpengine = Some(ng);
                 let dests = match result {
                     Ok(d) => d,
@@ -734,6 +738,8 @@ fn write_histogram_log(
     Ok(())
 }
 
+/// File descriptors wanted beyond the clients' sockets.
+const FD_SPARE: u64 = 256;
 /// Errors kept for the report.
 const MAX_ERRORS: usize = 20;
 /// How often each client repeats its Binding request (RFC 7675 §5.1 suggests 5 s on average).
