@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use e2e::{Client, Options, PATIENT, Relay, rtp};
+use e2e::{Client, Options, PATIENT, Relay, one_core_relay, pin_to_last_core, rtp};
 use serde_json::json;
 
 /// The load tests take the whole machine (two cores): run them one at a time.
@@ -42,34 +42,6 @@ fn flood(
             }
         }
         n
-    })
-}
-
-/// Pins the calling thread to the last core, away from the relay's worker pinned to core 0: the
-/// flood gets one whole core, as a load generator on its own core would.
-fn pin_to_last_core() {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // SAFETY: cpu_set_t is a plain bit set; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cores - 1, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-/// A relay with one worker, pinned to core 0, with 64 MiB socket buffers: a flood of 64 KB
-/// datagrams fills the default 4 MiB in about a millisecond, so any scheduling hiccup of the
-/// worker would drop at the socket whatever arrives, legitimate or not. OPERATIONS.md tells
-/// operators to size the buffers the same way.
-fn one_core_relay() -> Relay {
-    Relay::start_with(Options {
-        args: vec![
-            "--workers".into(),
-            "1".into(),
-            "--socket-buffer".into(),
-            (64usize << 20).to_string(),
-        ],
-        ..Default::default()
     })
 }
 

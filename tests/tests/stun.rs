@@ -266,7 +266,8 @@ fn wait_latched_for(relay: &Relay, within: Duration) -> serde_json::Value {
 
 #[test]
 fn a_bad_stun_flood_does_not_stop_forwarding() {
-    let relay = Relay::start();
+    // The flood gets a core of its own, as a load generator would, and the relay the other.
+    let relay = e2e::one_core_relay();
     relay.room("r");
     let (a, b) = (Client::new(), Client::new());
     relay.join("r", "a", &a, &[(1, "audio")]);
@@ -279,6 +280,7 @@ fn a_bad_stun_flood_does_not_stop_forwarding() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let t = std::thread::spawn(move || {
+        e2e::pin_to_last_core();
         let mut n = 0u64;
         let deadline = Instant::now() + Duration::from_secs(5);
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
