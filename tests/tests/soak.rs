@@ -22,7 +22,7 @@ fn proc_status(pid: u32, key: &str) -> u64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().split_whitespace().next()?.parse().ok())
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
