@@ -106,7 +106,11 @@ fn a_long_run_of_churn_leaks_nothing() {
         fds1 <= fds0 + 4,
         "file descriptors leaked: {fds0} -> {fds1}"
     );
-    assert_eq!(threads1, threads0, "threads leaked");
+    // The HTTP server runs a thread per open connection: those come and go with the clients.
+    assert!(
+        threads1 <= threads0 + 2,
+        "threads leaked: {threads0} -> {threads1}"
+    );
     assert!(
         rss1 <= rss0 + RSS_GROWTH_BOUND_KIB,
         "RSS grew from {rss0} to {rss1} KiB, over the {RSS_GROWTH_BOUND_KIB} KiB bound"
