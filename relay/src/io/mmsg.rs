@@ -279,6 +279,15 @@ impl SendQueue {
             let Some(err) = err else {
                 break;
             };
+            if err.kind() == std::io::ErrorKind::WouldBlock {
+                // The send buffer is full: drop the rest of this batch, counted, and go on reading.
+                let rest: u64 = self.plan.entries()[start..]
+                    .iter()
+                    .map(|e| e.segments())
+                    .sum();
+                self.sent.errors += rest;
+                break;
+            }
             let e = self.plan.entries()[start];
             if e.segments() > 1 && send::refuses_gso(&err) {
                 if self.plan.gso() {

@@ -75,7 +75,9 @@ pub(crate) unsafe fn sendmmsg(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> (usize, 
         let rest = &mut hdrs[done..];
         let len = rest.len().min(u32::MAX as usize) as u32;
         // SAFETY: the caller guarantees that each header points at live memory.
-        let n = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), len, 0) };
+        // Never block: a full send buffer (on loopback, receivers that do not read) must cost a
+        // counted drop, not a stalled worker and every other stream with it.
+        let n = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), len, libc::MSG_DONTWAIT) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
