@@ -2,8 +2,9 @@
 //!
 //! One datagram per iteration, so criterion's time per iteration is the time per packet.
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use bench::fixtures;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -96,18 +97,9 @@ fn stun_rfc5769(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .nresamples(10_000)
-        .without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = demux, rtp_parse, rtcp_classify, stun_rfc5769
 }
 criterion_main!(benches);

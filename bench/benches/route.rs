@@ -5,9 +5,10 @@
 //! preallocated array, as the worker's send queue does, so the fan-out cost includes touching
 //! every destination but no syscall.
 
+mod common;
+
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bench::fixtures::{self, PWD};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -182,18 +183,9 @@ fn route_stun(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .nresamples(10_000)
-        .without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = route_fanout, route_miss, route_rtcp, route_stun
 }
 criterion_main!(benches);

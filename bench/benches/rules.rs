@@ -5,8 +5,9 @@
 //! subject gives the rules that block it, mapped to the rules' live counters, then
 //! `Room::compile` builds the fan-out lists with those receivers and senders left out.
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use bench::fixtures::{self, Targets};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -115,18 +116,9 @@ fn rules_compile(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .nresamples(10_000)
-        .without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = rules_forward, rules_effect, rules_compile
 }
 criterion_main!(benches);

@@ -75,14 +75,15 @@ fn latched(relay: &Relay, room: &str, id: &str) -> serde_json::Value {
     relay.ok("GET", &format!("/v1/rooms/{room}/participants/{id}"), None)
 }
 
-fn wait_latched(relay: &Relay, room: &str, id: &str, want: bool) -> serde_json::Value {
+/// Polls until the participant's `latched` is `want`, for at most `within`.
+fn wait_latched(relay: &Relay, id: &str, want: bool, within: Duration) -> serde_json::Value {
     let start = Instant::now();
     loop {
-        let v = latched(relay, room, id);
+        let v = latched(relay, "r", id);
         if v["latched"] == want {
             return v;
         }
-        assert!(start.elapsed() < PATIENT, "{id} latched != {want}: {v}");
+        assert!(start.elapsed() < within, "{id} latched != {want}: {v}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -149,7 +150,7 @@ fn an_authenticated_binding_latches_the_address_and_media_flows() {
         integrity_ok(&resp, &pwd),
         "MESSAGE-INTEGRITY verifies with the pwd"
     );
-    let v = wait_latched(&relay, "r", "b", true);
+    let v = wait_latched(&relay, "b", true, PATIENT);
     assert!(v["latched_since"].is_string());
     assert!(!v.to_string().contains(&b.local_addr().unwrap().to_string()));
 
@@ -220,7 +221,7 @@ fn nat_rebinding_moves_the_participant_and_silence_unlatches_it() {
     );
     let old = UdpSocket::bind("127.0.0.1:0").unwrap();
     exchange(&old, relay.media, &request(&ufrag, &pwd, 1)).expect("answer");
-    wait_latched(&relay, "r", "b", true);
+    wait_latched(&relay, "b", true, PATIENT);
     let new = UdpSocket::bind("127.0.0.1:0").unwrap();
     exchange(&new, relay.media, &request(&ufrag, &pwd, 2)).expect("answer");
     // Wait for the move: media from the new address flows, the old address is unknown.
@@ -239,7 +240,7 @@ fn nat_rebinding_moves_the_participant_and_silence_unlatches_it() {
     );
 
     // Silence for longer than the latch timeout unlatches b.
-    let v = wait_latched_for(&relay, Duration::from_secs(4));
+    let v = wait_latched(&relay, "b", false, Duration::from_secs(4));
     assert_eq!(v["unlatched_count"], 1);
     assert!(v["last_unlatched_at"].is_string());
     a.send(relay.media, &rtp(1, 1, b"to nobody"));
@@ -250,18 +251,6 @@ fn nat_rebinding_moves_the_participant_and_silence_unlatches_it() {
         new.recv_from(&mut buf).is_err(),
         "nothing is sent to an unlatched address"
     );
-}
-
-fn wait_latched_for(relay: &Relay, within: Duration) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let v = latched(relay, "r", "b");
-        if v["latched"] == false {
-            return v;
-        }
-        assert!(start.elapsed() < within, "never unlatched: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
