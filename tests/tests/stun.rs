@@ -117,9 +117,9 @@ fn rfc5769_request_is_authenticated_and_answered() {
     );
 }
 
-#[test]
-fn an_authenticated_binding_latches_the_address_and_media_flows() {
-    let relay = Relay::start();
+/// Room r with a (fixed address, SSRC 1) and b (SSRC 2, no address, generated credentials);
+/// returns a's client, b's PUT reply and b's relay-side ufrag and pwd.
+fn a_and_unlatched_b(relay: &Relay) -> (Client, serde_json::Value, String, String) {
     relay.room("r");
     let a = Client::new();
     relay.join("r", "a", &a, &[(1, "audio")]);
@@ -128,10 +128,15 @@ fn an_authenticated_binding_latches_the_address_and_media_flows() {
         "/v1/rooms/r/participants/b",
         Some(&json!({"tracks": [{"ssrc": 2, "kind": "audio"}]})),
     );
-    let (ufrag, pwd) = (
-        v["ice"]["ufrag"].as_str().unwrap().to_owned(),
-        v["ice"]["pwd"].as_str().unwrap().to_owned(),
-    );
+    let ufrag = v["ice"]["ufrag"].as_str().unwrap().to_owned();
+    let pwd = v["ice"]["pwd"].as_str().unwrap().to_owned();
+    (a, v, ufrag, pwd)
+}
+
+#[test]
+fn an_authenticated_binding_latches_the_address_and_media_flows() {
+    let relay = Relay::start();
+    let (a, v, ufrag, pwd) = a_and_unlatched_b(&relay);
     assert!(ufrag.len() >= 4 && pwd.len() >= 22);
     assert_eq!(v["media_address"], relay.media.to_string());
     assert_eq!(v["latched"], false);
@@ -207,18 +212,7 @@ fn nat_rebinding_moves_the_participant_and_silence_unlatches_it() {
         args: vec!["--latch-timeout".into(), "1".into()],
         ..Default::default()
     });
-    relay.room("r");
-    let a = Client::new();
-    relay.join("r", "a", &a, &[(1, "audio")]);
-    let v = relay.ok(
-        "PUT",
-        "/v1/rooms/r/participants/b",
-        Some(&json!({"tracks": [{"ssrc": 2, "kind": "audio"}]})),
-    );
-    let (ufrag, pwd) = (
-        v["ice"]["ufrag"].as_str().unwrap().to_owned(),
-        v["ice"]["pwd"].as_str().unwrap().to_owned(),
-    );
+    let (a, _, ufrag, pwd) = a_and_unlatched_b(&relay);
     let old = UdpSocket::bind("127.0.0.1:0").unwrap();
     exchange(&old, relay.media, &request(&ufrag, &pwd, 1)).expect("answer");
     wait_latched(&relay, "b", true, PATIENT);
