@@ -108,16 +108,31 @@ fn run(args: &Args) -> Result<bool> {
     if let Some(c) = gen_core {
         procs::pin_current_thread(c).context("pinning loadgen to core 1")?;
     }
-    let mut relay = Relay::start(&relay_bin, sut_core)?;
-    eprintln!(
-        "relay {} pid {} media {} control {} on core {sut_core:?}",
-        relay_bin.display(),
-        relay.proc.pid(),
-        relay.media,
-        relay.control
-    );
+    let start = |extra: &[String]| -> Result<Relay> {
+        let relay = Relay::start(&relay_bin, sut_core, extra)?;
+        eprintln!(
+            "relay {} {} pid {} media {} control {} backend {} on core {sut_core:?}",
+            relay_bin.display(),
+            extra.join(" "),
+            relay.proc.pid(),
+            relay.media,
+            relay.control,
+            relay.backend
+        );
+        Ok(relay)
+    };
+    let mut relay = start(&scenarios[0].relay_args)?;
+    // The relay of `spec`: the running one, or a fresh one when its flags differ.
+    let mut relay_for = |relay: &mut Relay, spec: &ScenarioSpec| -> Result<()> {
+        if relay.extra != spec.relay_args {
+            relay.proc.check_alive()?;
+            relay.proc.stop();
+            *relay = start(&spec.relay_args)?;
+        }
+        Ok(())
+    };
     if args.smoke {
-        return smoke(&mut relay, &budgets, &scenarios);
+        return smoke(&mut relay, &mut relay_for, &budgets, &scenarios);
     }
 
     let rtpengine_bin = procs::find_rtpengine();
@@ -139,6 +154,7 @@ fn run(args: &Args) -> Result<bool> {
     let mut results = Vec::new();
     for spec in &scenarios {
         eprintln!("== {}: {}", spec.name, spec.about);
+        relay_for(&mut relay, spec)?;
         let len = if spec.media == bench::budget::spec::Media::Video {
             1200
         } else {
@@ -173,9 +189,10 @@ fn run(args: &Args) -> Result<bool> {
         } else {
             (None, Some(rtpengine_status.clone()))
         };
-        let checks = output::checks(&relay_result, &blast, &spec.budget);
+        let checks = output::checks(&relay_result, rtpengine.as_ref(), &blast, &spec.budget);
         results.push(ScenarioResult {
             spec: spec.clone(),
+            relay_backend: relay.backend.clone(),
             blast,
             relay: relay_result,
             rtpengine,
@@ -188,7 +205,9 @@ fn run(args: &Args) -> Result<bool> {
 
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let (date, time) = output::utc(now);
-    let pass = results.iter().all(|s| s.checks.iter().all(|c| c.pass));
+    let comparisons = output::comparisons(&budgets.compare, &results);
+    let pass = results.iter().all(|s| s.checks.iter().all(|c| c.pass))
+        && comparisons.iter().all(|c| c.check.pass);
     let run = RunResult {
         date: format!("{date}T{time}"),
         // The command as one reruns it, without this machine's paths.
@@ -199,6 +218,7 @@ fn run(args: &Args) -> Result<bool> {
         machine: machine(),
         rtpengine: rtpengine_status,
         scenarios: results,
+        comparisons,
         pass,
     };
     let table = output::table(&run);
@@ -249,9 +269,15 @@ fn latency_points(
 }
 
 /// One low-load run per scenario: no misdelivery, no loss, no crash.
-fn smoke(relay: &mut Relay, budgets: &Budgets, scenarios: &[ScenarioSpec]) -> Result<bool> {
+fn smoke(
+    relay: &mut Relay,
+    relay_for: &mut impl FnMut(&mut Relay, &ScenarioSpec) -> Result<()>,
+    budgets: &Budgets,
+    scenarios: &[ScenarioSpec],
+) -> Result<bool> {
     let mut pass = true;
     for spec in scenarios {
+        relay_for(relay, spec)?;
         let p = measure::relay_point(
             relay,
             spec,
@@ -262,7 +288,7 @@ fn smoke(relay: &mut Relay, budgets: &Budgets, scenarios: &[ScenarioSpec]) -> Re
         // At low load nothing may be lost at all, by the relay or at the read receivers.
         let ok = p.misdelivered == 0 && p.sampled_loss == 0.0 && p.relay_loss == Some(0.0);
         println!(
-            "smoke {:<16} {} {}",
+            "smoke {:<24} {} {}",
             spec.name,
             measure::line(&p),
             if ok { "PASS" } else { "FAIL" }

@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::measure::{BlastFloor, Point, Sweep};
-use super::spec::{Budget, ScenarioSpec};
+use super::spec::{Budget, Compare, ScenarioSpec};
 
 /// Latency at a share of the knee, with the direct path at the same load.
 #[derive(Debug, Clone, Serialize)]
@@ -98,6 +98,8 @@ impl Check {
 pub struct ScenarioResult {
     /// The scenario as run.
     pub spec: ScenarioSpec,
+    /// The relay's backend in this scenario.
+    pub relay_backend: String,
     /// The raw kernel send rate to as many sockets as the fan-out.
     pub blast: BlastFloor,
     /// The relay.
@@ -110,13 +112,18 @@ pub struct ScenarioResult {
     pub checks: Vec<Check>,
 }
 
-/// Checks the relay's results against `budget`.
-pub fn checks(relay: &SystemResult, blast: &BlastFloor, budget: &Budget) -> Vec<Check> {
+/// Checks the relay's results against `budget` (and rtpengine's, where it ran).
+pub fn checks(
+    relay: &SystemResult,
+    rtpengine: Option<&SystemResult>,
+    blast: &BlastFloor,
+    budget: &Budget,
+) -> Vec<Check> {
     let knee = relay.sweep.knee_point();
-    let at50 = relay.at(0.5).map(|l| l.added_us);
+    let at50 = relay.at(0.5);
     let at80 = relay.at(0.8);
     let cpu = at80.and_then(|l| l.measured.cpu_ns_per_packet);
-    vec![
+    let mut out = vec![
         Check::new(
             "egress_at_knee / raw_blast_rate",
             knee.map(|k| k.egress_pps / blast.pps.max(1.0)),
@@ -125,29 +132,98 @@ pub fn checks(relay: &SystemResult, blast: &BlastFloor, budget: &Budget) -> Vec<
         ),
         Check::new(
             "p50_added_us @50%",
-            at50.map(|a| a.p50),
+            at50.map(|l| l.added_us.p50),
             "<=",
             budget.p50_added_us,
         ),
-        Check::new(
-            "p99_added_us @80%",
-            at80.map(|l| l.added_us.p99),
+    ];
+    if let Some(limit) = budget.p50_over_hop_us {
+        out.push(Check::new(
+            "p50_added_us - one_hop_p50_us @50%",
+            at50.map(|l| l.added_us.p50 - l.direct.latency_us.p50 as f64),
             "<=",
-            budget.p99_added_us,
-        ),
-        Check::new(
-            "p999_added_us @80%",
-            at80.map(|l| l.added_us.p999),
+            limit,
+        ));
+    }
+    out.push(Check::new(
+        "p99_added_us @80%",
+        at80.map(|l| l.added_us.p99),
+        "<=",
+        budget.p99_added_us,
+    ));
+    out.push(Check::new(
+        "p999_added_us @50%",
+        at50.map(|l| l.added_us.p999),
+        "<=",
+        budget.p999_added_us,
+    ));
+    out.push(Check::new(
+        "cpu_per_packet / blast_cpu_per_packet @80%",
+        cpu.map(|c| c / blast.cpu_ns_per_packet.max(1e-9)),
+        "<=",
+        budget.cpu_vs_blast,
+    ));
+    if let Some(limit) = budget.egress_vs_rtpengine {
+        let theirs = rtpengine.and_then(|r| r.sweep.knee_point());
+        out.push(Check::new(
+            "egress_at_knee / rtpengine_egress_at_knee",
+            knee.zip(theirs)
+                .map(|(k, t)| k.egress_pps / t.egress_pps.max(1.0)),
+            ">=",
+            limit,
+        ));
+    }
+    if let Some(limit) = budget.p50_vs_rtpengine {
+        let theirs = rtpengine.and_then(|r| r.at(0.5));
+        out.push(Check::new(
+            "p50_added / rtpengine_p50_added @50%",
+            at50.zip(theirs)
+                .map(|(m, t)| m.added_us.p50 / t.added_us.p50.max(1.0)),
             "<=",
-            budget.p999_added_us,
-        ),
-        Check::new(
-            "cpu_per_packet / blast_cpu_per_packet @80%",
-            cpu.map(|c| c / blast.cpu_ns_per_packet.max(1e-9)),
-            "<=",
-            budget.cpu_vs_blast,
-        ),
-    ]
+            limit,
+        ));
+    }
+    out
+}
+
+/// One scenario's knee egress against another's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// The comparison as configured.
+    pub compare: Compare,
+    /// The ratio and, when `at_least` is set, whether it is met (otherwise it always passes).
+    pub check: Check,
+}
+
+/// The comparisons whose two scenarios both ran.
+pub fn comparisons(compare: &[Compare], results: &[ScenarioResult]) -> Vec<Comparison> {
+    let knee = |name: &str| {
+        results
+            .iter()
+            .find(|r| r.spec.name == name)
+            .map(|r| r.relay.sweep.knee_point().map_or(0.0, |k| k.egress_pps))
+    };
+    compare
+        .iter()
+        .filter_map(|c| {
+            let (a, b) = (knee(&c.scenario)?, knee(&c.baseline)?);
+            let ratio = (b > 0.0).then(|| a / b);
+            let check = match c.at_least {
+                Some(limit) => Check::new(&c.name, ratio, ">=", limit),
+                None => Check {
+                    name: c.name.clone(),
+                    value: ratio,
+                    op: "",
+                    limit: 0.0,
+                    pass: true,
+                },
+            };
+            Some(Comparison {
+                compare: c.clone(),
+                check,
+            })
+        })
+        .collect()
 }
 
 /// The whole run.
@@ -163,6 +239,8 @@ pub struct RunResult {
     pub rtpengine: String,
     /// Per scenario.
     pub scenarios: Vec<ScenarioResult>,
+    /// Scenario against scenario.
+    pub comparisons: Vec<Comparison>,
     /// Every budget met.
     pub pass: bool,
 }
@@ -176,9 +254,9 @@ pub fn table(run: &RunResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| scenario | system | knee egress pkt/s | limited by | blast pkt/s | added p50 @50% us | added p99 @80% us | added p99.9 @80% us | CPU ns/pkt @80% | blast CPU ns/pkt |"
+        "| scenario | system | knee egress pkt/s | limited by | blast pkt/s | added p50 @50% us | direct p50 @50% us | added p99.9 @50% us | added p99 @80% us | CPU ns/pkt @80% | blast CPU ns/pkt |"
     );
-    let _ = writeln!(s, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for sc in &run.scenarios {
         let mut row = |name: &str, r: &SystemResult| {
             let knee = r.sweep.knee_point().map(|k| k.egress_pps);
@@ -187,24 +265,25 @@ pub fn table(run: &RunResult) -> String {
             } else {
                 r.sweep.limited_by.clone().unwrap_or_else(|| "-".into())
             };
-            let a50 = r.at(0.5).map(|l| l.added_us.p50);
+            let a50 = r.at(0.5);
             let a80 = r.at(0.8);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.0} |",
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} |",
                 sc.spec.name,
                 name,
                 opt(knee, 0),
                 limited,
                 sc.blast.pps,
-                opt(a50, 0),
+                opt(a50.map(|l| l.added_us.p50), 0),
+                opt(a50.map(|l| l.direct.latency_us.p50 as f64), 0),
+                opt(a50.map(|l| l.added_us.p999), 0),
                 opt(a80.map(|l| l.added_us.p99), 0),
-                opt(a80.map(|l| l.added_us.p999), 0),
                 opt(a80.and_then(|l| l.measured.cpu_ns_per_packet), 0),
                 sc.blast.cpu_ns_per_packet
             );
         };
-        row("relay", &sc.relay);
+        row(&format!("relay ({})", sc.relay_backend), &sc.relay);
         if let Some(r) = &sc.rtpengine {
             row("rtpengine", r);
         }
@@ -227,6 +306,22 @@ pub fn table(run: &RunResult) -> String {
         }
         if let Some(note) = &sc.rtpengine_note {
             let _ = writeln!(s, "| {} | rtpengine | {note} | | |", sc.spec.name);
+        }
+    }
+    if !run.comparisons.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "| comparison | knee egress ratio | limit | |");
+        let _ = writeln!(s, "|---|---:|---:|---|");
+        for c in &run.comparisons {
+            let k = &c.check;
+            let (limit, verdict) = match c.compare.at_least {
+                Some(l) => (
+                    format!(">= {l}"),
+                    if k.pass { "ok" } else { "**MISSED**" },
+                ),
+                None => ("-".into(), "reported"),
+            };
+            let _ = writeln!(s, "| {} | {} | {limit} | {verdict} |", k.name, opt(k.value, 2));
         }
     }
     s

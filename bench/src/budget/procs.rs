@@ -228,17 +228,22 @@ pub struct Relay {
     pub media: SocketAddr,
     /// Its control address.
     pub control: SocketAddr,
+    /// The flags it was started with beyond the runner's own.
+    pub extra: Vec<String>,
+    /// The backend it runs (from its ready line).
+    pub backend: String,
     _dir: tempfile::TempDir,
 }
 
 impl Relay {
-    /// Starts `binary` with one worker on loopback, pinned to `core`.
-    pub fn start(binary: &Path, core: Option<usize>) -> Result<Self> {
+    /// Starts `binary` with one worker on loopback, pinned to `core`, with `extra` flags.
+    pub fn start(binary: &Path, core: Option<usize>, extra: &[String]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut cmd = Command::new(binary);
         cmd.args(["--workers", "1", "--media", "127.0.0.1:0"])
             .args(["--control", "127.0.0.1:0", "--log", "warn", "--data-dir"])
-            .arg(dir.path().join("data"));
+            .arg(dir.path().join("data"))
+            .args(extra);
         let mut proc = Proc::spawn("relay", cmd, core, &dir.path().join("relay.log"))?;
         let line = proc.wait_line("relay ready", Duration::from_secs(20))?;
         let field = |key: &str| -> Result<SocketAddr> {
@@ -251,6 +256,12 @@ impl Relay {
         Ok(Self {
             media: field("media=")?,
             control: field("control=")?,
+            extra: extra.to_vec(),
+            backend: line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("backend="))
+                .unwrap_or("?")
+                .to_owned(),
             proc,
             _dir: dir,
         })

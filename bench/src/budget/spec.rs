@@ -11,6 +11,23 @@ pub struct Budgets {
     pub search: Search,
     /// Scenarios, run in order.
     pub scenario: Vec<ScenarioSpec>,
+    /// Knee egress of one scenario against another's (GSO on/off, one backend against the other).
+    #[serde(default)]
+    pub compare: Vec<Compare>,
+}
+
+/// A ratio of two scenarios' knee egress.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compare {
+    /// What is compared, one line.
+    pub name: String,
+    /// The numerator's scenario.
+    pub scenario: String,
+    /// The denominator's scenario.
+    pub baseline: String,
+    /// The ratio must be at least this; absent: reported, not judged.
+    pub at_least: Option<f64>,
 }
 
 /// Knee search settings.
@@ -81,6 +98,10 @@ pub struct ScenarioSpec {
     pub smoke_mult: f64,
     /// Compare with rtpengine (rtpengine carries audio only).
     pub rtpengine: bool,
+    /// Relay flags of this scenario beyond the runner's own (`--backend mmsg`, `--gso false`,
+    /// `--busy-poll true`); the relay restarts when they differ from the previous scenario's.
+    #[serde(default)]
+    pub relay_args: Vec<String>,
     /// The budgets.
     pub budget: Budget,
 }
@@ -93,10 +114,17 @@ pub struct Budget {
     pub egress_vs_blast: f64,
     /// Added p50 at 50% of the knee, µs, at most.
     pub p50_added_us: f64,
+    /// Added p50 at 50% of the knee minus one loopback hop (the direct path's p50 at the same
+    /// load: the relay path has one hop more), µs, at most.
+    pub p50_over_hop_us: Option<f64>,
     /// Added p99 at 80% of the knee, µs, at most.
     pub p99_added_us: f64,
-    /// Added p99.9 at 80% of the knee, µs, at most.
+    /// Added p99.9 at 50% of the knee, µs, at most.
     pub p999_added_us: f64,
+    /// Knee egress at least this many times rtpengine's in the same run.
+    pub egress_vs_rtpengine: Option<f64>,
+    /// Added p50 at 50% of the knee at most this share of rtpengine's in the same run.
+    pub p50_vs_rtpengine: Option<f64>,
     /// CPU per forwarded packet at 80% of the knee, at most this many times the blaster's CPU
     /// per sent packet.
     pub cpu_vs_blast: f64,
@@ -136,6 +164,17 @@ impl Budgets {
             if sc.rtpengine && sc.media != Media::Audio {
                 bail!("{}: rtpengine comparisons carry audio only", sc.name);
             }
+            let b = &sc.budget;
+            if !sc.rtpengine && (b.egress_vs_rtpengine.is_some() || b.p50_vs_rtpengine.is_some()) {
+                bail!("{}: budgets against rtpengine need rtpengine = true", sc.name);
+            }
+        }
+        for c in &b.compare {
+            for name in [&c.scenario, &c.baseline] {
+                if !b.scenario.iter().any(|s| &s.name == name) {
+                    bail!("compare {}: no scenario named {name}", c.name);
+                }
+            }
         }
         Ok(b)
     }
@@ -163,5 +202,14 @@ mod tests {
     fn bad_shapes_are_refused() {
         let text = include_str!("../../budgets.toml").replace("sinks = 13", "sinks = 16");
         assert!(Budgets::from_toml(&text).is_err());
+    }
+
+    #[test]
+    fn comparisons_name_existing_scenarios() {
+        let text = include_str!("../../budgets.toml");
+        let b = Budgets::from_toml(text).unwrap();
+        assert!(!b.compare.is_empty());
+        let bad = text.replace("baseline = \"video_burst16_nogso\"", "baseline = \"nope\"");
+        assert!(bad != text && Budgets::from_toml(&bad).is_err());
     }
 }
