@@ -53,6 +53,9 @@ pub struct Args {
     /// Client threads.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Client threads poll without sleeping (no wake-ups; each takes a whole core).
+    #[arg(long)]
+    pub spin: bool,
     /// Seconds over which participants join at the start.
     #[arg(long, value_name = "SECONDS")]
     pub ramp_up: Option<f64>,
@@ -154,6 +157,9 @@ impl Args {
         }
         if self.fixed_address {
             s.addressing = Addressing::Fixed;
+        }
+        if self.spin {
+            s.spin = true;
         }
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { s.$field = v; } )* };

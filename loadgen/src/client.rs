@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) send_from_ns: u64,
     pub(crate) send_until_ns: AtomicU64,
     pub(crate) drain_ns: u64,
+    /// Poll with a zero timeout instead of sleeping.
+    pub(crate) spin: bool,
     pub(crate) max_packets: u64,
     pub(crate) seed: u64,
     pub(crate) progress: Vec<Progress>,
@@ -271,6 +273,9 @@ impl<'a> Thread<'a> {
                 if let Some(next) = next {
                     timeout = timeout.min(Duration::from_nanos(next.saturating_sub(now)));
                 }
+            }
+            if self.shared.spin {
+                timeout = Duration::ZERO;
             }
             self.ready.clear();
             match poller.wait(timeout) {

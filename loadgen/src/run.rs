@@ -125,6 +125,7 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
         send_from_ns,
         send_until_ns: AtomicU64::new(send_from_ns + duration_ns),
         drain_ns: scenario.drain_ms * 1_000_000,
+        spin: scenario.spin,
         max_packets: scenario.max_packets / threads as u64,
         seed: scenario.seed,
         progress: (0..threads).map(|_| Progress::default()).collect(),

@@ -124,6 +124,9 @@ pub struct Scenario {
     pub seed: u64,
     /// Client threads.
     pub threads: usize,
+    /// Client threads poll without ever sleeping: no receiver needs waking, so latency and the
+    /// relay's send cost leave out the wake-up of an idle receiver (one core per thread).
+    pub spin: bool,
     /// At most this many packets are sent in all.
     pub max_packets: u64,
     /// Total packets per second to offer, all streams together (scales every profile).
@@ -151,6 +154,7 @@ impl Default for Scenario {
             grace_ms: 50,
             seed: 1,
             threads: 1,
+            spin: false,
             max_packets: 200_000_000,
             rate: None,
             stream_rate: None,

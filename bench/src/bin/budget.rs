@@ -20,6 +20,8 @@ use bench::budget::spec::{Budgets, ScenarioSpec};
 const FRACTIONS: [f64; 3] = [0.25, 0.5, 0.8];
 /// Seconds each blast floor runs.
 const BLAST_SECONDS: f64 = 2.0;
+/// Round trips of each hop floor.
+const HOP_PINGS: u32 = 2000;
 
 #[derive(Parser, Debug)]
 #[command(about = "Latency and throughput budgets of the relay")]
@@ -121,17 +123,17 @@ fn run(args: &Args) -> Result<bool> {
         );
         Ok(relay)
     };
-    let mut relay = start(&scenarios[0].relay_args)?;
-    // The relay of `spec`: the running one, or a fresh one when its flags differ.
-    let mut relay_for = |relay: &mut Relay, spec: &ScenarioSpec| -> Result<()> {
-        if relay.extra != spec.relay_args {
-            relay.proc.check_alive()?;
-            relay.proc.stop();
-            *relay = start(&spec.relay_args)?;
-        }
-        Ok(())
-    };
     if args.smoke {
+        let mut relay = start(&scenarios[0].relay_args)?;
+        // The relay of `spec`: the running one, or a fresh one when its flags differ.
+        let mut relay_for = |relay: &mut Relay, spec: &ScenarioSpec| -> Result<()> {
+            if relay.extra != spec.relay_args {
+                relay.proc.check_alive()?;
+                relay.proc.stop();
+                *relay = start(&spec.relay_args)?;
+            }
+            Ok(())
+        };
         return smoke(&mut relay, &mut relay_for, &budgets, &scenarios);
     }
 
@@ -154,7 +156,6 @@ fn run(args: &Args) -> Result<bool> {
     let mut results = Vec::new();
     for spec in &scenarios {
         eprintln!("== {}: {}", spec.name, spec.about);
-        relay_for(&mut relay, spec)?;
         let len = if spec.media == bench::budget::spec::Media::Video {
             1200
         } else {
@@ -165,6 +166,13 @@ fn run(args: &Args) -> Result<bool> {
             "   floor: blast to {} sockets, {len} B: {:.0} pkt/s, {:.0} ns CPU per packet",
             blast.sinks, blast.pps, blast.cpu_ns_per_packet
         );
+        let hop = measure::hop_floor(HOP_PINGS, sut_core)?;
+        eprintln!(
+            "   floor: one loopback hop p50 {:.1} us (echo round trip {:.1} us)",
+            hop.hop_p50_us, hop.rtt_p50_us
+        );
+        // Floors first, on a quiet core; then a fresh relay with this scenario's flags.
+        let mut relay = start(&spec.relay_args)?;
         eprintln!("   relay knee search");
         let sweep = measure::find_knee(search, |m| {
             measure::relay_point(&mut relay, spec, m, secs, limit)
@@ -173,6 +181,8 @@ fn run(args: &Args) -> Result<bool> {
             measure::relay_point(&mut relay, spec, m, secs, limit)
         })?;
         let relay_result = SystemResult { sweep, latency };
+        relay.proc.check_alive()?;
+        relay.proc.stop();
         let (rtpengine, rtpengine_note) = if !spec.rtpengine {
             (None, None)
         } else if let (true, Some(bin)) = (use_rtpengine, &rtpengine_bin) {
@@ -189,20 +199,24 @@ fn run(args: &Args) -> Result<bool> {
         } else {
             (None, Some(rtpengine_status.clone()))
         };
-        let checks = output::checks(&relay_result, rtpengine.as_ref(), &blast, &spec.budget);
+        let checks = output::checks(
+            &relay_result,
+            rtpengine.as_ref(),
+            &blast,
+            &hop,
+            &spec.budget,
+        );
         results.push(ScenarioResult {
             spec: spec.clone(),
             relay_backend: relay.backend.clone(),
             blast,
+            hop,
             relay: relay_result,
             rtpengine,
             rtpengine_note,
             checks,
         });
     }
-    relay.proc.check_alive()?;
-    relay.proc.stop();
-
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let (date, time) = output::utc(now);
     let comparisons = output::comparisons(&budgets.compare, &results);

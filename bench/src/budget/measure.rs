@@ -24,6 +24,8 @@ pub struct Point {
     pub mult: f64,
     /// Rooms.
     pub rooms: u32,
+    /// Packets per second the senders were asked to send (`step = "rate"`).
+    pub requested_pps: Option<f64>,
     /// Packets per second the senders sent.
     pub offered_pps: f64,
     /// Datagrams per second the relay sent (its counter), or rtpengine's deliveries as loadgen
@@ -90,6 +92,7 @@ pub fn loadgen_scenario(
     s.duration = seconds;
     s.drain_ms = 300;
     s.threads = 1;
+    s.spin = spec.loadgen_spin;
     s.rate = match spec.step {
         Step::Rate => spec.rate.map(|r| r * mult),
         Step::Rooms => None,
@@ -105,11 +108,12 @@ fn loss(lost: u64, expected: u64) -> f64 {
     }
 }
 
-fn base_point(target: &str, mult: f64, rooms: u32, r: &Report) -> Point {
+fn base_point(target: &str, lg: &Scenario, mult: f64, r: &Report) -> Point {
     Point {
         target: target.to_owned(),
         mult,
-        rooms,
+        rooms: lg.rooms,
+        requested_pps: lg.rate,
         offered_pps: r.offered_pps,
         egress_pps: r.received_pps,
         relay_loss: None,
@@ -126,14 +130,26 @@ fn base_point(target: &str, mult: f64, rooms: u32, r: &Report) -> Point {
     }
 }
 
+/// A step whose senders offered less than this share of the rate asked for measured loadgen,
+/// not the system under test.
+const OFFERED_SHARE: f64 = 0.95;
+
 fn judge(p: &mut Point, limit: f64) {
     let relay_bad = p.relay_loss.is_some_and(|l| l >= limit);
     let sampled_bad = p.sampled_loss >= limit;
-    p.ok = !relay_bad && !sampled_bad && p.misdelivered == 0;
+    let short = p
+        .requested_pps
+        .filter(|&r| p.offered_pps < r * OFFERED_SHARE);
+    p.ok = !relay_bad && !sampled_bad && p.misdelivered == 0 && short.is_none();
     p.limited_by = if p.misdelivered > 0 {
         Some("misdelivery".into())
     } else if relay_bad {
         Some(format!("{} (its own counters)", p.target))
+    } else if let Some(r) = short {
+        Some(format!(
+            "loadgen (offered {:.0} of {r:.0} pkt/s asked)",
+            p.offered_pps
+        ))
     } else if sampled_bad && p.relay_loss.is_some() {
         // The relay sent every copy: the read receivers (loadgen or their sockets) lost them.
         Some("read receivers (loadgen)".into())
@@ -200,7 +216,7 @@ pub fn relay_point(
     let report = report?;
     let counter = |k: &str| m1.get(k).unwrap_or(&0.0) - m0.get(k).unwrap_or(&0.0);
     let out = counter("relay_packets_out_total");
-    let mut p = base_point("relay", mult, lg.rooms, &report);
+    let mut p = base_point("relay", &lg, mult, &report);
     p.egress_pps = out / report.duration_s.max(1e-9);
     let expected = report.sent as f64 * f64::from(spec.fanout());
     p.relay_loss = Some(if expected > 0.0 {
@@ -219,7 +235,7 @@ pub fn relay_point(
 pub fn direct_point(spec: &ScenarioSpec, mult: f64, seconds: f64, limit: f64) -> Result<Point> {
     let lg = loadgen_scenario(spec, mult, seconds, Target::Direct, "127.0.0.1:9");
     let report = loadgen::run(&lg)?;
-    let mut p = base_point("direct", mult, lg.rooms, &report);
+    let mut p = base_point("direct", &lg, mult, &report);
     judge(&mut p, limit);
     Ok(p)
 }
@@ -246,7 +262,7 @@ pub fn rtpengine_point(
     let cpu1 = procs::cpu_ns(engine.proc.pid())?;
     engine.proc.check_alive()?;
     let report = report?;
-    let mut p = base_point("rtpengine", mult, lg.rooms, &report);
+    let mut p = base_point("rtpengine", &lg, mult, &report);
     p.cpu_ns_per_packet =
         (report.received > 0).then(|| (cpu1 - cpu0) as f64 / report.received as f64);
     p.udp_rcvbuf_errors = u0.delta(&u1, "RcvbufErrors");
@@ -275,8 +291,11 @@ impl Sweep {
     }
 }
 
-/// Steps the load geometrically until a step fails, then tries once between the last pass and
-/// the first failure.
+/// Steps between the last pass and the first failure, halving the gap (geometrically) each time.
+const REFINE_STEPS: u32 = 2;
+
+/// Steps the load geometrically until a step fails, then narrows the gap between the last pass
+/// and the first failure [`REFINE_STEPS`] times.
 pub fn find_knee(search: &Search, mut at: impl FnMut(f64) -> Result<Point>) -> Result<Sweep> {
     let mut sweep = Sweep {
         steps: Vec::new(),
@@ -302,14 +321,20 @@ pub fn find_knee(search: &Search, mut at: impl FnMut(f64) -> Result<Point>) -> R
             break;
         }
     }
-    if let (Some(lo), false) = (pass, sweep.not_reached) {
-        let mid = (lo * mult).sqrt();
-        let p = at(mid)?;
-        eprintln!("    x{mid:<7.2} {}", line(&p));
-        let ok = p.ok;
-        sweep.steps.push(p);
-        if ok {
-            sweep.knee = Some(sweep.steps.len() - 1);
+    if let (Some(mut lo), false) = (pass, sweep.not_reached) {
+        let mut hi = mult;
+        for _ in 0..REFINE_STEPS {
+            let mid = (lo * hi).sqrt();
+            let p = at(mid)?;
+            eprintln!("    x{mid:<7.2} {}", line(&p));
+            let ok = p.ok;
+            sweep.steps.push(p);
+            if ok {
+                sweep.knee = Some(sweep.steps.len() - 1);
+                lo = mid;
+            } else {
+                hi = mid;
+            }
         }
     }
     Ok(sweep)
@@ -332,6 +357,65 @@ pub fn line(p: &Point) -> String {
             .map_or("-".into(), |c| format!("{c:.0}ns")),
         if p.ok { "ok" } else { "FAIL" }
     )
+}
+
+/// One loopback hop: half the round trip of a ping to an echo thread on the other core, both
+/// blocking (what a datagram costs to cross the machine once, wake-up of the reader included).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct HopFloor {
+    /// Round trips measured.
+    pub pings: u32,
+    /// Median round trip, µs.
+    pub rtt_p50_us: f64,
+    /// Median one-way hop (half the round trip), µs.
+    pub hop_p50_us: f64,
+}
+
+/// Measures [`HopFloor`]: `pings` round trips of 200 B, the echo pinned to `echo_core`.
+pub fn hop_floor(pings: u32, echo_core: Option<usize>) -> Result<HopFloor> {
+    let echo = UdpSocket::bind("127.0.0.1:0")?;
+    let client = UdpSocket::bind("127.0.0.1:0")?;
+    let echo_addr = echo.local_addr()?;
+    echo.set_read_timeout(Some(Duration::from_secs(1)))?;
+    client.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let handle = std::thread::spawn(move || -> Result<()> {
+        if let Some(c) = echo_core {
+            procs::pin_current_thread(c)?;
+        }
+        let mut buf = [0u8; 2048];
+        // Ends on the client's empty datagram, or on a second without one.
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            echo.send_to(&buf[..n], from)?;
+        }
+        Ok(())
+    });
+    let mut rtts = Vec::with_capacity(pings as usize);
+    let packet = [0x80u8; 200];
+    let mut buf = [0u8; 2048];
+    for _ in 0..pings {
+        let t0 = Instant::now();
+        client.send_to(&packet, echo_addr)?;
+        if client.recv(&mut buf).is_ok() {
+            rtts.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        // Let both sides go idle, as a paced stream would.
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    client.send_to(&[], echo_addr)?;
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+    anyhow::ensure!(rtts.len() * 2 > pings as usize, "echo lost most pings");
+    rtts.sort_by(f64::total_cmp);
+    let p50 = rtts[rtts.len() / 2];
+    Ok(HopFloor {
+        pings,
+        rtt_p50_us: p50,
+        hop_p50_us: p50 / 2.0,
+    })
 }
 
 /// The raw kernel send rate: loadgen's blaster, pinned to `core`, to `sinks` unread sockets.
@@ -386,4 +470,64 @@ pub fn blast_floor(
         pps: r.pps,
         cpu_ns_per_packet: cpu as f64 / r.sent.max(1) as f64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(mult: f64, requested: Option<f64>, offered: f64, relay_loss: f64) -> Point {
+        let mut p = Point {
+            target: "relay".into(),
+            mult,
+            rooms: 1,
+            requested_pps: requested,
+            offered_pps: offered,
+            egress_pps: offered,
+            relay_loss: Some(relay_loss),
+            sampled_loss: 0.0,
+            misdelivered: 0,
+            latency_us: Latency::default(),
+            cpu_ns_per_packet: None,
+            late_frames: 0,
+            udp_rcvbuf_errors: 0,
+            udp_out_datagrams: 0,
+            ok: false,
+            limited_by: None,
+            errors: Vec::new(),
+        };
+        judge(&mut p, 0.001);
+        p
+    }
+
+    #[test]
+    fn a_generator_that_falls_short_ends_the_search() {
+        let p = point(1.0, Some(1000.0), 900.0, 0.0);
+        assert!(!p.ok);
+        assert!(p.limited_by.unwrap().starts_with("loadgen"));
+        assert!(point(1.0, Some(1000.0), 990.0, 0.0).ok);
+        let lost = point(1.0, Some(1000.0), 900.0, 0.01);
+        assert_eq!(lost.limited_by.as_deref(), Some("relay (its own counters)"));
+    }
+
+    #[test]
+    fn the_knee_is_narrowed_between_pass_and_failure() {
+        let search = Search {
+            step_seconds: 1.0,
+            step_factor: 2.0,
+            max_steps: 10,
+            loss_limit: 0.001,
+            smoke_seconds: 1.0,
+        };
+        // Passes below x5: steps x1 x2 x4 pass, x8 fails, then x5.66 fails, x4.76 passes.
+        let sweep = find_knee(&search, |m| {
+            Ok(point(m, None, m * 100.0, if m < 5.0 { 0.0 } else { 0.5 }))
+        })
+        .unwrap();
+        let mults: Vec<f64> = sweep.steps.iter().map(|p| p.mult).collect();
+        assert_eq!(mults.len(), 6);
+        let knee = sweep.knee_point().unwrap().mult;
+        assert!((knee - 32f64.sqrt().sqrt() * 2.0).abs() < 1e-9, "{mults:?}");
+        assert!(!sweep.not_reached);
+    }
 }

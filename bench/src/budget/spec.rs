@@ -98,10 +98,14 @@ pub struct ScenarioSpec {
     pub smoke_mult: f64,
     /// Compare with rtpengine (rtpengine carries audio only).
     pub rtpengine: bool,
-    /// Relay flags of this scenario beyond the runner's own (`--backend mmsg`, `--gso false`,
-    /// `--busy-poll true`); the relay restarts when they differ from the previous scenario's.
+    /// Relay flags of this scenario beyond the runner's own (`--backend io_uring`, `--gso false`,
+    /// `--busy-poll true`). Each scenario of a full run starts a fresh relay.
     #[serde(default)]
     pub relay_args: Vec<String>,
+    /// loadgen polls without sleeping (relay, direct path and rtpengine alike), so no read
+    /// receiver needs a wake-up across cores.
+    #[serde(default)]
+    pub loadgen_spin: bool,
     /// The budgets.
     pub budget: Budget,
 }
@@ -114,8 +118,8 @@ pub struct Budget {
     pub egress_vs_blast: f64,
     /// Added p50 at 50% of the knee, µs, at most.
     pub p50_added_us: f64,
-    /// Added p50 at 50% of the knee minus one loopback hop (the direct path's p50 at the same
-    /// load: the relay path has one hop more), µs, at most.
+    /// Added p50 at 50% of the knee minus one loopback hop (the relay path crosses the machine
+    /// once more than the direct path), µs, at most.
     pub p50_over_hop_us: Option<f64>,
     /// Added p99 at 80% of the knee, µs, at most.
     pub p99_added_us: f64,
@@ -166,7 +170,10 @@ impl Budgets {
             }
             let b = &sc.budget;
             if !sc.rtpengine && (b.egress_vs_rtpengine.is_some() || b.p50_vs_rtpengine.is_some()) {
-                bail!("{}: budgets against rtpengine need rtpengine = true", sc.name);
+                bail!(
+                    "{}: budgets against rtpengine need rtpengine = true",
+                    sc.name
+                );
             }
         }
         for c in &b.compare {

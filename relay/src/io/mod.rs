@@ -82,7 +82,7 @@ impl Default for DataPlaneConfig {
         Self {
             media: SocketAddr::from(([0, 0, 0, 0], 40000)),
             workers: 1,
-            backend: BackendChoice::Auto,
+            backend: BackendChoice::Mmsg,
             pin: true,
             socket_buffer: 4 << 20,
             recv_batch: 64,
