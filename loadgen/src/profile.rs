@@ -205,13 +205,20 @@ impl Pacer {
         let mut rng = Rng::new(seed);
         let (lo, hi) = profile.len;
         let packet_len = rng.range(u64::from(lo), u64::from(hi.max(lo))) as u16;
+        // Streams are met mid-life: each one's periodic keyframes fall at a phase of its own, so
+        // that the keyframes of many streams started together are not all sent at once.
+        let key_phase = if profile.keyframe_ns == 0 {
+            0
+        } else {
+            rng.range(0, profile.keyframe_ns - 1)
+        };
         Self {
             profile: *profile,
             rng,
             start_ns,
             next_ns: start_ns,
             packet_len,
-            next_key_ns: start_ns,
+            next_key_ns: start_ns + key_phase,
             talking: true,
             spurt_until_ns: start_ns,
         }
@@ -433,6 +440,24 @@ mod tests {
             let got = q.nominal_pps();
             assert!((360.0..=440.0).contains(&got), "{:?}: {got}", p.kind);
         }
+    }
+
+    #[test]
+    fn keyframes_of_streams_started_together_are_spread() {
+        let p = Profile::video(30, 1_200_000);
+        let first_key = |seed| {
+            let mut pacer = Pacer::new(&p, seed, 0);
+            (0..200)
+                .map(|_| pacer.next_frame())
+                .find(|f| f.count >= 20)
+                .unwrap()
+                .due_ns
+        };
+        let mut at: Vec<u64> = (1..=20).map(first_key).collect();
+        at.sort_unstable();
+        at.dedup();
+        assert!(at.len() >= 15, "{at:?}");
+        assert!(at.iter().all(|&t| t < 4_000_000_000));
     }
 
     #[test]
