@@ -73,7 +73,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_WORKERS")]
     pub workers: Option<usize>,
     /// Data-plane backend: mmsg, io_uring, or auto (io_uring where the kernel allows it)
-    /// [default: mmsg, measured 5-10% less CPU per packet; docs/BENCHMARKS.md].
+    /// [default: mmsg, measured cheaper for audio; docs/BENCHMARKS.md].
     #[arg(long, env = "RELAY_BACKEND")]
     pub backend: Option<String>,
     /// IP address to give clients as the media address, when the bound one is not reachable

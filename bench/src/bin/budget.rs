@@ -225,10 +225,7 @@ fn run(args: &Args) -> Result<bool> {
     let run = RunResult {
         date: format!("{date}T{time}"),
         // The command as one reruns it, without this machine's paths.
-        command: std::iter::once("cargo run --release -p bench --bin budget --".to_owned())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" "),
+        command: rerun_command(std::env::args().skip(1)),
         machine: machine(),
         rtpengine: rtpengine_status,
         scenarios: results,
@@ -320,6 +317,28 @@ fn smoke(
     Ok(pass)
 }
 
+/// The command line as one reruns it: paths that only say where things are on this machine
+/// (`--out`, `--relay`, `--budgets`, `--rtpengine-config`) are left out.
+fn rerun_command(args: impl Iterator<Item = String>) -> String {
+    const LOCAL: [&str; 4] = ["--out", "--relay", "--budgets", "--rtpengine-config"];
+    let mut out = vec!["cargo run --release -p bench --bin budget".to_owned()];
+    let mut skip_value = false;
+    for a in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if LOCAL.contains(&a.as_str()) {
+            skip_value = true;
+        } else if !LOCAL.iter().any(|l| a.starts_with(&format!("{l}="))) {
+            out.push(a);
+        }
+    }
+    if out.len() > 1 {
+        out.insert(1, "--".to_owned());
+    }
+    out.join(" ")
+}
+
 fn rtpengine_version(bin: &Path) -> String {
     std::process::Command::new(bin)
         .arg("--version")
@@ -343,5 +362,25 @@ fn machine() -> String {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_default();
-    format!("{} CPUs ({model}), Linux {}", procs::cpus(), kernel.trim())
+    // SAFETY: sysconf has no preconditions. (Not `cpus()`: this thread is pinned by now.)
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    format!("{online} CPUs ({model}), Linux {}", kernel.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rerun_command;
+
+    #[test]
+    fn the_recorded_command_leaves_local_paths_out() {
+        let args = ["--only", "a,b", "--out", "/x/y", "--relay=/r", "--smoke"];
+        assert_eq!(
+            rerun_command(args.iter().map(|s| s.to_string())),
+            "cargo run --release -p bench --bin budget -- --only a,b --smoke"
+        );
+        assert_eq!(
+            rerun_command(std::iter::empty()),
+            "cargo run --release -p bench --bin budget"
+        );
+    }
 }

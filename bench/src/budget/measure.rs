@@ -291,11 +291,8 @@ impl Sweep {
     }
 }
 
-/// Steps between the last pass and the first failure, halving the gap (geometrically) each time.
-const REFINE_STEPS: u32 = 2;
-
 /// Steps the load geometrically until a step fails, then narrows the gap between the last pass
-/// and the first failure [`REFINE_STEPS`] times.
+/// and the first failure `refine_steps` times.
 pub fn find_knee(search: &Search, mut at: impl FnMut(f64) -> Result<Point>) -> Result<Sweep> {
     let mut sweep = Sweep {
         steps: Vec::new(),
@@ -323,7 +320,7 @@ pub fn find_knee(search: &Search, mut at: impl FnMut(f64) -> Result<Point>) -> R
     }
     if let (Some(mut lo), false) = (pass, sweep.not_reached) {
         let mut hi = mult;
-        for _ in 0..REFINE_STEPS {
+        for _ in 0..search.refine_steps {
             let mid = (lo * hi).sqrt();
             let p = at(mid)?;
             eprintln!("    x{mid:<7.2} {}", line(&p));
@@ -518,6 +515,7 @@ mod tests {
             max_steps: 10,
             loss_limit: 0.001,
             smoke_seconds: 1.0,
+            refine_steps: 2,
         };
         // Passes below x5: steps x1 x2 x4 pass, x8 fails, then x5.66 fails, x4.76 passes.
         let sweep = find_knee(&search, |m| {

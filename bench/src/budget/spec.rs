@@ -44,6 +44,13 @@ pub struct Search {
     pub loss_limit: f64,
     /// Seconds of sending per smoke run.
     pub smoke_seconds: f64,
+    /// Steps between the last pass and the first failure, each halving the gap (geometrically).
+    #[serde(default = "default_refine_steps")]
+    pub refine_steps: u32,
+}
+
+fn default_refine_steps() -> u32 {
+    2
 }
 
 /// How the offered load grows from step to step.
