@@ -124,17 +124,7 @@ fn run(args: &Args) -> Result<bool> {
         Ok(relay)
     };
     if args.smoke {
-        let mut relay = start(&scenarios[0].relay_args)?;
-        // The relay of `spec`: the running one, or a fresh one when its flags differ.
-        let mut relay_for = |relay: &mut Relay, spec: &ScenarioSpec| -> Result<()> {
-            if relay.extra != spec.relay_args {
-                relay.proc.check_alive()?;
-                relay.proc.stop();
-                *relay = start(&spec.relay_args)?;
-            }
-            Ok(())
-        };
-        return smoke(&mut relay, &mut relay_for, &budgets, &scenarios);
+        return smoke(start, &budgets, &scenarios);
     }
 
     let rtpengine_bin = procs::find_rtpengine();
@@ -279,18 +269,17 @@ fn latency_points(
     Ok(out)
 }
 
-/// One low-load run per scenario: no misdelivery, no loss, no crash.
+/// One low-load run per scenario, each with a fresh relay: no misdelivery, no loss, no crash.
 fn smoke(
-    relay: &mut Relay,
-    relay_for: &mut impl FnMut(&mut Relay, &ScenarioSpec) -> Result<()>,
+    start: impl Fn(&[String]) -> Result<Relay>,
     budgets: &Budgets,
     scenarios: &[ScenarioSpec],
 ) -> Result<bool> {
     let mut pass = true;
     for spec in scenarios {
-        relay_for(relay, spec)?;
+        let mut relay = start(&spec.relay_args)?;
         let p = measure::relay_point(
-            relay,
+            &mut relay,
             spec,
             spec.smoke_mult,
             budgets.search.smoke_seconds,
@@ -310,9 +299,9 @@ fn smoke(
             }
         }
         pass &= ok;
+        relay.proc.check_alive()?;
+        relay.proc.stop();
     }
-    relay.proc.check_alive()?;
-    relay.proc.stop();
     println!("smoke {}", if pass { "passed" } else { "FAILED" });
     Ok(pass)
 }

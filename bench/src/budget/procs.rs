@@ -228,8 +228,6 @@ pub struct Relay {
     pub media: SocketAddr,
     /// Its control address.
     pub control: SocketAddr,
-    /// The flags it was started with beyond the runner's own.
-    pub extra: Vec<String>,
     /// The backend it runs (from its ready line).
     pub backend: String,
     _dir: tempfile::TempDir,
@@ -256,7 +254,6 @@ impl Relay {
         Ok(Self {
             media: field("media=")?,
             control: field("control=")?,
-            extra: extra.to_vec(),
             backend: line
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("backend="))

@@ -106,7 +106,7 @@ pub struct ScenarioSpec {
     /// Compare with rtpengine (rtpengine carries audio only).
     pub rtpengine: bool,
     /// Relay flags of this scenario beyond the runner's own (`--backend io_uring`, `--gso false`,
-    /// `--busy-poll true`). Each scenario of a full run starts a fresh relay.
+    /// `--busy-poll true`). Each scenario starts a fresh relay.
     #[serde(default)]
     pub relay_args: Vec<String>,
     /// loadgen polls without sleeping (relay, direct path and rtpengine alike), so no read
