@@ -23,6 +23,9 @@ if [ ${#need[@]} -gt 0 ]; then
     $sudo apt-get update -q
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
+# The control API's OpenAPI document is checked by an independent validator.
+python3 -c 'import openapi_spec_validator' 2>/dev/null \
+    || python3 -m pip install -q openapi-spec-validator
 if ! command -v cargo >/dev/null; then
     echo "cargo is required: install Rust (rustup) first" >&2
     exit 1

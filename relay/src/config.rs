@@ -80,9 +80,17 @@ pub struct ServeArgs {
     /// as is (a wildcard bind, NAT) [default: the bound address].
     #[arg(long, env = "RELAY_ADVERTISE")]
     pub advertise: Option<std::net::IpAddr>,
-    /// Bearer token required on every /v1 call.
+    /// Bearer token required on every /v1 call; several, separated by commas, are all valid
+    /// (rotation).
     #[arg(long, env = "RELAY_CONTROL_TOKEN", hide_env_values = true)]
     pub control_token: Option<String>,
+    /// File of bearer tokens, one per line (`#` starts a comment), all valid besides
+    /// --control-token; re-read on SIGHUP.
+    #[arg(long, env = "RELAY_CONTROL_TOKEN_FILE")]
+    pub control_token_file: Option<PathBuf>,
+    /// Second HTTP address serving only /healthz, /readyz and /metrics, without a token.
+    #[arg(long, env = "RELAY_OPS")]
+    pub ops: Option<SocketAddr>,
     /// MaxMind country database for region attribution.
     #[arg(long, env = "RELAY_GEOIP")]
     pub geoip: Option<PathBuf>,
@@ -124,6 +132,9 @@ pub struct ServeArgs {
     /// Rule changes (add or lift) accepted per second, with bursts of twice that [default: 20].
     #[arg(long, env = "RELAY_MAX_RULE_CHANGES")]
     pub max_rule_changes: Option<u32>,
+    /// Events kept for /v1/events streams to resume from [default: 10000].
+    #[arg(long, env = "RELAY_EVENT_HISTORY")]
+    pub event_history: Option<usize>,
     /// Log filter, in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "RELAY_LOG")]
     pub log: Option<String>,
@@ -145,8 +156,13 @@ pub struct Config {
     pub workers: usize,
     /// Requested backend.
     pub backend: BackendChoice,
-    /// Bearer token, if any.
-    pub control_token: Option<String>,
+    /// Valid bearer tokens (empty: none needed), as read at start; [`Config::read_tokens`]
+    /// reads them again.
+    pub control_tokens: Vec<String>,
+    /// Where the tokens come from, to read them again on SIGHUP.
+    pub token_sources: TokenSources,
+    /// The ops listener, if any.
+    pub ops: Option<SocketAddr>,
     /// IP given to clients as the media address.
     pub advertise: Option<std::net::IpAddr>,
     /// MaxMind database path, if any.
@@ -169,6 +185,56 @@ pub struct Config {
     pub limits: Limits,
     /// Log filter.
     pub log: String,
+}
+
+/// Where control tokens come from: a flag or the environment (fixed for the process's life),
+/// the config file and the token file (both read again on SIGHUP).
+#[derive(Clone, Debug, Default)]
+pub struct TokenSources {
+    /// `--control-token` or `RELAY_CONTROL_TOKEN`.
+    pub fixed: Option<String>,
+    /// The `--config` file, whose `control-token` key counts when no flag or variable gave one.
+    pub config_file: Option<PathBuf>,
+    /// `--control-token-file`.
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenSources {
+    /// Reads the tokens now.
+    pub fn read(&self) -> anyhow::Result<Vec<String>> {
+        let from_file = match (&self.fixed, &self.config_file) {
+            (Some(_), _) | (None, None) => None,
+            (None, Some(path)) => read_file(path)?.control_token,
+        };
+        let mut tokens = split_tokens(self.fixed.as_deref().or(from_file.as_deref()));
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?;
+            tokens.extend(
+                text.lines()
+                    .map(|l| l.split('#').next().unwrap_or("").trim())
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        for t in &tokens {
+            if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!("a control token holds whitespace or control characters");
+            }
+        }
+        tokens.sort();
+        tokens.dedup();
+        Ok(tokens)
+    }
+}
+
+fn split_tokens(s: Option<&str>) -> Vec<String> {
+    s.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The backend the operator asked for.
@@ -195,6 +261,8 @@ pub struct Limits {
     pub rule_changes_per_sec: u32,
     /// Silence after which a latched address is dropped.
     pub latch_timeout: std::time::Duration,
+    /// Events kept for streams to resume from.
+    pub event_history: usize,
 }
 
 impl ServeArgs {
@@ -208,6 +276,8 @@ impl ServeArgs {
             workers: self.workers.or(other.workers),
             backend: self.backend.or(other.backend),
             control_token: self.control_token.or(other.control_token),
+            control_token_file: self.control_token_file.or(other.control_token_file),
+            ops: self.ops.or(other.ops),
             advertise: self.advertise.or(other.advertise),
             geoip: self.geoip.or(other.geoip),
             pin: self.pin.or(other.pin),
@@ -222,12 +292,17 @@ impl ServeArgs {
             max_tracks: self.max_tracks.or(other.max_tracks),
             max_rule_changes: self.max_rule_changes.or(other.max_rule_changes),
             latch_timeout: self.latch_timeout.or(other.latch_timeout),
+            event_history: self.event_history.or(other.event_history),
             log: self.log.or(other.log),
         }
     }
 
     /// Reads the file named by `--config` if any, and applies the defaults.
     pub fn resolve(self) -> anyhow::Result<Config> {
+        // Flags and environment are merged into `args` below; a token from the file is read
+        // again on SIGHUP, so keep the two apart.
+        let from_cli_or_env = self.control_token.clone().filter(|t| !t.is_empty());
+        let config_file = self.config.clone();
         let args = match self.config.clone() {
             Some(path) => self.or(read_file(&path)?),
             None => self,
@@ -246,8 +321,13 @@ impl ServeArgs {
         let control = args
             .control
             .unwrap_or_else(|| "127.0.0.1:7780".parse().expect("valid literal"));
-        let control_token = args.control_token.filter(|t| !t.is_empty());
-        if !control.ip().is_loopback() && control_token.is_none() {
+        let token_sources = TokenSources {
+            fixed: from_cli_or_env,
+            config_file,
+            token_file: args.control_token_file.clone(),
+        };
+        let control_tokens = token_sources.read()?;
+        if !control.ip().is_loopback() && control_tokens.is_empty() {
             bail!(
                 "the control API would listen on a non-loopback address without a token: \
                  set --control-token (or RELAY_CONTROL_TOKEN), or listen on loopback"
@@ -262,6 +342,7 @@ impl ServeArgs {
             max_tracks: args.max_tracks.unwrap_or(32),
             rule_changes_per_sec: args.max_rule_changes.unwrap_or(20).max(1),
             latch_timeout: std::time::Duration::from_secs(args.latch_timeout.unwrap_or(30).max(1)),
+            event_history: args.event_history.unwrap_or(10_000).clamp(16, 1_000_000),
         };
         Ok(Config {
             media: args
@@ -273,7 +354,9 @@ impl ServeArgs {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             workers,
             backend,
-            control_token,
+            control_tokens,
+            token_sources,
+            ops: args.ops,
             advertise: args.advertise,
             geoip: args.geoip,
             pin: args.pin.unwrap_or(true),

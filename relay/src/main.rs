@@ -10,7 +10,7 @@ use clap::Parser;
 use mimalloc::MiMalloc;
 
 use relay::config::{AuditAction, Cli, Command, Config};
-use relay::control::{ControlServer, Geoip, State};
+use relay::control::{Control, ControlConfig};
 use relay::io::{DataPlane, DataPlaneConfig};
 
 #[global_allocator]
@@ -39,17 +39,19 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config.log);
-    // Open the store and restore the rules before any packet can be forwarded.
+    // Open the store first: rules, rooms and participants are restored into the workers before
+    // the API answers.
     let store = relay::store::Store::open(&config.data_dir).map_err(|e| {
         anyhow::anyhow!("opening the database in {}: {e}", config.data_dir.display())
     })?;
-    let geoip = config.geoip.as_deref().map(Geoip::open).transpose()?;
     let term = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // A second signal while shutting down exits at once.
         signal_hook::flag::register_conditional_shutdown(signal, 1, term.clone())?;
         signal_hook::flag::register(signal, term.clone())?;
     }
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
     let plane = DataPlane::start(&DataPlaneConfig {
         media: config.media,
@@ -68,15 +70,42 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let media = plane.local_addr();
     let backend = plane.backend().name();
     let workers = plane.workers();
-    let state = State::new(plane.clone(), config.limits, store, geoip, config.advertise)?;
-    let control = ControlServer::start(config.control, state, config.control_token.clone())?;
+    let control = Control::start(
+        ControlConfig {
+            control: config.control,
+            ops: config.ops,
+            tokens: config.control_tokens.clone(),
+            limits: config.limits,
+            geoip: config.geoip.clone(),
+            advertise: config.advertise,
+        },
+        store,
+        plane.clone(),
+    )?;
+    let ops = control
+        .ops_addr()
+        .map(|a| format!(" ops={a}"))
+        .unwrap_or_default();
     println!(
-        "relay ready media={media} control={} backend={backend} workers={workers}",
+        "relay ready media={media} control={}{ops} backend={backend} workers={workers}",
         control.local_addr()
     );
     tracing::info!(backend, workers, "relay started");
 
     while !term.load(Ordering::SeqCst) {
+        if hup.swap(false, Ordering::SeqCst) {
+            // Tokens and the GeoIP database are read again; forwarding is not touched.
+            match config.token_sources.read() {
+                Ok(tokens) => {
+                    tracing::info!(tokens = tokens.len(), "reloading control tokens and GeoIP");
+                    control.reload(Some(tokens));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reloading control tokens failed; keeping the old ones");
+                    control.reload(None);
+                }
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("shutting down");

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod control;
 pub mod media;
 
 /// A running relay process, stopped (SIGKILL) when dropped.
@@ -21,6 +22,8 @@ pub struct Relay {
     pub media: SocketAddr,
     /// The HTTP control address.
     pub control: SocketAddr,
+    /// The ops address (`--ops`), if the relay has one.
+    pub ops: Option<SocketAddr>,
     /// The token sent with API calls, if any.
     pub token: Option<String>,
     /// The data directory (kept alive for the relay's lifetime).
@@ -135,10 +138,15 @@ impl Relay {
         };
         let media = field("media");
         let control = field("control");
+        let ops = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ops="))
+            .map(|a| a.parse().expect("ops address in ready line"));
         Self {
             child: Some(child),
             media,
             control,
+            ops,
             token: opts.token,
             data_dir,
             _tmp: tmp,
@@ -422,6 +430,42 @@ pub fn rtcp_nack(ssrc: u32, media: u32, pid: u16) -> Vec<u8> {
     p
 }
 
+/// Writes a MaxMind country database with the real MaxMind writer (Debian's
+/// libmaxmind-db-writer-perl): `mappings` are `CIDR=CC`, e.g. `127.0.0.0/24=CN`.
+pub fn make_mmdb(out: &std::path::Path, mappings: &[&str]) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/make-mmdb.pl");
+    let status = Command::new("perl")
+        .arg(script)
+        .arg(out)
+        .args(mappings)
+        .status()
+        .expect("perl is needed (tests/install-deps.sh installs it)");
+    assert!(
+        status.success(),
+        "writing the MMDB failed: is libmaxmind-db-writer-perl installed?"
+    );
+}
+
+/// A STUN Binding request (RFC 8489) as an ICE full agent sends it to the relay: USERNAME
+/// `<relay ufrag>:peer`, ICE-CONTROLLING, USE-CANDIDATE, MESSAGE-INTEGRITY keyed with the
+/// relay's `pwd`, FINGERPRINT. `tid` fills the transaction id.
+pub fn stun_request(ufrag: &str, pwd: &str, tid: u8) -> Vec<u8> {
+    let username = format!("{ufrag}:peer");
+    let req = relay::packet::stun::BindingRequest {
+        transaction_id: [tid; 12],
+        username: username.as_bytes(),
+        priority: 0x6e0001ff,
+        ice_controlling: Some(0x1234),
+        use_candidate: true,
+        integrity_key: pwd.as_bytes(),
+        fingerprint: true,
+    };
+    let mut buf = vec![0u8; req.buffer_len()];
+    let n = req.emit(&mut buf).expect("a request fits its own length");
+    buf.truncate(n);
+    buf
+}
+
 /// An RFC 3339 UTC time `secs` seconds from now.
 pub fn rfc3339_in(secs: u64) -> String {
     let t = std::time::SystemTime::now() + Duration::from_secs(secs);
@@ -451,6 +495,15 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// Polls `done` every 20 ms until it holds; fails after `within`.
+pub fn poll_until(within: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "not done within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// How long the tests wait for datagrams that should not arrive.

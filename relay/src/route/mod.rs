@@ -10,11 +10,13 @@
 //!   one counter add: it has already removed receivers from the fan-out list.
 #![deny(unsafe_code)]
 
+mod compile;
 mod counter;
 mod ice;
 mod room;
 mod table;
 
+pub use compile::{Compiled, Participant, compile};
 pub use counter::{Counter, ParticipantCounters, RuleCounters};
 pub use ice::{Credentials, Latch, StunAction, StunGuard};
 pub use room::{Blocks, CompileError, MediaKind, MemberSpec, Room, Subscription};

@@ -15,7 +15,9 @@ use super::ice::Credentials;
 use crate::packet::rtp::Ssrc;
 
 /// The media kind of a track, as rules see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MediaKind {
     /// Audio track.

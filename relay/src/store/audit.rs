@@ -37,7 +37,7 @@
 use std::fmt;
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, types::ValueRef};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, types::ValueRef};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -45,7 +45,7 @@ use sha2::{Digest, Sha256};
 use super::{DB_FILE, StoreError, from_sql, to_sql};
 
 /// One audit log entry, as stored and as `GET /v1/audit` returns it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Position in the log, from 1, without gaps.
     pub seq: u64,
@@ -62,7 +62,7 @@ pub struct AuditEntry {
 }
 
 /// A chain that verified: how long it is and where it ends.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VerifyReport {
     /// Number of entries.
     pub entries: u64,
@@ -189,9 +189,10 @@ impl fmt::Display for VerifyError {
 
 impl std::error::Error for VerifyError {}
 
-/// Appends one entry inside the caller's transaction and moves the recorded head to it.
+/// Appends one entry and moves the recorded head to it. Call it inside a transaction: the
+/// entry, the head and the change it records are written together or not at all.
 pub(super) fn append(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     time: &str,
     action: &str,
     detail: &Value,

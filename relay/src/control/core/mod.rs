@@ -1,0 +1,708 @@
+//! The control core: rooms, participants and rules, and every decision about them, with no I/O.
+//!
+//! The core is sans-IO. It never reads the clock (`now` comes with every call), never touches
+//! the database, a socket or a worker, and never generates randomness (fresh ICE credentials come
+//! with the command). It takes [`Command`]s and says what to carry out.
+//!
+//! # Calling order (the control thread, the only caller)
+//!
+//! 1. [`Core::handle`] a command. A refused command returns an error and changes nothing.
+//!    An accepted one has changed the core and returns an [`Outcome`]: the reply, the events to
+//!    publish once it is carried out, and what it changed.
+//! 2. [`Core::compile`] the rooms the outcome names, giving the [`Update`]s for the workers,
+//!    and [`Core::store_ops`] gives the writes for the database.
+//! 3. Carry them out: write the store (one transaction), publish the updates and wait for every
+//!    worker, commit the store.
+//! 4. Then [`Core::commit`]: the core forgets how to undo the change. If any step of 3 failed,
+//!    [`Core::rollback`] instead: the core is as before the command, and the rooms it names must
+//!    be compiled and published again so that every worker serves exactly what the core holds
+//!    (a worker that applied the failed update, or applies it late, gets the old room after it:
+//!    its channel is FIFO).
+//!
+//! Every change to a room, a participant or a rule goes through three primitives
+//! (`set_room`, `set_participant`, `set_rule`) that keep the indexes and record the old value
+//! in a journal. The journal is what makes rollback exact, and it is also how the core knows
+//! which rooms to recompile and which rows to write: nothing else has to remember.
+
+mod participants;
+mod rulebook;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde_json::Value;
+
+use super::body::{IceBody, ParticipantBody, ParticipantPatch};
+use super::error::{ApiError, Code};
+use super::event::Event;
+use super::view;
+use crate::config::Limits;
+use crate::route::{self, Latch, ParticipantCounters, RoomId, Update};
+use crate::rules::RuleId;
+use crate::store::{ParticipantRecord, RoomRecord, StoreOp, StoredRule};
+
+pub(crate) use participants::Participant;
+pub use participants::RegionSource;
+use rulebook::RuleBook;
+
+/// The time of a call: the wall clock for what people read and rules expire by, the monotonic
+/// clock for durations.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Wall-clock time.
+    pub wall: SystemTime,
+    /// Monotonic time.
+    pub mono: Instant,
+}
+
+impl Now {
+    /// Seconds since the Unix epoch.
+    pub fn unix(&self) -> u64 {
+        self.wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// Looks a region up from an IP address (a GeoIP database), or knows none.
+pub type RegionLookup<'a> = &'a dyn Fn(IpAddr) -> Option<[u8; 2]>;
+
+/// What the control thread asks of the core.
+#[derive(Debug)]
+pub enum Command {
+    /// `PUT /v1/rooms/{room}`.
+    PutRoom {
+        /// Room id.
+        room: String,
+    },
+    /// `DELETE /v1/rooms/{room}`.
+    DeleteRoom {
+        /// Room id.
+        room: String,
+    },
+    /// `PUT /v1/rooms/{room}/participants/{participant}`.
+    PutParticipant {
+        /// Room id.
+        room: String,
+        /// Participant id.
+        id: String,
+        /// The body.
+        body: ParticipantBody,
+        /// Credentials to use when the body has none and the participant is new.
+        fresh_ice: IceBody,
+    },
+    /// `PATCH /v1/rooms/{room}/participants/{participant}`.
+    PatchParticipant {
+        /// Room id.
+        room: String,
+        /// Participant id.
+        id: String,
+        /// The body.
+        patch: ParticipantPatch,
+    },
+    /// `DELETE /v1/rooms/{room}/participants/{participant}`.
+    DeleteParticipant {
+        /// Room id.
+        room: String,
+        /// Participant id.
+        id: String,
+    },
+    /// `POST /v1/rules` with the raw body.
+    AddRule {
+        /// The request body.
+        body: Vec<u8>,
+    },
+    /// `DELETE /v1/rules/{id}` with the raw body.
+    LiftRule {
+        /// The id as given in the path.
+        id: String,
+        /// The request body.
+        body: Vec<u8>,
+    },
+    /// `POST /v1/drain` (`true`) and `DELETE /v1/drain` (`false`).
+    Drain {
+        /// Whether to drain.
+        on: bool,
+    },
+    /// An authenticated STUN request from a worker asks to bind a participant to its source.
+    Latch(Latch),
+    /// Housekeeping, a few times a second: rule expiry, silent latches, counter saves.
+    Tick,
+    /// The GeoIP database was reloaded: attribute regions again.
+    Reattribute,
+    /// `GET /v1/rooms`.
+    ListRooms,
+    /// `GET /v1/rooms/{room}`.
+    GetRoom {
+        /// Room id.
+        room: String,
+    },
+    /// `GET /v1/rooms/{room}/participants/{participant}`.
+    GetParticipant {
+        /// Room id.
+        room: String,
+        /// Participant id.
+        id: String,
+    },
+    /// `GET /v1/rules`.
+    ListRules,
+    /// `GET /v1/rules/{id}`.
+    GetRule {
+        /// The id as given in the path.
+        id: String,
+    },
+}
+
+/// What an accepted command asks the caller to carry out.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// HTTP status and body of the reply.
+    pub reply: Option<(u16, Value)>,
+    /// Events to publish once the change is carried out.
+    pub events: Vec<Event>,
+    /// Writes besides those of the journal (counters saved now and then).
+    pub store: Vec<StoreOp>,
+}
+
+/// The journal: how to put back what the current command changed.
+#[derive(Debug)]
+enum Undo {
+    Room(String, Option<RoomState>),
+    Participant(String, String, Option<Participant>),
+    Rule(RuleId, Option<StoredRule>),
+    Draining(bool),
+}
+
+/// A room's own state (its participants are kept apart, keyed by room and id).
+#[derive(Debug, Clone)]
+pub(crate) struct RoomState {
+    pub(crate) id: RoomId,
+    pub(crate) created: SystemTime,
+    pub(crate) participants: BTreeMap<String, Participant>,
+}
+
+/// Rooms, participants and rules, and the indexes that keep lookups O(1).
+pub struct Core {
+    rooms: BTreeMap<String, RoomState>,
+    room_names: HashMap<RoomId, String>,
+    /// Every fixed or latched address, to keep source lookup unambiguous relay-wide.
+    addresses: HashMap<SocketAddr, (String, String)>,
+    /// Every relay-side ufrag, so a STUN request names one participant.
+    ufrags: HashMap<String, (String, String)>,
+    /// Participants by region, so a region rule finds its rooms without scanning them all.
+    by_region: HashMap<[u8; 2], BTreeSet<(String, String)>>,
+    next_room: u32,
+    limits: Limits,
+    workers: usize,
+    media_address: SocketAddr,
+    rules: RuleBook,
+    draining: bool,
+    journal: Vec<Undo>,
+    last_save: Option<Instant>,
+}
+
+/// What the core restores from the store at start-up.
+#[derive(Debug, Default)]
+pub struct Restore {
+    /// Every rule ever added, by id; the active ones with their compiled rule.
+    pub rules: Vec<StoredRule>,
+    /// Counters saved by earlier runs.
+    pub counters: Vec<(RuleId, crate::rules::RuleCounters)>,
+    /// The id the next rule gets.
+    pub next_rule: u64,
+    /// Rooms.
+    pub rooms: Vec<RoomRecord>,
+    /// Participants, by room.
+    pub participants: Vec<ParticipantRecord>,
+}
+
+impl Core {
+    /// A core with what the store kept. Participants come back without an address.
+    pub fn new(
+        limits: Limits,
+        workers: usize,
+        media_address: SocketAddr,
+        restore: Restore,
+        now: Now,
+    ) -> Result<Self, String> {
+        let mut core = Self {
+            rooms: BTreeMap::new(),
+            room_names: HashMap::new(),
+            addresses: HashMap::new(),
+            ufrags: HashMap::new(),
+            by_region: HashMap::new(),
+            next_room: 1,
+            limits,
+            workers,
+            media_address,
+            rules: RuleBook::new(
+                workers,
+                limits.rule_changes_per_sec,
+                restore.rules,
+                restore.counters,
+                restore.next_rule,
+                now,
+            )?,
+            draining: false,
+            journal: Vec::new(),
+            last_save: None,
+        };
+        for r in restore.rooms {
+            let id = core.new_room_id();
+            let state = RoomState {
+                id,
+                created: parse_time(&r.created_at).unwrap_or(now.wall),
+                participants: BTreeMap::new(),
+            };
+            core.set_room(&r.room, Some(state));
+        }
+        for p in restore.participants {
+            if !core.rooms.contains_key(&p.room) {
+                continue;
+            }
+            let Some(participant) = Participant::restore(&p, workers, now) else {
+                return Err(format!(
+                    "participant {} of room {} cannot be restored from the database",
+                    p.participant, p.room
+                ));
+            };
+            core.set_participant(&p.room, &p.participant, Some(participant));
+        }
+        core.journal.clear();
+        Ok(core)
+    }
+
+    /// Handles one command. On error nothing changed; on success the journal holds the change
+    /// until [`Self::commit`] or [`Self::rollback`].
+    pub fn handle(
+        &mut self,
+        now: Now,
+        geo: RegionLookup<'_>,
+        cmd: Command,
+    ) -> Result<Outcome, ApiError> {
+        debug_assert!(self.journal.is_empty(), "the last change was not settled");
+        let result = self.dispatch(now, geo, cmd);
+        if result.is_err() {
+            // Validation comes before any change, so this undoes nothing; it keeps the
+            // promise that a refused command changes nothing even if a check comes late.
+            self.rollback();
+        }
+        result
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Now,
+        geo: RegionLookup<'_>,
+        cmd: Command,
+    ) -> Result<Outcome, ApiError> {
+        match cmd {
+            Command::PutRoom { room } => self.put_room(now, &room),
+            Command::DeleteRoom { room } => self.delete_room(&room),
+            Command::PutParticipant {
+                room,
+                id,
+                body,
+                fresh_ice,
+            } => self.put_participant(now, geo, &room, &id, body, fresh_ice),
+            Command::PatchParticipant { room, id, patch } => {
+                self.patch_participant(geo, &room, &id, patch)
+            }
+            Command::DeleteParticipant { room, id } => self.delete_participant(&room, &id),
+            Command::AddRule { body } => self.add_rule(now, &body),
+            Command::LiftRule { id, body } => self.lift_rule(now, &id, &body),
+            Command::Drain { on } => Ok(self.drain(on)),
+            Command::Latch(latch) => Ok(self.latch(now, geo, latch)),
+            Command::Tick => Ok(self.tick(now, geo)),
+            Command::Reattribute => Ok(self.reattribute(geo)),
+            Command::ListRooms => reply(200, &self.list_rooms()),
+            Command::GetRoom { room } => reply(200, &self.room_view(&room)?),
+            Command::GetParticipant { room, id } => {
+                let p = self.participant(&room, &id)?;
+                reply(200, &self.participant_view(&room, &id, p))
+            }
+            Command::ListRules => reply(200, &self.rules.list()),
+            Command::GetRule { id } => reply(200, &self.rules.view(parse_rule_id(&id)?)?),
+        }
+    }
+
+    /// Settles the last change: it was carried out.
+    pub fn commit(&mut self) {
+        self.journal.clear();
+    }
+
+    /// Undoes the last change (newest first) and returns the rooms to compile and publish again.
+    pub fn rollback(&mut self) -> Changed {
+        let changed = self.changed();
+        while let Some(undo) = self.journal.pop() {
+            match undo {
+                Undo::Room(name, old) => self.put_room_state(&name, old),
+                Undo::Participant(room, id, old) => self.put_participant_state(&room, &id, old),
+                Undo::Rule(id, old) => self.rules.restore(id, old),
+                Undo::Draining(d) => self.draining = d,
+            }
+        }
+        changed
+    }
+
+    /// The rooms the pending change touched: to recompile, or to remove from the workers.
+    pub fn changed(&self) -> Changed {
+        let mut changed = Changed::default();
+        for undo in &self.journal {
+            match undo {
+                Undo::Room(name, _) | Undo::Participant(name, _, _) => match self.rooms.get(name) {
+                    Some(_) => {
+                        changed.rooms.insert(name.clone());
+                    }
+                    None => {
+                        if let Undo::Room(_, Some(old)) = undo {
+                            changed.removed.insert(old.id);
+                            changed.closed.insert(name.clone());
+                        }
+                    }
+                },
+                Undo::Rule(id, _) => {
+                    for room in self.rules.rooms_of(*id, &self.by_region) {
+                        if self.rooms.contains_key(&room) {
+                            changed.rooms.insert(room);
+                        }
+                    }
+                }
+                Undo::Draining(_) => {}
+            }
+        }
+        changed
+    }
+
+    /// Every room, as a change: to install all of them (at start-up).
+    pub fn all_rooms(&self) -> Changed {
+        Changed {
+            rooms: self.rooms.keys().cloned().collect(),
+            ..Changed::default()
+        }
+    }
+
+    /// Compiles the changed rooms for the workers. Also gives whom each rule matches in them,
+    /// to [`Self::record_matches`] once the updates are in force.
+    pub fn compile(&self, changed: &Changed) -> Result<(Vec<Update>, Matches), ApiError> {
+        let mut updates = Vec::with_capacity(changed.rooms.len() + changed.removed.len());
+        let mut matches = Vec::with_capacity(changed.rooms.len());
+        for id in &changed.removed {
+            updates.push(Update::RemoveRoom(*id));
+        }
+        for name in &changed.rooms {
+            let Some(r) = self.rooms.get(name) else {
+                continue;
+            };
+            let participants: Vec<route::Participant<'_>> = r
+                .participants
+                .iter()
+                .map(|(id, p)| p.describe(id))
+                .collect();
+            let compiled = route::compile(name, &participants, self.rules.set(), |id| {
+                self.rules.live(id)
+            })
+            .map_err(|e| {
+                ApiError::new(
+                    Code::Internal,
+                    format!("room {name} cannot be compiled: {e:?}"),
+                )
+            })?;
+            updates.push(Update::Room(r.id, Arc::new(compiled.room)));
+            matches.push((name.clone(), compiled.matched));
+        }
+        for name in &changed.closed {
+            matches.push((name.clone(), HashMap::new()));
+        }
+        Ok((updates, Matches(matches)))
+    }
+
+    /// Records whom each rule matches, after the compiled rooms are in force.
+    pub fn record_matches(&mut self, matches: Matches) {
+        for (room, matched) in matches.0 {
+            self.rules.set_matches(&room, matched);
+        }
+    }
+
+    /// The database writes the pending change needs: one row per room, participant and rule it
+    /// touched, written only where what is kept on disk changed.
+    pub fn store_ops(&self) -> Vec<StoreOp> {
+        let mut ops = Vec::new();
+        let mut seen_rooms = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        // Oldest value first: the journal holds each key's value before the whole change.
+        for undo in &self.journal {
+            match undo {
+                Undo::Room(name, old) => {
+                    if !seen_rooms.insert(name.clone()) {
+                        continue;
+                    }
+                    match (old.is_some(), self.rooms.get(name)) {
+                        (false, Some(r)) => ops.push(StoreOp::PutRoom(RoomRecord {
+                            room: name.clone(),
+                            created_at: rfc3339_millis(r.created),
+                        })),
+                        (true, None) => ops.push(StoreOp::DeleteRoom(name.clone())),
+                        _ => {}
+                    }
+                }
+                Undo::Participant(room, id, old) => {
+                    if !seen.insert((room.clone(), id.clone())) {
+                        continue;
+                    }
+                    let now = self.rooms.get(room).and_then(|r| r.participants.get(id));
+                    let before = old.as_ref().map(|p| p.record(room, id));
+                    let after = now.map(|p| p.record(room, id));
+                    match after {
+                        Some(rec) if before.as_ref() != Some(&rec) => {
+                            ops.push(StoreOp::PutParticipant(rec));
+                        }
+                        None if before.is_some() && self.rooms.contains_key(room) => {
+                            ops.push(StoreOp::DeleteParticipant {
+                                room: room.clone(),
+                                participant: id.clone(),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                Undo::Rule(id, old) => {
+                    if let Some(op) = self.rules.store_op(*id, old.as_ref()) {
+                        ops.push(op);
+                    }
+                }
+                Undo::Draining(_) => {}
+            }
+        }
+        ops
+    }
+
+    /// Counters of every rule, for the transparency report and saving.
+    pub fn rule_counters(&self) -> Vec<(RuleId, crate::rules::RuleCounters)> {
+        self.rules.all_counters()
+    }
+
+    /// Totals for metrics: (rooms, participants).
+    pub fn sizes(&self) -> (usize, usize) {
+        let participants = self.rooms.values().map(|r| r.participants.len()).sum();
+        (self.rooms.len(), participants)
+    }
+
+    /// Whether new rooms are refused.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// The rules in force with their live drop counters and expiry, for metrics.
+    pub fn rule_metrics(&self) -> Vec<view::RuleMetric> {
+        self.rules.metrics()
+    }
+
+    /// The media address clients are told to use.
+    pub fn media_address(&self) -> SocketAddr {
+        self.media_address
+    }
+
+    fn new_room_id(&mut self) -> RoomId {
+        let id = RoomId(self.next_room);
+        self.next_room = self.next_room.wrapping_add(1).max(1);
+        id
+    }
+
+    // ---- The three primitives: every change goes through them. ----
+
+    fn set_room(&mut self, name: &str, state: Option<RoomState>) {
+        let old = self.rooms.get(name).map(|r| RoomState {
+            participants: BTreeMap::new(),
+            ..r.clone()
+        });
+        self.journal.push(Undo::Room(name.to_owned(), old));
+        self.put_room_state(name, state);
+    }
+
+    fn put_room_state(&mut self, name: &str, state: Option<RoomState>) {
+        match state {
+            Some(mut s) => {
+                if let Some(old) = self.rooms.remove(name) {
+                    self.room_names.remove(&old.id);
+                    s.participants = old.participants;
+                }
+                self.room_names.insert(s.id, name.to_owned());
+                self.rooms.insert(name.to_owned(), s);
+            }
+            None => {
+                if let Some(old) = self.rooms.remove(name) {
+                    self.room_names.remove(&old.id);
+                    debug_assert!(old.participants.is_empty(), "participants leave first");
+                }
+            }
+        }
+    }
+
+    fn set_participant(&mut self, room: &str, id: &str, p: Option<Participant>) {
+        let old = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.participants.get(id))
+            .cloned();
+        self.journal
+            .push(Undo::Participant(room.to_owned(), id.to_owned(), old));
+        self.put_participant_state(room, id, p);
+    }
+
+    /// Installs or removes a participant and keeps the address, ufrag and region indexes.
+    fn put_participant_state(&mut self, room: &str, id: &str, p: Option<Participant>) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let old = match p {
+            Some(p) => r.participants.insert(id.to_owned(), p),
+            None => r.participants.remove(id),
+        };
+        let new = r.participants.get(id);
+        let key = || (room.to_owned(), id.to_owned());
+        let (old_addr, old_ufrag, old_region) = match &old {
+            Some(o) => (o.address, Some(o.ice.ufrag.clone()), o.region),
+            None => (None, None, None),
+        };
+        let (new_addr, new_ufrag, new_region) = match new {
+            Some(n) => (n.address, Some(n.ice.ufrag.clone()), n.region),
+            None => (None, None, None),
+        };
+        if old_addr != new_addr {
+            if let Some(a) = old_addr
+                && self.addresses.get(&a).is_some_and(|k| *k == key())
+            {
+                self.addresses.remove(&a);
+            }
+            if let Some(a) = new_addr {
+                self.addresses.insert(a, key());
+            }
+        }
+        if old_ufrag != new_ufrag {
+            if let Some(u) = old_ufrag
+                && self.ufrags.get(&u).is_some_and(|k| *k == key())
+            {
+                self.ufrags.remove(&u);
+            }
+            if let Some(u) = new_ufrag {
+                self.ufrags.insert(u, key());
+            }
+        }
+        if old_region != new_region {
+            if let Some(r) = old_region
+                && let Some(set) = self.by_region.get_mut(&r)
+            {
+                set.remove(&key());
+                if set.is_empty() {
+                    self.by_region.remove(&r);
+                }
+            }
+            if let Some(r) = new_region {
+                self.by_region.entry(r).or_default().insert(key());
+            }
+        }
+    }
+
+    fn set_rule(&mut self, id: RuleId, record: StoredRule) {
+        let old = self.rules.record(id).cloned();
+        // The rooms the rule touches now and after the change both need recompiling; the old
+        // record is in the journal, the new one in the book, and `changed` asks the book.
+        self.journal.push(Undo::Rule(id, old));
+        self.rules.put(id, Some(record));
+    }
+
+    fn set_draining(&mut self, on: bool) {
+        self.journal.push(Undo::Draining(self.draining));
+        self.draining = on;
+    }
+
+    fn drain(&mut self, on: bool) -> Outcome {
+        let was = self.draining;
+        if was != on {
+            self.set_draining(on);
+        }
+        let (rooms, participants) = self.sizes();
+        let mut out = outcome(
+            200,
+            &view::Drain {
+                draining: on,
+                rooms,
+                participants,
+            },
+        );
+        if on && !was {
+            out.events.push(Event::new(
+                "drain_started",
+                serde_json::json!({"rooms": rooms, "participants": participants}),
+            ));
+        } else if !on && was {
+            out.events
+                .push(Event::new("drain_stopped", serde_json::json!({})));
+        }
+        out
+    }
+}
+
+/// Rooms a change touched.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// Rooms to compile and install.
+    pub rooms: BTreeSet<String>,
+    /// Rooms to remove from the workers.
+    pub removed: BTreeSet<RoomId>,
+    /// Rooms closed: their rule matches are forgotten.
+    pub closed: BTreeSet<String>,
+}
+
+impl Changed {
+    /// Whether nothing needs publishing.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Per compiled room, whom each rule matches.
+#[derive(Debug, Default)]
+pub struct Matches(Vec<(String, HashMap<RuleId, BTreeSet<String>>)>);
+
+fn outcome<T: serde::Serialize>(status: u16, body: &T) -> Outcome {
+    Outcome {
+        reply: Some((status, serde_json::to_value(body).unwrap_or(Value::Null))),
+        ..Outcome::default()
+    }
+}
+
+fn reply<T: serde::Serialize>(status: u16, body: &T) -> Result<Outcome, ApiError> {
+    Ok(outcome(status, body))
+}
+
+fn parse_rule_id(id: &str) -> Result<RuleId, ApiError> {
+    id.parse()
+        .map(RuleId)
+        .map_err(|_| ApiError::new(Code::RuleNotFound, format!("no rule {id}")))
+}
+
+/// Formats a time as RFC 3339 in UTC, to the second.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Formats a time as RFC 3339 in UTC, to the millisecond.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn parse_time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339(s).ok()
+}
+
+/// Fresh counters for a participant.
+fn counters(workers: usize) -> Arc<ParticipantCounters> {
+    Arc::new(ParticipantCounters::new(workers))
+}
+
+#[cfg(test)]
+mod tests;
