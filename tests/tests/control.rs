@@ -10,6 +10,12 @@ use e2e::control::{EventStream, Trickler, timed_get};
 use e2e::{Client, Options, PATIENT, Relay, rtp, stun_request};
 use serde_json::{Value, json};
 
+/// Tests that time the relay run one at a time: each has the machine to itself.
+fn timed() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Every probe path, answered without a token and without the control thread.
 const PROBES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
@@ -34,6 +40,7 @@ fn probe_until(addr: SocketAddr, stop: &AtomicBool, every: Duration) -> Vec<Dura
 
 #[test]
 fn slow_clients_cannot_stall_probes_or_the_api_and_are_cut_off() {
+    let _alone = timed();
     let relay = Relay::start();
     relay.room("r");
     // 64 clients announce a megabyte and send a byte a second: on /healthz (no token needed,
@@ -101,6 +108,7 @@ fn slow_clients_cannot_stall_probes_or_the_api_and_are_cut_off() {
 
 #[test]
 fn probes_never_wait_for_changes_in_flight() {
+    let _alone = timed();
     let relay = Relay::start_with(Options {
         args: vec!["--max-rule-changes".into(), "10000".into()],
         ..Default::default()
@@ -229,6 +237,7 @@ fn a_restart_keeps_meetings_and_latched_participants_come_back_on_their_own() {
         ..Default::default()
     };
     let mut relay = Relay::start_with(opts.clone());
+    let mut events = EventStream::open(relay.control, None, None, None);
     relay.room("r");
     let (s, r) = (
         UdpSocket::bind("127.0.0.1:0").unwrap(),
@@ -248,7 +257,6 @@ fn a_restart_keeps_meetings_and_latched_participants_come_back_on_their_own() {
     relay.join("r", "fixed", &fixed, &[]);
     latch(&s, relay.media, &ps["ice"], PATIENT);
     latch(&r, relay.media, &pr["ice"], PATIENT);
-    let mut events = EventStream::open(relay.control, None, None, None);
     e2e::poll_until(PATIENT, || {
         relay.ok("GET", "/v1/rooms/r/participants/receiver", None)["latched"] == true
     });
@@ -323,6 +331,7 @@ fn a_restart_keeps_meetings_and_latched_participants_come_back_on_their_own() {
         "kill -9 to API answering: {restarted:?}; kill -9 to a latched participant's media forwarded again: {forwarded:?}"
     );
     // The fixed participant gets media again once signaling sets its address.
+    fixed.recv_all(Duration::from_millis(50));
     relay.ok(
         "PATCH",
         "/v1/rooms/r/participants/fixed",
@@ -353,6 +362,14 @@ fn events_tell_signaling_what_happened_and_resume() {
     );
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     latch(&sock, relay.media, &p["ice"], PATIENT);
+    // Silent for the latch timeout (1 s): unlatched. Read up to it before changing more.
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < 4 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(e) = events.next(left) else { break };
+        got.push(e);
+    }
     let rule = relay.rule(json!({"match": {"participants": [{"room": "r", "participant": "a"}]}}));
     relay.lift(rule);
     relay.rule(json!({"match": {"regions": ["CN"]}, "expires_at": e2e::rfc3339_in(2)}));
@@ -373,7 +390,6 @@ fn events_tell_signaling_what_happened_and_resume() {
         "room_closed",
         "rule_expired",
     ];
-    let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(8);
     while got.len() < want.len() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -482,8 +498,16 @@ fn sighup_rotates_tokens_and_reloads_geoip_without_losing_a_packet() {
     let status = |t: &str| relay.call_raw("GET", "/v1/rooms", None, Some(t)).0;
     assert_eq!(status("new"), 401);
 
-    // A stream flows across both reloads.
+    // A stream flows across both reloads, read as it comes (a socket left unread for two
+    // seconds would overflow its own buffer).
     let media = relay.media;
+    let receiver = std::thread::spawn(move || {
+        let mut n = 0;
+        while !b.recv_n(1, Duration::from_secs(1)).is_empty() {
+            n += 1;
+        }
+        n
+    });
     let sender = std::thread::spawn(move || {
         for seq in 0..400u16 {
             a.send(media, &rtp(1, seq, b"m"));
@@ -511,8 +535,11 @@ fn sighup_rotates_tokens_and_reloads_geoip_without_losing_a_packet() {
     hup(&relay);
     e2e::poll_until(PATIENT, || status("old") == 401);
     sender.join().unwrap();
-    let got = b.recv_all(Duration::from_millis(300));
-    assert_eq!(got.len(), 400, "every packet crossed the reloads");
+    assert_eq!(
+        receiver.join().unwrap(),
+        400,
+        "every packet crossed the reloads"
+    );
     assert!(relay.pid() > 0, "still running");
 }
 
