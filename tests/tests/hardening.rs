@@ -36,7 +36,9 @@ fn flood(
                         n += 1;
                     }
                 }
-                if n % 256 == 0 && (stop.load(Ordering::Relaxed) || Instant::now() > deadline) {
+                if n.is_multiple_of(256)
+                    && (stop.load(Ordering::Relaxed) || Instant::now() > deadline)
+                {
                     break 'outer;
                 }
             }
