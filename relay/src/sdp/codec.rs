@@ -5,7 +5,6 @@
 //! description. A room's [`CodecTable`] pins them; [`CodecTable::negotiate`] applies the rule
 //! (see the module docs of [`crate::sdp`]) to an offer.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use super::session::{Media, MediaKind, Payload, Session};
@@ -42,17 +41,21 @@ pub struct CodecTable {
     entries: Vec<Entry>,
 }
 
-/// An offer maps a codec to another number than the room, and the room's number cannot be used
-/// in the answer because the offer gives it to something else (API: `409 codec_mismatch`).
+/// The relay would have to send a codec with the offer's number, which differs from the room's
+/// (API: `409 codec_mismatch`, naming the codec). RFC 3264 §6.1: when the answerer sends, "it
+/// MUST use the payload type numbers from the offer"; the relay forwards RTP unchanged, so it
+/// can only send the room's numbers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodecMismatch {
     /// The codec.
     pub codec: Codec,
-    /// The room's payload type (or RTX payload type) for it.
+    /// Whether the numbers are those of its RTX rather than of the codec itself.
+    pub rtx: bool,
+    /// The room's payload type for it.
     pub room_pt: u8,
-    /// What the offer uses that number for (its `a=rtpmap` encoding name).
-    pub offer_use: String,
-    /// The `m=` line of the section where the offer uses it.
+    /// The offer's payload type for it.
+    pub offer_pt: u8,
+    /// The `m=` line of the section.
     pub line: usize,
 }
 
@@ -172,15 +175,23 @@ impl CodecTable {
             .collect()
     }
 
-    /// Applies the room's numbering to an offer's audio and video sections. Sections that are
-    /// rejected (port 0) or not RTP get no codecs. See the module docs for the rule.
-    pub fn negotiate(&self, offer: &Session) -> Result<Negotiated, CodecMismatch> {
-        let uses = offer_uses(offer);
+    /// Applies the room's numbering to an offer's audio and video sections. `relay_sends(m)`
+    /// says whether the answer will have the relay send in section `m` (the client receives
+    /// there); the relay only receives in the others. Sections that are rejected (port 0
+    /// without `a=bundle-only`) or not audio/video get no codecs. See the module docs for the
+    /// rule.
+    pub fn negotiate(
+        &self,
+        offer: &Session,
+        relay_sends: impl Fn(&Media) -> bool,
+    ) -> Result<Negotiated, CodecMismatch> {
+        let used = offer_numbers(offer);
         let mut table = self.clone();
         let mut sections = Vec::with_capacity(offer.media.len());
         for m in &offer.media {
             let mut chosen: Vec<Entry> = Vec::new();
-            if m.port != 0 && matches!(m.kind, MediaKind::Audio | MediaKind::Video) {
+            if m.is_active() && matches!(m.kind, MediaKind::Audio | MediaKind::Video) {
+                let sends = relay_sends(m);
                 for p in &m.payloads {
                     let Some(codec) = CODECS
                         .into_iter()
@@ -192,7 +203,11 @@ impl CodecTable {
                         continue; // the offer's first form of a codec is the one taken
                     }
                     let offered_rtx = rtx_of(m, p.pt);
-                    let entry = table.place(codec, p.pt, offered_rtx, &uses)?;
+                    let entry = table.place(codec, p.pt, offered_rtx, &used);
+                    if sends {
+                        check_same(codec, false, entry.pt, Some(p.pt), m.line)?;
+                        check_same(codec, true, entry.rtx.unwrap_or(0), offered_rtx, m.line)?;
+                    }
                     chosen.push(Entry {
                         rtx: offered_rtx.and(entry.rtx),
                         ..entry
@@ -204,18 +219,12 @@ impl CodecTable {
         Ok(Negotiated { table, sections })
     }
 
-    /// The room's entry for `codec`, checked against (or created from) the offer's numbers.
-    fn place(
-        &mut self,
-        codec: Codec,
-        offer_pt: u8,
-        offer_rtx: Option<u8>,
-        uses: &HashMap<u8, Use>,
-    ) -> Result<Entry, CodecMismatch> {
+    /// The room's entry for `codec`, created from the offer's numbers when the room has none.
+    fn place(&mut self, codec: Codec, offer_pt: u8, offer_rtx: Option<u8>, used: &[u8]) -> Entry {
         let i = match self.entries.iter().position(|e| e.codec == codec) {
             Some(i) => i,
             None => {
-                let pt = self.free_pt(Some(offer_pt), uses);
+                let pt = self.free_pt(offer_pt, used);
                 self.entries.push(Entry {
                     codec,
                     pt,
@@ -224,106 +233,79 @@ impl CodecTable {
                 self.entries.len() - 1
             }
         };
-        let room = self.entries[i];
-        if let Some(u) = uses.get(&room.pt).filter(|u| u.codec != Some(codec)) {
-            return Err(CodecMismatch {
-                codec,
-                room_pt: room.pt,
-                offer_use: u.name.clone(),
-                line: u.line,
-            });
+        if let Some(offer_rtx) = offer_rtx
+            && codec.kind() == MediaKind::Video
+            && self.entries[i].rtx.is_none()
+        {
+            let rtx = self.free_pt(offer_rtx, used);
+            self.entries[i].rtx = Some(rtx);
         }
-        if offer_rtx.is_some() && codec.kind() == MediaKind::Video {
-            match room.rtx {
-                Some(rtx) => {
-                    if let Some(u) = uses.get(&rtx).filter(|u| u.rtx_of != Some(codec)) {
-                        return Err(CodecMismatch {
-                            codec,
-                            room_pt: rtx,
-                            offer_use: u.name.clone(),
-                            line: u.line,
-                        });
-                    }
-                }
-                None => {
-                    let rtx = self.free_pt(offer_rtx, uses);
-                    self.entries[i].rtx = Some(rtx);
-                }
-            }
-        }
-        Ok(self.entries[i])
+        self.entries[i]
     }
 
-    /// A number for a new entry: the offer's own if the room has not given it to another
-    /// codec (and the offer uses it for this one), else the first dynamic number that neither
-    /// the room nor the offer uses.
-    fn free_pt(&self, wanted: Option<u8>, uses: &HashMap<u8, Use>) -> u8 {
+    /// A number for a new entry: the offer's own unless the room gave it to another codec,
+    /// else the first dynamic number that neither the room nor the offer uses (so the answer
+    /// differs from the offer no more than it must).
+    fn free_pt(&self, wanted: u8, used: &[u8]) -> u8 {
         let taken = |pt: u8| self.entries.iter().any(|e| e.pt == pt || e.rtx == Some(pt));
-        if let Some(pt) = wanted.filter(|pt| !taken(*pt)) {
-            return pt;
+        if !taken(wanted) {
+            return wanted;
         }
         // Dynamic payload types (RFC 3551 §3): 96-127 first, then 35-63 as browsers do
         // (64-95 would collide with RTCP types under rtcp-mux, RFC 5761 §4).
         (96..=127u8)
             .chain(35..=63)
-            .find(|pt| !taken(*pt) && !uses.contains_key(pt))
-            .unwrap_or(127) // 61 numbers for at most 5 entries: never reached
+            .find(|pt| !taken(*pt) && !used.contains(pt))
+            .or_else(|| (96..=127u8).chain(35..=63).find(|pt| !taken(*pt)))
+            .unwrap_or(wanted) // 61 numbers for at most 5 entries: never reached
+    }
+}
+
+/// Refuses when the relay would send `codec` (or its RTX) with `room` but the offer asked for
+/// another number.
+fn check_same(
+    codec: Codec,
+    rtx: bool,
+    room: u8,
+    offer: Option<u8>,
+    line: usize,
+) -> Result<(), CodecMismatch> {
+    match offer {
+        Some(offer_pt) if offer_pt != room => Err(CodecMismatch {
+            codec,
+            rtx,
+            room_pt: room,
+            offer_pt,
+            line,
+        }),
+        _ => Ok(()),
     }
 }
 
 impl fmt::Display for CodecMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.rtx { " RTX" } else { "" };
         write!(
             f,
-            "{}: payload type {} is {} in this room, and the offer (m= line {}) uses {} for {}",
+            "{}{what}: the room sends payload type {}, the offer (m= line {}) asks for {}; the \
+             relay does not rewrite payload types",
             self.codec.name(),
             self.room_pt,
-            self.codec.name(),
             self.line,
-            self.room_pt,
-            self.offer_use,
+            self.offer_pt,
         )
     }
 }
 
 impl std::error::Error for CodecMismatch {}
 
-/// What an offer uses a payload type number for, across all its sections (one BUNDLE group
-/// shares one number space, RFC 9143 §7.5).
-struct Use {
-    name: String,
-    codec: Option<Codec>,
-    /// For RTX: the codec of its `apt`.
-    rtx_of: Option<Codec>,
-    line: usize,
-}
-
-fn offer_uses(offer: &Session) -> HashMap<u8, Use> {
-    let mut uses = HashMap::new();
-    for m in offer.media.iter().filter(|m| m.port != 0) {
-        for p in &m.payloads {
-            let codec = CODECS
-                .into_iter()
-                .find(|c| c.kind() == m.kind && c.matches(p));
-            let rtx_of = apt(p).and_then(|apt| m.payload(apt)).and_then(|a| {
-                CODECS
-                    .into_iter()
-                    .find(|c| c.kind() == m.kind && c.matches(a))
-            });
-            let name = if p.encoding.is_empty() {
-                format!("static payload {}", p.pt)
-            } else {
-                p.encoding.clone()
-            };
-            uses.entry(p.pt).or_insert(Use {
-                name,
-                codec,
-                rtx_of,
-                line: m.line,
-            });
-        }
-    }
-    uses
+/// Every payload type number the offer uses, in any section.
+fn offer_numbers(offer: &Session) -> Vec<u8> {
+    offer
+        .media
+        .iter()
+        .flat_map(|m| m.payloads.iter().map(|p| p.pt))
+        .collect()
 }
 
 /// The RTX payload type the section pairs with `pt` (`a=rtpmap:<x> rtx/...` with `apt=pt`).

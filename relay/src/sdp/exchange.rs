@@ -105,8 +105,10 @@ pub enum ExchangeError {
     CodecMismatch(CodecMismatch),
 }
 
-/// Parses a client's publish offer and builds the relay's answer. See the module docs for
-/// what is taken and what is rejected.
+/// Builds the relay's answer to a client's publish offer. See the module docs for what is taken
+/// and what is rejected. The relay never sends on a publish connection (sections are answered
+/// `recvonly` or `inactive`), so the room's numbers are always answerable here: this never
+/// returns [`ExchangeError::CodecMismatch`] today.
 pub fn answer_publish(
     offer: &Session,
     table: &CodecTable,
@@ -116,7 +118,7 @@ pub fn answer_publish(
         return Err(invalid(0, "the offer has no media section"));
     }
     let negotiated = table
-        .negotiate(offer)
+        .negotiate(offer, |_| false)
         .map_err(ExchangeError::CodecMismatch)?;
     let mut media = Vec::with_capacity(offer.media.len());
     let mut bundle = Vec::new();
@@ -315,8 +317,11 @@ pub fn read_subscribe_answer(
             ));
         }
         let mid = a.mid.clone().unwrap_or_default();
-        if a.port == 0 || o.port == 0 || a.direction != Direction::RecvOnly {
-            if o.port != 0 && a.port != 0 && a.direction != Direction::Inactive {
+        // RFC 9143 §7.3: an answer rejects a bundled section with port 0 *and* by leaving it out
+        // of its BUNDLE group; port 0 alone is how some answerers write a bundled section.
+        let rejected_here = o.port == 0 || (a.port == 0 && !answer.bundle.contains(&mid));
+        if rejected_here || a.direction != Direction::RecvOnly {
+            if !rejected_here && a.direction != Direction::Inactive {
                 return Err(invalid(
                     a.line,
                     "answer a sendonly section with recvonly or inactive",

@@ -43,18 +43,24 @@
 //!    number (and its RTX number) to the offer's own, unless the room already gave that number to
 //!    another codec; then the codec gets the first dynamic number (96-127, then 35-63) that
 //!    neither the room nor the offer uses.
-//! 2. A later offer that maps a codec to another number is answered with the **room's**
-//!    number. RFC 3264 §6.1: "the payload type numbers in the answer ... indicate the value of
-//!    the payload type field in RTP packets the answerer is expecting to receive" and the same
-//!    number as the offer is only a SHOULD; browsers send with the numbers of the remote
-//!    description (the Chromium test checks that a remapped VP8 goes out under the room's number).
-//! 3. It is refused with [`CodecMismatch`] (`409 codec_mismatch`, naming the codec) when the
-//!    offer uses the room's number for something else (another codec or another codec's RTX) in
-//!    any of its sections: one BUNDLE group shares one number space (RFC 9143 §7.5), and one
-//!    number meaning two codecs between offer and answer is ambiguous for the browser.
-//! 4. A section with no codec the relay takes (data channels, other codecs, port 0) is
-//!    rejected with port 0 and keeps its mid; the others are answered `recvonly`
-//!    (the client's `sendonly`/`sendrecv`) or `inactive`, with only the room's codecs.
+//! 2. Where the relay only **receives** (a publish offer's `sendonly`/`sendrecv` sections,
+//!    answered `recvonly`), a later offer that maps a codec to another number is answered with
+//!    the **room's** number. RFC 3264 §6.1: the payload type numbers in an answer are those the
+//!    answerer expects to receive, and reusing the offer's is only a SHOULD. Measured here with
+//!    `getParameters()` after `setRemoteDescription` (tests/tests/webrtc_sdp.rs): Chromium 156,
+//!    Firefox ESR 153 and aiortc 1.16 all send with the answer's numbers, even where their own
+//!    offer used that number for another codec (Firefox with Opus and VP8 swapped, Chromium with
+//!    the room's Opus on its own VP8 number). So no receive-only section is refused.
+//! 3. Where the relay would **send** (the client receives in a section it offered), RFC 3264
+//!    §6.1 says the answerer "MUST use the payload type numbers from the offer"; the relay does
+//!    not rewrite them, so an offered number other than the room's is refused with
+//!    [`CodecMismatch`] (`409 codec_mismatch`, naming the codec). The publish exchange never
+//!    sends, and in the subscribe exchange the relay is the offerer (the client answers with the
+//!    relay's numbers), so neither produces it today; it guards any flow where a client offers
+//!    what it receives.
+//! 4. A section with no codec the relay takes (data channels, other codecs, port 0 without
+//!    `a=bundle-only`) is rejected with port 0 and keeps its mid; the others are answered
+//!    `recvonly` (the client's `sendonly`/`sendrecv`) or `inactive`, with only the room's codecs.
 //!
 //! Not negotiated in this version: `transport-cc` and `goog-remb` (TWCC and REMB: the relay
 //! does not terminate congestion control), header extensions (no `sdes:mid`: subscribers
@@ -65,8 +71,8 @@
 //!
 //! A sending section must declare its SSRC with `a=ssrc` (and its RTX with
 //! `a=ssrc-group:FID`): the relay routes on declared SSRCs and has no MID or RID demultiplexing.
-//! Chromium 156 (Debian) and aiortc 1.16 declare them in their offers (see `testdata/`), and so
-//! does Firefox. A sending section without them is refused with `invalid_sdp` naming its `m=`
+//! Chromium 156 (Debian), Firefox ESR 153 and aiortc 1.16 declare them in their offers (see
+//! `testdata/`). A sending section without them is refused with `invalid_sdp` naming its `m=`
 //! line; so is simulcast (`a=ssrc-group:SIM`) and more than one media SSRC per section.
 #![deny(unsafe_code)]
 

@@ -286,6 +286,10 @@ impl Parser {
             ("sendonly", None) => self.direction(Direction::SendOnly),
             ("recvonly", None) => self.direction(Direction::RecvOnly),
             ("inactive", None) => self.direction(Direction::Inactive),
+            ("bundle-only", None) => {
+                self.media()?.bundle_only = true;
+                Ok(())
+            }
             ("rtcp-mux", None) => {
                 self.media()?.rtcp_mux = true;
                 Ok(())

@@ -44,6 +44,9 @@ pub struct Media {
     pub connection: Option<String>,
     /// `a=mid` (RFC 9143 §7.3).
     pub mid: Option<String>,
+    /// `a=bundle-only` (RFC 9143 §6): with port 0 in an offer, the section is not rejected but
+    /// will use the BUNDLE transport (Firefox offers its second section this way).
+    pub bundle_only: bool,
     /// `a=sendrecv` (the default when absent), `sendonly`, `recvonly` or `inactive`.
     pub direction: Direction,
     /// `a=rtcp-mux` (RFC 5761).
@@ -238,7 +241,12 @@ impl Media {
 
     /// Whether the writer of the description sends media in this section.
     pub fn sends(&self) -> bool {
-        self.port != 0 && matches!(self.direction, Direction::SendRecv | Direction::SendOnly)
+        self.is_active() && matches!(self.direction, Direction::SendRecv | Direction::SendOnly)
+    }
+
+    /// Not rejected: a port other than 0, or port 0 with `a=bundle-only` (RFC 9143 §6).
+    pub fn is_active(&self) -> bool {
+        self.port != 0 || self.bundle_only
     }
 }
 

@@ -10,6 +10,7 @@ use super::*;
 const CHROMIUM_OFFER: &str = include_str!("testdata/chromium_publish_offer.sdp");
 const CHROMIUM_ANSWER: &str = include_str!("testdata/chromium_recvonly_answer.sdp");
 const AIORTC_OFFER: &str = include_str!("testdata/aiortc_publish_offer.sdp");
+const FIREFOX_OFFER: &str = include_str!("testdata/firefox_publish_offer.sdp");
 
 fn local() -> Local {
     Local {
@@ -111,6 +112,38 @@ fn parses_aiortc_offer_with_three_fingerprints_and_candidates() {
             .unwrap()
             .contains("42e01f")
     );
+}
+
+#[test]
+fn firefox_offer_with_bundle_only_second_section() {
+    let s = parse(FIREFOX_OFFER).unwrap();
+    // Session-level fingerprint, port 0 + a=bundle-only on the video section (max-bundle).
+    assert_eq!(s.fingerprints.len(), 1);
+    let video = &s.media[1];
+    assert_eq!(
+        (video.port, video.bundle_only, video.is_active()),
+        (0, true, true)
+    );
+    assert_eq!(s.fingerprints_of(video), s.fingerprints.as_slice());
+    let p = answer_publish(&s, &CodecTable::new(), &local()).unwrap();
+    let entries: Vec<_> = p
+        .table
+        .entries()
+        .iter()
+        .map(|e| (e.codec, e.pt, e.rtx))
+        .collect();
+    // Debian's Firefox ESR offers no H.264 (OpenH264 is a download).
+    assert_eq!(
+        entries,
+        [(Codec::Opus, 109, None), (Codec::Vp8, 120, Some(124))]
+    );
+    assert_eq!(p.tracks.len(), 2);
+    assert_eq!(
+        (p.tracks[1].ssrc, p.tracks[1].rtx_ssrc),
+        (1306033615, Some(1964651653))
+    );
+    assert_eq!(p.answer.media[1].port, 9);
+    assert!(!write(&p.answer).contains("bundle-only"));
 }
 
 #[test]
@@ -224,21 +257,60 @@ fn publish_answer_to_aiortc_and_a_later_chromium_in_the_same_room() {
         first.tracks[0].msid.track.as_deref(),
         Some("ebfabac2-81ec-4e04-816c-07b17e6aea46")
     );
-    // Chromium gives 96 to VP8 and 97 to its RTX: the room's Opus number is taken.
+    // Chromium gives 96 to VP8 and 97 to its RTX, the room gives 96 to Opus: the answer still
+    // carries the room's numbers (the relay only receives here; browsers send with the
+    // answer's numbers, tests/tests/webrtc_sdp.rs).
     let chromium = parse(CHROMIUM_OFFER).unwrap();
-    let err = answer_publish(&chromium, &first.table, &local()).unwrap_err();
-    assert_eq!(err.code(), "codec_mismatch");
-    assert_eq!(err.status(), 409);
-    let ExchangeError::CodecMismatch(m) = &err else {
-        panic!("{err}")
-    };
-    assert_eq!(
-        (m.codec, m.room_pt, m.offer_use.as_str()),
-        (Codec::Opus, 96, "VP8")
+    let second = answer_publish(&chromium, &first.table, &local()).unwrap();
+    assert_eq!(second.table, first.table, "nothing new for the room");
+    let text = write(&second.answer);
+    assert!(
+        text.contains("m=audio 9 UDP/TLS/RTP/SAVPF 96\r\n"),
+        "{text}"
     );
     assert!(
-        err.to_string().starts_with("opus: payload type 96"),
+        text.contains("m=video 9 UDP/TLS/RTP/SAVPF 97 98 101 102\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("a=fmtp:98 apt=97\r\n"), "{text}");
+}
+
+#[test]
+fn codec_mismatch_where_the_relay_would_send_with_other_numbers() {
+    // RFC 3264 §6.1: an answerer that sends uses the offer's numbers. A room with Chromium's
+    // numbers cannot send VP8 to an aiortc offer that wants it as 97.
+    let room = CodecTable::new()
+        .negotiate(&parse(CHROMIUM_OFFER).unwrap(), |_| false)
+        .unwrap()
+        .table;
+    let aiortc = parse(AIORTC_OFFER).unwrap();
+    let err = room
+        .negotiate(&aiortc, |m| m.kind == MediaKind::Video)
+        .unwrap_err();
+    assert_eq!(
+        (err.codec, err.rtx, err.room_pt, err.offer_pt, err.line),
+        (Codec::Vp8, false, 96, 97, 30)
+    );
+    assert!(
+        err.to_string()
+            .starts_with("VP8: the room sends payload type 96"),
         "{err}"
+    );
+    assert_eq!(ExchangeError::CodecMismatch(err).code(), "codec_mismatch");
+    // Same numbers: nothing to refuse.
+    let same = room
+        .negotiate(&parse(CHROMIUM_OFFER).unwrap(), |_| true)
+        .unwrap();
+    assert_eq!(same.table, room);
+    // Only the RTX differs.
+    let rtx = CHROMIUM_OFFER
+        .replace(" 96 97 102", " 96 121 102")
+        .replace("a=rtpmap:97 rtx", "a=rtpmap:121 rtx")
+        .replace("a=fmtp:97 apt", "a=fmtp:121 apt");
+    let err = room.negotiate(&parse(&rtx).unwrap(), |_| true).unwrap_err();
+    assert_eq!(
+        (err.codec, err.rtx, err.room_pt, err.offer_pt),
+        (Codec::Vp8, true, 97, 121)
     );
 }
 
@@ -248,7 +320,7 @@ fn later_offer_with_other_free_numbers_is_answered_with_the_rooms() {
     // them, and its tracks stay as declared.
     let chromium = parse(CHROMIUM_OFFER).unwrap();
     let room = CodecTable::new()
-        .negotiate(&parse(&renumbered(CHROMIUM_OFFER)).unwrap())
+        .negotiate(&parse(&renumbered(CHROMIUM_OFFER)).unwrap(), |_| false)
         .unwrap()
         .table;
     assert_eq!(
@@ -558,6 +630,7 @@ fn media() -> impl Strategy<Value = Media> {
                     protocol: "UDP/TLS/RTP/SAVPF".into(),
                     formats: payloads.iter().map(|p| p.pt.to_string()).collect(),
                     connection: Some("IN IP4 0.0.0.0".into()),
+                    bundle_only: port == 0 && mid.is_some(),
                     mid,
                     direction: [
                         Direction::SendRecv,

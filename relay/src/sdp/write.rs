@@ -60,6 +60,9 @@ fn write_media(w: &mut String, m: &Media) {
     if let Some(mid) = &m.mid {
         line(w, format_args!("a=mid:{mid}"));
     }
+    if m.bundle_only {
+        line(w, format_args!("a=bundle-only"));
+    }
     line(w, format_args!("a={}", m.direction.name()));
     write_transport(w, m.ice.as_ref(), &m.fingerprints, m.setup);
     if m.rtcp_mux {
