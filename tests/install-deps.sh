@@ -23,6 +23,7 @@ command -v firefox-esr >/dev/null || need+=(firefox-esr)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v ip >/dev/null || need+=(iproute2)
+command -v openssl >/dev/null || need+=(openssl)   # an independent DTLS-SRTP client (s_client)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
