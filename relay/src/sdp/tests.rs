@@ -755,3 +755,103 @@ fn addresses_of_both_families_become_host_candidates() {
     assert_eq!(p.answer.media[0].candidates.len(), 1);
     assert_eq!(p.answer.media[0].candidates[0].address, "192.0.2.1");
 }
+
+fn track() -> impl Strategy<Value = (Track, bool)> {
+    (
+        any::<bool>(),
+        any::<u32>(),
+        proptest::option::of(any::<u32>()),
+        token(),
+        msid(),
+        any::<bool>(),
+    )
+        .prop_map(|(video, ssrc, rtx, cname, msid, stopped)| {
+            let kind = if video {
+                MediaKind::Video
+            } else {
+                MediaKind::Audio
+            };
+            let rtx_ssrc = if video {
+                rtx.filter(|r| *r != ssrc)
+            } else {
+                None
+            };
+            (
+                Track {
+                    mid: String::new(),
+                    kind,
+                    ssrc,
+                    rtx_ssrc,
+                    cname,
+                    msid,
+                },
+                stopped,
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The builders' typed inputs come back from the text they write.
+    #[test]
+    fn subscribe_offer_gives_its_inputs_back(
+        tracks in proptest::collection::vec(track(), 1..6),
+        ice in ice(),
+        fingerprint in fingerprint(),
+        addresses in proptest::collection::vec(any::<SocketAddr>(), 0..3),
+        session_id in any::<u64>(),
+    ) {
+        let table = CodecTable::new().negotiate(&parse(CHROMIUM_OFFER).unwrap(), |_| false).unwrap().table;
+        let local = Local { ice: ice.clone(), fingerprint: fingerprint.clone(), addresses: addresses.clone(), session_id, session_version: 3 };
+        let slots: Vec<Slot> = tracks
+            .iter()
+            .enumerate()
+            .map(|(i, (t, stopped))| if *stopped {
+                Slot::Stopped { mid: format!("m{i}"), kind: t.kind.clone() }
+            } else {
+                Slot::Track { mid: format!("m{i}"), track: t.clone() }
+            })
+            .collect();
+        let offer = offer_subscribe(&slots, &table, &local).unwrap();
+        let back = parse(&write(&offer)).unwrap();
+        prop_assert_eq!(back.session_id, session_id);
+        prop_assert!(back.ice_lite);
+        let live: Vec<String> = slots.iter().filter_map(|s| match s { Slot::Track { mid, .. } => Some(mid.clone()), _ => None }).collect();
+        prop_assert_eq!(&back.bundle, &live);
+        for (slot, m) in slots.iter().zip(&back.media) {
+            match slot {
+                Slot::Stopped { mid, .. } => {
+                    prop_assert_eq!(m.port, 0);
+                    prop_assert_eq!(m.mid.as_ref(), Some(mid));
+                }
+                Slot::Track { mid, track } => {
+                    prop_assert_eq!(m.mid.as_ref(), Some(mid));
+                    prop_assert_eq!(m.direction, Direction::SendOnly);
+                    prop_assert_eq!(back.ice_of(m), Some(&ice));
+                    prop_assert_eq!(back.fingerprints_of(m), std::slice::from_ref(&fingerprint));
+                    prop_assert_eq!(back.setup_of(m), Some(Setup::ActPass));
+                    prop_assert!(m.rtcp_mux && m.end_of_candidates && m.extmaps.is_empty());
+                    let cands: Vec<(String, u16)> = m.candidates.iter().map(|c| (c.address.clone(), c.port)).collect();
+                    let want: Vec<(String, u16)> = addresses.iter().map(|a| (a.ip().to_string(), a.port())).collect();
+                    prop_assert_eq!(cands, want);
+                    let media = m.ssrc(track.ssrc).unwrap();
+                    prop_assert_eq!(media.cname.as_ref(), Some(&track.cname));
+                    prop_assert_eq!(media.msid.as_ref(), Some(&track.msid));
+                    prop_assert_eq!(m.msid.as_ref(), Some(&track.msid));
+                    match track.rtx_ssrc {
+                        Some(rtx) => {
+                            prop_assert!(m.ssrc(rtx).is_some());
+                            prop_assert_eq!(&m.ssrc_groups, &vec![SsrcGroup { semantics: "FID".into(), ssrcs: vec![track.ssrc, rtx] }]);
+                        }
+                        None => prop_assert!(m.ssrc_groups.is_empty()),
+                    }
+                    // Only the room's codecs of the track's kind, with the room's numbers.
+                    let pts: Vec<u8> = m.payloads.iter().map(|p| p.pt).collect();
+                    let want: Vec<u8> = table.of_kind(&track.kind).iter().flat_map(|e| e.payloads()).map(|p| p.pt).collect();
+                    prop_assert_eq!(pts, want);
+                }
+            }
+        }
+    }
+}
