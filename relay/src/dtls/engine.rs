@@ -15,9 +15,10 @@ use crate::sdp::Fingerprint;
 /// Bounds of an [`Engine`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
-    /// Handshakes in [`State::Connecting`] at once; [`Engine::start`] refuses more. A P-256
-    /// handshake costs the server about two ECDSA/ECDH operations (well under a millisecond), so
-    /// 256 in flight is seconds of work at worst, not minutes.
+    /// Handshakes in [`State::Connecting`] at once; [`Engine::start`] refuses more. One full
+    /// handshake cost 2.4-3.6 ms of CPU for server and client together in memory
+    /// (`cargo bench -p bench --bench webrtc -- dtls`, noisy machine), so 256 in flight is about
+    /// half a second of the DTLS thread, not minutes.
     pub max_handshakes: usize,
     /// Datagrams queued per participant between two [`Engine::process`] turns; the rest are
     /// dropped and counted. A client's largest flight is a handful of datagrams.
