@@ -35,6 +35,26 @@ window.peerOp = async (req) => {
     window.pcs.push(pc);
     return { id: window.pcs.length - 1, sdp: answer.sdp, tracks };
   }
+  if (req.op === 'stats') {
+    // Connection state and, where the browser has RTCTransportStats (Chromium), the DTLS and SRTP
+    // parameters it negotiated.
+    const pc = window.pcs[req.id];
+    const out = { connectionState: pc.connectionState, iceConnectionState: pc.iceConnectionState };
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === 'transport') {
+        Object.assign(out, {
+          dtlsState: r.dtlsState, dtlsRole: r.dtlsRole, srtpCipher: r.srtpCipher,
+          dtlsCipher: r.dtlsCipher, tlsVersion: r.tlsVersion,
+        });
+      }
+      if (r.type === 'outbound-rtp') out.packetsSent = (out.packetsSent || 0) + r.packetsSent;
+      if (r.type === 'local-candidate' || r.type === 'remote-candidate') {
+        (out[r.type] = out[r.type] || []).push(`${r.address}:${r.port} ${r.candidateType}`);
+      }
+      if (r.type === 'candidate-pair') (out.pairs = out.pairs || []).push(r.state);
+    });
+    return out;
+  }
   if (req.op === 'capabilities') {
     return { audio: RTCRtpSender.getCapabilities('audio'), video: RTCRtpSender.getCapabilities('video') };
   }

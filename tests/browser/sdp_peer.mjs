@@ -6,6 +6,7 @@
 //        setRemoteDescription(answer) on that peer connection
 //   {"op":"answer","sdp":"<offer>"}             -> {"id":M,"sdp":"<answer>","tracks":[{"mid","kind","streams"}]}
 //        a new peer connection answers an offer (recvonly for the offer's sendonly sections)
+//   {"op":"stats","id":N}                       -> {"connectionState","dtlsState","srtpCipher",...}
 //   {"op":"capabilities"}                       -> RTCRtpSender.getCapabilities for audio and video
 // Errors come back as {"error":"..."}. EOF closes the browser.
 import readline from 'node:readline';

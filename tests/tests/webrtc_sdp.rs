@@ -1,149 +1,17 @@
 //! The relay's SDP in real WebRTC stacks: Debian's Chromium (through playwright-core,
-//! tests/browser/sdp_peer.mjs) and aiortc (tests/browser/aiortc_peer.py) must accept the
+//! tests/browser/sdp_peer.mjs), Firefox ESR (tests/browser/firefox_peer.mjs) and aiortc
+//! (tests/browser/aiortc_peer.py) must accept the
 //! publish answers and subscribe offers `relay::sdp` builds from their own descriptions, and
 //! the relay must read what they answer. No media flows here: this checks the descriptions.
 //!
-//! Needs `chromium`, `node` with tests/browser/node_modules and the aiortc venv in
+//! Needs `chromium`, `firefox-esr`, `node` with tests/browser/node_modules and the aiortc venv in
 //! tests/browser/.venv: `tests/install-deps.sh` installs them.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod webrtc;
 
-use relay::sdp::{self, CodecTable, IceCredentials, Local, Slot};
+use relay::sdp::{self, CodecTable, Slot};
 use serde_json::{Value, json};
-
-/// A WebRTC stack in a child process, spoken to in JSON lines; killed when dropped.
-struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    replies: mpsc::Receiver<String>,
-    name: &'static str,
-}
-
-impl Peer {
-    fn chromium() -> Self {
-        let dir = browser_dir();
-        assert!(
-            dir.join("node_modules/playwright-core").exists(),
-            "tests/browser/node_modules missing: run tests/install-deps.sh"
-        );
-        Self::spawn(
-            "chromium",
-            Command::new("node").arg(dir.join("sdp_peer.mjs")),
-        )
-    }
-
-    fn firefox() -> Self {
-        let dir = browser_dir();
-        Self::spawn(
-            "firefox",
-            Command::new("node").arg(dir.join("firefox_peer.mjs")),
-        )
-    }
-
-    fn aiortc() -> Self {
-        let python = browser_dir().join(".venv/bin/python");
-        assert!(
-            python.exists(),
-            "tests/browser/.venv missing: run tests/install-deps.sh"
-        );
-        Self::spawn(
-            "aiortc",
-            Command::new(python).arg(browser_dir().join("aiortc_peer.py")),
-        )
-    }
-
-    /// Starts `cmd` in a network namespace of its own with only `lo` up (`unshare -n`, as
-    /// root), so that nothing a browser does can leave the machine; without `unshare`, as is.
-    fn spawn(name: &'static str, cmd: &mut Command) -> Self {
-        let mut isolated = Command::new("unshare");
-        isolated.args(["-n", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"]);
-        isolated.arg(cmd.get_program()).args(cmd.get_args());
-        let cmd = if can_isolate() { &mut isolated } else { cmd };
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the {name} peer: {e}"));
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, replies) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            stdin,
-            replies,
-            name,
-        }
-    }
-
-    /// One request, one reply; a reply with "error" fails the test with the stack's words.
-    fn call(&mut self, request: Value) -> Value {
-        let reply = self.try_call(request.clone());
-        if let Some(e) = reply.get("error") {
-            panic!("{} refused {}: {e}", self.name, request["op"]);
-        }
-        reply
-    }
-
-    fn try_call(&mut self, request: Value) -> Value {
-        writeln!(self.stdin, "{request}").unwrap();
-        self.stdin.flush().unwrap();
-        let line = self
-            .replies
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!("{} did not answer {} within 60 s", self.name, request["op"])
-            });
-        serde_json::from_str(&line).unwrap()
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether `unshare -n` works here (root, or a user namespace allowed).
-fn can_isolate() -> bool {
-    Command::new("unshare")
-        .args(["-n", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser")
-}
-
-fn local() -> Local {
-    let cert = relay::dtls::Certificate::generate(&mut rand::thread_rng()).unwrap();
-    Local {
-        ice: IceCredentials {
-            ufrag: "r3lA".to_owned(),
-            pwd: "VOkJxbRl1RmTxUk/WvJxBt".to_owned(),
-        },
-        fingerprint: cert.fingerprint().clone(),
-        // Loopback only: the stacks start ICE checks towards these (nothing listens there).
-        addresses: vec!["127.0.0.1:9".parse().unwrap(), "[::1]:9".parse().unwrap()],
-        session_id: 7_000_000_001,
-        session_version: 2,
-    }
-}
+use webrtc::{Peer, local};
 
 /// (kind, [payload types in order]) of each sender after the answer was applied.
 fn sender_codecs(reply: &Value) -> Vec<(String, Vec<u64>)> {

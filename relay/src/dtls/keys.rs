@@ -32,13 +32,14 @@ impl SrtpProfile {
         }
     }
 
-    /// The name used by RFC 5764/7714, the API (`GET` participant) and browsers' `srtpCipher`
-    /// in `getStats()`.
+    /// The name in the IANA "DTLS-SRTP Protection Profiles" registry (RFC 5764 §4.1.2,
+    /// RFC 7714 §14.2), which `srtpCipher` in `getStats()` uses: Chromium 156 reports
+    /// `SRTP_AEAD_AES_256_GCM` against the relay (tests/tests/webrtc_dtls.rs).
     pub fn name(self) -> &'static str {
         match self {
-            Self::AeadAes256Gcm => "AEAD_AES_256_GCM",
-            Self::AeadAes128Gcm => "AEAD_AES_128_GCM",
-            Self::Aes128CmHmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
+            Self::AeadAes256Gcm => "SRTP_AEAD_AES_256_GCM",
+            Self::AeadAes128Gcm => "SRTP_AEAD_AES_128_GCM",
+            Self::Aes128CmHmacSha1_80 => "SRTP_AES128_CM_HMAC_SHA1_80",
         }
     }
 
