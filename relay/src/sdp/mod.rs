@@ -7,12 +7,12 @@
 //!
 //! # Model
 //!
-//! - [`parse`] turns text into a [`Session`]: session-level and per-section ICE credentials,
+//! - [`parse()`] turns text into a [`Session`]: session-level and per-section ICE credentials,
 //!   fingerprints, setup, mid, direction, rtcp-mux, payload types with their rtpmap/fmtp/rtcp-fb,
 //!   SSRCs with cname and msid, SSRC groups, extmaps, msid, BUNDLE. Anything else is skipped. Sizes
 //!   are bounded ([`parse::MAX_BYTES`], [`parse::MAX_MEDIA`], [`parse::MAX_SSRCS`], ...). A
 //!   [`ParseError`] names the line number and the line: the API answers `400 invalid_sdp` with it.
-//! - [`write`] is the one writer: every description the relay sends is a [`Session`] built by
+//! - [`write()`] is the one writer: every description the relay sends is a [`Session`] built by
 //!   [`answer_publish`] or [`offer_subscribe`] and written by it. `parse(write(s)) == s`.
 //! - [`CodecTable`] is a room's payload type numbers (below).
 //!
