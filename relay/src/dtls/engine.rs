@@ -124,6 +124,15 @@ impl<H: Copy + Eq + Hash> Engine<H> {
         fingerprints: Vec<Fingerprint>,
         now: Instant,
     ) -> Result<(), StartError> {
+        self.start_inner(participant, Some(fingerprints), now)
+    }
+
+    fn start_inner(
+        &mut self,
+        participant: H,
+        fingerprints: Option<Vec<Fingerprint>>,
+        now: Instant,
+    ) -> Result<(), StartError> {
         let replacing = self
             .entries
             .get(&participant)
@@ -153,6 +162,28 @@ impl<H: Copy + Eq + Hash> Engine<H> {
         }
         self.counters.started += 1;
         Ok(())
+    }
+
+    /// Starts `participant`'s handshake before its fingerprints are known (the relay made the
+    /// offer and the answer is not in yet); keys come out only after
+    /// [`Engine::set_fingerprints`]. See [`Handshake::new_awaiting_fingerprints`].
+    pub fn start_awaiting_fingerprints(
+        &mut self,
+        participant: H,
+        now: Instant,
+    ) -> Result<(), StartError> {
+        self.start_inner(participant, None, now)
+    }
+
+    /// Supplies the fingerprints from `participant`'s SDP to a handshake started without them;
+    /// false when there is no such handshake.
+    pub fn set_fingerprints(&mut self, participant: H, fingerprints: Vec<Fingerprint>) -> bool {
+        let Some(entry) = self.entries.get_mut(&participant) else {
+            return false;
+        };
+        entry.handshake.set_fingerprints(fingerprints);
+        self.collect(participant);
+        true
     }
 
     /// Forgets `participant` (it left the room). Outputs already queued for it stay queued.

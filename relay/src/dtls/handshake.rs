@@ -98,13 +98,15 @@ pub enum Output {
 /// One participant's handshake. The relay is the server; DTLS 1.2 only.
 pub struct Handshake {
     dtls: Dtls,
-    expected: Vec<Fingerprint>,
+    /// `None` until the client's SDP is known (see [`Handshake::new_awaiting_fingerprints`]).
+    expected: Option<Vec<Fingerprint>>,
+    /// The client's certificate (DER), kept until it is checked.
+    peer_cert: Option<Vec<u8>>,
     limits: Limits,
     deadline: Instant,
     datagrams: u32,
     ignored: u32,
     state: State,
-    peer_checked: bool,
     keys: Option<SrtpKeys>,
     dimpl_connected: bool,
     next_timeout: Option<Instant>,
@@ -124,25 +126,33 @@ impl Handshake {
         limits: Limits,
         now: Instant,
     ) -> Self {
-        Self::with_config(&config(&limits), cert, expected, limits, now)
+        Self::with_config(&config(&limits), cert, Some(expected), limits, now)
+    }
+
+    /// Starts a handshake before the client's fingerprints are known: when the relay made the
+    /// offer (subscribe), the client may start DTLS before its answer reaches the relay. The
+    /// handshake runs, but no keys come out until [`Handshake::set_fingerprints`] supplied the
+    /// fingerprints and the certificate matched one of them (the deadline still applies).
+    pub fn new_awaiting_fingerprints(cert: &Certificate, limits: Limits, now: Instant) -> Self {
+        Self::with_config(&config(&limits), cert, None, limits, now)
     }
 
     pub(crate) fn with_config(
         config: &Arc<Config>,
         cert: &Certificate,
-        expected: Vec<Fingerprint>,
+        expected: Option<Vec<Fingerprint>>,
         limits: Limits,
         now: Instant,
     ) -> Self {
         Self {
             dtls: Dtls::new_12(Arc::clone(config), cert.dimpl(), now),
             expected,
+            peer_cert: None,
             limits,
             deadline: now + limits.max_duration,
             datagrams: 0,
             ignored: 0,
             state: State::Connecting,
-            peer_checked: false,
             keys: None,
             dimpl_connected: false,
             next_timeout: None,
@@ -187,6 +197,19 @@ impl Handshake {
         }
         let result = self.dtls.handle_timeout(now);
         self.after(result);
+    }
+
+    /// Supplies (or replaces) the fingerprints from the client's SDP while connecting; a
+    /// certificate already received is checked at once. Ignored once connected or failed.
+    pub fn set_fingerprints(&mut self, expected: Vec<Fingerprint>) {
+        if self.state != State::Connecting {
+            return;
+        }
+        self.expected = Some(expected);
+        if self.peer_cert.is_some() && !self.check_peer() {
+            return self.fail(Failure::BadFingerprint, "certificate mismatch".into());
+        }
+        self.try_connect();
     }
 
     /// The next output to act on, oldest first.
@@ -267,14 +290,10 @@ impl Handshake {
                     break;
                 }
                 dimpl::Output::PeerCert(der) => {
-                    if !self
-                        .expected
-                        .iter()
-                        .any(|fp| fingerprint_of(fp.hash, der) == *fp)
-                    {
+                    self.peer_cert = Some(der.to_vec());
+                    if self.expected.is_some() && !self.check_peer() {
                         return self.fail(Failure::BadFingerprint, "certificate mismatch".into());
                     }
-                    self.peer_checked = true;
                 }
                 dimpl::Output::KeyingMaterial(material, profile) => {
                     let keys = SrtpProfile::from_dimpl(profile)
@@ -299,16 +318,39 @@ impl Handshake {
                 _ => {}
             }
         }
-        if self.state == State::Connecting && self.dimpl_connected {
-            if !self.peer_checked {
-                return self.fail(Failure::BadFingerprint, "no client certificate".into());
-            }
-            let Some(keys) = self.keys.take() else {
-                return self.fail(Failure::ProtocolError, "no SRTP profile negotiated".into());
-            };
-            self.state = State::Connected;
-            self.outputs.push_back(Output::Connected(keys));
+        self.try_connect();
+    }
+
+    /// Hands out the keys once dimpl is connected, the fingerprints are known and the client's
+    /// certificate matched one of them.
+    fn try_connect(&mut self) {
+        if self.state != State::Connecting || !self.dimpl_connected {
+            return;
         }
+        if self.peer_cert.is_none() {
+            return self.fail(Failure::BadFingerprint, "no client certificate".into());
+        }
+        if self.expected.is_none() {
+            return; // connected on the wire; keys wait for the client's SDP
+        }
+        if !self.check_peer() {
+            return self.fail(Failure::BadFingerprint, "certificate mismatch".into());
+        }
+        let Some(keys) = self.keys.take() else {
+            return self.fail(Failure::ProtocolError, "no SRTP profile negotiated".into());
+        };
+        self.state = State::Connected;
+        self.outputs.push_back(Output::Connected(keys));
+    }
+
+    /// Whether the client's certificate matches one of the expected fingerprints.
+    fn check_peer(&self) -> bool {
+        let (Some(der), Some(expected)) = (&self.peer_cert, &self.expected) else {
+            return false;
+        };
+        expected
+            .iter()
+            .any(|fp| fingerprint_of(fp.hash, der) == *fp)
     }
 
     fn fail(&mut self, failure: Failure, detail: String) {

@@ -27,8 +27,11 @@
 //!
 //! With an [`Engine`] (the DTLS thread):
 //!
-//! 1. [`Engine::start`]`(handle, remote_fingerprints, now)` when the participant's SDP exchange
-//!    completes (publish offer, or subscribe answer): it creates the handshake.
+//! 1. [`Engine::start`]`(handle, remote_fingerprints, now)` when the client's fingerprints are
+//!    known (publish: from its offer, before answering). When the relay is the offerer
+//!    (subscribe), the client may start DTLS before its answer arrives: call
+//!    [`Engine::start_awaiting_fingerprints`]`(handle, now)` when sending the offer and
+//!    [`Engine::set_fingerprints`] with the answer's; no keys come out before they matched.
 //! 2. [`Engine::push`]`(handle, datagram)` for each DTLS datagram (RFC 7983 first byte 20-63)
 //!    from that participant's latched address. Only queues it (bounded per handle).
 //! 3. [`Engine::process`]`(now, budget)`: feeds queued datagrams to their handshakes, one per

@@ -104,6 +104,9 @@ fn run(
         if sent {
             continue; // let the client answer before time moves
         }
+        if out.client_connected {
+            return out; // the server connects before the client does; it may be awaiting SDP
+        }
         // Nothing in flight: move the clock to the next timer.
         let next = [client_timeout, server.poll_timeout()]
             .into_iter()
@@ -590,4 +593,72 @@ fn engine_connects_many_in_round_robin() {
     connected.sort();
     assert_eq!(connected, vec![1, 2, 3, 4, 5], "{failed:?}");
     assert!(engine.poll_timeout().is_some());
+}
+
+#[test]
+fn fingerprints_may_arrive_after_the_handshake() {
+    // The subscribe flow: the relay offered, the client starts DTLS before its answer (with
+    // its fingerprint) reaches the relay.
+    let now = Instant::now();
+    let (mut c, cert) = client(now);
+    let mut s = Handshake::new_awaiting_fingerprints(&server_cert(), Limits::default(), now);
+    let r = run(&mut s, &mut c, now, |_, _, _| true, false);
+    assert!(r.client_connected, "the client completes on the wire");
+    assert!(r.server_keys.is_none() && r.server_failure.is_none());
+    assert_eq!(s.state(), State::Connecting);
+    s.set_fingerprints(vec![sha256(&cert.certificate)]);
+    let Some(Output::Connected(keys)) = s.poll_output() else {
+        panic!("{:?}", s.detail())
+    };
+    let (material, _) = r.client_keys.unwrap();
+    assert_eq!(
+        Some(keys),
+        SrtpKeys::from_exporter(SrtpProfile::AeadAes256Gcm, &material)
+    );
+    assert_eq!(s.state(), State::Connected);
+}
+
+#[test]
+fn late_fingerprints_that_do_not_match_fail() {
+    let now = Instant::now();
+    let (mut c, _) = client(now);
+    let mut s = Handshake::new_awaiting_fingerprints(&server_cert(), Limits::default(), now);
+    let r = run(&mut s, &mut c, now, |_, _, _| true, false);
+    assert!(r.client_connected);
+    let other = dimpl::certificate::generate_self_signed_certificate().unwrap();
+    s.set_fingerprints(vec![sha256(&other.certificate)]);
+    assert_eq!(
+        s.poll_output(),
+        Some(Output::Failed(Failure::BadFingerprint))
+    );
+    // And a client that never answers its SDP runs into the deadline.
+    let (mut c, _) = client(now);
+    let mut s = Handshake::new_awaiting_fingerprints(&server_cert(), Limits::default(), now);
+    run(&mut s, &mut c, now, |_, _, _| true, false);
+    s.handle_timeout(now + Limits::default().max_duration);
+    assert_eq!(
+        s.poll_output(),
+        Some(Output::Failed(Failure::HandshakeTimeout))
+    );
+}
+
+#[test]
+fn engine_takes_fingerprints_later() {
+    let now = Instant::now();
+    let mut engine = Engine::new(server_cert(), EngineConfig::default());
+    let (c, cert) = client(now);
+    engine.start_awaiting_fingerprints(1, now).unwrap();
+    let mut clients = vec![(1, c)];
+    let (mut connected, mut failed) = (Vec::new(), Vec::new());
+    for round in 0..10 {
+        let t = now + Duration::from_millis(round);
+        engine_round(&mut engine, &mut clients, t);
+        engine.process(t, 8);
+        deliver_engine_outputs(&mut engine, &mut clients, t, &mut connected, &mut failed);
+    }
+    assert!(connected.is_empty() && failed.is_empty());
+    assert!(engine.set_fingerprints(1, vec![sha256(&cert.certificate)]));
+    deliver_engine_outputs(&mut engine, &mut clients, now, &mut connected, &mut failed);
+    assert_eq!(connected, vec![1]);
+    assert!(!engine.set_fingerprints(2, vec![]));
 }
