@@ -10,14 +10,14 @@
 mod webrtc;
 
 use std::net::UdpSocket;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use relay::dtls::{Certificate, Handshake, Limits, Output, SrtpKeys};
 use relay::packet::stun;
-use relay::sdp::{self, CodecTable, IceCredentials, Local};
+use relay::sdp::{self, CodecTable, Fingerprint, IceCredentials, Local, Slot};
 use serde_json::{Value, json};
 use webrtc::{Peer, in_own_netns};
 
@@ -33,7 +33,14 @@ struct Served {
 
 /// Serves STUN and DTLS on `socket` until `stop`, as the relay will: ICE-lite answers with the
 /// participant's pwd, DTLS to the handshake.
-fn serve(socket: UdpSocket, mut hs: Handshake, pwd: String, stop: Arc<AtomicBool>) -> Served {
+/// Fingerprints that arrive on `late` (the subscribe answer) go to the handshake.
+fn serve(
+    socket: UdpSocket,
+    mut hs: Handshake,
+    pwd: String,
+    late: mpsc::Receiver<Vec<Fingerprint>>,
+    stop: Arc<AtomicBool>,
+) -> Served {
     socket
         .set_read_timeout(Some(Duration::from_millis(10)))
         .unwrap();
@@ -42,6 +49,10 @@ fn serve(socket: UdpSocket, mut hs: Handshake, pwd: String, stop: Arc<AtomicBool
     let mut reply = [0u8; 512];
     let mut peer = None;
     while !stop.load(Ordering::Relaxed) {
+        if let Ok(fingerprints) = late.try_recv() {
+            hs.set_fingerprints(fingerprints);
+            drain(&socket, &mut hs, peer, &mut served);
+        }
         let now = Instant::now();
         let Ok((n, from)) = socket.recv_from(&mut buf) else {
             hs.handle_timeout(now);
@@ -127,7 +138,8 @@ fn publish_and_connect(mut peer: Peer) -> (Served, Value) {
     let stop = Arc::new(AtomicBool::new(false));
     let server = {
         let (stop, pwd) = (Arc::clone(&stop), local.ice.pwd.clone());
-        thread::spawn(move || serve(socket, hs, pwd, stop))
+        let (_, late) = mpsc::channel();
+        thread::spawn(move || serve(socket, hs, pwd, late, stop))
     };
     peer.call(json!({"op": "set_answer", "id": offer["id"], "sdp": sdp::write(&publish.answer)}));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -175,4 +187,76 @@ fn chromium_completes_ice_and_dtls_with_the_relay_as_server() {
         served.srtp_after_keys > 0,
         "Chromium sends SRTP once connected"
     );
+}
+
+#[test]
+fn chromium_answers_the_subscribe_offer_and_connects_with_the_relay_as_server() {
+    if in_own_netns("chromium_answers_the_subscribe_offer_and_connects_with_the_relay_as_server") {
+        return;
+    }
+    let mut peer = Peer::chromium();
+    let cert = Certificate::generate(&mut rand::thread_rng()).unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = Local {
+        ice: IceCredentials {
+            ufrag: "sUb1".to_owned(),
+            pwd: "VOkJxbRl1RmTxUk/WvJxBt".to_owned(),
+        },
+        fingerprint: cert.fingerprint().clone(),
+        addresses: vec![socket.local_addr().unwrap()],
+        session_id: 43,
+        session_version: 1,
+    };
+    // The tracks of a captured Chromium publisher.
+    let publisher = sdp::parse(include_str!(
+        "../../relay/src/sdp/testdata/chromium_publish_offer.sdp"
+    ))
+    .unwrap();
+    let publish = sdp::answer_publish(&publisher, &CodecTable::new(), &local).unwrap();
+    let slots: Vec<Slot> = publish
+        .tracks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Slot::Track {
+            mid: i.to_string(),
+            track: t.clone(),
+        })
+        .collect();
+    let offer = sdp::offer_subscribe(&slots, &publish.table, &local).unwrap();
+    // The relay offers: the handshake starts before the client's fingerprint is known.
+    let hs = Handshake::new_awaiting_fingerprints(&cert, Limits::default(), Instant::now());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (late_tx, late) = mpsc::channel();
+    let server = {
+        let (stop, pwd) = (Arc::clone(&stop), local.ice.pwd.clone());
+        thread::spawn(move || serve(socket, hs, pwd, late, stop))
+    };
+    let reply = peer.call(json!({"op": "answer", "sdp": sdp::write(&offer)}));
+    // The browser starts ICE and DTLS now; the answer reaches the relay a little later.
+    thread::sleep(Duration::from_millis(500));
+    let answer =
+        sdp::read_subscribe_answer(&sdp::parse(reply["sdp"].as_str().unwrap()).unwrap(), &offer)
+            .unwrap();
+    late_tx.send(answer.remote.fingerprints.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stats = Value::Null;
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(250));
+        stats = peer.call(json!({"op": "stats", "id": reply["id"]}));
+        if stats["connectionState"] == "failed" || stats["dtlsState"] == "connected" {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let served = server.join().unwrap();
+    eprintln!("chromium subscribe: {served:?} {stats}");
+    let keys = served
+        .keys
+        .unwrap_or_else(|| panic!("no keys: {:?}, browser {stats}", served.failure));
+    assert_eq!(stats["dtlsState"], "connected");
+    assert_eq!(
+        stats["dtlsRole"], "client",
+        "actpass offer: the browser answers active"
+    );
+    assert_eq!(stats["srtpCipher"].as_str(), Some(keys.profile.name()));
 }
