@@ -16,6 +16,15 @@ gst_has videotestsrc || need+=(gstreamer1.0-plugins-base)     # videotestsrc
 gst_has rtpbin || need+=(gstreamer1.0-plugins-good)           # udpsrc/udpsink, rtpbin, rtph264(de)pay
 gst_has x264enc || need+=(gstreamer1.0-plugins-ugly)          # x264enc
 gst_has avdec_h264 || need+=(gstreamer1.0-libav)              # avdec_h264
+# WebRTC tests: real browsers (Chromium driven by playwright-core from npm, Firefox driving its own
+# page) and aiortc (PyPI) as an independent stack; each runs in a network namespace with only lo.
+command -v chromium >/dev/null || need+=(chromium)
+command -v firefox-esr >/dev/null || need+=(firefox-esr)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+command -v ip >/dev/null || need+=(iproute2)
+command -v openssl >/dev/null || need+=(openssl)   # an independent DTLS-SRTP client (s_client)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
@@ -26,6 +35,14 @@ fi
 # The control API's OpenAPI document is checked by an independent validator.
 python3 -c 'import openapi_spec_validator' 2>/dev/null \
     || python3 -m pip install -q openapi-spec-validator
+# playwright-core only (no browser download: it drives Debian's /usr/bin/chromium).
+browser_dir="$(dirname "$0")/browser"
+[ -d "$browser_dir/node_modules/playwright-core" ] || npm ci --prefix "$browser_dir" --no-audit --no-fund
+# aiortc in a venv of its own (Debian's python3-aiortc is too old).
+"$browser_dir/.venv/bin/python" -c 'import aiortc' 2>/dev/null || {
+    python3 -m venv "$browser_dir/.venv"
+    "$browser_dir/.venv/bin/pip" install -q aiortc==1.16.0
+}
 if ! command -v cargo >/dev/null; then
     echo "cargo is required: install Rust (rustup) first" >&2
     exit 1

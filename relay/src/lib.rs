@@ -2,12 +2,15 @@
 //!
 //! `packet`, `route` and `rules` are the sans-IO core: pure functions and data over byte slices.
 //! `io` moves bytes between sockets and that core; `control` owns the state and publishes changes
-//! to workers; `store` keeps rules and the audit log on disk.
+//! to workers; `store` keeps rules and the audit log on disk. `sdp` (offer/answer for WebRTC
+//! legs) and `dtls` (the DTLS-SRTP server handshake) are pure building blocks of the WebRTC edge.
 
 pub mod config;
 pub mod control;
+pub mod dtls;
 pub mod io;
 pub mod packet;
 pub mod route;
 pub mod rules;
+pub mod sdp;
 pub mod store;
