@@ -132,6 +132,12 @@ pub struct ServeArgs {
     /// Rule changes (add or lift) accepted per second, with bursts of twice that [default: 20].
     #[arg(long, env = "RELAY_MAX_RULE_CHANGES")]
     pub max_rule_changes: Option<u32>,
+    /// Also POST every event to this http:// URL, signed with --webhook-secret.
+    #[arg(long, env = "RELAY_WEBHOOK")]
+    pub webhook: Option<String>,
+    /// HMAC-SHA256 key for webhook signatures (at least 16 bytes).
+    #[arg(long, env = "RELAY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     /// Events kept for /v1/events streams to resume from [default: 10000].
     #[arg(long, env = "RELAY_EVENT_HISTORY")]
     pub event_history: Option<usize>,
@@ -163,6 +169,8 @@ pub struct Config {
     pub token_sources: TokenSources,
     /// The ops listener, if any.
     pub ops: Option<SocketAddr>,
+    /// The webhook, if any.
+    pub webhook: Option<crate::control::webhook::WebhookConfig>,
     /// IP given to clients as the media address.
     pub advertise: Option<std::net::IpAddr>,
     /// MaxMind database path, if any.
@@ -293,6 +301,8 @@ impl ServeArgs {
             max_rule_changes: self.max_rule_changes.or(other.max_rule_changes),
             latch_timeout: self.latch_timeout.or(other.latch_timeout),
             event_history: self.event_history.or(other.event_history),
+            webhook: self.webhook.or(other.webhook),
+            webhook_secret: self.webhook_secret.or(other.webhook_secret),
             log: self.log.or(other.log),
         }
     }
@@ -357,6 +367,13 @@ impl ServeArgs {
             control_tokens,
             token_sources,
             ops: args.ops,
+            webhook: match &args.webhook {
+                None => None,
+                Some(url) => Some(crate::control::webhook::WebhookConfig::new(
+                    url,
+                    args.webhook_secret.as_deref().unwrap_or(""),
+                )?),
+            },
             advertise: args.advertise,
             geoip: args.geoip,
             pin: args.pin.unwrap_or(true),

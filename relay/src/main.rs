@@ -78,6 +78,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             limits: config.limits,
             geoip: config.geoip.clone(),
             advertise: config.advertise,
+            webhook: config.webhook.clone(),
         },
         store,
         plane.clone(),

@@ -598,3 +598,102 @@ fn the_openapi_document_is_committed_valid_and_complete() {
         );
     }
 }
+
+/// A receiver that answers 500 to the first request and 200 to the others, and keeps what it got.
+fn webhook_receiver() -> (
+    SocketAddr,
+    std::sync::mpsc::Receiver<(Vec<(String, String)>, String)>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let mut headers = Vec::new();
+            reader.read_line(&mut line).unwrap();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).unwrap();
+            let status = if n == 0 { "500 Oops" } else { "200 OK" };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            if n > 0
+                && tx
+                    .send((headers, String::from_utf8(body).unwrap()))
+                    .is_err()
+            {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn the_webhook_posts_every_event_signed_in_order_and_retries() {
+    use hmac::{Hmac, Mac};
+    let (addr, got) = webhook_receiver();
+    let secret = "a-secret-of-sixteen+";
+    let relay = Relay::start_with(Options {
+        args: vec!["--webhook".into(), format!("http://{addr}/hooks/relay")],
+        env: vec![("RELAY_WEBHOOK_SECRET".into(), secret.into())],
+        ..Default::default()
+    });
+    relay.room("r");
+    relay.ok("DELETE", "/v1/rooms/r", None);
+    let mut kinds = Vec::new();
+    let mut last_id = 0;
+    while kinds.len() < 3 {
+        let (headers, body) = got.recv_timeout(PATIENT).expect("a webhook request");
+        let h = |k: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let ts = h("x-relay-timestamp");
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{ts}.{body}").as_bytes());
+        let want: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(h("x-relay-signature"), format!("sha256={want}"), "signed");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(h("x-relay-event-type"), v["type"].as_str().unwrap());
+        let id = v["id"].as_u64().unwrap();
+        assert!(id > last_id, "in order");
+        last_id = id;
+        kinds.push(v["type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        kinds,
+        ["relay_started", "room_created", "room_closed"],
+        "the refused first attempt was retried"
+    );
+    assert_eq!(
+        relay.metric("relay_webhook_deliveries_total{result=\"error\"}"),
+        1
+    );
+}

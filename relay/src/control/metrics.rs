@@ -188,6 +188,18 @@ fn control(shared: &Shared, out: &mut String) {
         "# HELP relay_events_dropped_total Events streams missed because they fell behind the history.\n# TYPE relay_events_dropped_total counter\nrelay_events_dropped_total {}",
         shared.events.missed()
     );
+    let hook = &shared.webhook;
+    let _ = writeln!(
+        out,
+        "# HELP relay_webhook_deliveries_total Webhook requests, by result (error: retried).\n# TYPE relay_webhook_deliveries_total counter\nrelay_webhook_deliveries_total{{result=\"ok\"}} {}\nrelay_webhook_deliveries_total{{result=\"error\"}} {}",
+        hook.delivered.load(Ordering::Relaxed),
+        hook.failed.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP relay_webhook_dropped_total Events that left the history before the webhook could deliver them.\n# TYPE relay_webhook_dropped_total counter\nrelay_webhook_dropped_total {}",
+        hook.dropped.load(Ordering::Relaxed)
+    );
     shared.http.render(out);
 }
 

@@ -24,6 +24,7 @@ mod http;
 mod metrics;
 pub mod owner;
 pub mod view;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ pub struct ControlConfig {
     pub geoip: Option<PathBuf>,
     /// The IP clients are told to send media to, when not the bound one.
     pub advertise: Option<std::net::IpAddr>,
+    /// Where events are also POSTed, signed.
+    pub webhook: Option<webhook::WebhookConfig>,
 }
 
 /// The running control plane.
@@ -68,6 +71,7 @@ pub struct Control {
     owner: Option<JoinHandle<()>>,
     servers: Vec<http::Server>,
     runtime: Option<tokio::runtime::Runtime>,
+    webhook_stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Control {
@@ -103,6 +107,7 @@ impl Control {
             readiness: AtomicU8::new(Readiness::Starting as u8),
             rules: Mutex::new(Arc::new(Vec::new())),
             http: http::Stats::default(),
+            webhook: webhook::WebhookStats::default(),
         });
         let latches = plane.latches().clone();
         let owner = Owner::start(store, plane, shared.clone(), config.limits, config.geoip)?;
@@ -119,6 +124,10 @@ impl Control {
             shared.clone(),
             owner_tx.clone(),
         )?];
+        let (webhook_stop, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(hook) = config.webhook {
+            runtime.spawn(webhook::run(hook, shared.clone(), stop_rx));
+        }
         if let Some(ops) = config.ops {
             servers.push(http::Server::start(
                 &runtime,
@@ -134,6 +143,7 @@ impl Control {
             owner: Some(handle),
             servers,
             runtime: Some(runtime),
+            webhook_stop,
         })
     }
 
@@ -160,6 +170,7 @@ impl Control {
     /// (streams are ended), then the control thread saves counters and audits the stop.
     pub fn stop(mut self) {
         self.shared.set_readiness(Readiness::Stopping);
+        let _ = self.webhook_stop.send(true);
         if let Some(runtime) = self.runtime.take() {
             for s in self.servers.drain(..) {
                 s.stop(&runtime);
@@ -183,6 +194,7 @@ pub struct Shared {
     readiness: AtomicU8,
     rules: Mutex<Arc<Vec<view::RuleMetric>>>,
     pub(crate) http: http::Stats,
+    pub(crate) webhook: webhook::WebhookStats,
 }
 
 /// What does not change while the relay runs.

@@ -264,6 +264,7 @@ mod tests {
             readiness: std::sync::atomic::AtomicU8::new(Readiness::Serving as u8),
             rules: std::sync::Mutex::new(Arc::new(Vec::new())),
             http: Stats::default(),
+            webhook: crate::control::webhook::WebhookStats::default(),
         });
         let (owner, _rx) = crossbeam_channel::bounded(1);
         let runtime = tokio::runtime::Builder::new_current_thread()
