@@ -599,11 +599,11 @@ fn the_openapi_document_is_committed_valid_and_complete() {
     }
 }
 
+/// A request the webhook receiver got: its headers (lowercase names) and body.
+type Received = (Vec<(String, String)>, String);
+
 /// A receiver that answers 500 to the first request and 200 to the others, and keeps what it got.
-fn webhook_receiver() -> (
-    SocketAddr,
-    std::sync::mpsc::Receiver<(Vec<(String, String)>, String)>,
-) {
+fn webhook_receiver() -> (SocketAddr, std::sync::mpsc::Receiver<Received>) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
