@@ -16,6 +16,13 @@ gst_has videotestsrc || need+=(gstreamer1.0-plugins-base)     # videotestsrc
 gst_has rtpbin || need+=(gstreamer1.0-plugins-good)           # udpsrc/udpsink, rtpbin, rtph264(de)pay
 gst_has x264enc || need+=(gstreamer1.0-plugins-ugly)          # x264enc
 gst_has avdec_h264 || need+=(gstreamer1.0-libav)              # avdec_h264
+# Packaging and monitoring tests: the unit is checked by systemd-analyze, the metrics, alert rules
+# and dashboard queries by promtool and a real Prometheus server, the metrics text also by the
+# Python client's parser.
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v promtool >/dev/null || need+=(prometheus)
+python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
@@ -27,3 +34,10 @@ if ! command -v cargo >/dev/null; then
     echo "cargo is required: install Rust (rustup) first" >&2
     exit 1
 fi
+# A python3 other than Debian's (pyenv, a venv) first on PATH does not see the Debian module: give
+# it the same parser from PyPI.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    python3 -m pip install --quiet prometheus-client
+fi
+# The Debian package of the relay (tests/tests/package.rs).
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked

@@ -2,7 +2,8 @@
 //!
 //! `packet`, `route` and `rules` are the sans-IO core: pure functions and data over byte slices.
 //! `io` moves bytes between sockets and that core; `control` owns the state and publishes changes
-//! to workers; `store` keeps rules and the audit log on disk.
+//! to workers; `store` keeps rules and the audit log on disk; `telemetry` renders the metrics that
+//! need no control state (build, process, change apply time).
 
 pub mod config;
 pub mod control;
@@ -11,3 +12,4 @@ pub mod packet;
 pub mod route;
 pub mod rules;
 pub mod store;
+pub mod telemetry;
