@@ -21,6 +21,7 @@ gst_has avdec_h264 || need+=(gstreamer1.0-libav)              # avdec_h264
 # Python client's parser.
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v strace >/dev/null || need+=(strace)      # the unit's syscall filter against real use
 command -v promtool >/dev/null || need+=(prometheus)
 python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 
