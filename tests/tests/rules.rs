@@ -384,19 +384,22 @@ fn nothing_personal_reaches_logs_audit_report_or_disk(log_format: &str) {
 /// as an IPv6 address with a digit in it (so that `relay::control` is none), with or without a
 /// port.
 fn ip_addresses(line: &str) -> Vec<String> {
+    let is_ip = |t: &str| {
+        let ip = t
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| t.parse::<std::net::SocketAddr>().map(|s| s.ip()));
+        match ip {
+            Ok(std::net::IpAddr::V4(_)) => true,
+            Ok(std::net::IpAddr::V6(_)) => t.len() >= 3 && t.chars().any(|c| c.is_ascii_digit()),
+            Err(_) => false,
+        }
+    };
+    let edge = ['.', ':'];
     line.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
-        .map(|t| t.trim_matches(|c| c == '.' || c == ':'))
-        .filter(|t| {
-            let ip = t
-                .parse::<std::net::IpAddr>()
-                .or_else(|_| t.parse::<std::net::SocketAddr>().map(|s| s.ip()));
-            match ip {
-                Ok(std::net::IpAddr::V4(_)) => true,
-                Ok(std::net::IpAddr::V6(_)) => {
-                    t.len() >= 3 && t.chars().any(|c| c.is_ascii_digit())
-                }
-                Err(_) => false,
-            }
+        .filter_map(|t| {
+            [t, t.trim_end_matches(edge), t.trim_matches(edge)]
+                .into_iter()
+                .find(|c| is_ip(c))
         })
         .map(str::to_owned)
         .collect()
@@ -406,6 +409,7 @@ fn ip_addresses(line: &str) -> Vec<String> {
 fn ip_addresses_are_found_and_module_paths_are_not() {
     assert_eq!(ip_addresses("from 127.0.0.1:5004 ok"), ["127.0.0.1:5004"]);
     assert_eq!(ip_addresses("x=10.1.2.3."), ["10.1.2.3"]);
+    assert_eq!(ip_addresses("addr:10.1.2.3"), ["10.1.2.3"]);
     assert_eq!(
         ip_addresses("peer [::1]:80 and fe80::1"),
         ["::1", "fe80::1"]
