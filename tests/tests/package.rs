@@ -216,23 +216,37 @@ fn unit_passes_systemd_analyze() {
 }
 
 /// The binary unpacked from the package starts with the packaged config, with the data
-/// directory and the ports given by flag and environment (which win over the file), with
-/// RLIMIT_MEMLOCK 0 (the unit sets no LimitMEMLOCK: io_uring charges its rings to the memory
-/// cgroup), and answers `/healthz`.
+/// directory and the ports given by flag and environment (which win over the file), as an
+/// unprivileged user under the unit's LimitMEMLOCK (or this machine's hard limit, if lower), and
+/// answers `/healthz`. On io_uring it also shows why the unit sets LimitMEMLOCK: with
+/// RLIMIT_MEMLOCK 0 the relay refuses to start, and says what to raise.
 #[test]
 fn packaged_binary_starts_with_packaged_config() {
     let root = unpacked();
     let data = tempfile::tempdir().unwrap();
+    let unit =
+        std::fs::read_to_string(root.path().join("usr/lib/systemd/system/relay.service")).unwrap();
+    let limit = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitMEMLOCK="))
+        .and_then(|v| v.strip_suffix('M'))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("LimitMEMLOCK=<n>M in the unit")
+        << 20;
+    let memlock = limit.min(hard_memlock_limit());
+    let bin = root.path().join("usr/bin/relay");
+    let config = root.path().join("etc/relay/relay.toml");
+    let backend = std::env::var("RELAY_TEST_BACKEND").unwrap_or_else(|_| "mmsg".into());
+    let mut prefix = unprivileged(&[data.path()]);
+    prefix.extend([
+        "prlimit".into(),
+        format!("--memlock={memlock}:{memlock}"),
+        "--".into(),
+    ]);
     let relay = Relay::start_with(Options {
-        bin: Some(root.path().join("usr/bin/relay")),
-        prefix: vec!["prlimit".into(), "--memlock=0:0".into(), "--".into()],
-        args: vec![
-            "--config".into(),
-            root.path()
-                .join("etc/relay/relay.toml")
-                .display()
-                .to_string(),
-        ],
+        bin: Some(bin.clone()),
+        prefix,
+        args: vec!["--config".into(), config.display().to_string()],
         env: vec![
             ("RELAY_MEDIA".into(), "127.0.0.1:0".into()),
             ("RELAY_CONTROL".into(), "127.0.0.1:0".into()),
@@ -242,22 +256,43 @@ fn packaged_binary_starts_with_packaged_config() {
         ..Default::default()
     });
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", relay.pid())).unwrap();
-    let memlock = limits
+    let locked = limits
         .lines()
         .find(|l| l.starts_with("Max locked memory"))
         .unwrap();
     assert_eq!(
-        memlock.split_whitespace().nth(3),
-        Some("0"),
-        "runs with RLIMIT_MEMLOCK 0: {memlock}"
+        locked.split_whitespace().nth(3),
+        Some(memlock.to_string().as_str()),
+        "{locked}"
     );
     assert_eq!(relay.ok("GET", "/healthz", None), json!({"status": "ok"}));
     let info = relay.ok("GET", "/v1/info", None);
-    let backend = std::env::var("RELAY_TEST_BACKEND").unwrap_or_else(|_| "mmsg".into());
     assert_eq!(info["backend"], backend.as_str(), "{info}");
     // The file says /var/lib/relay; the flag put the database here.
     assert!(data.path().join("relay.db").is_file());
     forward_once(&relay);
+    drop(relay);
+
+    if backend == "io_uring" {
+        let none = tempfile::tempdir().unwrap();
+        let mut argv = unprivileged(&[none.path()]);
+        argv.extend(["prlimit".into(), "--memlock=0:0".into(), "--".into()]);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .arg(&bin)
+            .args(["serve", "--backend", "io_uring", "--media", "127.0.0.1:0"])
+            .args(["--control", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(none.path());
+        let out = cmd.output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && said.contains("RLIMIT_MEMLOCK"),
+            "{:?}: {said}",
+            out.status
+        );
+    }
 }
 
 /// Every syscall the relay makes, run as an unprivileged user under strace through start, rooms,
@@ -294,23 +329,7 @@ fn unit_sandbox_allows_what_the_relay_uses() {
     let trace = dir.path().join("trace");
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let mut prefix = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        // As the unit runs it: a user without privileges (nobody).
-        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
-        std::os::unix::fs::chown(&data, Some(65534), Some(65534)).unwrap();
-        prefix.extend(
-            [
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--",
-            ]
-            .map(String::from),
-        );
-    }
+    let mut prefix = unprivileged(&[dir.path(), &data]);
     prefix.extend(["strace", "-f", "-qq", "-o"].map(String::from));
     prefix.push(trace.display().to_string());
     let mut relay = Relay::start_with(Options {
@@ -409,27 +428,64 @@ fn deb() -> &'static Path {
     })
 }
 
-/// The package unpacked (`dpkg-deb -x`) into a fresh temporary directory.
+/// The package unpacked (`dpkg-deb -x`) into a fresh temporary directory anyone may read.
 fn unpacked() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     run(Command::new("dpkg-deb")
         .arg("-x")
         .arg(deb())
         .arg(root.path()));
-    root
-}
-
-/// The relay binary from the package, unpacked once into a directory anyone may read.
-fn unpacked_bin() -> PathBuf {
-    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let root = ROOT.get_or_init(unpacked);
     std::fs::set_permissions(
         root.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    root.path().join("usr/bin/relay")
+    root
 }
+
+/// The relay binary from the package, unpacked once.
+fn unpacked_bin() -> PathBuf {
+    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
+    ROOT.get_or_init(unpacked).path().join("usr/bin/relay")
+}
+
+/// A command prefix that runs the relay as the unit does, as a user without privileges: as
+/// nobody when this test runs as root (then `dirs` are given to nobody), else as is.
+fn unprivileged(dirs: &[&Path]) -> Vec<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Vec::new();
+    }
+    for d in dirs {
+        std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let id = NOBODY.to_string();
+    vec![
+        "setpriv".into(),
+        format!("--reuid={id}"),
+        format!("--regid={id}"),
+        "--clear-groups".into(),
+        "--".into(),
+    ]
+}
+
+/// The hard RLIMIT_MEMLOCK of this process, in bytes (no child can go above it without
+/// CAP_SYS_RESOURCE).
+fn hard_memlock_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .unwrap();
+    match line.split_whitespace().nth(4) {
+        Some("unlimited") => u64::MAX,
+        Some(n) => n.parse().unwrap(),
+        None => panic!("{line}"),
+    }
+}
+
+/// The uid and gid of nobody on Debian.
+const NOBODY: u32 = 65534;
 
 /// One room, two participants, one RTP packet from a to b.
 fn forward_once(relay: &Relay) {
