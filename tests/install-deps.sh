@@ -25,6 +25,14 @@ command -v npm >/dev/null || need+=(npm)
 command -v ip >/dev/null || need+=(iproute2)
 command -v openssl >/dev/null || need+=(openssl)   # an independent DTLS-SRTP client (s_client)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+# Packaging and monitoring tests: the unit is checked by systemd-analyze, the metrics, alert rules
+# and dashboard queries by promtool and a real Prometheus server, the metrics text also by the
+# Python client's parser.
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v strace >/dev/null || need+=(strace)      # the unit's syscall filter against real use
+command -v promtool >/dev/null || need+=(prometheus)
+python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
@@ -47,3 +55,10 @@ if ! command -v cargo >/dev/null; then
     echo "cargo is required: install Rust (rustup) first" >&2
     exit 1
 fi
+# A python3 other than Debian's (pyenv, a venv) first on PATH does not see the Debian module: give
+# it the same parser from PyPI.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    python3 -m pip install --quiet prometheus-client
+fi
+# The Debian package of the relay (tests/tests/package.rs).
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked

@@ -19,6 +19,9 @@ export LOADGEN_BIN="$target_dir/release/loadgen"
 # Unit, property and in-process data-plane tests (these run both backends themselves).
 cargo test --workspace --exclude e2e
 # The end-to-end tests once per backend (io_uring fails clearly where the kernel forbids it).
+# They include the Debian package made from the release binaries above (tests/package.rs, with
+# cargo-deb, dpkg-deb, systemd-analyze and strace) and the monitoring files checked with promtool,
+# the Python client's parser and a real Prometheus (tests/monitoring.rs).
 for backend in mmsg io_uring; do
     echo "== end-to-end tests with --backend $backend =="
     RELAY_TEST_BACKEND=$backend cargo test -p e2e

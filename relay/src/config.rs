@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 /// The `relay` command line.
@@ -144,6 +144,20 @@ pub struct ServeArgs {
     /// Log filter, in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "RELAY_LOG")]
     pub log: Option<String>,
+    /// Log format on standard error: text, or json (one object per line) [default: text].
+    #[arg(long, env = "RELAY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's fields.
+    Json,
 }
 
 /// Default data directory.
@@ -193,6 +207,8 @@ pub struct Config {
     pub limits: Limits,
     /// Log filter.
     pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
 }
 
 /// Where control tokens come from: a flag or the environment (fixed for the process's life),
@@ -304,6 +320,7 @@ impl ServeArgs {
             webhook: self.webhook.or(other.webhook),
             webhook_secret: self.webhook_secret.or(other.webhook_secret),
             log: self.log.or(other.log),
+            log_format: self.log_format.or(other.log_format),
         }
     }
 
@@ -390,6 +407,7 @@ impl ServeArgs {
             busy_poll: args.busy_poll.unwrap_or(false),
             limits,
             log: args.log.unwrap_or_else(|| "info".into()),
+            log_format: args.log_format.unwrap_or_default(),
         })
     }
 }
@@ -445,6 +463,38 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("mediaa"), "{err:#}");
+    }
+
+    #[test]
+    fn log_format_from_file_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "log-format = \"json\"\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            from_file.clone().resolve().unwrap().log_format,
+            LogFormat::Json
+        );
+        let flag = ServeArgs {
+            log_format: Some(LogFormat::Text),
+            ..from_file
+        };
+        assert_eq!(flag.resolve().unwrap().log_format, LogFormat::Text);
+        assert_eq!(
+            ServeArgs::default().resolve().unwrap().log_format,
+            LogFormat::Text
+        );
+        std::fs::write(&path, "log-format = \"xml\"\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("xml"), "{err:#}");
     }
 
     #[test]

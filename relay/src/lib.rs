@@ -2,7 +2,8 @@
 //!
 //! `packet`, `route` and `rules` are the sans-IO core: pure functions and data over byte slices.
 //! `io` moves bytes between sockets and that core; `control` owns the state and publishes changes
-//! to workers; `store` keeps rules and the audit log on disk. `sdp` (offer/answer for WebRTC
+//! to workers; `store` keeps rules and the audit log on disk; `telemetry` renders the metrics that
+//! need no control state (build, process, change apply time). `sdp` (offer/answer for WebRTC
 //! legs) and `dtls` (the DTLS-SRTP server handshake) are pure building blocks of the WebRTC edge.
 
 pub mod config;
@@ -14,3 +15,4 @@ pub mod route;
 pub mod rules;
 pub mod sdp;
 pub mod store;
+pub mod telemetry;

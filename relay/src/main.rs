@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use mimalloc::MiMalloc;
 
-use relay::config::{AuditAction, Cli, Command, Config};
+use relay::config::{AuditAction, Cli, Command, Config, LogFormat};
 use relay::control::{Control, ControlConfig};
 use relay::io::{DataPlane, DataPlaneConfig};
 
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    init_logging(&config.log);
+    init_logging(&config.log, config.log_format);
     // Open the store first: rules, rooms and participants are restored into the workers before
     // the API answers.
     let store = relay::store::Store::open(&config.data_dir).map_err(|e| {
@@ -115,12 +115,25 @@ fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The event's fields sit beside timestamp, level, target and message, so that a log
+        // pipeline (journald, Loki, Elasticsearch) indexes them without unnesting; the relay
+        // has no spans to list.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_ansi(false)
+            .init(),
+    }
 }

@@ -51,6 +51,14 @@ pub fn relay_bin() -> PathBuf {
     bin
 }
 
+/// A path inside the repository, e.g. `deploy/relay.toml`.
+pub fn repo_path(relative: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .join(relative)
+}
+
 /// Path of the loadgen binary: `LOADGEN_BIN`, or beside the relay binary.
 pub fn loadgen_bin() -> PathBuf {
     if let Ok(p) = std::env::var("LOADGEN_BIN") {
@@ -80,6 +88,11 @@ pub struct Options {
     pub no_addresses: bool,
     /// Write the relay's standard error to this file instead of the test's.
     pub stderr: Option<PathBuf>,
+    /// Run this relay binary instead of [`relay_bin`] (e.g. one unpacked from the package).
+    pub bin: Option<PathBuf>,
+    /// A command to run the relay under, e.g. `["prlimit", "--memlock=0:0", "--"]`; the relay's
+    /// path and arguments follow it.
+    pub prefix: Vec<String>,
 }
 
 impl Relay {
@@ -98,7 +111,15 @@ impl Relay {
                 (Some(t), d)
             }
         };
-        let mut cmd = Command::new(relay_bin());
+        let bin = opts.bin.clone().unwrap_or_else(relay_bin);
+        let mut cmd = match opts.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.arg("serve");
         if !opts.no_addresses {
             cmd.args(["--media", "127.0.0.1:0", "--control", "127.0.0.1:0"]);
@@ -247,6 +268,13 @@ impl Relay {
                     .ok()
             })
             .unwrap_or_else(|| panic!("no metric {series}"))
+    }
+
+    /// The whole `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        let (status, text) = self.call("GET", "/metrics", None);
+        assert_eq!(status, 200, "GET /metrics");
+        text.as_str().expect("metrics are text").to_owned()
     }
 
     /// Creates a room.

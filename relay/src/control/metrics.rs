@@ -21,13 +21,13 @@ pub(super) fn render(shared: &Shared) -> String {
         ("packets_in", "Datagrams received on the media port.", |s| {
             WorkerStats::get(&s.packets_in)
         }),
-        ("bytes_in", "Bytes received on the media port.", |s| {
+        ("received_bytes", "Bytes received on the media port.", |s| {
             WorkerStats::get(&s.bytes_in)
         }),
         ("packets_out", "Datagrams sent.", |s| {
             WorkerStats::get(&s.packets_out)
         }),
-        ("bytes_out", "Bytes sent.", |s| {
+        ("sent_bytes", "Bytes sent.", |s| {
             WorkerStats::get(&s.bytes_out)
         }),
         ("send_errors", "Sends the kernel refused.", |s| {
@@ -124,6 +124,7 @@ pub(super) fn render(shared: &Shared) -> String {
         stats.len()
     );
     control(shared, &mut out);
+    crate::telemetry::render(&mut out, plane);
     out
 }
 

@@ -5,8 +5,10 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::telemetry::Histogram;
+
 /// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 14] = [
+const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
@@ -22,13 +24,6 @@ struct Inner {
     latency: BTreeMap<(String, &'static str), Histogram>,
 }
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
 impl Stats {
     /// Counts one request and its time.
     pub(crate) fn record(&self, route: &str, method: &'static str, status: u16, took: Duration) {
@@ -37,15 +32,11 @@ impl Stats {
             .requests
             .entry((route.to_owned(), method, status))
             .or_default() += 1;
-        let h = inner.latency.entry((route.to_owned(), method)).or_default();
-        let secs = took.as_secs_f64();
-        for (b, bound) in h.buckets.iter_mut().zip(BUCKETS) {
-            if secs <= bound {
-                *b += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
+        inner
+            .latency
+            .entry((route.to_owned(), method))
+            .or_insert_with(|| Histogram::new(BUCKETS))
+            .observe(took);
     }
 
     /// Appends `relay_http_requests_total` and `relay_http_request_duration_seconds`.
@@ -67,27 +58,7 @@ impl Stats {
         );
         for ((route, method), h) in &inner.latency {
             let labels = format!("route=\"{route}\",method=\"{method}\"");
-            for (n, bound) in h.buckets.iter().zip(BUCKETS) {
-                let _ = writeln!(
-                    out,
-                    "relay_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "relay_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "relay_http_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "relay_http_request_duration_seconds_count{{{labels}}} {}",
-                h.count
-            );
+            h.render_series(out, "relay_http_request_duration_seconds", &labels);
         }
     }
 }
