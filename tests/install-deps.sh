@@ -16,12 +16,20 @@ gst_has videotestsrc || need+=(gstreamer1.0-plugins-base)     # videotestsrc
 gst_has rtpbin || need+=(gstreamer1.0-plugins-good)           # udpsrc/udpsink, rtpbin, rtph264(de)pay
 gst_has x264enc || need+=(gstreamer1.0-plugins-ugly)          # x264enc
 gst_has avdec_h264 || need+=(gstreamer1.0-libav)              # avdec_h264
+# The SRTP unit tests cross-check against libsrtp through PyPI's pylibsrtp (its wheels bundle
+# libsrtp), installed with pip below.
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3 python3-pip)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -q
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+if ! python3 -c 'import pylibsrtp' 2>/dev/null; then
+    # Debian's own Python refuses pip installs outside a venv unless told otherwise.
+    python3 -m pip install -q pylibsrtp 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages pylibsrtp
 fi
 if ! command -v cargo >/dev/null; then
     echo "cargo is required: install Rust (rustup) first" >&2
