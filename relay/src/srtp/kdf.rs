@@ -1,10 +1,9 @@
 //! The SRTP key derivation function (RFC 3711 §4.3) with the AES-CM PRF (§4.3.3), key derivation
 //! rate 0: session keys depend on the master key, the master salt and a label only.
 //!
-//! RFC 3711 §4.3.1: "Let r = index DIV key_derivation_rate (with DIV as defined above).
-//! Let key_id = <label> || r. Let x = key_id XOR master_salt, where key_id and master_salt are
-//! aligned so that their least significant bits agree (right-alignment)." With rate 0, r is 0.
-//! §4.3.3: the PRF is AES in counter mode keyed with the master key, IV = x * 2^16.
+//! RFC 3711 §4.3.1: key_id is the 8-bit label followed by r = index DIV key_derivation_rate
+//! (48 bits, 0 at rate 0); x is key_id XOR the master salt, right-aligned. §4.3.3: the PRF is
+//! AES in counter mode keyed with the master key, IV = x * 2^16.
 //!
 //! AES-256 master keys use AES-256 as the PRF (RFC 6188 §7). The 96-bit master salts of the GCM
 //! profiles (RFC 7714 §11) take the place of the top 96 of the 112 bits, with the low 16 bits
@@ -17,7 +16,7 @@ use zeroize::Zeroize;
 
 use super::Error;
 
-/// The labels of RFC 3711 §4.3.2 (SRTP) and §4.3.2 for SRTCP.
+/// The labels of RFC 3711 §4.3.2, for SRTP (0-2) and SRTCP (3-5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Label {
     RtpEncryption = 0x00,
@@ -94,18 +93,19 @@ mod tests {
         )
         .unwrap();
 
-        // "Cipher key ... keystream: C61E7A93744F39EE10734AFE3FF7A087"
+        // Cipher key: label 0.
         let mut key = [0u8; 16];
         prf.derive(Label::RtpEncryption, &mut key);
         assert_eq!(key.to_vec(), hex("C61E7A93744F39EE10734AFE3FF7A087"));
 
-        // "Cipher salt ... keystream: 30CBBC08863D8C85D49DB34A9AE17AC6", of which the first
-        // 112 bits are the session salt.
+        // Cipher salt: label 2, one keystream block, of which the first 112 bits are the
+        // session salt.
         let mut salt = [0u8; 16];
         prf.derive(Label::RtpSalt, &mut salt);
         assert_eq!(salt.to_vec(), hex("30CBBC08863D8C85D49DB34A9AE17AC6"));
 
-        // "Authentication key": 94 bytes of keystream (n_a = 160 takes the first 20).
+        // Authentication key: label 1, the 94 bytes of keystream the RFC lists (n_a = 160
+        // takes the first 20).
         let mut auth = [0u8; 94];
         prf.derive(Label::RtpAuthentication, &mut auth);
         assert_eq!(

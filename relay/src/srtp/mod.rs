@@ -42,9 +42,9 @@
 //!
 //! # What it never does
 //!
-//! It never moves a ROC or a window for a packet that did not authenticate (RFC 3711 §3.3.1:
-//! "update ... only after ... authentication"), never seals two packets under one (keys, SSRC,
-//! index), and never rewrites a header: the RTP header and payload a receiver decrypts are the
+//! It never moves a ROC or a window for a packet that did not authenticate (RFC 3711 §3.3 updates
+//! them in its last step, after authentication), never seals two packets under one (keys, SSRC,
+//! index; RFC 7714 §8.4, §9.4), and never rewrites a header: the RTP header and payload a receiver decrypts are the
 //! ones the publisher sent.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -23,7 +23,7 @@ pub enum Profile {
     /// 112-bit salt, HMAC-SHA1 tag of 80 bits on SRTP and SRTCP.
     Aes128CmHmacSha1_80,
     /// `SRTP_AES128_CM_HMAC_SHA1_32` {0x00, 0x02} (RFC 5764 §4.1.2): as `_80`, but the SRTP tag
-    /// is 32 bits. "The SRTCP authentication tag length is 80 bits" all the same.
+    /// is 32 bits. The SRTCP tag stays 80 bits.
     Aes128CmHmacSha1_32,
 }
 

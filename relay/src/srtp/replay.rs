@@ -2,14 +2,14 @@
 //! 16-bit sequence number, and a sliding window of the indices already used.
 //!
 //! One [`Window`] type serves both directions. On ingress it is the replay list of RFC 3711
-//! §3.3.2 ("the receiver ... MUST check the index ... against the replay list"); on egress it is
+//! §3.3.2, checked before authentication and updated after it; on egress it is
 //! the list of indices already encrypted, so the relay never seals two packets under one
 //! (key, SSRC, index).
 
 use super::Error;
 
 /// How many indices behind the highest one a window remembers. mediasoup configures libsrtp with
-/// 1024; RFC 3711 §3.3.2 asks for at least 64.
+/// 1024 (libsrtp's own default is 128).
 pub const REPLAY_WINDOW: u64 = 1024;
 
 /// The highest index seen (or sent) for one SSRC and which of the [`REPLAY_WINDOW`] indices below
@@ -61,8 +61,8 @@ impl Window {
         let roc = highest >> 16;
         let s_l = (highest & 0xffff) as u16;
         let seq_wide = u64::from(seq);
-        // "if (s_l < 2^15) { if (SEQ - s_l > 2^15) v = ROC - 1 else v = ROC }
-        //  else { if (s_l - 2^15 > SEQ) v = ROC + 1 else v = ROC }"
+        // Appendix A, condensed: if s_l < 2^15 { if SEQ - s_l > 2^15 { ROC - 1 } else { ROC } }
+        // else { if s_l - 2^15 > SEQ { ROC + 1 } else { ROC } }
         let v = if s_l < HALF {
             if u32::from(seq) > u32::from(s_l) + u32::from(HALF) {
                 roc.checked_sub(1).ok_or(Error::TooOld)?
