@@ -21,7 +21,13 @@
 //! Per-SSRC state lives in a table sized when the leg is set up ([`MAX_SSRCS`] by default); a
 //! new SSRC beyond it is refused with [`Error::SsrcTableFull`]. After set-up nothing here
 //! allocates, locks, logs or reads a clock: every call takes the bytes and returns a length or
-//! an [`Error`]. No input panics.
+//! an [`Error`]. No input panics. (One allocation per thread remains, outside this module:
+//! aws-lc allocates a thread's error queue the first time one of its operations fails there,
+//! for example the first forged packet a worker sees. `relay/tests/srtp_alloc.rs` checks the
+//! rest, in Rust and in C.)
+//!
+//! MKIs are not supported (DTLS-SRTP does not use them), nor key derivation rates other than
+//! 0, nor the NULL cipher profiles.
 //!
 //! # Calling order (a worker)
 //!
@@ -39,6 +45,35 @@
 //!    each copy with [`Egress::protect_rtcp`] (the leg's own SRTCP index, E flag set).
 //! 5. A packet the relay originates for one receiver can be sealed in place
 //!    ([`Egress::protect_rtp_in_place`], [`Egress::protect_rtcp_in_place`]).
+//!
+//! ```
+//! use relay::srtp::{self, Egress, Error, Ingress, Keys, Profile};
+//!
+//! // What DTLS gave one leg (from the exporter; the relay is the DTLS server).
+//! let profile = Profile::from_id(0x0007).unwrap(); // SRTP_AEAD_AES_128_GCM
+//! let material = [7u8; 56];
+//! let keys = srtp::split_keying_material(profile, &material)?;
+//! let mut ingress = Ingress::new(Keys::new(&keys.remote)?);
+//! let mut egress = Egress::new(Keys::new(&keys.local)?);
+//!
+//! // The browser's side of the same leg, to have a packet to receive.
+//! let mut browser = Egress::new(Keys::new(&keys.remote)?);
+//! let clear = [0x80, 111, 0, 1, 0, 0, 0, 160, 0, 0, 0, 42, b'h', b'i'];
+//! let mut datagram = [0u8; 64];
+//! let n = browser.protect_rtp(&clear, &mut datagram)?;
+//!
+//! // Ingress: unprotect in the receive buffer.
+//! let n = ingress.unprotect_rtp(&mut datagram[..n])?;
+//! assert_eq!(datagram[..n], clear);
+//!
+//! // Egress: one sealed copy per WebRTC receiver, into its own slot.
+//! let mut slot = [0u8; 1500];
+//! let sealed = egress.protect_rtp(&datagram[..n], &mut slot)?;
+//! assert_eq!(sealed, n + profile.rtp_overhead());
+//! // The same packet again would reuse its index: refused, and counted by the caller.
+//! assert_eq!(egress.protect_rtp(&datagram[..n], &mut slot), Err(Error::IndexReuse));
+//! # Ok::<(), Error>(())
+//! ```
 //!
 //! # What it never does
 //!
