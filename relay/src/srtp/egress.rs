@@ -50,7 +50,7 @@ impl Egress {
                 keys,
                 rtcp_index: AtomicU32::new(0),
             }),
-            rtp: Table::new(ssrcs),
+            rtp: Table::new(ssrcs, Window::new()),
         }
     }
 
@@ -59,7 +59,7 @@ impl Egress {
     pub fn sibling(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
-            rtp: Table::new(self.rtp.capacity()),
+            rtp: Table::new(self.rtp.capacity(), Window::new()),
         }
     }
 

@@ -30,8 +30,8 @@ impl Ingress {
     pub fn with_capacity(keys: Keys, ssrcs: usize) -> Self {
         Self {
             keys,
-            rtp: Table::new(ssrcs),
-            rtcp: Table::new(ssrcs),
+            rtp: Table::new(ssrcs, Window::new()),
+            rtcp: Table::new(ssrcs, Window::new()),
         }
     }
 

@@ -22,15 +22,10 @@ pub struct Window {
     seen: [u64; WORDS],
 }
 
-impl Default for Window {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Window {
-    /// An empty window: no index seen yet.
-    pub const fn new() -> Self {
+    /// An empty window: no index seen yet. Only this module makes one: a caller could otherwise
+    /// put a fresh window in place of a used one and reuse its indices.
+    pub(super) const fn new() -> Self {
         Self {
             highest: None,
             seen: [0; WORDS],
@@ -54,7 +49,7 @@ impl Window {
     /// Fails with [`Error::TooOld`] when the estimate is below index 0 (ROC 0, and `seq` more
     /// than 2^15 ahead of the highest, which Appendix A reads as a packet from before ROC 0), and
     /// with [`Error::KeyExhausted`] when the ROC would pass 2^32 - 1.
-    pub fn estimate(&self, seq: u16) -> Result<u64, Error> {
+    pub(super) fn estimate(&self, seq: u16) -> Result<u64, Error> {
         let Some(highest) = self.highest else {
             return Ok(u64::from(seq));
         };
@@ -81,7 +76,7 @@ impl Window {
     }
 
     /// Whether `index` is new: above the highest, or within the window and not seen.
-    pub fn check(&self, index: u64) -> Result<(), Error> {
+    pub(super) fn check(&self, index: u64) -> Result<(), Error> {
         let Some(highest) = self.highest else {
             return Ok(());
         };
@@ -99,7 +94,7 @@ impl Window {
 
     /// Records `index`, which [`Window::check`] accepted, sliding the window when it is the new
     /// highest. Call it only once the packet authenticated (or, on egress, was sealed).
-    pub fn accept(&mut self, index: u64) {
+    pub(super) fn accept(&mut self, index: u64) {
         match self.highest {
             None => {
                 self.seen = [0; WORDS];

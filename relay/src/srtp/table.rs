@@ -14,12 +14,13 @@ pub(super) struct Table<S> {
     len: usize,
 }
 
-impl<S: Clone + Default> Table<S> {
-    /// A table for up to `capacity` SSRCs (allocates here, once).
-    pub(super) fn new(capacity: usize) -> Self {
+impl<S: Clone> Table<S> {
+    /// A table for up to `capacity` SSRCs, its unused slots holding `empty` (allocates here,
+    /// once).
+    pub(super) fn new(capacity: usize, empty: S) -> Self {
         Self {
             ssrcs: vec![0; capacity].into_boxed_slice(),
-            states: vec![S::default(); capacity].into_boxed_slice(),
+            states: vec![empty; capacity].into_boxed_slice(),
             len: 0,
         }
     }
@@ -63,7 +64,7 @@ impl<S: Clone + Default> Table<S> {
         self.ssrcs.swap(at, last);
         self.states.swap(at, last);
         self.len = last;
-        Some(core::mem::take(&mut self.states[last]))
+        Some(self.states[last].clone())
     }
 
     /// How many SSRCs fit.
@@ -78,7 +79,7 @@ mod tests {
 
     #[test]
     fn insert_find_remove_full() {
-        let mut t: Table<u32> = Table::new(3);
+        let mut t: Table<u32> = Table::new(3, 0);
         assert_eq!(t.find(Ssrc(7)), None);
         let a = t.insert(Ssrc(7), 70).unwrap();
         t.insert(Ssrc(8), 80).unwrap();
