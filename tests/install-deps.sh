@@ -33,6 +33,9 @@ command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v strace >/dev/null || need+=(strace)      # the unit's syscall filter against real use
 command -v promtool >/dev/null || need+=(prometheus)
 python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
+# The SRTP unit tests cross-check against libsrtp through PyPI's pylibsrtp (its wheels bundle
+# libsrtp), installed with pip below.
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3 python3-pip)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
@@ -51,6 +54,11 @@ browser_dir="$(dirname "$0")/browser"
     python3 -m venv "$browser_dir/.venv"
     "$browser_dir/.venv/bin/pip" install -q aiortc==1.16.0
 }
+if ! python3 -c 'import pylibsrtp' 2>/dev/null; then
+    # Debian's own Python refuses pip installs outside a venv unless told otherwise.
+    python3 -m pip install -q pylibsrtp 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages pylibsrtp
+fi
 if ! command -v cargo >/dev/null; then
     echo "cargo is required: install Rust (rustup) first" >&2
     exit 1

@@ -23,6 +23,7 @@
 //! (`set_room`, `set_participant`, `set_rule`) that keep the indexes and record the old value
 //! in a journal. The journal is what makes rollback exact, and it is also how the core knows
 //! which rooms to recompile and which rows to write: nothing else has to remember.
+#![deny(unsafe_code)]
 
 mod participants;
 mod rulebook;
