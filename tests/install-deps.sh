@@ -16,6 +16,15 @@ gst_has videotestsrc || need+=(gstreamer1.0-plugins-base)     # videotestsrc
 gst_has rtpbin || need+=(gstreamer1.0-plugins-good)           # udpsrc/udpsink, rtpbin, rtph264(de)pay
 gst_has x264enc || need+=(gstreamer1.0-plugins-ugly)          # x264enc
 gst_has avdec_h264 || need+=(gstreamer1.0-libav)              # avdec_h264
+# Fleet tests: etcd members and etcdctl, network namespaces with veth pairs and a bridge,
+# nftables counters and drop rules inside them; protoc builds the etcd client's gRPC types.
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v nft >/dev/null || need+=(nftables)
+command -v ip >/dev/null || need+=(iproute2)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+# The well-known types (google/protobuf/descriptor.proto) that etcd's protos import.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
