@@ -408,7 +408,13 @@ fn killing_the_etcd_leader_fences_nobody() {
     };
     etcd.kill9(leader).unwrap();
     let killed = Instant::now();
-    // Commits go on once a new leader is elected.
+    // How long the cluster had no leader: nothing can renew a lease meanwhile.
+    while etcd.leader(Duration::ZERO).is_err() {
+        assert!(killed.elapsed() < Duration::from_secs(15), "no new leader");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elected = killed.elapsed();
+    // Commits go on with the new leader.
     let commit = loop {
         match a.append("rule_added", |seq| Append {
             detail: serde_json::json!({"rule": seq}),
@@ -416,23 +422,42 @@ fn killing_the_etcd_leader_fences_nobody() {
         }) {
             Ok(c) => break c,
             Err(e) => {
-                assert!(killed.elapsed() < Duration::from_secs(10), "{e}");
+                assert!(killed.elapsed() < Duration::from_secs(15), "{e}");
             }
         }
     };
     println!(
-        "first commit after the leader's kill -9: {:?}",
+        "leader kill -9: new leader after {elected:?}, first commit after {:?}",
         killed.elapsed()
     );
     std::thread::sleep(2 * TTL);
     stop.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
     let slack = min_slack.load(Ordering::Relaxed);
+    let fenced = fenced_seen.load(Ordering::Relaxed);
     println!(
-        "leader kill -9: least time left before a fence deadline {slack} ms (deadline is \
-         TTL - 500 ms after each answered keepalive's send)"
+        "leader kill -9: least time left before a fence deadline {slack} ms (deadline: TTL - \
+         250 ms after each answered keepalive's send); a node fenced itself: {fenced}"
     );
-    assert!(!fenced_seen.load(Ordering::Relaxed), "a node fenced itself");
+    // A lease survives a leader change in etcd (the new leader extends it), but a relay only
+    // knows what its keepalive answers tell it: the last answer before the kill was sent at
+    // most TTL/10 before it, so its deadline is at least TTL - 250 ms - TTL/10 = 2.45 s after
+    // the kill. Answers resume up to about 0.8 s after the election here (the keepalive
+    // stream is reopened on a live member, which then forwards to the new leader), so an
+    // election within 1.5 s fences nobody. On a loaded machine an election can take longer;
+    // the relay then fences itself, which is the safe side, and the test says so.
+    if elected <= Duration::from_millis(1500) {
+        assert!(
+            !fenced,
+            "a node fenced itself though etcd elected in {elected:?}"
+        );
+    } else {
+        println!("etcd took {elected:?} to elect: longer than a 3 s TTL can ride out");
+    }
+    // Either way both nodes forward again once their keepalives are answered.
+    wait_for(Duration::from_secs(5), || {
+        !a.status().fenced() && !b.status().fenced()
+    });
     a.ack(commit.revision).unwrap();
     b.ack(commit.revision).unwrap();
     let acks = a
@@ -443,4 +468,74 @@ fn killing_the_etcd_leader_fences_nobody() {
         BTreeSet::from(["a".to_owned(), "b".to_owned()])
     );
     etcd.restart(leader).unwrap();
+}
+
+/// Store latency for docs/BENCHMARKS.md ("Fleet store"): the audit append's commit, and from
+/// the commit to all three nodes' acks seen by the committing node, on 1 and 3 etcd members.
+/// Run on its own: `cargo test -p e2e --release --test fleet_store -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn store_latency() {
+    const ROUNDS: usize = 300;
+    for members in [1, 3] {
+        let etcd = Etcd::start(members).unwrap();
+        let (a, _) = node(&etcd, "a");
+        let stop = Arc::new(AtomicBool::new(false));
+        // b and c ack every rule change they see, as the control side will.
+        let ackers: Vec<_> = ["b", "c"]
+            .into_iter()
+            .map(|name| {
+                let (fleet, events) = node(&etcd, name);
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(Event::Rule { revision, .. }) =
+                            events.recv_timeout(Duration::from_millis(50))
+                        {
+                            fleet.ack(revision).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let keys = relay::fleet::keys::Keys::new(relay::fleet::keys::DEFAULT_PREFIX);
+        let mut commit_us = Vec::new();
+        let mut acks_us = Vec::new();
+        for i in 0..ROUNDS as u64 {
+            let key = keys.rule(i + 1);
+            let t0 = Instant::now();
+            let commit = a
+                .append("rule_added", move |seq| Append {
+                    detail: serde_json::json!({"rule": seq}),
+                    puts: vec![(key.clone(), b"{}".to_vec())],
+                    deletes: vec![],
+                })
+                .unwrap();
+            let t1 = Instant::now();
+            a.ack(commit.revision).unwrap();
+            let acks = a
+                .wait_acks(commit.revision, Duration::from_secs(2))
+                .unwrap();
+            let t2 = Instant::now();
+            assert_eq!(acks.acked, ["a", "b", "c"], "round {i}: {acks:?}");
+            commit_us.push((t1 - t0).as_micros() as u64);
+            acks_us.push((t2 - t1).as_micros() as u64);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in ackers {
+            t.join().unwrap();
+        }
+        let pct = |v: &mut Vec<u64>, p: f64| {
+            v.sort_unstable();
+            v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1000.0
+        };
+        println!(
+            "etcd members {members}, {ROUNDS} rounds: commit p50 {:.2} ms p99 {:.2} ms; \
+             commit -> 3 acks seen p50 {:.2} ms p99 {:.2} ms",
+            pct(&mut commit_us, 0.50),
+            pct(&mut commit_us, 0.99),
+            pct(&mut acks_us, 0.50),
+            pct(&mut acks_us, 0.99),
+        );
+    }
 }

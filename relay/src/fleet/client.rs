@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,7 +32,10 @@ pub struct Fleet {
 pub(super) struct Shared {
     pub(super) config: Config,
     pub(super) keys: Keys,
-    pub(super) client: Client,
+    /// One client per endpoint; calls go to `clients[current]`, which moves on after a
+    /// failure (`etcd-client`'s balanced channel keeps sending to a dead member).
+    clients: Vec<Client>,
+    current: AtomicUsize,
     pub(super) status: Arc<Status>,
     lease: AtomicI64,
     fence: Mutex<Fence>,
@@ -286,18 +289,40 @@ impl Shared {
         self.tick();
     }
 
-    /// Runs an etcd call with the operation timeout.
+    /// The client of the endpoint in use.
+    pub(super) fn client(&self) -> Client {
+        self.clients[self.current.load(Ordering::Relaxed) % self.clients.len()].clone()
+    }
+
+    /// How many endpoints there are (how often an idempotent call is worth trying).
+    pub(super) fn endpoints(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Runs an etcd call with the operation timeout. On any failure the next call goes to the
+    /// next endpoint. A call that never left (no connection) fails as
+    /// [`FleetError::Unreachable`], one that may have reached etcd as
+    /// [`FleetError::Unavailable`].
     pub(super) async fn timed<T>(
         &self,
         f: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, FleetError> {
-        match tokio::time::timeout(self.config.op_timeout, f).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(FleetError::Unavailable(format!(
-                "no answer within {:?}",
-                self.config.op_timeout
-            ))),
-        }
+        let used = self.current.load(Ordering::Relaxed);
+        let result = match tokio::time::timeout(self.config.op_timeout, f).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if never_sent(&e) => FleetError::Unreachable(e.to_string()),
+            Ok(Err(e)) => e.into(),
+            Err(_) => {
+                FleetError::Unavailable(format!("no answer within {:?}", self.config.op_timeout))
+            }
+        };
+        let _ = self.current.compare_exchange(
+            used,
+            used.wrapping_add(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        Err(result)
     }
 
     /// Turns the fence into the status atomics.
@@ -331,22 +356,19 @@ async fn run(
         // HTTP/2 pings find a dead connection (a killed or cut-off member) within a second.
         .with_keep_alive(Duration::from_millis(500), Duration::from_secs(1))
         .with_keep_alive_while_idle(true);
-    let client = match tokio::time::timeout(
-        config.op_timeout,
-        Client::connect(&config.endpoints, Some(options)),
-    )
-    .await
-    {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            let _ = ready.send(Err(e.into()));
-            return;
+    // `Client::connect` does not dial yet, so this fails only on a malformed endpoint.
+    let mut clients = Vec::new();
+    for endpoint in &config.endpoints {
+        match Client::connect([endpoint], Some(options.clone())).await {
+            Ok(c) => clients.push(c),
+            Err(e) => {
+                let _ = ready.send(Err(FleetError::Config(format!(
+                    "etcd endpoint {endpoint:?}: {e}"
+                ))));
+                return;
+            }
         }
-        Err(_) => {
-            let _ = ready.send(Err(FleetError::Unavailable("connect timed out".into())));
-            return;
-        }
-    };
+    }
     let me = NodeInfo {
         node: config.node.clone(),
         region: config.region.clone(),
@@ -360,7 +382,8 @@ async fn run(
         keys: Keys::new(&config.prefix),
         fence: Mutex::new(Fence::new(config.margin)),
         config,
-        client,
+        clients,
+        current: AtomicUsize::new(0),
         status: Arc::new(Status::new()),
         lease: AtomicI64::new(0),
         me: Mutex::new(me),
@@ -380,9 +403,7 @@ async fn run(
         Err(e) => {
             let lease = shared.lease();
             if lease != 0 {
-                let _ = shared
-                    .timed(shared.client.clone().lease_revoke(lease))
-                    .await;
+                let _ = shared.timed(shared.client().lease_revoke(lease)).await;
             }
             let _ = ready.send(Err(e));
             return;
@@ -401,7 +422,7 @@ async fn run(
     }
     if !shared.halted.load(Ordering::Relaxed) {
         let _ = shared
-            .timed(shared.client.clone().lease_revoke(shared.lease()))
+            .timed(shared.client().lease_revoke(shared.lease()))
             .await;
     }
 }
@@ -411,7 +432,7 @@ async fn run(
 /// whose lease has not expired yet.
 async fn join(shared: &Shared, wait_for_name: bool) -> Result<(), FleetError> {
     let key = shared.keys.node(&shared.config.node);
-    let mut client = shared.client.clone();
+    let mut client = shared.client();
     let give_up = Instant::now() + 2 * shared.config.ttl;
     loop {
         let held = shared.timed(client.get(key.as_str(), None)).await?;
@@ -456,15 +477,18 @@ async fn join(shared: &Shared, wait_for_name: bool) -> Result<(), FleetError> {
     Ok(())
 }
 
-/// Keeps the lease alive: a keepalive every TTL/6 on one stream, each answer moving the fence
+/// Keeps the lease alive: a keepalive every TTL/10 on one stream, each answer moving the fence
 /// deadline to its send time + TTL - margin. A stream whose oldest keepalive waits more than
 /// two periods is reopened (the member it went to may be dead; the balanced channel picks
 /// another). An answer with TTL 0 means the lease is gone: fence, then rejoin.
 async fn keepalive(shared: Arc<Shared>) {
-    let period = (shared.config.ttl / 6).max(Duration::from_millis(100));
+    // Often, so that the last answer before an etcd leader change is recent: the new leader
+    // answers only after its election (1 to 2 s with etcd's default 1 s election timeout),
+    // and the deadline must outlast that (measured in tests/tests/fleet_store.rs).
+    let period = (shared.config.ttl / 10).max(Duration::from_millis(100));
     loop {
         let lease = shared.lease();
-        let mut client = shared.client.clone();
+        let mut client = shared.client();
         // Opening the stream sends a first keepalive and reads its answer.
         let sent_at = Instant::now();
         let (mut keeper, mut stream) = match shared.timed(client.lease_keep_alive(lease)).await {
@@ -540,7 +564,7 @@ async fn lease_lost(shared: &Shared) {
 /// Reads the node list; returns the revision it was read at. With `announce`, sends the
 /// differences from what was known as events (a resync after a compacted watch).
 async fn load_nodes(shared: &Shared, announce: bool) -> Result<i64, FleetError> {
-    let mut client = shared.client.clone();
+    let mut client = shared.client();
     let resp = shared
         .timed(client.get(shared.keys.nodes(), Some(GetOptions::new().with_prefix())))
         .await?;
@@ -579,7 +603,7 @@ async fn watch_nodes(shared: Arc<Shared>, mut revision: i64) {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
-        let mut client = shared.client.clone();
+        let mut client = shared.client();
         let Ok(mut stream) = shared
             .timed(client.watch(shared.keys.nodes(), Some(options)))
             .await
@@ -615,7 +639,7 @@ async fn watch_rules(shared: Arc<Shared>, mut revision: i64) {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
-        let mut client = shared.client.clone();
+        let mut client = shared.client();
         let Ok(mut stream) = shared
             .timed(client.watch(shared.keys.rules(), Some(options)))
             .await
@@ -697,6 +721,16 @@ async fn fence_tick(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         shared.tick();
+    }
+}
+
+/// Whether the call failed before anything was sent: no connection to the member. (tonic
+/// reports it as status Unavailable with a "tcp connect error" message.)
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => status.message().contains("tcp connect error"),
+        _ => false,
     }
 }
 

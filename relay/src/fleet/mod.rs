@@ -8,7 +8,7 @@
 //! through [`Fleet`]'s methods and hears from it on a crossbeam [`Event`] channel and through
 //! [`Status`], a few atomics (workers read [`Status::fenced`] once per batch).
 //!
-//! On the fleet thread run, as tasks: the lease keepalive (every TTL/6), the watches of the
+//! On the fleet thread run, as tasks: the lease keepalive (every TTL/10), the watches of the
 //! node list (`nodes/`) and of the rules (`rules/`), each resumed by revision after a break and
 //! resynced with a full read if the revision was compacted, a 10 ms fence tick that turns [`fence::Fence`] into [`Status`], and one task per
 //! request the control side made.
@@ -76,7 +76,8 @@ pub struct Config {
     /// its defaults).
     pub ttl: Duration,
     /// Taken off the lease deadline: forwarding stops this long before the lease could
-    /// expire in the store (500 ms by default).
+    /// expire in the store (250 ms by default: it covers the fence tick, the workers' next
+    /// batch and the clock-rate difference between this machine and etcd's over one TTL).
     pub margin: Duration,
     /// The key prefix ([`keys::DEFAULT_PREFIX`] by default).
     pub prefix: String,
@@ -167,7 +168,7 @@ pub struct Rules {
     pub rules: Vec<(String, Vec<u8>)>,
 }
 
-/// What [`Fleet::wait_acks`] found.
+/// What [`Fleet::wait_acks`] found; each list in name order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Acks {
     /// The revision waited for.
@@ -199,6 +200,8 @@ pub enum FleetError {
     /// etcd did not answer in time or refused the call; nothing may have changed, or (for a
     /// commit that timed out) the change may still land: read it back.
     Unavailable(String),
+    /// No etcd member could be reached: nothing was sent.
+    Unreachable(String),
     /// Another live node holds this node's name.
     NameTaken(String),
     /// The audit head kept moving under us; nothing was written.
@@ -212,7 +215,7 @@ pub enum FleetError {
 }
 
 impl Config {
-    /// A configuration with the defaults for TTL (3 s), margin (500 ms), prefix and timeout.
+    /// A configuration with the defaults for TTL (3 s), margin (250 ms), prefix and timeout.
     pub fn new(
         endpoints: Vec<String>,
         node: &str,
@@ -227,7 +230,7 @@ impl Config {
             trunk,
             control,
             ttl: Duration::from_secs(3),
-            margin: Duration::from_millis(500),
+            margin: Duration::from_millis(250),
             prefix: keys::DEFAULT_PREFIX.to_owned(),
             op_timeout: Duration::from_secs(2),
         }
@@ -307,6 +310,7 @@ impl fmt::Display for FleetError {
         match self {
             Self::Config(why) => write!(f, "fleet configuration: {why}"),
             Self::Unavailable(why) => write!(f, "etcd unavailable: {why}"),
+            Self::Unreachable(why) => write!(f, "no etcd member reachable: {why}"),
             Self::NameTaken(node) => write!(f, "a live node is already named {node:?}"),
             Self::Conflict => f.write_str("the audit chain kept moving; nothing was written"),
             Self::Store(e) => write!(f, "audit entry: {e}"),

@@ -2,6 +2,7 @@
 //! wait and fencing another node. Each runs as a task on the fleet thread.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{
@@ -17,7 +18,11 @@ use crate::store::{self, AuditEntry};
 /// This node's number: read from `numbers/node/{node}`, or allocated from `counters/node` in
 /// one transaction the first time a name joins.
 pub(super) async fn node_number(shared: &Shared) -> Result<u16, FleetError> {
-    let mut client = shared.client.clone();
+    retry(shared, any_failure, || node_number_once(shared)).await
+}
+
+async fn node_number_once(shared: &Shared) -> Result<u16, FleetError> {
+    let mut client = shared.client();
     let number_key = shared.keys.node_number(&shared.config.node);
     let counter_key = shared.keys.node_counter();
     for _ in 0..ATTEMPTS {
@@ -62,7 +67,17 @@ pub(super) async fn append(
     action: &str,
     build: &(dyn Fn(u64) -> Append + Send + Sync),
 ) -> Result<Commit, FleetError> {
-    let mut client = shared.client.clone();
+    // Only a call that never left is tried again: a commit that timed out may have landed,
+    // and trying again would append a second entry.
+    retry(shared, nothing_sent, || append_once(shared, action, build)).await
+}
+
+async fn append_once(
+    shared: &Shared,
+    action: &str,
+    build: &(dyn Fn(u64) -> Append + Send + Sync),
+) -> Result<Commit, FleetError> {
+    let mut client = shared.client();
     let head_key = shared.keys.audit_head();
     for _ in 0..ATTEMPTS {
         let resp = shared.timed(client.get(head_key.as_str(), None)).await?;
@@ -108,7 +123,7 @@ pub(super) async fn append(
 
 /// Every rule key and value at `revision` (`None`: now), and the revision read at.
 pub(super) async fn rules(shared: &Shared, revision: Option<i64>) -> Result<Rules, FleetError> {
-    let mut client = shared.client.clone();
+    let mut client = shared.client();
     let mut options = GetOptions::new().with_prefix();
     if let Some(r) = revision {
         options = options.with_revision(r);
@@ -130,7 +145,11 @@ pub(super) async fn rules(shared: &Shared, revision: Option<i64>) -> Result<Rule
 
 /// The whole fleet chain, oldest first (for mirroring and verification).
 pub(super) async fn audit_entries(shared: &Shared) -> Result<Vec<AuditEntry>, FleetError> {
-    let mut client = shared.client.clone();
+    retry(shared, any_failure, || audit_entries_once(shared)).await
+}
+
+async fn audit_entries_once(shared: &Shared) -> Result<Vec<AuditEntry>, FleetError> {
+    let mut client = shared.client();
     let resp = shared
         .timed(client.get(
             shared.keys.audit_entries(),
@@ -154,15 +173,15 @@ pub(super) async fn ack(shared: &Shared, revision: i64) -> Result<(), FleetError
     if revision <= *last {
         return Ok(());
     }
-    let mut client = shared.client.clone();
-    let options = PutOptions::new().with_lease(shared.lease());
-    shared
-        .timed(client.put(
-            shared.keys.ack(&shared.config.node),
-            revision.to_string(),
-            Some(options),
-        ))
-        .await?;
+    retry(shared, any_failure, || async {
+        let options = PutOptions::new().with_lease(shared.lease());
+        let key = shared.keys.ack(&shared.config.node);
+        let mut client = shared.client();
+        shared
+            .timed(client.put(key, revision.to_string(), Some(options)))
+            .await
+    })
+    .await?;
     *last = revision;
     Ok(())
 }
@@ -175,7 +194,18 @@ pub(super) async fn wait_acks(
     timeout: Duration,
 ) -> Result<Acks, FleetError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut client = shared.client.clone();
+    retry(shared, any_failure, || {
+        wait_acks_once(shared, revision, deadline)
+    })
+    .await
+}
+
+async fn wait_acks_once(
+    shared: &Shared,
+    revision: i64,
+    deadline: tokio::time::Instant,
+) -> Result<Acks, FleetError> {
+    let mut client = shared.client();
     let prefix = Some(GetOptions::new().with_prefix());
     // Who must ack: the registrations that existed at `revision`, by create revision.
     let then = shared
@@ -261,20 +291,26 @@ pub(super) async fn wait_acks(
         }
     }
     out.missing = pending.into_iter().collect();
+    out.acked.sort();
+    out.gone.sort();
     Ok(out)
 }
 
 /// Revokes `node`'s lease if it still has one, then waits one TTL: by then its own deadline
 /// has passed and it forwards nothing.
 pub(super) async fn fence_node(shared: &Shared, node: &str) -> Result<(), FleetError> {
-    let mut client = shared.client.clone();
-    let resp = shared
-        .timed(client.get(shared.keys.node(node), None))
-        .await?;
-    if let Some(kv) = resp.kvs().first() {
-        // "lease not found": it expired meanwhile, which is as good.
-        let _ = shared.timed(client.lease_revoke(kv.lease())).await;
-    }
+    retry(shared, any_failure, || async {
+        let mut client = shared.client();
+        let resp = shared
+            .timed(client.get(shared.keys.node(node), None))
+            .await?;
+        if let Some(kv) = resp.kvs().first() {
+            // "lease not found": it expired meanwhile, which is as good.
+            let _ = shared.timed(client.lease_revoke(kv.lease())).await;
+        }
+        Ok(())
+    })
+    .await?;
     tokio::time::sleep(shared.config.ttl).await;
     Ok(())
 }
@@ -282,6 +318,10 @@ pub(super) async fn fence_node(shared: &Shared, node: &str) -> Result<(), FleetE
 /// Rewrites this node's registration with a new load, only while it is still under the
 /// current lease (never resurrecting a registration that expired).
 pub(super) async fn set_load(shared: &Shared, load: u32) -> Result<(), FleetError> {
+    retry(shared, any_failure, || set_load_once(shared, load)).await
+}
+
+async fn set_load_once(shared: &Shared, load: u32) -> Result<(), FleetError> {
     let mut me = shared.me();
     me.load = load;
     let value = serde_json::to_vec(&me).map_err(|e| FleetError::Corrupt(e.to_string()))?;
@@ -294,7 +334,7 @@ pub(super) async fn set_load(shared: &Shared, load: u32) -> Result<(), FleetErro
             value,
             Some(PutOptions::new().with_lease(lease)),
         )]);
-    let mut client = shared.client.clone();
+    let mut client = shared.client();
     if !shared.timed(client.txn(txn)).await?.succeeded() {
         return Err(FleetError::Unavailable(
             "this node's registration is gone (lease lost)".into(),
@@ -302,6 +342,35 @@ pub(super) async fn set_load(shared: &Shared, load: u32) -> Result<(), FleetErro
     }
     shared.set_me(me);
     Ok(())
+}
+
+/// Runs `op`, and again on the next endpoint (`Shared::timed` moves on after a failure)
+/// while it fails as `again` says, at most once per endpoint.
+async fn retry<T, Fut>(
+    shared: &Shared,
+    again: fn(&FleetError) -> bool,
+    mut op: impl FnMut() -> Fut,
+) -> Result<T, FleetError>
+where
+    Fut: Future<Output = Result<T, FleetError>>,
+{
+    let mut tries = shared.endpoints();
+    loop {
+        match op().await {
+            Err(e) if tries > 1 && again(&e) => tries -= 1,
+            result => return result,
+        }
+    }
+}
+
+/// Idempotent calls are tried again after any failure to reach etcd.
+fn any_failure(e: &FleetError) -> bool {
+    matches!(e, FleetError::Unavailable(_) | FleetError::Unreachable(_))
+}
+
+/// Others only when nothing was sent.
+fn nothing_sent(e: &FleetError) -> bool {
+    matches!(e, FleetError::Unreachable(_))
 }
 
 /// Node name -> create revision of its registration, from a read of `nodes/`.
