@@ -51,8 +51,9 @@ type Job = Box<dyn FnOnce(Arc<Shared>) -> Pin<Box<dyn Future<Output = ()> + Send
 
 impl Fleet {
     /// Starts the fleet thread, joins the fleet (see the module docs, step 1) and returns once
-    /// this node is registered and the node list is read. The relay stays fenced until
-    /// [`Fleet::ack`] of [`Fleet::joined_at`].
+    /// this node is registered and the node list is read; that may take up to two TTLs when a
+    /// previous life of this node has not expired yet. The relay stays fenced until
+    /// [`Fleet::ack`] of [`Fleet::joined_at`]. Drain the event receiver: it is unbounded.
     pub fn start(config: Config) -> Result<(Self, Receiver<Event>), FleetError> {
         config.check()?;
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
@@ -250,10 +251,9 @@ impl Fleet {
         let Some(jobs) = &self.jobs else {
             return;
         };
-        if let Err(mpsc::error::SendError(job)) = jobs.send(job) {
-            // The thread is gone: run nothing, but still answer.
-            drop(job);
-        }
+        // The thread lives as long as `jobs`; a job it has not finished when it stops is
+        // dropped with its `done` (a blocking caller then gets `FleetError::Stopped`).
+        let _ = jobs.send(job);
     }
 
     fn shutdown(&mut self) {
