@@ -307,14 +307,21 @@ impl Shared {
         &self,
         f: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, FleetError> {
+        self.timed_for(self.config.op_timeout, f).await
+    }
+
+    /// [`Shared::timed`] with a timeout of its own.
+    pub(super) async fn timed_for<T>(
+        &self,
+        timeout: Duration,
+        f: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, FleetError> {
         let used = self.current.load(Ordering::Relaxed);
-        let result = match tokio::time::timeout(self.config.op_timeout, f).await {
+        let result = match tokio::time::timeout(timeout, f).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) if never_sent(&e) => FleetError::Unreachable(e.to_string()),
             Ok(Err(e)) => e.into(),
-            Err(_) => {
-                FleetError::Unavailable(format!("no answer within {:?}", self.config.op_timeout))
-            }
+            Err(_) => FleetError::Unavailable(format!("no answer within {timeout:?}")),
         };
         let _ = self.current.compare_exchange(
             used,
@@ -355,7 +362,10 @@ async fn run(
         .with_connect_timeout(config.op_timeout)
         // HTTP/2 pings find a dead connection (a killed or cut-off member) within a second.
         .with_keep_alive(Duration::from_millis(500), Duration::from_secs(1))
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        // A member without a leader (isolated, or during an election) fails calls and ends
+        // watches at once instead of leaving them silent: we move on or try again.
+        .with_require_leader(true);
     // `Client::connect` does not dial yet, so this fails only on a malformed endpoint.
     let mut clients = Vec::new();
     for endpoint in &config.endpoints {
@@ -489,9 +499,14 @@ async fn keepalive(shared: Arc<Shared>) {
     loop {
         let lease = shared.lease();
         let mut client = shared.client();
-        // Opening the stream sends a first keepalive and reads its answer.
+        // Opening the stream sends a first keepalive and reads its answer. Right after the
+        // etcd leader dies, a follower may hold it until it notices; rather than wait, try the
+        // next member after two periods.
         let sent_at = Instant::now();
-        let (mut keeper, mut stream) = match shared.timed(client.lease_keep_alive(lease)).await {
+        let opened = shared
+            .timed_for(2 * period, client.lease_keep_alive(lease))
+            .await;
+        let (mut keeper, mut stream) = match opened {
             Ok(opened) => {
                 lock(&shared.fence).keepalive_answered(sent_at, shared.config.ttl);
                 shared.tick();
@@ -502,7 +517,7 @@ async fn keepalive(shared: Arc<Shared>) {
                 continue;
             }
             Err(_) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
