@@ -234,4 +234,51 @@ mod tests {
         f.applied(1);
         assert_eq!(f.state(t0), State::Fenced(Reason::LeaseExpiring));
     }
+
+    proptest::proptest! {
+        /// After any sequence of events, forwarding implies what the module docs promise: a
+        /// registration since the last loss, rules applied up to it, and `now` before the
+        /// latest answered send time (since that registration) plus TTL minus the margin.
+        #[test]
+        fn forwarding_implies_a_live_lease_and_synced_rules(
+            events in proptest::collection::vec((0u8..4, 0u64..2000, 0i64..20), 0..40),
+        ) {
+            let t0 = Instant::now();
+            let mut f = Fence::new(MARGIN);
+            let mut now = t0;
+            // The model: latest lease end since the last join, whether lost, join and applied.
+            let mut until: Option<Instant> = None;
+            let mut joined_at = 0;
+            let mut applied = 0;
+            for (kind, step, revision) in events {
+                now += ms(step);
+                // A keepalive is sent some time before its answer arrives.
+                let sent = now - ms(step / 2);
+                match kind {
+                    0 => {
+                        f.joined(sent, TTL, revision);
+                        until = Some(sent + TTL - MARGIN);
+                        joined_at = revision;
+                    }
+                    1 => {
+                        f.keepalive_answered(sent, TTL);
+                        if let Some(u) = until {
+                            until = Some(u.max(sent + TTL - MARGIN));
+                        }
+                    }
+                    2 => {
+                        f.lease_lost();
+                        until = None;
+                    }
+                    _ => {
+                        f.applied(revision);
+                        applied = applied.max(revision);
+                    }
+                }
+                let forwarding = f.state(now) == State::Forwarding;
+                let model = until.is_some_and(|u| now < u) && applied >= joined_at;
+                proptest::prop_assert_eq!(forwarding, model);
+            }
+        }
+    }
 }
