@@ -36,6 +36,15 @@ python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-c
 # The SRTP unit tests cross-check against libsrtp through PyPI's pylibsrtp (its wheels bundle
 # libsrtp), installed with pip below.
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3 python3-pip)
+# Fleet tests: etcd members and etcdctl, network namespaces with veth pairs and a bridge,
+# nftables counters and drop rules inside them; protoc builds the etcd client's gRPC types.
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v nft >/dev/null || need+=(nftables)
+command -v ip >/dev/null || need+=(iproute2)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+# The well-known types (google/protobuf/descriptor.proto) that etcd's protos import.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

@@ -4,12 +4,14 @@
 //! slices.
 //! `io` moves bytes between sockets and that core; `control` owns the state and publishes changes
 //! to workers; `store` keeps rules and the audit log on disk; `telemetry` renders the metrics that
-//! need no control state (build, process, change apply time). `sdp` (offer/answer for WebRTC
-//! legs) and `dtls` (the DTLS-SRTP server handshake) are pure building blocks of the WebRTC edge.
+//! need no control state (build, process, change apply time); `fleet` links a relay to the others
+//! of its fleet through etcd. `sdp` (offer/answer for WebRTC legs) and `dtls` (the DTLS-SRTP
+//! server handshake) are pure building blocks of the WebRTC edge.
 
 pub mod config;
 pub mod control;
 pub mod dtls;
+pub mod fleet;
 pub mod io;
 pub mod packet;
 pub mod route;

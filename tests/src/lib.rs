@@ -1,6 +1,9 @@
 //! Helpers for the end-to-end tests: start the real `relay` binary on loopback with ephemeral
 //! ports, drive its HTTP API, and play plain UDP clients.
 //!
+//! `netns` makes network namespaces joined by a bridge (fleet tests), `etcd` runs an etcd
+//! cluster for them.
+//!
 //! The binary is found in `RELAY_BIN`, or next to the test executable in the target directory;
 //! `tests/run.sh` builds it first. `RELAY_TEST_BACKEND` selects the data-plane backend.
 
@@ -13,7 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod control;
+pub mod etcd;
 pub mod media;
+pub mod netns;
 
 /// A running relay process, stopped (SIGKILL) when dropped.
 pub struct Relay {

@@ -32,7 +32,9 @@ mod batch;
 mod schema;
 mod transparency;
 
-pub use audit::{AuditEntry, VerifyError, VerifyReport, run_verify_cli, verify};
+pub use audit::{
+    AuditEntry, VerifyError, VerifyReport, ZERO_HASH, next_entry, run_verify_cli, verify,
+};
 pub use batch::{Batch, ParticipantRecord, RoomRecord, StoreOp};
 pub use transparency::{AuditHead, Dropped, RuleReport, StateCounts, Transparency};
 
@@ -119,6 +121,12 @@ pub enum StoreError {
     JournalMode(String),
     /// Creating the data directory failed.
     Io(std::io::Error),
+    /// An entry given to [`Store::mirror`] does not follow the recorded head (wrong seq or
+    /// `prev_hash`) or does not hash to its `hash`: the mirrored chain forked or was changed.
+    Unchained {
+        /// The entry's seq.
+        seq: u64,
+    },
     /// SQLite failed.
     Sqlite(rusqlite::Error),
     /// A stored JSON text did not parse.
@@ -219,6 +227,19 @@ impl Store {
         let entry = audit::append(&tx, &now_rfc3339(), action, detail)?;
         tx.commit()?;
         Ok(entry)
+    }
+
+    /// Appends an audit entry made elsewhere, as it is: the fleet's chain in etcd, mirrored
+    /// here so that `relay audit verify` checks it offline. Fails with
+    /// [`StoreError::Unchained`] (and changes nothing) unless `entry` follows the recorded head
+    /// and hashes right.
+    pub fn mirror(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        audit::mirror(&tx, entry)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Saves rule counters (all fields but `participants_matched`), replacing earlier values.
@@ -392,6 +413,12 @@ impl fmt::Display for StoreError {
             Self::Schema(v) => write!(f, "the database has schema {v}, newer than this relay's"),
             Self::JournalMode(m) => write!(f, "SQLite kept journal mode {m:?} instead of WAL"),
             Self::Io(e) => write!(f, "cannot create the data directory: {e}"),
+            Self::Unchained { seq } => {
+                write!(
+                    f,
+                    "mirrored audit entry {seq} does not follow the recorded head"
+                )
+            }
             Self::Sqlite(e) => write!(f, "database error: {e}"),
             Self::Json(e) => write!(f, "stored JSON is unreadable: {e}"),
         }
@@ -456,7 +483,7 @@ pub fn check_reason(reason: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
