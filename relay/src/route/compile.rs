@@ -371,18 +371,35 @@ impl Work<'_> {
         let mut entries = self.entries.into_iter().peekable();
         while let Some(&(first, _)) = entries.peek() {
             let c = usize::from(first) / CHUNK;
-            let mut list: Vec<Option<Member>> = chunks
-                .get(c)
-                .map(|chunk| chunk.slots.to_vec())
-                .unwrap_or_default();
-            list.resize(CHUNK, None);
-            while let Some((slot, member)) = entries.next_if(|(s, _)| usize::from(*s) / CHUNK == c)
+            let mut group = Vec::new();
+            while let Some(e) = entries.next_if(|(s, _)| usize::from(*s) / CHUNK == c) {
+                group.push(e);
+            }
+            let old: &[Option<Member>] = chunks.get(c).map_or(&[], |chunk| &chunk.slots);
+            // Slots kept: up to the last one occupied after the change, rounded up to a power
+            // of two, so that copies of a chunk come in few sizes the allocator can reuse.
+            let occupied = |i: usize| match group.iter().find(|(s, _)| usize::from(*s) % CHUNK == i)
             {
-                let old = &mut list[usize::from(slot) % CHUNK];
-                tally(&mut receive_blocked, old.as_ref(), -1);
+                Some((_, m)) => m.is_some(),
+                None => old.get(i).is_some_and(Option::is_some),
+            };
+            let used = (0..CHUNK).rev().find(|&i| occupied(i)).map_or(0, |i| i + 1);
+            let len = if used == 0 {
+                0
+            } else {
+                used.next_power_of_two()
+            };
+            let mut list: Vec<Option<Member>> = Vec::with_capacity(len);
+            list.extend(old.iter().take(len).cloned());
+            list.resize(len, None);
+            for (slot, member) in group {
+                let before = old.get(usize::from(slot) % CHUNK).and_then(Option::as_ref);
+                tally(&mut receive_blocked, before, -1);
                 tally(&mut receive_blocked, member.as_ref(), 1);
-                members = members + usize::from(member.is_some()) - usize::from(old.is_some());
-                *old = member;
+                members = members + usize::from(member.is_some()) - usize::from(before.is_some());
+                if let Some(entry) = list.get_mut(usize::from(slot) % CHUNK) {
+                    *entry = member;
+                }
                 slots.push(slot);
             }
             if chunks.len() <= c {

@@ -160,7 +160,7 @@ pub(crate) struct Chunk {
     pub(crate) present: u64,
     /// Per kind: members with a track of that kind that no rule stops.
     pub(crate) sends: [u64; 2],
-    /// The members; trailing empty slots are left out.
+    /// The members: as many slots as the last occupied one needs, rounded up to a power of two.
     pub(crate) slots: Box<[Option<Member>]>,
 }
 
@@ -218,29 +218,6 @@ impl Room {
                 .filter(|(_, m)| m.is_some())
                 .map(move |(i, _)| (c * CHUNK + i) as u16)
         })
-    }
-
-    /// The id of the member in `slot`.
-    pub fn name(&self, slot: u16) -> Option<&Arc<str>> {
-        self.member(slot).map(|m| &m.name)
-    }
-
-    /// The ids of the members that receive the track `ssrc`, for tests and diagnostics: a scan
-    /// of the room, never used per packet.
-    pub fn receivers(&self, ssrc: Ssrc) -> Vec<Arc<str>> {
-        let Some((slot, member, track)) = self.slots().find_map(|s| {
-            let m = self.member(s)?;
-            m.tracks.iter().find(|t| t.ssrc == ssrc).map(|t| (s, m, t))
-        }) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        if track.send_block.is_none() {
-            self.each_receiver(0, slot, member, track.kind, 0..self.chunks.len(), |r, _| {
-                out.push(r.name.clone())
-            });
-        }
-        out
     }
 
     #[inline]
@@ -444,11 +421,8 @@ impl Member {
 }
 
 impl Chunk {
-    /// A chunk of these members, with its bitmasks; trailing empty slots dropped.
-    pub(crate) fn new(mut slots: Vec<Option<Member>>) -> Self {
-        while slots.last().is_some_and(Option::is_none) {
-            slots.pop();
-        }
+    /// A chunk of these members (at most [`CHUNK`]), with its bitmasks.
+    pub(crate) fn new(slots: Vec<Option<Member>>) -> Self {
         let mut chunk = Self::default();
         for (i, m) in slots.iter().enumerate() {
             let Some(m) = m else {

@@ -303,7 +303,7 @@ impl Table {
         };
         match ice::answer(&msg, *src, creds.pwd.as_bytes(), out) {
             Ok(len) => {
-                member.counters.stun_ok.add(worker, 1);
+                member.counters.stun_ok().add(worker, 1);
                 let latch =
                     (member.addr != Some(*src) && msg.ice_controlled().is_none()).then(|| Latch {
                         room: installed.id,
@@ -343,8 +343,8 @@ impl Table {
         let Some(member) = installed.room.member(slot) else {
             return Verdict::Drop(DropReason::UnknownSource);
         };
-        member.counters.packets_in.add(worker, 1);
-        member.counters.bytes_in.add(worker, buf.len() as u64);
+        member.counters.packets_in().add(worker, 1);
+        member.counters.bytes_in().add(worker, buf.len() as u64);
         let from = Sender {
             room: &installed.room,
             slot,
@@ -356,7 +356,7 @@ impl Table {
             route_rtcp(worker, installed, &from, buf, &mut emit)
         };
         if matches!(verdict, Verdict::Drop(_)) {
-            member.counters.packets_dropped.add(worker, 1);
+            member.counters.packets_dropped().add(worker, 1);
         }
         verdict
     }

@@ -330,7 +330,7 @@ impl World {
             .map(|p| p.counters.clone());
         let before = counters
             .as_ref()
-            .map(|c| (c.packets_in.sum(), c.packets_dropped.sum()));
+            .map(|c| (c.packets_in().sum(), c.packets_dropped().sum()));
         let mut out: Vec<SocketAddr> = Vec::new();
         let verdict = self.table.route(0, &src, buf, |d| {
             out.push(d.as_socket().expect("destinations are IP addresses"));
@@ -358,11 +358,11 @@ impl World {
             ));
         }
         if let (Some(c), Some((packets_in, dropped))) = (counters, before) {
-            if c.packets_in.sum() != packets_in + 1 {
+            if c.packets_in().sum() != packets_in + 1 {
                 return Err("packets_in did not count the datagram once".into());
             }
             let was_dropped = u64::from(matches!(verdict, Verdict::Drop(_)));
-            if c.packets_dropped.sum() != dropped + was_dropped {
+            if c.packets_dropped().sum() != dropped + was_dropped {
                 return Err("packets_dropped did not count the drop once".into());
             }
         }

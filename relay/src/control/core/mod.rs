@@ -171,6 +171,9 @@ pub struct Outcome {
     pub store: Vec<StoreOp>,
     /// What the workers must apply: each touched room's next snapshot and changed slots.
     pub updates: Vec<Update>,
+    /// A rule whose view is the reply, taken once the change is compiled (so it counts the
+    /// participants the rule matches).
+    reply_rule: Option<(u16, RuleId)>,
 }
 
 /// The journal: how to put back what the current command changed.
@@ -292,6 +295,9 @@ impl Core {
         debug_assert!(self.journal.is_empty(), "the last change was not settled");
         let result = self.dispatch(now, geo, cmd).and_then(|mut out| {
             out.updates = self.build()?;
+            if let Some((status, id)) = out.reply_rule.take() {
+                out.reply = Some((status, to_value(&self.rules.view(id)?)));
+            }
             Ok(out)
         });
         if result.is_err() {
@@ -630,9 +636,13 @@ impl Changed {
 
 fn outcome<T: serde::Serialize>(status: u16, body: &T) -> Outcome {
     Outcome {
-        reply: Some((status, serde_json::to_value(body).unwrap_or(Value::Null))),
+        reply: Some((status, to_value(body))),
         ..Outcome::default()
     }
+}
+
+fn to_value<T: serde::Serialize>(body: &T) -> Value {
+    serde_json::to_value(body).unwrap_or(Value::Null)
 }
 
 fn reply<T: serde::Serialize>(status: u16, body: &T) -> Result<Outcome, ApiError> {

@@ -435,7 +435,7 @@ impl Core {
                     continue;
                 }
                 // Reading the workers' counters is the core's only input besides its calls.
-                let heard = p.counters.packets_in.sum() + p.counters.stun_ok.sum();
+                let heard = p.counters.packets_in().sum() + p.counters.stun_ok().sum();
                 if heard != p.heard {
                     p.heard = heard;
                     p.heard_at = now.mono;
@@ -573,8 +573,8 @@ impl Core {
         let r = self.room(name)?;
         let (mut packets, mut bytes) = (0, 0);
         for p in r.participants.values() {
-            packets += p.counters.packets_in.sum();
-            bytes += p.counters.bytes_in.sum();
+            packets += p.counters.packets_in().sum();
+            bytes += p.counters.bytes_in().sum();
         }
         Ok(view::Room {
             room: name.to_owned(),
@@ -613,9 +613,9 @@ impl Core {
             tracks: p.tracks.clone(),
             subscribe: p.subscribe.clone(),
             counters: view::ParticipantCounters {
-                packets_in: p.counters.packets_in.sum(),
-                bytes_in: p.counters.bytes_in.sum(),
-                packets_dropped: p.counters.packets_dropped.sum(),
+                packets_in: p.counters.packets_in().sum(),
+                bytes_in: p.counters.bytes_in().sum(),
+                packets_dropped: p.counters.packets_dropped().sum(),
             },
         }
     }

@@ -320,6 +320,7 @@ impl Core {
         self.set_rule(id, stored);
         let mut out = outcome(201, &self.rules.view(id)?);
         out.events.push(Event::new("rule_added", rule_event(&out)));
+        out.reply_rule = Some((201, id));
         Ok(out)
     }
 
@@ -359,6 +360,7 @@ impl Core {
         };
         self.set_rule(id, lifted);
         let mut out = outcome(200, &self.rules.view(id)?);
+        out.reply_rule = Some((200, id));
         out.events.push(Event::new(
             "rule_lifted",
             json!({"rule": id, "reason": lift.reason}),
