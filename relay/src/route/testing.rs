@@ -324,8 +324,11 @@ impl World {
     /// Routes one datagram through the table and checks the verdict, the destinations and the
     /// sender's counters against the model.
     pub fn check_route(&self, src: SocketAddr, buf: &[u8]) -> Result<(), String> {
+        // Only RTP and RTCP reach the address lookup, and so the sender's counters.
+        let media = matches!(demux::classify(buf), demux::Kind::Rtp | demux::Kind::Rtcp);
         let counters = self
             .owner(src)
+            .filter(|_| media)
             .and_then(|(r, m)| self.person(r, m))
             .map(|p| p.counters.clone());
         let before = counters
