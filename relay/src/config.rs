@@ -119,7 +119,7 @@ pub struct ServeArgs {
     /// Most rooms at once [default: 10000].
     #[arg(long, env = "RELAY_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
-    /// Most participants in one room [default: 1000].
+    /// Most participants in one room [default: 10000; at most 65534].
     #[arg(long, env = "RELAY_MAX_PARTICIPANTS")]
     pub max_participants: Option<usize>,
     /// Most tracks of one participant [default: 32].
@@ -362,10 +362,11 @@ impl ServeArgs {
         }
         let limits = Limits {
             max_rooms: args.max_rooms.unwrap_or(10_000),
+            // A room's slots are u16 and slot 65535 is never given.
             max_participants: args
                 .max_participants
-                .unwrap_or(1_000)
-                .min(u16::MAX as usize),
+                .unwrap_or(10_000)
+                .min(usize::from(u16::MAX) - 1),
             max_tracks: args.max_tracks.unwrap_or(32),
             rule_changes_per_sec: args.max_rule_changes.unwrap_or(20).max(1),
             latch_timeout: std::time::Duration::from_secs(args.latch_timeout.unwrap_or(30).max(1)),

@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::core::{Changed, Command, Core, Now, Restore};
+use super::core::{Command, Core, Now, Restore};
 use super::error::{ApiError, Code};
 use super::event::Event;
 use super::geoip::Geoip;
@@ -105,13 +105,10 @@ impl Owner {
             last_verify: Instant::now(),
         };
         // Every room back in the workers before the API answers.
-        let all = owner.core.all_rooms();
-        let (updates, matches) = owner.core.compile(&all).map_err(anyhow::Error::new)?;
         owner
             .plane
-            .publish(updates)
+            .publish(owner.core.install_all())
             .map_err(|e| anyhow::anyhow!("installing the restored rooms: {e}"))?;
-        owner.core.record_matches(matches);
         let (rooms, participants) = owner.core.sizes();
         let rules_in_force = owner.core.rule_metrics().len();
         owner
@@ -208,22 +205,22 @@ impl Owner {
             Err(panic) => {
                 // A bug: answer 500 for this request only, and put the core back as it was.
                 tracing::error!(panic = %panic_text(&panic), "the control core panicked");
-                let changed = self.core.rollback();
-                self.republish(&changed);
+                let updates = self.core.rollback();
+                self.republish(updates);
                 return Err(ApiError::new(
                     Code::Internal,
                     "the relay failed handling this request; it is logged",
                 ));
             }
         };
-        let changed = self.core.changed();
         let mut ops = self.core.store_ops();
         ops.extend(outcome.store);
-        if (!changed.is_empty() || !ops.is_empty())
-            && let Err(e) = self.carry_out(&changed, &ops)
+        let changed = !outcome.updates.is_empty();
+        if (changed || !ops.is_empty())
+            && let Err(e) = self.carry_out(outcome.updates, &ops)
         {
-            let changed = self.core.rollback();
-            self.republish(&changed);
+            let updates = self.core.rollback();
+            self.republish(updates);
             return Err(e);
         }
         self.core.commit();
@@ -234,7 +231,7 @@ impl Owner {
             }
             self.emit(event);
         }
-        if !changed.is_empty() || had_events {
+        if changed || had_events {
             self.refresh_gauges();
         }
         Ok(outcome.reply.unwrap_or((204, Value::Null)))
@@ -244,10 +241,9 @@ impl Owner {
     /// served, and the API answers only once both are done.
     fn carry_out(
         &mut self,
-        changed: &Changed,
+        updates: Vec<crate::route::Update>,
         ops: &[crate::store::StoreOp],
     ) -> Result<(), ApiError> {
-        let (updates, matches) = self.core.compile(changed)?;
         let batch = self.store.begin().map_err(|e| store_failure(&e))?;
         batch.apply(ops).map_err(|e| store_failure(&e))?;
         self.plane.publish(updates).map_err(|e| {
@@ -255,25 +251,16 @@ impl Owner {
             ApiError::new(Code::WorkersUnavailable, e.to_string())
         })?;
         batch.commit().map_err(|e| store_failure(&e))?;
-        self.core.record_matches(matches);
         Ok(())
     }
 
-    /// After a rollback: publish the rooms as the core holds them again. A worker that applied
-    /// the failed update, or applies it late, applies these after it (its channel is FIFO), so
-    /// every worker ends up serving exactly what the core holds.
-    fn republish(&mut self, changed: &Changed) {
-        if changed.is_empty() {
-            return;
-        }
-        match self.core.compile(changed) {
-            Ok((updates, matches)) => {
-                if let Err(e) = self.plane.publish(updates) {
-                    tracing::error!(error = %e, "republishing after a rollback is still pending");
-                }
-                self.core.record_matches(matches);
-            }
-            Err(e) => tracing::error!(error = %e, "recompiling after a rollback failed"),
+    /// After a rollback: publish the rooms as the core holds them again (their previous
+    /// snapshots, over the slots the failed update changed). A worker that applied the failed
+    /// update, or applies it late, applies these after it (its channel is FIFO), so every worker
+    /// ends up serving exactly what the core holds.
+    fn republish(&mut self, updates: Vec<crate::route::Update>) {
+        if let Err(e) = self.plane.publish(updates) {
+            tracing::error!(error = %e, "republishing after a rollback is still pending");
         }
     }
 

@@ -8,24 +8,27 @@
 //!
 //! 1. [`Core::handle`] a command. A refused command returns an error and changes nothing.
 //!    An accepted one has changed the core and returns an [`Outcome`]: the reply, the events to
-//!    publish once it is carried out, and what it changed.
-//! 2. [`Core::compile`] the rooms the outcome names, giving the [`Update`]s for the workers,
-//!    and [`Core::store_ops`] gives the writes for the database.
+//!    publish once it is carried out, and the [`Update`]s for the workers (each touched room's
+//!    next snapshot and the slots that changed in it).
+//! 2. [`Core::store_ops`] gives the writes for the database.
 //! 3. Carry them out: write the store (one transaction), publish the updates and wait for every
 //!    worker, commit the store.
 //! 4. Then [`Core::commit`]: the core forgets how to undo the change. If any step of 3 failed,
-//!    [`Core::rollback`] instead: the core is as before the command, and the rooms it names must
-//!    be compiled and published again so that every worker serves exactly what the core holds
-//!    (a worker that applied the failed update, or applies it late, gets the old room after it:
-//!    its channel is FIFO).
+//!    [`Core::rollback`] instead: the core is as before the command, and it returns the updates
+//!    that put every worker back on what it holds: the previous snapshots over the same slots
+//!    (a worker that applied the failed update, or applies it late, gets these after it: its
+//!    channel is FIFO).
 //!
 //! Every change to a room, a participant or a rule goes through three primitives
 //! (`set_room`, `set_participant`, `set_rule`) that keep the indexes and record the old value
 //! in a journal. The journal is what makes rollback exact, and it is also how the core knows
-//! which rooms to recompile and which rows to write: nothing else has to remember.
+//! which participants to compile again (`rooms.rs`) and which rows to write: nothing else has to
+//! remember. A change costs what it touches: a join in a room of 10,000 compiles one participant
+//! and copies one chunk of the room's snapshot.
 #![deny(unsafe_code)]
 
 mod participants;
+mod rooms;
 mod rulebook;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -40,12 +43,14 @@ use super::error::{ApiError, Code};
 use super::event::Event;
 use super::view;
 use crate::config::Limits;
-use crate::route::{self, Latch, ParticipantCounters, RoomId, Update};
+use crate::route::{Latch, ParticipantCounters, RoomId, Update};
 use crate::rules::RuleId;
 use crate::store::{ParticipantRecord, RoomRecord, StoreOp, StoredRule};
 
 pub(crate) use participants::Participant;
 pub use participants::RegionSource;
+use rooms::RoomMeta;
+pub(crate) use rooms::RoomState;
 use rulebook::RuleBook;
 
 /// The time of a call: the wall clock for what people read and rules expire by, the monotonic
@@ -165,23 +170,26 @@ pub struct Outcome {
     pub events: Vec<Event>,
     /// Writes besides those of the journal (counters saved now and then).
     pub store: Vec<StoreOp>,
+    /// What the workers must apply: each touched room's next snapshot and changed slots.
+    pub updates: Vec<Update>,
+    /// A rule whose view is the reply, taken once the change is compiled (so it counts the
+    /// participants the rule matches).
+    reply_rule: Option<(u16, RuleId)>,
 }
 
 /// The journal: how to put back what the current command changed.
 #[derive(Debug)]
 enum Undo {
-    Room(String, Option<RoomState>),
+    Room(String, Option<RoomMeta>),
     Participant(String, String, Option<Participant>),
     Rule(RuleId, Option<StoredRule>),
     Draining(bool),
-}
-
-/// A room's own state (its participants are kept apart, keyed by room and id).
-#[derive(Debug, Clone)]
-pub(crate) struct RoomState {
-    pub(crate) id: RoomId,
-    pub(crate) created: SystemTime,
-    pub(crate) participants: BTreeMap<String, Participant>,
+    /// The rules a participant matched before.
+    Matched(String, String, Vec<RuleId>),
+    /// A room's snapshot before.
+    Snapshot(String, Arc<crate::route::Room>),
+    /// An update given to the workers, to undo in them.
+    Published(Update),
 }
 
 /// Rooms, participants and rules, and the indexes that keep lookups O(1).
@@ -252,12 +260,12 @@ impl Core {
         };
         for r in restore.rooms {
             let id = core.new_room_id();
-            let state = RoomState {
+            let meta = RoomMeta {
                 id,
                 created: parse_time(&r.created_at).unwrap_or(now.wall),
-                participants: BTreeMap::new(),
+                snapshot: Arc::default(),
             };
-            core.set_room(&r.room, Some(state));
+            core.set_room(&r.room, Some(meta));
         }
         for p in restore.participants {
             if !core.rooms.contains_key(&p.room) {
@@ -271,6 +279,8 @@ impl Core {
             };
             core.set_participant(&p.room, &p.participant, Some(participant));
         }
+        // Every room compiled from scratch: the same `route::compile`, from empty snapshots.
+        core.build().map_err(|e| e.to_string())?;
         core.journal.clear();
         Ok(core)
     }
@@ -284,7 +294,13 @@ impl Core {
         cmd: Command,
     ) -> Result<Outcome, ApiError> {
         debug_assert!(self.journal.is_empty(), "the last change was not settled");
-        let result = self.dispatch(now, geo, cmd);
+        let result = self.dispatch(now, geo, cmd).and_then(|mut out| {
+            out.updates = self.build()?;
+            if let Some((status, id)) = out.reply_rule.take() {
+                out.reply = Some((status, to_value(&self.rules.view(id)?)));
+            }
+            Ok(out)
+        });
         if result.is_err() {
             // Validation comes before any change, so this undoes nothing; it keeps the
             // promise that a refused command changes nothing even if a check comes late.
@@ -334,96 +350,40 @@ impl Core {
         self.journal.clear();
     }
 
-    /// Undoes the last change (newest first) and returns the rooms to compile and publish again.
-    pub fn rollback(&mut self) -> Changed {
-        let changed = self.changed();
+    /// Undoes the last change (newest first) and returns the updates that put every worker
+    /// back on what the core holds.
+    pub fn rollback(&mut self) -> Vec<Update> {
+        let mut published = Vec::new();
         while let Some(undo) = self.journal.pop() {
             match undo {
                 Undo::Room(name, old) => self.put_room_state(&name, old),
-                Undo::Participant(room, id, old) => self.put_participant_state(&room, &id, old),
+                Undo::Participant(room, id, old) => {
+                    self.put_participant_state(&room, &id, old, true);
+                }
                 Undo::Rule(id, old) => self.rules.restore(id, old),
                 Undo::Draining(d) => self.draining = d,
-            }
-        }
-        changed
-    }
-
-    /// The rooms the pending change touched: to recompile, or to remove from the workers.
-    pub fn changed(&self) -> Changed {
-        let mut changed = Changed::default();
-        for undo in &self.journal {
-            match undo {
-                Undo::Room(name, _) | Undo::Participant(name, _, _) => match self.rooms.get(name) {
-                    Some(_) => {
-                        changed.rooms.insert(name.clone());
-                    }
-                    None => {
-                        if let Undo::Room(_, Some(old)) = undo {
-                            changed.removed.insert(old.id);
-                            changed.closed.insert(name.clone());
-                        }
-                    }
-                },
-                Undo::Rule(id, _) => {
-                    for room in self.rules.rooms_of(*id, &self.by_region) {
-                        if self.rooms.contains_key(&room) {
-                            changed.rooms.insert(room);
-                        }
+                Undo::Matched(room, id, old) => {
+                    self.rules.set_matched(&room, &id, old, true);
+                }
+                Undo::Snapshot(room, old) => {
+                    if let Some(r) = self.rooms.get_mut(&room) {
+                        r.snapshot = old;
                     }
                 }
-                Undo::Draining(_) => {}
+                Undo::Published(u) => published.push(u),
             }
         }
-        changed
+        published.reverse();
+        self.republish(published)
     }
 
-    /// Every room, as a change: to install all of them (at start-up).
-    pub fn all_rooms(&self) -> Changed {
+    /// The rooms the pending change touched: compiled again, or removed from the workers.
+    pub fn changed(&self) -> Changed {
+        let pending = self.pending();
         Changed {
-            rooms: self.rooms.keys().cloned().collect(),
-            ..Changed::default()
-        }
-    }
-
-    /// Compiles the changed rooms for the workers. Also gives whom each rule matches in them,
-    /// to [`Self::record_matches`] once the updates are in force.
-    pub fn compile(&self, changed: &Changed) -> Result<(Vec<Update>, Matches), ApiError> {
-        let mut updates = Vec::with_capacity(changed.rooms.len() + changed.removed.len());
-        let mut matches = Vec::with_capacity(changed.rooms.len());
-        for id in &changed.removed {
-            updates.push(Update::RemoveRoom(*id));
-        }
-        for name in &changed.rooms {
-            let Some(r) = self.rooms.get(name) else {
-                continue;
-            };
-            let participants: Vec<route::Participant<'_>> = r
-                .participants
-                .iter()
-                .map(|(id, p)| p.describe(id))
-                .collect();
-            let compiled = route::compile(name, &participants, self.rules.set(), |id| {
-                self.rules.live(id)
-            })
-            .map_err(|e| {
-                ApiError::new(
-                    Code::Internal,
-                    format!("room {name} cannot be compiled: {e:?}"),
-                )
-            })?;
-            updates.push(Update::Room(r.id, Arc::new(compiled.room)));
-            matches.push((name.clone(), compiled.matched));
-        }
-        for name in &changed.closed {
-            matches.push((name.clone(), HashMap::new()));
-        }
-        Ok((updates, Matches(matches)))
-    }
-
-    /// Records whom each rule matches, after the compiled rooms are in force.
-    pub fn record_matches(&mut self, matches: Matches) {
-        for (room, matched) in matches.0 {
-            self.rules.set_matches(&room, matched);
+            rooms: pending.rooms.into_keys().collect(),
+            removed: pending.removed.iter().map(|(_, id)| *id).collect(),
+            closed: pending.removed.into_iter().map(|(name, _)| name).collect(),
         }
     }
 
@@ -474,7 +434,8 @@ impl Core {
                         ops.push(op);
                     }
                 }
-                Undo::Draining(_) => {}
+                Undo::Draining(_) | Undo::Matched(..) | Undo::Snapshot(..) | Undo::Published(_) => {
+                }
             }
         }
         ops
@@ -514,24 +475,28 @@ impl Core {
 
     // ---- The three primitives: every change goes through them. ----
 
-    fn set_room(&mut self, name: &str, state: Option<RoomState>) {
-        let old = self.rooms.get(name).map(|r| RoomState {
-            participants: BTreeMap::new(),
-            ..r.clone()
-        });
+    fn set_room(&mut self, name: &str, meta: Option<RoomMeta>) {
+        let old = self.rooms.get(name).map(RoomState::meta);
         self.journal.push(Undo::Room(name.to_owned(), old));
-        self.put_room_state(name, state);
+        self.put_room_state(name, meta);
     }
 
-    fn put_room_state(&mut self, name: &str, state: Option<RoomState>) {
-        match state {
-            Some(mut s) => {
-                if let Some(old) = self.rooms.remove(name) {
-                    self.room_names.remove(&old.id);
-                    s.participants = old.participants;
+    fn put_room_state(&mut self, name: &str, meta: Option<RoomMeta>) {
+        match meta {
+            Some(m) => {
+                match self.rooms.get_mut(name) {
+                    Some(r) => {
+                        self.room_names.remove(&r.id);
+                        r.id = m.id;
+                        r.created = m.created;
+                        r.snapshot = m.snapshot;
+                    }
+                    None => {
+                        self.rooms
+                            .insert(name.to_owned(), RoomState::new(m.clone()));
+                    }
                 }
-                self.room_names.insert(s.id, name.to_owned());
-                self.rooms.insert(name.to_owned(), s);
+                self.room_names.insert(m.id, name.to_owned());
             }
             None => {
                 if let Some(old) = self.rooms.remove(name) {
@@ -550,18 +515,23 @@ impl Core {
             .cloned();
         self.journal
             .push(Undo::Participant(room.to_owned(), id.to_owned(), old));
-        self.put_participant_state(room, id, p);
+        self.put_participant_state(room, id, p, false);
     }
 
-    /// Installs or removes a participant and keeps the address, ufrag and region indexes.
-    fn put_participant_state(&mut self, room: &str, id: &str, p: Option<Participant>) {
+    /// Installs or removes a participant and keeps the indexes: the room's (slots, SSRCs,
+    /// listeners) and the relay's (addresses, ufrags, regions). `restore` puts a participant
+    /// back in the slot it had (rollback).
+    fn put_participant_state(
+        &mut self,
+        room: &str,
+        id: &str,
+        p: Option<Participant>,
+        restore: bool,
+    ) {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
-        let old = match p {
-            Some(p) => r.participants.insert(id.to_owned(), p),
-            None => r.participants.remove(id),
-        };
+        let old = r.put(id, p, restore);
         let new = r.participants.get(id);
         let key = || (room.to_owned(), id.to_owned());
         let (old_addr, old_ufrag, old_region) = match &old {
@@ -665,15 +635,15 @@ impl Changed {
     }
 }
 
-/// Per compiled room, whom each rule matches.
-#[derive(Debug, Default)]
-pub struct Matches(Vec<(String, HashMap<RuleId, BTreeSet<String>>)>);
-
 fn outcome<T: serde::Serialize>(status: u16, body: &T) -> Outcome {
     Outcome {
-        reply: Some((status, serde_json::to_value(body).unwrap_or(Value::Null))),
+        reply: Some((status, to_value(body))),
         ..Outcome::default()
     }
+}
+
+fn to_value<T: serde::Serialize>(body: &T) -> Value {
+    serde_json::to_value(body).unwrap_or(Value::Null)
 }
 
 fn reply<T: serde::Serialize>(status: u16, body: &T) -> Result<Outcome, ApiError> {

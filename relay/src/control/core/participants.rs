@@ -1,6 +1,5 @@
 //! Rooms and participants: joining, changing, leaving, latching, silence, and their views.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -9,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    Core, Now, Outcome, RegionLookup, RoomState, counters, outcome, parse_time, rfc3339,
+    Core, Now, Outcome, RegionLookup, RoomMeta, RoomState, counters, outcome, parse_time, rfc3339,
     rfc3339_millis,
 };
 use crate::control::body::{
@@ -47,12 +46,14 @@ impl RegionSource {
 /// One participant.
 #[derive(Debug, Clone)]
 pub(crate) struct Participant {
+    /// Where it sits in its room's snapshot; given by the room when it joins.
+    pub(crate) slot: u16,
     pub(crate) region: Option<[u8; 2]>,
     region_source: RegionSource,
     pub(crate) address: Option<SocketAddr>,
     pub(crate) ice: IceBody,
     pub(crate) tracks: Vec<TrackBody>,
-    subscribe: SubscribeBody,
+    pub(crate) subscribe: SubscribeBody,
     counters: Arc<ParticipantCounters>,
     joined: SystemTime,
     /// Since when the address was latched by STUN; `None` for a fixed or absent address.
@@ -83,6 +84,7 @@ impl Participant {
     pub(super) fn describe<'a>(&'a self, id: &'a str) -> route::Participant<'a> {
         route::Participant {
             id,
+            slot: self.slot,
             region: self.region,
             addr: self.address,
             tracks: self.tracks.iter().map(|t| (Ssrc(t.ssrc), t.kind)).collect(),
@@ -91,10 +93,10 @@ impl Participant {
                 SubscribeBody::Only(list) => Some(list),
             },
             counters: self.counters.clone(),
-            ice: Some(Credentials {
+            ice: Some(Arc::new(Credentials {
                 ufrag: self.ice.ufrag.as_str().into(),
                 pwd: self.ice.pwd.as_str().into(),
-            }),
+            })),
         }
     }
 
@@ -122,6 +124,7 @@ impl Participant {
     pub(super) fn restore(r: &ParticipantRecord, workers: usize, now: Now) -> Option<Self> {
         let s: Saved = serde_json::from_str(&r.state).ok()?;
         Some(Self {
+            slot: 0,
             region: s.region.as_deref().and_then(|r| body::check_region(r).ok()),
             region_source: s.region_source,
             address: None,
@@ -175,12 +178,12 @@ impl Core {
             ));
         }
         let id = self.new_room_id();
-        let state = RoomState {
+        let meta = RoomMeta {
             id,
             created: now.wall,
-            participants: BTreeMap::new(),
+            snapshot: Arc::default(),
         };
-        self.set_room(room, Some(state));
+        self.set_room(room, Some(meta));
         let mut out = outcome(201, &self.room_view(room)?);
         out.events
             .push(Event::new("room_created", json!({"room": room})));
@@ -253,6 +256,7 @@ impl Core {
         let subscribe = body.subscribe.unwrap_or(SubscribeBody::ALL);
         self.check_participant(room, id, address, &ice, &body.tracks, &subscribe)?;
         let mut p = Participant {
+            slot: existing.map_or(0, |p| p.slot),
             region,
             region_source: if region.is_some() {
                 RegionSource::Signaling
@@ -431,7 +435,7 @@ impl Core {
                     continue;
                 }
                 // Reading the workers' counters is the core's only input besides its calls.
-                let heard = p.counters.packets_in.sum() + p.counters.stun_ok.sum();
+                let heard = p.counters.packets_in().sum() + p.counters.stun_ok().sum();
                 if heard != p.heard {
                     p.heard = heard;
                     p.heard_at = now.mono;
@@ -499,14 +503,9 @@ impl Core {
             }
         }
         let r = self.room(room)?;
-        for (other, p) in &r.participants {
-            if other == id {
-                continue;
-            }
-            if let Some(t) = p
-                .tracks
-                .iter()
-                .find(|t| tracks.iter().any(|n| n.ssrc == t.ssrc))
+        for t in tracks {
+            if let Some(other) = r.ssrc_owner(t.ssrc)
+                && other != id
             {
                 return Err(ApiError::new(
                     Code::SsrcInUse,
@@ -574,8 +573,8 @@ impl Core {
         let r = self.room(name)?;
         let (mut packets, mut bytes) = (0, 0);
         for p in r.participants.values() {
-            packets += p.counters.packets_in.sum();
-            bytes += p.counters.bytes_in.sum();
+            packets += p.counters.packets_in().sum();
+            bytes += p.counters.bytes_in().sum();
         }
         Ok(view::Room {
             room: name.to_owned(),
@@ -614,9 +613,9 @@ impl Core {
             tracks: p.tracks.clone(),
             subscribe: p.subscribe.clone(),
             counters: view::ParticipantCounters {
-                packets_in: p.counters.packets_in.sum(),
-                bytes_in: p.counters.bytes_in.sum(),
-                packets_dropped: p.counters.packets_dropped.sum(),
+                packets_in: p.counters.packets_in().sum(),
+                bytes_in: p.counters.bytes_in().sum(),
+                packets_dropped: p.counters.packets_dropped().sum(),
             },
         }
     }

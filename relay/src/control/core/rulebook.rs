@@ -37,8 +37,8 @@ pub(super) struct RuleBook {
     live: HashMap<RuleId, Arc<route::RuleCounters>>,
     /// Counters saved by earlier runs.
     base: HashMap<RuleId, RuleCounters>,
-    /// Per room: which participants each rule matches now.
-    matched: HashMap<String, HashMap<RuleId, BTreeSet<String>>>,
+    /// Per participant (room, id): the rules that match it now, when any do.
+    matched: HashMap<(String, String), Vec<RuleId>>,
     matched_now: HashMap<RuleId, u64>,
     matched_total: HashMap<RuleId, u64>,
     bucket: TokenBucket,
@@ -120,27 +120,37 @@ impl RuleBook {
         self.put(id, old);
     }
 
-    /// Rooms a rule can touch: those of its listed participants, those holding a participant of
-    /// one of its regions, limited to its rooms. O(participants it names and matches).
-    pub(super) fn rooms_of(
+    /// The participants a rule can match: those it names that `slot` finds (giving their slot)
+    /// and those of its regions, limited to its rooms. O(participants it names and matches).
+    pub(super) fn participants_of(
         &self,
         id: RuleId,
         by_region: &HashMap<[u8; 2], BTreeSet<(String, String)>>,
-    ) -> BTreeSet<String> {
+        slot: impl Fn(&str, &str) -> Option<u16>,
+    ) -> Vec<(String, String, u16)> {
         let Some(rule) = self.entries.get(&id).and_then(|e| e.rule.as_ref()) else {
-            return BTreeSet::new();
+            return Vec::new();
         };
-        let mut rooms: BTreeSet<String> =
-            rule.participants().iter().map(|p| p.room.clone()).collect();
-        for region in rule.regions() {
-            if let Some(members) = by_region.get(region) {
-                rooms.extend(members.iter().map(|(room, _)| room.clone()));
+        let in_rooms =
+            |room: &str| rule.rooms().is_empty() || rule.rooms().iter().any(|r| r == room);
+        let mut out = Vec::new();
+        for p in rule.participants() {
+            if in_rooms(&p.room)
+                && let Some(s) = slot(&p.room, &p.participant)
+            {
+                out.push((p.room.clone(), p.participant.clone(), s));
             }
         }
-        if !rule.rooms().is_empty() {
-            rooms.retain(|r| rule.rooms().iter().any(|x| x == r));
+        for region in rule.regions() {
+            for (room, p) in by_region.get(region).into_iter().flatten() {
+                if in_rooms(room)
+                    && let Some(s) = slot(room, p)
+                {
+                    out.push((room.clone(), p.clone(), s));
+                }
+            }
         }
-        rooms
+        out
     }
 
     /// The write a rule's change needs, from its record before the change.
@@ -171,25 +181,42 @@ impl RuleBook {
         }
     }
 
-    /// Records which participants of `room` each rule matches now, after a recompilation.
-    pub(super) fn set_matches(&mut self, room: &str, now: HashMap<RuleId, BTreeSet<String>>) {
-        let old = self.matched.remove(room).unwrap_or_default();
-        for (id, set) in &old {
-            if let Some(n) = self.matched_now.get_mut(id) {
-                *n = n.saturating_sub(set.len() as u64);
+    /// Records the rules that match participant `id` of `room` now; returns what it matched
+    /// before if that differs. Each rule that starts matching it counts once more in
+    /// `participants_matched_total`; `undo` (putting back an earlier record) takes that back.
+    pub(super) fn set_matched(
+        &mut self,
+        room: &str,
+        id: &str,
+        mut now: Vec<RuleId>,
+        undo: bool,
+    ) -> Option<Vec<RuleId>> {
+        now.sort_unstable();
+        let key = (room.to_owned(), id.to_owned());
+        let old = self.matched.get(&key).cloned().unwrap_or_default();
+        if old == now {
+            return None;
+        }
+        for rule in old.iter().filter(|r| !now.contains(r)) {
+            if let Some(n) = self.matched_now.get_mut(rule) {
+                *n = n.saturating_sub(1);
+            }
+            if undo && let Some(n) = self.matched_total.get_mut(rule) {
+                *n = n.saturating_sub(1);
             }
         }
-        for (id, set) in &now {
-            *self.matched_now.entry(*id).or_default() += set.len() as u64;
-            let before = old.get(id);
-            let new = set
-                .iter()
-                .filter(|p| before.is_none_or(|b| !b.contains(*p)));
-            *self.matched_total.entry(*id).or_default() += new.count() as u64;
+        for rule in now.iter().filter(|r| !old.contains(r)) {
+            *self.matched_now.entry(*rule).or_default() += 1;
+            if !undo {
+                *self.matched_total.entry(*rule).or_default() += 1;
+            }
         }
-        if !now.is_empty() {
-            self.matched.insert(room.to_owned(), now);
+        if now.is_empty() {
+            self.matched.remove(&key);
+        } else {
+            self.matched.insert(key, now);
         }
+        Some(old)
     }
 
     /// One rule's counters: saved before this run plus this run's.
@@ -293,6 +320,7 @@ impl Core {
         self.set_rule(id, stored);
         let mut out = outcome(201, &self.rules.view(id)?);
         out.events.push(Event::new("rule_added", rule_event(&out)));
+        out.reply_rule = Some((201, id));
         Ok(out)
     }
 
@@ -332,6 +360,7 @@ impl Core {
         };
         self.set_rule(id, lifted);
         let mut out = outcome(200, &self.rules.view(id)?);
+        out.reply_rule = Some((200, id));
         out.events.push(Event::new(
             "rule_lifted",
             json!({"rule": id, "reason": lift.reason}),
