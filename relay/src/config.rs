@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// [default: false].
     #[arg(long, env = "RELAY_BUSY_POLL")]
     pub busy_poll: Option<bool>,
+    /// Rooms of at least this many members share each packet's fan-out among all workers;
+    /// 0 never shares [default: 128].
+    #[arg(long, env = "RELAY_HANDOFF_MIN_MEMBERS")]
+    pub handoff_min_members: Option<usize>,
     /// Most rooms at once [default: 10000].
     #[arg(long, env = "RELAY_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
@@ -203,6 +207,8 @@ pub struct Config {
     pub gso: bool,
     /// Spin instead of sleeping.
     pub busy_poll: bool,
+    /// Smallest room whose fan-out is shared among workers (0: never).
+    pub handoff_min_members: usize,
     /// API limits.
     pub limits: Limits,
     /// Log filter.
@@ -311,6 +317,7 @@ impl ServeArgs {
             ring_buffers: self.ring_buffers.or(other.ring_buffers),
             gso: self.gso.or(other.gso),
             busy_poll: self.busy_poll.or(other.busy_poll),
+            handoff_min_members: self.handoff_min_members.or(other.handoff_min_members),
             max_rooms: self.max_rooms.or(other.max_rooms),
             max_participants: self.max_participants.or(other.max_participants),
             max_tracks: self.max_tracks.or(other.max_tracks),
@@ -406,6 +413,9 @@ impl ServeArgs {
             },
             gso: args.gso.unwrap_or(true),
             busy_poll: args.busy_poll.unwrap_or(false),
+            handoff_min_members: args
+                .handoff_min_members
+                .unwrap_or(crate::io::DEFAULT_HANDOFF_MIN_MEMBERS),
             limits,
             log: args.log.unwrap_or_else(|| "info".into()),
             log_format: args.log_format.unwrap_or_default(),

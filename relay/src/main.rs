@@ -64,6 +64,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         ring_buffers: config.ring_buffers,
         gso: config.gso,
         busy_poll: config.busy_poll,
+        handoff_min_members: config.handoff_min_members,
     })
     .with_context(|| format!("starting the data plane on {}", config.media))?;
     let plane = Arc::new(plane);

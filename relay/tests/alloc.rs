@@ -3,7 +3,9 @@
 //!
 //! The rooms cover what a packet can walk through: a room of 2, a room of 50, and a room of 130
 //! over three chunks where some members subscribe selectively (a publisher's listener list that
-//! crosses chunks), with RTP, sender reports, receiver feedback and encrypted SRTCP.
+//! crosses chunks), with RTP, sender reports, receiver feedback and encrypted SRTCP. The room
+//! of 130 is large enough that its fan-out is shared between the two workers (`io::handoff`),
+//! so hand-offs and the sends of a handed-off share are covered too.
 
 mod common;
 
@@ -90,6 +92,7 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
     let plane = start(backend, |c| {
         c.workers = 2;
         c.gso = gso;
+        c.handoff_min_members = 100;
     });
     let small = clients(2);
     let big = clients(50);
@@ -165,6 +168,14 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         "{backend:?}: only {forwarded} forwarded"
     );
     assert!(sum(&plane, |s| &s.packets_in) > 0);
+    let handed = sum(&plane, |s| &s.handoff_out);
+    assert!(
+        handed > 0,
+        "{backend:?}: the large room's fan-out was not shared"
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        sum(&plane, |s| &s.handoff_in) >= handed
+    }));
     assert_eq!(
         allocs, 0,
         "{backend:?} gso={gso}: workers allocated while forwarding"

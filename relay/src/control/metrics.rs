@@ -17,7 +17,7 @@ pub(super) fn render(shared: &Shared) -> String {
     let plane = &shared.plane;
     let stats: Vec<&WorkerStats> = plane.stats().collect();
     let mut out = String::with_capacity(4096);
-    let counters: [Series; 9] = [
+    let counters: [Series; 12] = [
         ("packets_in", "Datagrams received on the media port.", |s| {
             WorkerStats::get(&s.packets_in)
         }),
@@ -47,6 +47,21 @@ pub(super) fn render(shared: &Shared) -> String {
             "recv_rearms",
             "io_uring multishot receives re-armed (buffers ran out).",
             |s| WorkerStats::get(&s.recv_rearms),
+        ),
+        (
+            "handoff_out",
+            "Fan-out shares of large rooms handed to another worker.",
+            |s| WorkerStats::get(&s.handoff_out),
+        ),
+        (
+            "handoff_full",
+            "Fan-out shares sent locally because the hand-off ring was full.",
+            |s| WorkerStats::get(&s.handoff_full),
+        ),
+        (
+            "handoff_in",
+            "Fan-out shares sent for another worker.",
+            |s| WorkerStats::get(&s.handoff_in),
         ),
         ("batches", "Receive batches processed.", |s| {
             WorkerStats::get(&s.batches)

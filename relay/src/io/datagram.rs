@@ -13,7 +13,7 @@ use socket2::SockAddr;
 
 use super::SLOT_SIZE;
 use super::stats::BatchCounts;
-use crate::route::{DropReason, Latch, StunAction, StunGuard, Table, Verdict};
+use crate::route::{DropReason, Hot, Latch, Share, Sink, StunAction, StunGuard, Table, Verdict};
 
 /// Room for a STUN response: header, XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT, or an
 /// error with a short reason, all well under this.
@@ -30,12 +30,31 @@ pub(crate) trait Output {
         reason = "the STUN handler calls it from `Datapath::handle`"
     )]
     fn reply(&mut self, dest: &SockAddr, bytes: &[u8]);
+    /// Hands the datagram being handled to worker `to` for its share of `hot`'s fan-out
+    /// (`io::handoff`). Returns false when it could not: the caller sends that share itself.
+    fn hand_off(&mut self, to: usize, hot: &Hot<'_>) -> bool;
+}
+
+/// The [`Sink`] of the routing decision, over a backend's [`Output`].
+struct Fwd<'a, O>(&'a mut O);
+
+impl<O: Output> Sink for Fwd<'_, O> {
+    #[inline]
+    fn forward(&mut self, dest: &SockAddr) {
+        self.0.forward(dest);
+    }
+
+    fn hand_off(&mut self, to: usize, hot: &Hot<'_>) -> bool {
+        self.0.hand_off(to, hot)
+    }
 }
 
 /// A worker's routing state and the counters of its current batch.
 pub(crate) struct Datapath {
     /// The worker index, which selects the counter cells it writes.
     pub(crate) worker: usize,
+    /// How this worker shares large fan-outs with the others.
+    pub(crate) share: Share,
     /// The worker's own routing table, changed only between batches.
     pub(crate) table: Table,
     /// Counts of the batch in progress, published once per batch.
@@ -54,6 +73,7 @@ impl Datapath {
     pub(crate) fn new(worker: usize, latches: Sender<Latch>) -> Self {
         Self {
             worker,
+            share: Share::alone(worker),
             table: Table::new(),
             counts: BatchCounts::default(),
             guard: StunGuard::new(),
@@ -88,7 +108,7 @@ impl Datapath {
             None => Verdict::Drop(DropReason::UnknownSource),
             Some(src) => self
                 .table
-                .route(self.worker, &src, bytes, |dest| out.forward(dest)),
+                .route_shared(self.share, &src, bytes, &mut Fwd(out)),
         };
         match verdict {
             Verdict::Forward(_) => {}

@@ -15,27 +15,74 @@ use socket2::SockAddr;
 
 use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
+use super::handoff::{Handoff, JOBS_PER_TURN, Job};
 use super::plan::{Plan, REPLY_SLOTS, What};
 use super::send::{self, SEGMENT_CMSG_SPACE, SegmentCmsg, Sent};
 use super::socket;
 use super::stats::BatchCounts;
 use super::worker::Worker;
+use crate::route::Hot;
+
+/// Receive batches of a worker that hands off fan-outs: a batch whose datagrams other workers
+/// still send from is not received into again until they are done. The last one never hands
+/// off, so a worker always has a batch to receive into.
+pub(crate) const BATCHES: usize = 8;
 
 /// Runs a worker on this backend until shutdown. `ready` hears once that set-up is done.
 pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<()> {
     let fd = w.socket.as_raw_fd();
     let gso = w.settings.gso && send::gso_supported(fd);
     let mut path = Datapath::new(w.index, w.latches.clone());
-    let mut batch = RecvBatch::new(w.settings.recv_batch, SLOT_SIZE);
+    let mut handoff = w.handoff();
+    path.share = handoff.share();
+    let count = if handoff.active() { BATCHES } else { 1 };
+    let mut batches: Vec<RecvBatch> = (0..count)
+        .map(|_| RecvBatch::new(w.settings.recv_batch, SLOT_SIZE))
+        .collect();
     let mut queue = SendQueue::new(w.settings.send_batch, gso);
+    let mut jobs = Jobs::new();
     ready(Ok(()));
+    let result = serve(
+        w,
+        fd,
+        &mut path,
+        &mut handoff,
+        &mut batches,
+        &mut queue,
+        &mut jobs,
+    );
+    if !handoff.close() {
+        tracing::warn!("peers did not release this worker's buffers at exit: leaking them");
+        mem::forget(batches);
+    }
+    result
+}
+
+/// The worker loop.
+fn serve(
+    w: &Worker,
+    fd: RawFd,
+    path: &mut Datapath,
+    handoff: &mut Handoff,
+    batches: &mut [RecvBatch],
+    queue: &mut SendQueue,
+    jobs: &mut Jobs,
+) -> io::Result<()> {
+    let mut current = 0;
     loop {
         if !w.apply_messages(&mut path.table) {
             return Ok(());
         }
+        let served = jobs.serve(handoff, queue, fd, w.index);
+        current = choose(batches, handoff, current);
+        // The last batch of several is never leased out.
+        let lease = (current + 1 < batches.len()).then_some(current);
+        let batch = &mut batches[current];
         let n = batch.recv(fd)?;
         if n == 0 {
-            if w.settings.busy_poll {
+            if served {
+                publish(w, path, queue, handoff);
+            } else if w.settings.busy_poll {
                 std::hint::spin_loop();
             } else {
                 wait(fd, w.wake.as_raw_fd())?;
@@ -47,30 +94,116 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
             let (src, bytes, truncated) = batch.datagram(k);
             queue.plan.begin(k as u32, bytes.len());
             let mut out = Out {
-                queue: &mut queue,
-                batch: &batch,
+                queue,
+                iovs: &batch.send_iovs,
                 fd,
+                handoff,
+                bytes,
+                lease,
             };
             path.handle(src, bytes, truncated, &mut out);
         }
-        queue.flush(fd, &batch);
-        queue.take_counts(&mut path.counts);
-        w.stats.publish(&path.counts);
-        path.counts = BatchCounts::default();
+        // Peers start on their shares while this worker sends its own.
+        handoff.wake();
+        queue.flush(fd, &batch.send_iovs);
+        publish(w, path, queue, handoff);
+    }
+}
+
+/// Publishes the counts of the turn.
+fn publish(w: &Worker, path: &mut Datapath, queue: &mut SendQueue, handoff: &mut Handoff) {
+    queue.take_counts(&mut path.counts);
+    path.counts.handoff = mem::take(&mut handoff.counts);
+    w.stats.publish(&path.counts);
+    path.counts = BatchCounts::default();
+}
+
+/// The batch to receive into: the next one that no peer still sends from, or the last one
+/// (which is never leased) when all are busy.
+fn choose(batches: &[RecvBatch], handoff: &Handoff, current: usize) -> usize {
+    let leasable = batches.len() - 1;
+    (1..=leasable)
+        .map(|i| (current + i) % leasable)
+        .find(|&b| handoff.unleased(b))
+        .unwrap_or(leasable)
+}
+
+/// Jobs from other workers and the iovecs that send them.
+struct Jobs {
+    jobs: Vec<Job>,
+    iovs: Box<[libc::iovec]>,
+}
+
+// SAFETY: the iovecs point into other workers' buffers held by the jobs' leases; one thread.
+unsafe impl Send for Jobs {}
+
+impl Jobs {
+    fn new() -> Self {
+        Self {
+            jobs: Vec::with_capacity(JOBS_PER_TURN),
+            iovs: vec![
+                libc::iovec {
+                    iov_base: ptr::null_mut(),
+                    iov_len: 0,
+                };
+                JOBS_PER_TURN
+            ]
+            .into_boxed_slice(),
+        }
+    }
+
+    /// Sends this worker's share of the jobs waiting for it, then releases them. Returns
+    /// whether there were any.
+    fn serve(
+        &mut self,
+        handoff: &mut Handoff,
+        queue: &mut SendQueue,
+        fd: RawFd,
+        me: usize,
+    ) -> bool {
+        handoff.take(&mut self.jobs, JOBS_PER_TURN);
+        if self.jobs.is_empty() {
+            return false;
+        }
+        let workers = handoff.share().workers;
+        for (iov, job) in self.iovs.iter_mut().zip(&self.jobs) {
+            *iov = job.iovec();
+        }
+        for (k, job) in self.jobs.iter().enumerate() {
+            queue.plan.begin(k as u32, job.len());
+            let mut out = Out {
+                queue,
+                iovs: &self.iovs,
+                fd,
+                handoff,
+                bytes: &[],
+                lease: None,
+            };
+            job.room
+                .each_in_share(me, me, workers, job.slot, job.kind, |d| out.forward(d));
+        }
+        queue.flush(fd, &self.iovs);
+        self.jobs.drain(..).for_each(Job::done);
+        true
     }
 }
 
 /// The [`Output`] of this backend: plans sends, flushing when the plan is full.
 struct Out<'a> {
     queue: &'a mut SendQueue,
-    batch: &'a RecvBatch,
+    /// The iovecs of the datagrams being planned (the plan's datagram indexes).
+    iovs: &'a [libc::iovec],
     fd: RawFd,
+    handoff: &'a mut Handoff,
+    /// The datagram being handled, and the lease of its batch if it may be handed off.
+    bytes: &'a [u8],
+    lease: Option<usize>,
 }
 
 impl Output for Out<'_> {
     fn forward(&mut self, dest: &SockAddr) {
         if !self.queue.plan.push(dest) {
-            self.queue.flush(self.fd, self.batch);
+            self.queue.flush(self.fd, self.iovs);
             let planned = self.queue.plan.push(dest);
             debug_assert!(planned, "an empty plan takes a send");
         }
@@ -78,9 +211,19 @@ impl Output for Out<'_> {
 
     fn reply(&mut self, dest: &SockAddr, bytes: &[u8]) {
         if !self.queue.plan.push_reply(dest, bytes) {
-            self.queue.flush(self.fd, self.batch);
+            self.queue.flush(self.fd, self.iovs);
             let planned = self.queue.plan.push_reply(dest, bytes);
             debug_assert!(planned, "an empty plan takes a reply");
+        }
+    }
+
+    fn hand_off(&mut self, to: usize, hot: &Hot<'_>) -> bool {
+        match self.lease {
+            Some(lease) => self.handoff.offer(to, hot, self.bytes, lease),
+            None => {
+                self.handoff.counts.full += 1;
+                false
+            }
         }
     }
 }
@@ -220,7 +363,7 @@ impl SendQueue {
     /// Sends everything planned, in as few `sendmmsg` calls as the kernel allows. A datagram the
     /// kernel refuses is counted and skipped; the rest still go out. A GSO send the kernel
     /// refuses turns GSO off for this socket and goes out one datagram at a time.
-    fn flush(&mut self, fd: RawFd, batch: &RecvBatch) {
+    fn flush(&mut self, fd: RawFd, iovs: &[libc::iovec]) {
         self.hdrs.clear();
         for (i, e) in self.plan.entries().iter().enumerate() {
             // SAFETY: a zeroed mmsghdr is valid; the fields set below are the only ones read.
@@ -240,8 +383,7 @@ impl SendQueue {
                     segment,
                     ..
                 } => {
-                    hdr.msg_hdr.msg_iov =
-                        ptr::from_ref(&batch.send_iovs[first as usize]).cast_mut();
+                    hdr.msg_hdr.msg_iov = ptr::from_ref(&iovs[first as usize]).cast_mut();
                     hdr.msg_hdr.msg_iovlen = usize::from(count) as _;
                     if count > 1 {
                         self.cmsgs[i] = SegmentCmsg::new(segment);
@@ -298,9 +440,9 @@ impl SendQueue {
                 let What::Run { first, count, .. } = e.what else {
                     unreachable!("only runs have several segments");
                 };
-                let iovs = &batch.send_iovs[first as usize..][..usize::from(count)];
+                let run = &iovs[first as usize..][..usize::from(count)];
                 // SAFETY: the iovecs point into live slots and the destination into a live room.
-                let s = unsafe { send::send_each(fd, &*e.dest, iovs) };
+                let s = unsafe { send::send_each(fd, &*e.dest, run) };
                 self.sent.packets += s.packets;
                 self.sent.bytes += s.bytes;
                 self.sent.errors += s.errors;

@@ -10,6 +10,7 @@
 //! [`datagram::Datapath::handle`] and plan their sends with the same [`plan::Plan`].
 
 mod datagram;
+mod handoff;
 mod mmsg;
 mod plan;
 mod send;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+pub use handoff::DEFAULT_MIN_MEMBERS as DEFAULT_HANDOFF_MIN_MEMBERS;
 pub use stats::WorkerStats;
 
 use crate::config::BackendChoice;
@@ -76,6 +78,9 @@ pub struct DataPlaneConfig {
     pub gso: bool,
     /// Spin instead of sleeping when idle: lower latency for a whole core per worker.
     pub busy_poll: bool,
+    /// Rooms of at least this many members share each packet's fan-out among all workers
+    /// (`io::handoff`); 0 never shares.
+    pub handoff_min_members: usize,
 }
 
 impl Default for DataPlaneConfig {
@@ -91,6 +96,7 @@ impl Default for DataPlaneConfig {
             ring_buffers: 1024,
             gso: true,
             busy_poll: false,
+            handoff_min_members: handoff::DEFAULT_MIN_MEMBERS,
         }
     }
 }
@@ -136,6 +142,7 @@ impl DataPlane {
             ring_buffers: config.ring_buffers.clamp(64, 32768).next_power_of_two(),
             gso: config.gso,
             busy_poll: config.busy_poll,
+            handoff_min_members: config.handoff_min_members,
         };
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let (latch_tx, latches) = crossbeam_channel::bounded(LATCH_QUEUE);
@@ -146,9 +153,13 @@ impl DataPlane {
             latches,
             apply_duration: Histogram::new(APPLY_BUCKETS),
         };
-        for (index, socket) in sockets.into_iter().enumerate() {
+        let wakes = (0..workers)
+            .map(|_| socket::eventfd().map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()?;
+        let leases = settings.ring_buffers.max(mmsg::BATCHES);
+        let links = Arc::new(handoff::Links::new(wakes.clone(), leases));
+        for ((index, socket), wake) in sockets.into_iter().enumerate().zip(wakes) {
             let (tx, rx) = crossbeam_channel::unbounded();
-            let wake = Arc::new(socket::eventfd()?);
             let stats = Arc::new(WorkerStats::default());
             let worker = Worker {
                 index,
@@ -158,6 +169,7 @@ impl DataPlane {
                 stats: stats.clone(),
                 settings,
                 latches: latch_tx.clone(),
+                links: links.clone(),
             };
             let pin = config.pin.then_some(index % cores);
             let ready = ready_tx.clone();

@@ -28,6 +28,13 @@ pub struct WorkerStats {
     /// Times the io_uring multishot receive ended (no free buffer, or the kernel stopped it) and
     /// was armed again.
     pub recv_rearms: AtomicU64,
+    /// Packets whose fan-out share this worker handed to another worker (one per peer).
+    pub handoff_out: AtomicU64,
+    /// Hand-offs refused (the peer's ring was full, or no receive batch was free): the share
+    /// was sent by this worker instead.
+    pub handoff_full: AtomicU64,
+    /// Hand-offs from other workers whose share this worker sent.
+    pub handoff_in: AtomicU64,
     /// Drops by [`DropReason::index`].
     pub drops: [AtomicU64; DropReason::ALL.len()],
 }
@@ -43,6 +50,7 @@ pub(crate) struct BatchCounts {
     pub(crate) gso_sends: u64,
     pub(crate) gso_fallbacks: u64,
     pub(crate) recv_rearms: u64,
+    pub(crate) handoff: super::handoff::Counts,
     pub(crate) drops: [u64; DropReason::ALL.len()],
 }
 
@@ -72,6 +80,9 @@ impl WorkerStats {
         bump(&self.gso_sends, c.gso_sends);
         bump(&self.gso_fallbacks, c.gso_fallbacks);
         bump(&self.recv_rearms, c.recv_rearms);
+        bump(&self.handoff_out, c.handoff.out);
+        bump(&self.handoff_full, c.handoff.full);
+        bump(&self.handoff_in, c.handoff.taken);
         for (a, &n) in self.drops.iter().zip(&c.drops) {
             bump(a, n);
         }

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use socket2::Socket;
 
 use super::Backend;
+use super::handoff::{Handoff, Links};
 use super::stats::WorkerStats;
 use crate::route::{Latch, Table, Update};
 
@@ -37,6 +38,8 @@ pub(crate) struct Settings {
     pub(crate) gso: bool,
     /// Spin instead of sleeping when there is nothing to do.
     pub(crate) busy_poll: bool,
+    /// Rooms of at least this many members share their fan-out among the workers.
+    pub(crate) handoff_min_members: usize,
 }
 
 pub(crate) struct Worker {
@@ -48,6 +51,8 @@ pub(crate) struct Worker {
     pub(crate) settings: Settings,
     /// Where authenticated STUN sends latch requests for the control thread.
     pub(crate) latches: Sender<Latch>,
+    /// The hand-off rings between workers (`io::handoff`).
+    pub(crate) links: Arc<Links>,
 }
 
 impl Worker {
@@ -61,6 +66,15 @@ impl Worker {
             Backend::Mmsg => super::mmsg::run(&self, ready),
             Backend::IoUring => super::uring::run(&self, ready),
         }
+    }
+
+    /// This worker's end of the hand-off links.
+    pub(crate) fn handoff(&self) -> Handoff {
+        Handoff::new(
+            self.links.clone(),
+            self.index,
+            self.settings.handoff_min_members,
+        )
     }
 
     /// Applies every pending message. Returns false on shutdown.

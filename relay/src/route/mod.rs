@@ -21,12 +21,14 @@ mod compile;
 mod counter;
 mod ice;
 mod room;
+mod share;
 mod table;
 
 pub use compile::{Change, Compiled, Participant, Roster, Slots, compile, compile_all};
 pub use counter::{Counter, ParticipantCounter, ParticipantCounters, RuleCounters};
 pub use ice::{Credentials, Latch, StunAction, StunGuard};
 pub use room::{Blocks, CHUNK, CompileError, MediaKind, Room};
+pub use share::{Hot, Share, Sink, sender_of};
 pub use table::{DropReason, RoomId, Table, Update, Verdict};
 
 #[cfg(any(test, fuzzing))]

@@ -17,6 +17,7 @@ use socket2::SockAddr;
 
 use super::ice::{self, Latch, StunAction, StunGuard};
 use super::room::{Member, Room};
+use super::share::{Emit, Hot, Share, Sink};
 use crate::packet::rtp::Ssrc;
 use crate::packet::{demux, rtcp, rtp};
 
@@ -325,8 +326,23 @@ impl Table {
         worker: usize,
         src: &SocketAddr,
         buf: &[u8],
-        mut emit: impl FnMut(&SockAddr),
+        emit: impl FnMut(&SockAddr),
     ) -> Verdict {
+        self.route_shared(Share::alone(worker), src, buf, &mut Emit(emit))
+    }
+
+    /// Decides where one datagram goes: queues each destination on `sink`, or, in a room where
+    /// `share` applies, the destinations of this worker's chunks and a hand-off to each other
+    /// worker (`route::share`). Returns the verdict; `Forward` counts the sends queued here.
+    #[inline]
+    pub fn route_shared(
+        &self,
+        share: Share,
+        src: &SocketAddr,
+        buf: &[u8],
+        sink: &mut impl Sink,
+    ) -> Verdict {
+        let worker = share.worker;
         let kind = demux::classify(buf);
         match kind {
             demux::Kind::Rtp | demux::Kind::Rtcp => {}
@@ -351,9 +367,9 @@ impl Table {
             member,
         };
         let verdict = if kind == demux::Kind::Rtp {
-            route_rtp(worker, &from, buf, &mut emit)
+            route_rtp(share, &from, buf, sink)
         } else {
-            route_rtcp(worker, installed, &from, buf, &mut emit)
+            route_rtcp(share, installed, &from, buf, sink)
         };
         if matches!(verdict, Verdict::Drop(_)) {
             member.counters.packets_dropped().add(worker, 1);
@@ -374,57 +390,73 @@ impl Installed {
 
 /// The member a datagram came from.
 struct Sender<'r> {
-    room: &'r Room,
+    room: &'r Arc<Room>,
     slot: u16,
     member: &'r Member,
 }
 
-fn route_rtp(
-    worker: usize,
-    from: &Sender<'_>,
-    buf: &[u8],
-    emit: &mut impl FnMut(&SockAddr),
-) -> Verdict {
+fn route_rtp(share: Share, from: &Sender<'_>, buf: &[u8], sink: &mut impl Sink) -> Verdict {
     let Ok(packet) = rtp::Packet::new_checked(buf) else {
         return Verdict::Drop(DropReason::MalformedRtp);
     };
     let Some(track) = from.member.track(packet.ssrc()) else {
         return Verdict::Drop(DropReason::UndeclaredSsrc);
     };
-    fan_out(worker, from, track, emit)
+    fan_out(share, from, track, sink)
 }
 
 #[inline]
 fn fan_out(
-    worker: usize,
+    share: Share,
     from: &Sender<'_>,
     track: &super::room::Track,
-    emit: &mut impl FnMut(&SockAddr),
+    sink: &mut impl Sink,
 ) -> Verdict {
+    let worker = share.worker;
     if let Some(rule) = &track.send_block {
         rule.dropped_send.add(worker, 1);
         return Verdict::Drop(DropReason::Rule);
     }
     let room = from.room;
     room.count_receive_blocked(worker, from.member, track.kind);
+    if share.applies(room) {
+        let hot = Hot {
+            room,
+            slot: from.slot,
+            kind: track.kind,
+        };
+        let mut sent = 0;
+        for to in (0..share.workers).filter(|&w| w != worker) {
+            if !sink.hand_off(to, &hot) {
+                sent += room.each_in_share(worker, to, share.workers, from.slot, track.kind, |d| {
+                    sink.forward(d)
+                });
+            }
+        }
+        sent += room.each_in_share(worker, worker, share.workers, from.slot, track.kind, |d| {
+            sink.forward(d)
+        });
+        return Verdict::Forward(sent);
+    }
     let sent = room.each_receiver(
         worker,
         from.slot,
         from.member,
         track.kind,
         0..room.chunks.len(),
-        |_, dest| emit(dest),
+        |_, dest| sink.forward(dest),
     );
     Verdict::Forward(sent)
 }
 
 fn route_rtcp(
-    worker: usize,
+    share: Share,
     installed: &Installed,
     from: &Sender<'_>,
     buf: &[u8],
-    emit: &mut impl FnMut(&SockAddr),
+    sink: &mut impl Sink,
 ) -> Verdict {
+    let worker = share.worker;
     let Ok(route) = rtcp::classify(buf) else {
         return Verdict::Drop(DropReason::MalformedRtcp);
     };
@@ -438,13 +470,13 @@ fn route_rtcp(
             let Some(track) = from.member.track(sender) else {
                 return Verdict::Drop(DropReason::UndeclaredSsrc);
             };
-            let verdict = fan_out(worker, from, track, emit);
+            let verdict = fan_out(share, from, track, sink);
             let Some(feedback) = also_feedback else {
                 return verdict;
             };
             // Publishers that got the report already are not sent it again.
             let skip = (verdict != Verdict::Drop(DropReason::Rule)).then_some(track.kind);
-            let (sent, _) = route_feedback(worker, installed, from, feedback, skip, emit);
+            let (sent, _) = route_feedback(worker, installed, from, feedback, skip, sink);
             match verdict {
                 Verdict::Forward(n) => Verdict::Forward(n + sent),
                 _ if sent > 0 => Verdict::Forward(sent),
@@ -452,7 +484,7 @@ fn route_rtcp(
             }
         }
         rtcp::Route::Feedback { feedback, .. } => {
-            match route_feedback(worker, installed, from, feedback, None, emit) {
+            match route_feedback(worker, installed, from, feedback, None, sink) {
                 (0, true) => Verdict::Drop(DropReason::Rule),
                 (0, false) => Verdict::Drop(DropReason::NoRoute),
                 (sent, _) => Verdict::Forward(sent),
@@ -461,7 +493,7 @@ fn route_rtcp(
         rtcp::Route::Encrypted { .. } => Verdict::Forward(from.room.each_flow_peer(
             from.slot,
             from.member,
-            |d| emit(d),
+            |d| sink.forward(d),
         )),
     }
 }
@@ -475,7 +507,7 @@ fn route_feedback(
     from: &Sender<'_>,
     feedback: rtcp::Feedback<'_>,
     skip: Option<super::room::MediaKind>,
-    emit: &mut impl FnMut(&SockAddr),
+    sink: &mut impl Sink,
 ) -> (usize, bool) {
     let room = from.room;
     let member = from.member;
@@ -523,7 +555,7 @@ fn route_feedback(
     let mut sent = 0;
     for &p in &targets[..n] {
         if let Some(dest) = room.member(p).and_then(|m| m.sockaddr.as_ref()) {
-            emit(dest);
+            sink.forward(dest);
             sent += 1;
         }
     }

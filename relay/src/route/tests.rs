@@ -307,3 +307,123 @@ impl Roster for ListRoster<'_, '_> {
             .map(|p| p.id)
     }
 }
+
+/// A sink that records local sends and the workers a packet was handed to, refusing worker
+/// `refuse`.
+struct Shares {
+    local: Vec<SocketAddr>,
+    handed: Vec<(usize, u16, Arc<Room>)>,
+    refuse: Option<usize>,
+}
+
+impl Sink for Shares {
+    fn forward(&mut self, dest: &socket2::SockAddr) {
+        self.local.push(dest.as_socket().unwrap());
+    }
+
+    fn hand_off(&mut self, to: usize, hot: &Hot<'_>) -> bool {
+        if self.refuse == Some(to) {
+            return false;
+        }
+        self.handed.push((to, hot.slot, hot.room.clone()));
+        true
+    }
+}
+
+#[test]
+fn a_shared_fan_out_gives_each_receiver_to_one_worker_by_chunk() {
+    // 300 members over 5 chunks, one selective listener; the sender is in chunk 2.
+    let names: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    let list = ["m130".to_owned()];
+    let mut everyone: Vec<Participant<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            member(
+                n,
+                i as u16,
+                Some(1000 + i as u16),
+                &[(i as u32, MediaKind::Audio)],
+            )
+        })
+        .collect();
+    everyone[10].subscribe = Some(&list);
+    everyone[11].subscribe = Some(&[]);
+    let t = table_with(&everyone);
+    let (_, mut whole) = route(&t, 1130, &rtp(130));
+    assert_eq!(whole.len(), 298, "everybody but the sender and m11");
+    for workers in [2, 3] {
+        let mut all = Vec::new();
+        for me in 0..workers {
+            let share = Share {
+                worker: me,
+                workers,
+                min_members: 300,
+            };
+            let mut sink = Shares {
+                local: Vec::new(),
+                handed: Vec::new(),
+                refuse: None,
+            };
+            let v = t.route_shared(share, &addr(1130), &rtp(130), &mut sink);
+            assert_eq!(v, Verdict::Forward(sink.local.len()));
+            let peers: Vec<usize> = sink.handed.iter().map(|h| h.0).collect();
+            assert_eq!(peers, (0..workers).filter(|&w| w != me).collect::<Vec<_>>());
+            // What the receiving worker sends itself is its chunks' receivers.
+            for d in &sink.local {
+                let slot = d.port() - 1000;
+                assert_eq!(sender_of(slot, workers), me, "slot {slot}");
+            }
+            // Each worker's share, from the snapshot it was handed, is its chunks' receivers.
+            for (to, slot, room) in &sink.handed {
+                let mut theirs = Vec::new();
+                room.each_in_share(*to, *to, workers, *slot, MediaKind::Audio, |d| {
+                    theirs.push(d.as_socket().unwrap())
+                });
+                assert!(
+                    theirs
+                        .iter()
+                        .all(|d| sender_of(d.port() - 1000, workers) == *to)
+                );
+                if me == 0 {
+                    all.extend(theirs);
+                }
+            }
+            if me == 0 {
+                all.extend(sink.local);
+            }
+        }
+        all.sort();
+        whole.sort();
+        assert_eq!(
+            all, whole,
+            "the shares of {workers} workers tile the fan-out"
+        );
+    }
+    // A refused hand-off is sent locally; a room below the threshold is not shared.
+    let mut sink = Shares {
+        local: Vec::new(),
+        handed: Vec::new(),
+        refuse: Some(1),
+    };
+    let share = Share {
+        worker: 0,
+        workers: 2,
+        min_members: 300,
+    };
+    t.route_shared(share, &addr(1130), &rtp(130), &mut sink);
+    sink.local.sort();
+    assert_eq!(sink.local, whole);
+    let mut sink = Shares {
+        local: Vec::new(),
+        handed: Vec::new(),
+        refuse: None,
+    };
+    let share = Share {
+        min_members: 301,
+        ..share
+    };
+    t.route_shared(share, &addr(1130), &rtp(130), &mut sink);
+    assert!(sink.handed.is_empty());
+    assert_eq!(sink.local.len(), 298);
+}

@@ -30,11 +30,13 @@ use socket2::SockAddr;
 
 use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
+use super::handoff::{Handoff, Held, JOBS_PER_TURN, Job};
 use super::plan::{Plan, REPLY_SLOTS, What};
 use super::send::{self, Sent};
 use super::socket;
 use super::stats::BatchCounts;
 use super::worker::Worker;
+use crate::route::Hot;
 use bufs::BufRing;
 use sends::Records;
 
@@ -51,6 +53,11 @@ const WAKE: u64 = u64::MAX - 1;
 const CANCEL: u64 = u64::MAX - 2;
 /// Registered file slots.
 const SOCKET_SLOT: Fixed = Fixed(0);
+/// Buffer ids from here on name another worker's buffer that a job lent this worker: `Held`
+/// id `bid - REMOTE` (the ring's own ids are below 32768).
+const REMOTE: u16 = 32768;
+/// Jobs of other workers whose sends may be in flight at once.
+const HELD_JOBS: usize = 4 * JOBS_PER_TURN;
 const WAKE_SLOT: Fixed = Fixed(1);
 
 /// Runs a worker on this backend until shutdown. `ready` hears once that set-up is done.
@@ -69,6 +76,10 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
     ready(Ok(()));
     let result = u.serve(w);
     u.drain();
+    if !u.handoff.close() {
+        tracing::warn!("peers did not release this worker's buffers at exit: leaking them");
+        u.leak_bufs();
+    }
     result
 }
 
@@ -121,6 +132,13 @@ struct Uring {
     gso_fallbacks: u64,
     rearms: u64,
     recv_errors: u64,
+    handoff: Handoff,
+    /// Leases on other workers' buffers that this worker's sends read.
+    held: Held,
+    /// Jobs from other workers handled this turn; their rooms must outlive the flush.
+    jobs: Vec<Job>,
+    /// This worker's buffers that other workers send from, until their leases are released.
+    lent: Vec<u16>,
 }
 
 impl Uring {
@@ -157,13 +175,19 @@ impl Uring {
             gso_fallbacks: 0,
             rearms: 0,
             recv_errors: 0,
+            handoff: w.handoff(),
+            held: Held::new(HELD_JOBS),
+            jobs: Vec::with_capacity(JOBS_PER_TURN),
+            lent: Vec::with_capacity(s.ring_buffers),
         })
     }
 
     /// The worker loop.
     fn serve(&mut self, w: &Worker) -> io::Result<()> {
         let mut path = Datapath::new(w.index, w.latches.clone());
+        path.share = self.handoff.share();
         let mut first_arm = true;
+        let mut more_jobs = false;
         loop {
             if !w.apply_messages(&mut path.table) {
                 return Ok(());
@@ -181,7 +205,7 @@ impl Uring {
                 self.push(poll.build(), WAKE)?;
                 self.wake_armed = true;
             }
-            self.enter(!self.busy_poll)?;
+            self.enter(!self.busy_poll && !more_jobs)?;
             self.reap();
             let received = !self.pending.is_empty();
             if received {
@@ -194,20 +218,58 @@ impl Uring {
                 self.receive(res, flags, &mut path)?;
             }
             self.pending.clear();
+            self.handoff.wake();
+            let jobs = self.serve_jobs(w.index);
+            more_jobs = jobs == JOBS_PER_TURN;
             self.flush();
+            self.jobs.clear();
             for r in self.turn.drain(..) {
-                self.bufs.release(r.bid);
+                release(&mut self.bufs, &mut self.held, r.bid);
             }
+            let (bufs, handoff) = (&mut self.bufs, &self.handoff);
+            self.lent.retain(|&bid| {
+                let busy = !handoff.unleased(usize::from(bid));
+                if !busy {
+                    bufs.release(bid);
+                }
+                busy
+            });
             self.bufs.publish();
             // Counters go out once per batch; a turn with only send completions (or a wake-up)
             // publishes too when it has something to add.
             let sent = self.sent.packets + self.sent.errors;
-            if received || sent > 0 || self.gso_fallbacks > 0 {
+            if received || jobs > 0 || sent > 0 || self.gso_fallbacks > 0 {
                 self.take_counts(&mut path.counts);
                 w.stats.publish(&path.counts);
                 path.counts = BatchCounts::default();
             }
         }
+    }
+
+    /// Plans this worker's share of the jobs other workers handed it. Returns how many.
+    fn serve_jobs(&mut self, me: usize) -> usize {
+        let max = JOBS_PER_TURN.min(self.held.available());
+        let mut jobs = mem::take(&mut self.jobs);
+        self.handoff.take(&mut jobs, max);
+        let workers = self.handoff.share().workers;
+        for job in &jobs {
+            let id = self
+                .held
+                .take(job.lease())
+                .expect("no more jobs are taken than `held` has room for");
+            let k = self.turn.len() as u32;
+            self.turn.push(Received {
+                iov: job.iovec(),
+                bid: REMOTE + id,
+            });
+            self.plan.begin(k, job.len());
+            let mut out = Out { u: self };
+            job.room
+                .each_in_share(me, me, workers, job.slot, job.kind, |d| out.forward(d));
+        }
+        let n = jobs.len();
+        self.jobs = jobs;
+        n
     }
 
     /// Handles one receive completion.
@@ -310,7 +372,7 @@ impl Uring {
             };
             if let What::Run { first, count, .. } = e.what {
                 for r in &self.turn[first as usize..][..usize::from(count)] {
-                    self.bufs.hold(r.bid);
+                    hold(&mut self.bufs, &mut self.held, r.bid);
                 }
             }
             let sqe = opcode::SendMsg::new(SOCKET_SLOT, hdr).build();
@@ -396,7 +458,7 @@ impl Uring {
                 CANCEL => {}
                 idx => complete(
                     &mut self.records,
-                    &mut self.bufs,
+                    (&mut self.bufs, &mut self.held),
                     &mut self.plan,
                     Counts {
                         sent: &mut self.sent,
@@ -418,7 +480,8 @@ impl Uring {
             gso_sends: &mut self.gso_sends,
             gso_fallbacks: &mut self.gso_fallbacks,
         };
-        let (records, bufs, plan) = (&mut self.records, &mut self.bufs, &mut self.plan);
+        let (records, plan) = (&mut self.records, &mut self.plan);
+        let bufs = (&mut self.bufs, &mut self.held);
         complete(records, bufs, plan, counts, self.fd, idx, res);
     }
 
@@ -427,6 +490,16 @@ impl Uring {
         counts.gso_sends += mem::take(&mut self.gso_sends);
         counts.gso_fallbacks += mem::take(&mut self.gso_fallbacks);
         counts.recv_rearms += mem::take(&mut self.rearms);
+        counts.handoff = mem::take(&mut self.handoff.counts);
+    }
+
+    /// Forgets the receive buffers instead of freeing them: another worker may still read them.
+    fn leak_bufs(&mut self) {
+        let bufs = mem::replace(
+            &mut self.bufs,
+            BufRing::new(1, 64).expect("a one-buffer ring allocates"),
+        );
+        mem::forget(bufs);
     }
 
     /// Ends every operation and waits for the last completions, so that no memory the kernel
@@ -453,11 +526,7 @@ impl Uring {
         if !self.records.idle() || self.recv_armed {
             tracing::warn!("io_uring did not drain at shutdown: leaking its buffers");
             self.records.leak();
-            let bufs = mem::replace(
-                &mut self.bufs,
-                BufRing::new(1, 64).expect("a one-buffer ring allocates"),
-            );
-            mem::forget(bufs);
+            self.leak_bufs();
             // SAFETY: a zeroed msghdr is valid.
             let hdr = mem::replace(&mut self.recv_hdr, Box::new(unsafe { mem::zeroed() }));
             mem::forget(hdr);
@@ -476,7 +545,7 @@ struct Counts<'a> {
 /// a time (and turns GSO off), releases its buffers and frees its record.
 fn complete(
     records: &mut Records,
-    bufs: &mut BufRing,
+    (bufs, held): (&mut BufRing, &mut Held),
     plan: &mut Plan,
     c: Counts<'_>,
     fd: RawFd,
@@ -506,9 +575,25 @@ fn complete(
         c.sent.errors += segments;
     }
     for &bid in &r.bids[..usize::from(r.count)] {
-        bufs.release(bid);
+        release(bufs, held, bid);
     }
     records.free(idx);
+}
+
+/// Adds a reference to buffer `bid`: this worker's own, or one lent by another worker.
+fn hold(bufs: &mut BufRing, held: &mut Held, bid: u16) {
+    match bid.checked_sub(REMOTE) {
+        Some(id) => held.hold(id),
+        None => bufs.hold(bid),
+    }
+}
+
+/// Drops a reference to buffer `bid`; the last one gives it back to the ring or to its owner.
+fn release(bufs: &mut BufRing, held: &mut Held, bid: u16) {
+    match bid.checked_sub(REMOTE) {
+        Some(id) => held.release(id),
+        None => bufs.release(bid),
+    }
 }
 
 fn errno(res: i32) -> io::Error {
@@ -535,5 +620,29 @@ impl Output for Out<'_> {
             let planned = self.u.plan.push_reply(dest, bytes);
             debug_assert!(planned, "an empty plan takes a reply");
         }
+    }
+
+    fn hand_off(&mut self, to: usize, hot: &Hot<'_>) -> bool {
+        let u = &mut *self.u;
+        let Some(r) = u.turn.last().copied() else {
+            return false;
+        };
+        if r.bid >= REMOTE {
+            return false;
+        }
+        // SAFETY: the iovec points at the payload in buffer `r.bid`, which this worker holds
+        // for the turn; `offer` leases it on, and the buffer stays off the ring until the lease
+        // is released (`lent`).
+        let bytes =
+            unsafe { std::slice::from_raw_parts(r.iov.iov_base as *const u8, r.iov.iov_len) };
+        if !u.handoff.offer(to, hot, bytes, usize::from(r.bid)) {
+            return false;
+        }
+        // A datagram's hand-offs come one after another: the first one holds the buffer.
+        if u.lent.last() != Some(&r.bid) {
+            u.bufs.hold(r.bid);
+            u.lent.push(r.bid);
+        }
+        true
     }
 }
