@@ -23,9 +23,10 @@ use super::stats::BatchCounts;
 use super::worker::Worker;
 use crate::route::Hot;
 
-/// Receive batches of a worker that hands off fan-outs: a batch whose datagrams other workers
-/// still send from is not received into again until they are done. The last one never hands
-/// off, so a worker always has a batch to receive into.
+/// Receive slots of a worker that hands off fan-outs, in receive batches: a slot that other
+/// workers still send from is not received into again until they are done (its lease, one per
+/// slot). The last batch's worth of slots is never leased, so a worker always has slots to
+/// receive into.
 pub(crate) const BATCHES: usize = 8;
 
 /// Runs a worker on this backend until shutdown. `ready` hears once that set-up is done.
@@ -35,10 +36,8 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
     let mut path = Datapath::new(w.index, w.latches.clone());
     let mut handoff = w.handoff();
     path.share = handoff.share();
-    let count = if handoff.active() { BATCHES } else { 1 };
-    let mut batches: Vec<RecvBatch> = (0..count)
-        .map(|_| RecvBatch::new(w.settings.recv_batch, SLOT_SIZE))
-        .collect();
+    let pool = if handoff.active() { BATCHES } else { 1 };
+    let mut batch = RecvBatch::new(w.settings.recv_batch, pool, SLOT_SIZE);
     let mut queue = SendQueue::new(w.settings.send_batch, gso);
     let mut jobs = Jobs::new();
     ready(Ok(()));
@@ -47,13 +46,13 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
         fd,
         &mut path,
         &mut handoff,
-        &mut batches,
+        &mut batch,
         &mut queue,
         &mut jobs,
     );
     if !handoff.close() {
         tracing::warn!("peers did not release this worker's buffers at exit: leaking them");
-        mem::forget(batches);
+        mem::forget(batch);
     }
     result
 }
@@ -64,21 +63,16 @@ fn serve(
     fd: RawFd,
     path: &mut Datapath,
     handoff: &mut Handoff,
-    batches: &mut [RecvBatch],
+    batch: &mut RecvBatch,
     queue: &mut SendQueue,
     jobs: &mut Jobs,
 ) -> io::Result<()> {
-    let mut current = 0;
     loop {
         if !w.apply_messages(&mut path.table) {
             return Ok(());
         }
         let served = jobs.serve(handoff, queue, fd, w.index);
-        current = choose(batches, handoff, current);
-        // The last batch of several is never leased out.
-        let lease = (current + 1 < batches.len()).then_some(current);
-        let batch = &mut batches[current];
-        let n = batch.recv(fd)?;
+        let n = batch.recv(fd, |slot| handoff.unleased(slot))?;
         if n == 0 {
             if served {
                 publish(w, path, queue, handoff);
@@ -99,7 +93,7 @@ fn serve(
                 fd,
                 handoff,
                 bytes,
-                lease,
+                lease: batch.lease(k),
             };
             path.handle(src, bytes, truncated, &mut out);
         }
@@ -116,16 +110,6 @@ fn publish(w: &Worker, path: &mut Datapath, queue: &mut SendQueue, handoff: &mut
     path.counts.handoff = mem::take(&mut handoff.counts);
     w.stats.publish(&path.counts);
     path.counts = BatchCounts::default();
-}
-
-/// The batch to receive into: the next one that no peer still sends from, or the last one
-/// (which is never leased) when all are busy.
-fn choose(batches: &[RecvBatch], handoff: &Handoff, current: usize) -> usize {
-    let leasable = batches.len() - 1;
-    (1..=leasable)
-        .map(|i| (current + i) % leasable)
-        .find(|&b| handoff.unleased(b))
-        .unwrap_or(leasable)
 }
 
 /// Jobs from other workers and the iovecs that send them.
@@ -195,7 +179,7 @@ struct Out<'a> {
     iovs: &'a [libc::iovec],
     fd: RawFd,
     handoff: &'a mut Handoff,
-    /// The datagram being handled, and the lease of its batch if it may be handed off.
+    /// The datagram being handled, and the lease of its slot if it may be handed off.
     bytes: &'a [u8],
     lease: Option<usize>,
 }
@@ -228,10 +212,23 @@ impl Output for Out<'_> {
     }
 }
 
-/// A batch of received datagrams in fixed-size slots.
+/// A batch of received datagrams, in fixed-size slots taken from a pool.
+///
+/// With a pool of one batch the slots are simply reused each turn. With more, each receive
+/// takes slots whose lease is free (other workers no longer send from them) from the leasable
+/// part of the pool; when none is free it uses the last batch's worth, which is never leased.
 pub(crate) struct RecvBatch {
     slot_size: usize,
     slots: Box<[u8]>,
+    /// Slots that may be lent to other workers: all but the last batch's worth (none with a
+    /// pool of one batch).
+    leasable: usize,
+    /// Where the search for free leasable slots goes on.
+    cursor: usize,
+    /// The slot each datagram of the batch was received into.
+    slot_of: Box<[usize]>,
+    /// Whether this batch's slots may be lent.
+    lent: bool,
     names: Box<[libc::sockaddr_storage]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
@@ -246,12 +243,18 @@ pub(crate) struct RecvBatch {
 unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
-    /// A batch of `count` slots of `slot_size` bytes each.
-    pub(crate) fn new(count: usize, slot_size: usize) -> Self {
+    /// A batch of `count` datagrams from a pool of `pool` batches' worth of slots of
+    /// `slot_size` bytes each.
+    pub(crate) fn new(count: usize, pool: usize, slot_size: usize) -> Self {
         let count = count.max(1);
-        let mut batch = Self {
+        let pool = pool.max(1);
+        Self {
             slot_size,
-            slots: vec![0u8; count * slot_size].into_boxed_slice(),
+            slots: vec![0u8; pool * count * slot_size].into_boxed_slice(),
+            leasable: (pool - 1) * count,
+            cursor: 0,
+            slot_of: vec![0; count].into_boxed_slice(),
+            lent: false,
             // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which all-zero
             // bytes are a valid value.
             names: (0..count).map(|_| unsafe { mem::zeroed() }).collect(),
@@ -259,22 +262,49 @@ impl RecvBatch {
             hdrs: (0..count).map(|_| unsafe { mem::zeroed() }).collect(),
             send_iovs: (0..count).map(|_| unsafe { mem::zeroed() }).collect(),
             len: 0,
-        };
-        let base = batch.slots.as_mut_ptr();
-        for i in 0..count {
-            batch.iovs[i] = libc::iovec {
-                // SAFETY: i * slot_size < count * slot_size, inside the slots allocation.
-                iov_base: unsafe { base.add(i * slot_size) }.cast(),
-                iov_len: slot_size,
-            };
         }
-        batch
     }
 
-    /// Receives up to a batch without blocking. Returns the number of datagrams, 0 when none wait.
-    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    /// Points the batch's iovecs at free slots: leasable ones that `free` says no other
+    /// worker holds, or else the never-leased ones. Returns how many.
+    fn take_slots(&mut self, free: impl Fn(usize) -> bool) -> usize {
+        let count = self.iovs.len();
+        let mut n = 0;
+        for _ in 0..self.leasable {
+            if n == count {
+                break;
+            }
+            let slot = self.cursor;
+            self.cursor = (self.cursor + 1) % self.leasable;
+            if free(slot) {
+                self.slot_of[n] = slot;
+                n += 1;
+            }
+        }
+        self.lent = n > 0;
+        if n == 0 {
+            for (i, s) in self.slot_of.iter_mut().enumerate() {
+                *s = self.leasable + i;
+            }
+            n = count;
+        }
+        let base = self.slots.as_mut_ptr();
+        for i in 0..n {
+            self.iovs[i] = libc::iovec {
+                // SAFETY: slot_of[i] < pool * count, so the slot lies inside `slots`.
+                iov_base: unsafe { base.add(self.slot_of[i] * self.slot_size) }.cast(),
+                iov_len: self.slot_size,
+            };
+        }
+        n
+    }
+
+    /// Receives up to a batch without blocking, into slots that `free` allows (`take_slots`).
+    /// Returns the number of datagrams, 0 when none wait.
+    pub(crate) fn recv(&mut self, fd: RawFd, free: impl Fn(usize) -> bool) -> io::Result<usize> {
         self.len = 0;
-        for i in 0..self.hdrs.len() {
+        let slots = self.take_slots(free);
+        for i in 0..slots {
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = ptr::from_mut(&mut self.names[i]).cast();
             h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as u32;
@@ -285,13 +315,13 @@ impl RecvBatch {
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
-        // SAFETY: every header points at a name buffer and an iovec into `slots`, all owned by
-        // self and valid for the duration of the call.
+        // SAFETY: the first `slots` headers point at a name buffer and an iovec into `slots`,
+        // all owned by self and valid for the duration of the call.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
                 self.hdrs.as_mut_ptr(),
-                self.hdrs.len() as u32,
+                slots as u32,
                 libc::MSG_DONTWAIT,
                 ptr::null_mut(),
             )
@@ -314,12 +344,18 @@ impl RecvBatch {
         Ok(self.len)
     }
 
+    /// The lease of datagram `i`'s slot, if it may be lent to another worker.
+    pub(crate) fn lease(&self, i: usize) -> Option<usize> {
+        self.lent.then(|| self.slot_of[i])
+    }
+
     /// Datagram `i`: its source, its bytes, and whether it was larger than a slot.
     pub(crate) fn datagram(&self, i: usize) -> (Option<SocketAddr>, &[u8], bool) {
         let hdr = &self.hdrs[i];
         let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         let len = (hdr.msg_len as usize).min(self.slot_size);
-        let bytes = &self.slots[i * self.slot_size..i * self.slot_size + len];
+        let start = self.slot_of[i] * self.slot_size;
+        let bytes = &self.slots[start..start + len];
         let namelen = (hdr.msg_hdr.msg_namelen as usize).min(size_of::<libc::sockaddr_storage>());
         // SAFETY: names[i] is a live sockaddr_storage; namelen is clamped to its size.
         let name =

@@ -156,7 +156,9 @@ impl DataPlane {
         let wakes = (0..workers)
             .map(|_| socket::eventfd().map(Arc::new))
             .collect::<io::Result<Vec<_>>>()?;
-        let leases = settings.ring_buffers.max(mmsg::BATCHES);
+        let leases = settings
+            .ring_buffers
+            .max(mmsg::BATCHES * settings.recv_batch);
         let links = Arc::new(handoff::Links::new(wakes.clone(), leases));
         for ((index, socket), wake) in sockets.into_iter().enumerate().zip(wakes) {
             let (tx, rx) = crossbeam_channel::unbounded();
