@@ -440,6 +440,11 @@ mod tests {
     }
 
     #[test]
+    fn a_job_stays_small() {
+        assert_eq!(size_of::<Job>(), 40);
+    }
+
+    #[test]
     fn a_ring_keeps_order_and_refuses_when_full() {
         let lease = AtomicU32::new(0);
         let ring = Ring::new(4);

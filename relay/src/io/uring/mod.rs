@@ -58,6 +58,8 @@ const SOCKET_SLOT: Fixed = Fixed(0);
 const REMOTE: u16 = 32768;
 /// Jobs of other workers whose sends may be in flight at once.
 const HELD_JOBS: usize = 4 * JOBS_PER_TURN;
+/// How long a worker whose buffers are all lent out waits before it looks at their leases again.
+const LEASE_POLL_NS: u32 = 50_000;
 const WAKE_SLOT: Fixed = Fixed(1);
 
 /// Runs a worker on this backend until shutdown. `ready` hears once that set-up is done.
@@ -205,7 +207,15 @@ impl Uring {
                 self.push(poll.build(), WAKE)?;
                 self.wake_armed = true;
             }
-            self.enter(!self.busy_poll && !more_jobs)?;
+            // With every buffer lent to peers and none free, nothing would wake this worker when
+            // their leases are released: wait briefly, then look again.
+            let starved = !self.lent.is_empty() && !self.bufs.any_free();
+            let wait = match () {
+                _ if self.busy_poll || more_jobs => Timespec::new(),
+                _ if starved => Timespec::new().nsec(LEASE_POLL_NS),
+                _ => Timespec::new().sec(1),
+            };
+            self.enter(&wait)?;
             self.reap();
             let received = !self.pending.is_empty();
             if received {
@@ -419,15 +429,10 @@ impl Uring {
         Err(io::Error::other("io_uring submission queue stays full"))
     }
 
-    /// Submits what is queued and collects completions: waits for one when `wait`, for at most
-    /// a second so that a missed wake-up costs a second, not forever.
-    fn enter(&mut self, wait: bool) -> io::Result<()> {
-        let ts = if wait {
-            Timespec::new().sec(1)
-        } else {
-            Timespec::new()
-        };
-        let args = SubmitArgs::new().timespec(&ts);
+    /// Submits what is queued and collects completions: waits for one for at most `ts` (a
+    /// second when idle, so that a missed wake-up costs a second, not forever; zero to spin).
+    fn enter(&mut self, ts: &Timespec) -> io::Result<()> {
+        let args = SubmitArgs::new().timespec(ts);
         // With DEFER_TASKRUN, completions appear only when entering with GETEVENTS, which
         // waiting for one completion (with a zero timeout when spinning) asks for.
         match self.ring.submitter().submit_with_args(1, &args) {
