@@ -165,7 +165,8 @@ impl Uring {
             records: Records::new(records, REPLY_SLOTS),
             recv_hdr,
             pending: Vec::with_capacity(s.ring_buffers + 8),
-            turn: Vec::with_capacity(s.ring_buffers + 8),
+            // A turn holds what was received and the jobs of other workers it serves.
+            turn: Vec::with_capacity(s.ring_buffers + 8 + JOBS_PER_TURN),
             plan: Plan::new(s.send_batch, gso),
             fd,
             wake,
