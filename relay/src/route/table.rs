@@ -426,7 +426,8 @@ fn fan_out(
             kind: track.kind,
         };
         let mut sent = 0;
-        for to in (0..share.workers).filter(|&w| w != worker) {
+        // Workers beyond the room's chunk count have no share: nothing to hand them.
+        for to in (0..share.workers.min(room.chunks())).filter(|&w| w != worker) {
             if !sink.hand_off(to, &hot) {
                 sent += room.each_in_share(worker, to, share.workers, from.slot, track.kind, |d| {
                     sink.forward(d)
