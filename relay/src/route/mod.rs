@@ -15,6 +15,9 @@
 //!   the track, adds to counters and emits each destination, read off the room's per-chunk
 //!   bitmasks (see `room.rs`). A rule costs nothing per packet beyond one counter add: it has
 //!   already cleared the receivers' bits or stopped the track.
+//! - Workers that share large rooms' fan-outs call [`Table::route_shared`] with their [`Share`]
+//!   instead: it sends this worker's chunks to a [`Sink`] and hands each other worker a [`Hot`]
+//!   packet, whose share that worker sends with [`Room::each_in_share`] (`share.rs`).
 #![deny(unsafe_code)]
 
 mod compile;
