@@ -3,7 +3,8 @@
 //!
 //! The rooms cover what a packet can walk through: a room of 2, a room of 50, and a room of 130
 //! over three chunks where some members subscribe selectively (a publisher's listener list that
-//! crosses chunks), with RTP, sender reports, receiver feedback and encrypted SRTCP.
+//! crosses chunks), and a room of 10 with a receive rule and a send rule in force, with RTP,
+//! sender reports, receiver feedback and encrypted SRTCP.
 
 mod common;
 
@@ -105,6 +106,27 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         &large.iter().map(addr).collect::<Vec<_>>(),
         |i| (i % 7 == 3).then(|| vec![0, 70, 129]),
     );
+    // A room with rules in force: member 2 may not receive video, member 5 may not send it.
+    let ruled = clients(10);
+    let mut rules = relay::rules::RuleSet::new();
+    for (id, who, direction) in [(1, "m2", "receive"), (2, "m5", "send")] {
+        let spec = format!(
+            r#"{{"match": {{"participants": [{{"room": "room-4", "participant": "{who}"}}]}},
+                "direction": "{direction}", "media": "video",
+                "basis": {{"authority": "A", "reference": "1", "jurisdiction": "US"}},
+                "expires_at": "2099-01-01T00:00:00Z"}}"#
+        );
+        let rule = relay::rules::compile(&relay::rules::parse(spec.as_bytes()).unwrap()).unwrap();
+        rules.insert(relay::rules::RuleId(id), rule);
+    }
+    install_ruled(
+        &plane,
+        4,
+        4000,
+        &ruled.iter().map(addr).collect::<Vec<_>>(),
+        |_| None,
+        &rules,
+    );
     // The counter sees worker threads: setting up and applying rooms allocates there.
     assert!(
         WORKER_ALLOCS.load(Ordering::Relaxed) > 0,
@@ -139,7 +161,10 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         large[129].send_to(&sender_report(3129, 3000), to).unwrap();
         large[10].send_to(&pli(3010, 3070), to).unwrap();
         large[0].send_to(&srtcp(3000), to).unwrap();
-        for s in small.iter().chain(&big).chain(&large) {
+        // The ruled room: one copy blocked at a receiver, one packet blocked at its sender.
+        ruled[0].send_to(&rtp(4000, seq, 300), to).unwrap();
+        ruled[5].send_to(&rtp(4005, seq, 300), to).unwrap();
+        for s in small.iter().chain(&big).chain(&large).chain(&ruled) {
             discard(s);
         }
     };
@@ -165,6 +190,8 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         "{backend:?}: only {forwarded} forwarded"
     );
     assert!(sum(&plane, |s| &s.packets_in) > 0);
+    let rule_drops = sum(&plane, |s| &s.drops[relay::route::DropReason::Rule.index()]);
+    assert!(rule_drops > 0, "the send rule dropped nothing");
     assert_eq!(
         allocs, 0,
         "{backend:?} gso={gso}: workers allocated while forwarding"
