@@ -83,6 +83,9 @@ fn memlock_hint(e: &io::Error) -> &'static str {
     }
 }
 
+/// The kernel's largest completion queue (`IORING_MAX_CQ_ENTRIES`).
+const MAX_CQ_ENTRIES: usize = 65536;
+
 /// Creates a ring with the flags the workers use. The calling thread becomes its only issuer.
 fn new_ring(sq: u32, cq: u32) -> io::Result<IoUring> {
     IoUring::builder()
@@ -128,7 +131,11 @@ impl Uring {
         let s = &w.settings;
         let records = s.send_batch * 2;
         let sq = (s.send_batch + 16).next_power_of_two() as u32;
-        let cq = ((s.ring_buffers + records) * 2).next_power_of_two() as u32;
+        // Twice what can be outstanding, within the kernel's limit (IORING_MAX_CQ_ENTRIES, 65536),
+        // which still leaves room for every buffer and record at the largest `--ring-buffers`.
+        let cq = ((s.ring_buffers + records) * 2)
+            .next_power_of_two()
+            .min(MAX_CQ_ENTRIES) as u32;
         let ring = new_ring(sq, cq)?;
         let fd = w.socket.as_raw_fd();
         let wake = w.wake.as_raw_fd();
