@@ -25,6 +25,8 @@ use crate::io::DataPlane;
 use crate::route::Latch;
 use crate::store::{Store, StoreError};
 
+pub mod fleet;
+
 /// The answer to a request: status and JSON body, or an error.
 pub type Answer = Result<(u16, Value), ApiError>;
 
@@ -45,6 +47,10 @@ pub enum Request {
     Transparency(oneshot::Sender<Answer>),
     /// SIGHUP: reopen the GeoIP database (if any) and attribute regions again.
     Reload,
+    /// Fleet mode: the link to the fleet, joined; apply its rules and ack to lift the fence.
+    Fleet(Box<fleet::FleetLink>),
+    /// Fleet mode: a step of fleet call `id` came back from the fleet thread.
+    FleetStep(u64, Box<fleet::Step>),
     /// Save counters, audit the shutdown and stop.
     Stop,
 }
@@ -58,6 +64,8 @@ pub struct Owner {
     geoip: Option<Geoip>,
     geoip_path: Option<std::path::PathBuf>,
     last_verify: Instant,
+    /// Fleet mode: the link to etcd and the rule calls in progress.
+    fleet: Option<Box<fleet::FleetLink>>,
 }
 
 /// How often housekeeping runs: rule expiry takes effect within a second.
@@ -103,6 +111,7 @@ impl Owner {
             geoip,
             geoip_path,
             last_verify: Instant::now(),
+            fleet: None,
         };
         // Every room back in the workers before the API answers.
         owner
@@ -140,6 +149,10 @@ impl Owner {
     pub fn run(mut self, requests: Receiver<Request>, latches: Receiver<Latch>) {
         let ticker = crossbeam_channel::tick(TICK);
         loop {
+            let fleet_events = self
+                .fleet
+                .as_ref()
+                .map_or_else(crossbeam_channel::never, |f| f.events());
             select! {
                 recv(requests) -> r => match r {
                     Ok(Request::Stop) | Err(_) => break,
@@ -153,6 +166,9 @@ impl Owner {
                     }
                 },
                 recv(ticker) -> _ => self.tick(),
+                recv(fleet_events) -> e => if let Ok(event) = e {
+                    self.fleet_event(event);
+                },
             }
         }
         self.close();
@@ -160,6 +176,11 @@ impl Owner {
 
     fn request(&mut self, r: Request) {
         match r {
+            Request::Core(cmd, reply) if self.fleet.is_some() && fleet::is_rule_change(&cmd) => {
+                self.fleet_rule_change(*cmd, reply);
+            }
+            Request::Fleet(link) => self.fleet_attach(link),
+            Request::FleetStep(id, step) => self.fleet_step(id, *step),
             Request::Core(cmd, reply) => {
                 let answer = self.run_command(*cmd);
                 // The client may have gone; nothing to do about it.
@@ -268,6 +289,7 @@ impl Owner {
         if let Err(e) = self.run_command(Command::Tick) {
             tracing::error!(error = %e, "housekeeping failed; retrying");
         }
+        self.fleet_tick();
         if self.last_verify.elapsed() >= VERIFY_EVERY {
             self.verify_audit();
         }
@@ -347,6 +369,10 @@ impl Owner {
             .append("relay_stopped", &json!({"rules_in_force": rules_in_force}))
         {
             tracing::error!(error = %e, "recording the shutdown failed");
+        }
+        if let Some(link) = self.fleet.take() {
+            // Peers see this relay go at once instead of after its lease's TTL.
+            link.stop();
         }
     }
 }

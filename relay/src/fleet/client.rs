@@ -55,6 +55,14 @@ impl Fleet {
     /// previous life of this node has not expired yet. The relay stays fenced until
     /// [`Fleet::ack`] of [`Fleet::joined_at`]. Drain the event receiver: it is unbounded.
     pub fn start(config: Config) -> Result<(Self, Receiver<Event>), FleetError> {
+        Self::start_with(config, Arc::new(Status::new()))
+    }
+
+    /// [`Fleet::start`] writing into a [`Status`] made beforehand (the one the workers read).
+    pub fn start_with(
+        config: Config,
+        status: Arc<Status>,
+    ) -> Result<(Self, Receiver<Event>), FleetError> {
         config.check()?;
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
@@ -74,7 +82,7 @@ impl Fleet {
                         return;
                     }
                 };
-                rt.block_on(run(config, events_tx, jobs_rx, ready_tx));
+                rt.block_on(run(config, status, events_tx, jobs_rx, ready_tx));
             })
             .map_err(|e| FleetError::Unavailable(format!("cannot spawn the fleet thread: {e}")))?;
         match ready_rx.recv() {
@@ -180,6 +188,33 @@ impl Fleet {
     /// Every key under `rules/` at `revision` (`None`: now), with the revision read at.
     pub fn rules(&self, revision: Option<i64>) -> Result<Rules, FleetError> {
         self.block(move |s| async move { ops::rules(&s, revision).await })
+    }
+
+    /// [`Fleet::rules`] without waiting.
+    pub fn rules_then(
+        &self,
+        revision: Option<i64>,
+        done: impl FnOnce(Result<Rules, FleetError>) + Send + 'static,
+    ) {
+        self.submit(move |s| async move { ops::rules(&s, revision).await }, done);
+    }
+
+    /// [`Fleet::audit_entries`] without waiting.
+    pub fn audit_entries_then(
+        &self,
+        done: impl FnOnce(Result<Vec<AuditEntry>, FleetError>) + Send + 'static,
+    ) {
+        self.submit(|s| async move { ops::audit_entries(&s).await }, done);
+    }
+
+    /// The key layout in use.
+    pub fn keys(&self) -> Keys {
+        self.shared.keys.clone()
+    }
+
+    /// The lease TTL.
+    pub fn ttl(&self) -> Duration {
+        self.shared.config.ttl
     }
 
     /// The fleet's audit chain as stored in etcd, oldest first: mirror it with
@@ -354,6 +389,7 @@ impl Shared {
 
 async fn run(
     config: Config,
+    status: Arc<Status>,
     events: Sender<Event>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     ready: std::sync::mpsc::Sender<Result<Arc<Shared>, FleetError>>,
@@ -394,7 +430,7 @@ async fn run(
         config,
         clients,
         current: AtomicUsize::new(0),
-        status: Arc::new(Status::new()),
+        status,
         lease: AtomicI64::new(0),
         me: Mutex::new(me),
         nodes: Mutex::new(BTreeMap::new()),

@@ -273,8 +273,16 @@ impl NodeInfo {
     }
 }
 
+impl Default for Status {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Status {
-    fn new() -> Self {
+    /// A status that says fenced until a fleet started with it ([`Fleet::start_with`]) has
+    /// joined and caught up. Made before the fleet so the workers can hold it from their start.
+    pub fn new() -> Self {
         Self {
             fenced: AtomicBool::new(true),
             joined_at: AtomicI64::new(0),

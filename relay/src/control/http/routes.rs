@@ -273,11 +273,19 @@ async fn healthz(State(app): State<App>) -> Response {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Serving", body = view::Status),
-        (status = 503, description = "Starting or stopping (`not_ready`), draining (`draining`), or a worker stopped (`unhealthy`)", body = ErrorBody),
+        (status = 503, description = "Starting or stopping (`not_ready`), draining (`draining`), a worker stopped (`unhealthy`), or fenced from the fleet (`fenced`)", body = ErrorBody),
     ))]
 async fn readyz(State(app): State<App>) -> Response {
     if !app.shared.plane.healthy() {
         return ApiError::new(Code::Unhealthy, "a worker has stopped").into_response();
+    }
+    if app.shared.fleet.as_ref().is_some_and(|f| f.fenced()) {
+        return ApiError::new(
+            Code::Fenced,
+            "the relay is fenced from its fleet (joining, catching up with the rules, or its \
+             etcd lease is lost): it forwards nothing",
+        )
+        .into_response();
     }
     match app.shared.readiness() {
         Readiness::Serving => json_reply(200, &serde_json::json!({"status": "ok"})),
