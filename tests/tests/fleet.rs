@@ -149,6 +149,25 @@ fn a_region_rule_posted_on_one_relay_is_in_force_on_the_others_when_the_call_ret
     // A CN participant on b and one on c, each sending to a receiver on its relay.
     let (b_sender, b_recv) = room_with_sender(&b, "r", "CN", 11);
     let (c_sender, c_recv) = room_with_sender(&c, "r", "CN", 12);
+    // Placement: the live relay of the region, else the least loaded (a: nobody on it yet).
+    let place = |region: &str| {
+        a.ok(
+            "POST",
+            "/v1/placements",
+            Some(&json!({"room": "r", "region": region})),
+        )
+    };
+    let p = place("CN");
+    assert_eq!(
+        (p["node"].as_str(), p["in_region"].as_bool()),
+        (Some("b"), Some(true)),
+        "{p}"
+    );
+    assert_eq!(p["control"], b.control.to_string());
+    wait_for(Duration::from_secs(2), "loads registered", || {
+        let p = place("DE");
+        p["node"] == "a" && p["in_region"] == false
+    });
     assert!(!b_recv.recv_n(20, Duration::from_secs(2)).is_empty());
     assert!(!c_recv.recv_n(20, Duration::from_secs(2)).is_empty());
 
@@ -186,6 +205,15 @@ fn a_region_rule_posted_on_one_relay_is_in_force_on_the_others_when_the_call_ret
     assert_eq!(on_b["state"], "active");
     assert_eq!(on_b["participants_matched"], 1);
     assert_eq!(c.call("GET", &format!("/v1/rules/{id}"), None).0, 404);
+    // The transparency report of any relay aggregates the fleet: b alone enforces the rule.
+    wait_for(Duration::from_secs(2), "fleet report", || {
+        let t = c.ok("GET", "/v1/transparency", None);
+        let rule = t["fleet"]["per_rule"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["id"] == id).cloned());
+        t["fleet"]["relays"].as_array().map(Vec::len) == Some(3)
+            && rule.is_some_and(|r| r["enforced_by"] == json!(["b"]) && r["jurisdiction"] == "CN")
+    });
 
     // Lifted through c (which does not enforce it but knows it): media flows on b again.
     let (status, v) = c.call(
@@ -321,6 +349,15 @@ fn relays_that_lose_etcd_fence_themselves_and_forward_nothing_until_back() {
 fn without_etcd_the_relay_is_alone_and_says_nothing_of_a_fleet() {
     let relay = Relay::start();
     assert_eq!(relay.call("GET", "/readyz", None).0, 200);
+    let p = relay.ok("POST", "/v1/placements", Some(&json!({"room": "r"})));
+    assert_eq!(p["node"], Value::Null);
+    assert_eq!(p["control"], relay.control.to_string());
+    let (status, v) = relay.call(
+        "POST",
+        "/v1/placements",
+        Some(&json!({"room": "r", "region": "c n"})),
+    );
+    assert_eq!(status, 400, "{v}");
     let text = relay.metrics_text();
     assert!(!text.contains("relay_fleet_"), "no fleet metrics alone");
     // The fleet flags need --etcd.

@@ -138,6 +138,7 @@ impl Control {
             shared.clone(),
             owner_tx.clone(),
         )?];
+        let _ = owner_tx.send(Request::Control(servers[0].addr));
         if let Some(setup) = &config.fleet {
             // Joins while the API already answers (`/readyz` says `fenced`); the relay forwards
             // nothing until the control thread has applied the fleet's rules and acked.

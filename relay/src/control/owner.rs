@@ -51,6 +51,15 @@ pub enum Request {
     Fleet(Box<fleet::FleetLink>),
     /// Fleet mode: a step of fleet call `id` came back from the fleet thread.
     FleetStep(u64, Box<fleet::Step>),
+    /// The API's bound address, once known.
+    Control(std::net::SocketAddr),
+    /// `POST /v1/placements`.
+    Placement {
+        /// The region asked for.
+        region: Option<String>,
+        /// The answer.
+        reply: oneshot::Sender<Answer>,
+    },
     /// Save counters, audit the shutdown and stop.
     Stop,
 }
@@ -66,6 +75,8 @@ pub struct Owner {
     last_verify: Instant,
     /// Fleet mode: the link to etcd and the rule calls in progress.
     fleet: Option<Box<fleet::FleetLink>>,
+    /// The API's address (placements name it when the relay runs alone).
+    control: std::net::SocketAddr,
 }
 
 /// How often housekeeping runs: rule expiry takes effect within a second.
@@ -112,6 +123,7 @@ impl Owner {
             geoip_path,
             last_verify: Instant::now(),
             fleet: None,
+            control: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         // Every room back in the workers before the API answers.
         owner
@@ -180,7 +192,11 @@ impl Owner {
                 self.fleet_rule_change(*cmd, reply);
             }
             Request::Fleet(link) => self.fleet_attach(link),
+            Request::Control(addr) => self.control = addr,
             Request::FleetStep(id, step) => self.fleet_step(id, *step),
+            Request::Placement { region, reply } => {
+                let _ = reply.send(self.placement(region.as_deref()));
+            }
             Request::Core(cmd, reply) => {
                 let answer = self.run_command(*cmd);
                 // The client may have gone; nothing to do about it.
@@ -199,20 +215,28 @@ impl Owner {
                 let _ = reply.send(answer);
             }
             Request::Transparency(reply) => {
-                let answer = self
-                    .store
-                    .transparency(&self.core.rule_counters())
-                    .map_err(|e| ApiError::from_store(&e))
-                    .and_then(|t| {
-                        serde_json::to_value(t)
-                            .map(|v| (200, v))
-                            .map_err(|e| ApiError::new(Code::Internal, e.to_string()))
-                    });
-                let _ = reply.send(answer);
+                let answer = self.transparency();
+                if self.fleet.is_some() {
+                    self.fleet_transparency(reply, answer);
+                } else {
+                    let _ = reply.send(answer);
+                }
             }
             Request::Reload => self.reload(),
             Request::Stop => {}
         }
+    }
+
+    /// This relay's transparency report.
+    fn transparency(&self) -> Answer {
+        self.store
+            .transparency(&self.core.rule_counters())
+            .map_err(|e| ApiError::from_store(&e))
+            .and_then(|t| {
+                serde_json::to_value(t)
+                    .map(|v| (200, v))
+                    .map_err(|e| ApiError::new(Code::Internal, e.to_string()))
+            })
     }
 
     /// Runs one command through the core and carries out what it changed.

@@ -207,6 +207,31 @@ impl Fleet {
         self.submit(|s| async move { ops::audit_entries(&s).await }, done);
     }
 
+    /// Puts `key` (a full key, from [`Fleet::keys`]) under this node's lease, without waiting.
+    pub fn put_leased_then(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        done: impl FnOnce(Result<(), FleetError>) + Send + 'static,
+    ) {
+        self.submit(
+            move |s| async move { ops::put_leased(&s, &key, &value).await },
+            done,
+        );
+    }
+
+    /// Every key under `prefix` with its value, without waiting.
+    pub fn get_prefix_then(
+        &self,
+        prefix: String,
+        done: impl FnOnce(Result<Vec<(String, Vec<u8>)>, FleetError>) + Send + 'static,
+    ) {
+        self.submit(
+            move |s| async move { ops::get_prefix(&s, &prefix).await },
+            done,
+        );
+    }
+
     /// The key layout in use.
     pub fn keys(&self) -> Keys {
         self.shared.keys.clone()
@@ -226,6 +251,15 @@ impl Fleet {
     /// Updates this node's load in its registration.
     pub fn set_load(&self, load: u32) -> Result<(), FleetError> {
         self.block(move |s| async move { ops::set_load(&s, load).await })
+    }
+
+    /// [`Fleet::set_load`] without waiting.
+    pub fn set_load_then(
+        &self,
+        load: u32,
+        done: impl FnOnce(Result<(), FleetError>) + Send + 'static,
+    ) {
+        self.submit(move |s| async move { ops::set_load(&s, load).await }, done);
     }
 
     /// Leaves the fleet: revokes the lease (peers see [`Event::NodeLost`] at once) and stops

@@ -13,8 +13,9 @@
 //! | `audit/head` | `{"seq": N, "hash": "..."}`: the fleet chain's last entry | none | every audit append |
 //! | `audit/entries/{seq}` | an [`crate::store::AuditEntry`] as JSON; seq zero-padded to 20 digits so keys sort by seq | none | every audit append |
 //! | `rules/{id}` | the caller's rule record | none | the rule calls, in the audit append's transaction |
+//! | `reports/{node}` | the node's rule counters for the fleet transparency report (JSON) | the node's | the node, every 10 s and after installing a rule |
 //!
-//! A node's death deletes its leased keys (`nodes/`, `acks/`) when its lease expires; rules,
+//! A node's death deletes its leased keys (`nodes/`, `acks/`, `reports/`) when its lease expires; rules,
 //! the audit chain and node numbers stay.
 
 #![deny(unsafe_code)]
@@ -96,6 +97,16 @@ impl Keys {
         format!("{}rules/{id:020}", self.prefix)
     }
 
+    /// Prefix of the nodes' transparency reports.
+    pub fn reports(&self) -> String {
+        format!("{}reports/", self.prefix)
+    }
+
+    /// One node's transparency report.
+    pub fn report(&self, node: &str) -> String {
+        format!("{}reports/{node}", self.prefix)
+    }
+
     /// The node name a key under `nodes/` or `acks/` names, if it is one.
     pub fn node_of<'k>(&self, key: &'k str) -> Option<&'k str> {
         let rest = key.strip_prefix(self.prefix.as_str())?;
@@ -131,6 +142,8 @@ mod tests {
             "/relay/v1/audit/entries/00000000000000000007"
         );
         assert_eq!(k.rule(12), "/relay/v1/rules/00000000000000000012");
+        assert_eq!(k.report("a"), "/relay/v1/reports/a");
+        assert!(k.report("a").starts_with(&k.reports()));
         assert!(k.audit_entry(9) < k.audit_entry(10), "entries sort by seq");
         assert!(k.node("a").starts_with(&k.nodes()));
         assert!(k.audit_entry(1).starts_with(&k.audit_entries()));

@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
@@ -41,7 +42,7 @@ use crate::control::error::{ApiError, Code};
 use crate::control::event::Event;
 use crate::fleet::keys::Keys;
 use crate::fleet::{self, Acks, Append, Commit, Fleet, FleetError, Rules, Status};
-use crate::rules::{RuleId, RuleSpec};
+use crate::rules::{RuleCounters, RuleId, RuleSpec};
 use crate::store::{self, AuditEntry, RuleState, Store, StoredRule};
 
 /// The control thread's side of the fleet: the link to etcd and the rule calls in progress.
@@ -64,6 +65,38 @@ pub struct FleetLink {
     broken: bool,
     /// Reading the rules at the join revision failed: read them again at the next tick.
     reread: bool,
+    /// When this relay last put its report (`reports/{node}`).
+    last_report: Option<Instant>,
+    /// `GET /v1/transparency` calls waiting for the fleet's reports, with this relay's report.
+    transparency: HashMap<u64, (oneshot::Sender<Answer>, Value)>,
+    /// The load last put in the registration (participants on this relay).
+    load: Option<u32>,
+}
+
+/// The body of `POST /v1/placements`.
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementBody {
+    /// The room the participant joins.
+    pub room: String,
+    /// Where the participant is (its jurisdiction), e.g. `CN`; absent: anywhere.
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+/// Where to place a participant.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Placement {
+    /// The relay's node name (`null` when this relay runs alone).
+    pub node: Option<String>,
+    /// Its region.
+    pub region: Option<String>,
+    /// Its control API address: add the participant there.
+    pub control: String,
+    /// Participants it serves (as it last registered).
+    pub load: u32,
+    /// Whether it is in the region asked for (false: no live relay is, so any was chosen).
+    pub in_region: bool,
 }
 
 /// A rule call under way: its id, the status it answers with, the rule (0 until committed, for
@@ -82,6 +115,19 @@ pub enum Step {
     Rules(Result<Rules, FleetError>),
     /// The fleet's audit chain was read: mirror what is new.
     Audit(Result<Vec<AuditEntry>, FleetError>),
+    /// Every relay's report was read (`GET /v1/transparency`).
+    Reports(Result<Vec<(String, Vec<u8>)>, FleetError>),
+}
+
+/// What a relay puts under `reports/{node}`: the counters of the rules it enforces.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The relay.
+    pub node: String,
+    /// Its region.
+    pub region: String,
+    /// Rules it installed (enforced, or enforced until lifted or expired).
+    pub rules: Vec<(u64, RuleCounters)>,
 }
 
 /// A rule record as stored under `rules/{id}` in etcd.
@@ -182,6 +228,9 @@ pub fn join(
         initial: Some(initial),
         broken: false,
         reread: false,
+        last_report: None,
+        transparency: HashMap::new(),
+        load: None,
     })
 }
 
@@ -306,6 +355,8 @@ impl Owner {
                 if applied {
                     self.fleet_ack(revision);
                     self.fleet_mirror();
+                    // The fleet report names the relays that enforce a rule from the start.
+                    self.fleet_report();
                 }
             }
             fleet::Event::NodeJoined(info) => {
@@ -335,13 +386,143 @@ impl Owner {
         }
     }
 
-    /// Housekeeping: reads the rules again after a failed read.
+    /// Housekeeping: reads the rules again after a failed read; puts this relay's report
+    /// every [`REPORT_EVERY`].
     pub(super) fn fleet_tick(&mut self) {
         let Some(link) = &mut self.fleet else { return };
         if std::mem::take(&mut link.reread) {
             let revision = Some(link.fleet.joined_at());
             self.fleet_read_rules(revision);
         }
+        let participants = u32::try_from(self.core.sizes().1).unwrap_or(u32::MAX);
+        if let Some(link) = &mut self.fleet
+            && link.load != Some(participants)
+        {
+            link.load = Some(participants);
+            link.fleet.set_load_then(participants, |r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "updating this relay's load failed");
+                }
+            });
+        }
+        let due = self
+            .fleet
+            .as_ref()
+            .is_some_and(|l| l.last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY));
+        if due {
+            self.fleet_report();
+        }
+    }
+
+    /// Puts this relay's rule counters under `reports/{node}` (on its lease).
+    fn fleet_report(&mut self) {
+        let rules: Vec<(u64, RuleCounters)> = self
+            .core
+            .rule_counters()
+            .into_iter()
+            .map(|(id, c)| (id.0, c))
+            .collect();
+        let Some(link) = &mut self.fleet else { return };
+        link.last_report = Some(Instant::now());
+        let report = Report {
+            node: link.node.clone(),
+            region: link.region.clone(),
+            rules,
+        };
+        link.fleet
+            .put_leased_then(link.keys.report(&link.node), to_bytes(&report), |r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "putting this relay's transparency report failed");
+                }
+            });
+    }
+
+    /// `GET /v1/transparency` in fleet mode: this relay's report, and the fleet's aggregated
+    /// from every live relay's `reports/{node}`.
+    pub(super) fn fleet_transparency(&mut self, reply: oneshot::Sender<Answer>, local: Answer) {
+        let local = match local {
+            Ok((_, v)) => v,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let Some(link) = &mut self.fleet else { return };
+        let id = link.next;
+        link.next += 1;
+        link.transparency.insert(id, (reply, local));
+        link.fleet
+            .get_prefix_then(link.keys.reports(), link.post(id, Step::Reports));
+    }
+
+    /// `POST /v1/placements`: the least loaded live relay of the region, else the least loaded
+    /// live relay (ties: by name). Alone, this relay.
+    pub(super) fn placement(&self, region: Option<&str>) -> Answer {
+        let Some(link) = &self.fleet else {
+            let (_, participants) = self.core.sizes();
+            return Ok((
+                200,
+                serde_json::to_value(Placement {
+                    node: None,
+                    region: None,
+                    control: self.control.to_string(),
+                    load: u32::try_from(participants).unwrap_or(u32::MAX),
+                    in_region: region.is_none(),
+                })
+                .unwrap_or(Value::Null),
+            ));
+        };
+        let nodes = link.fleet.nodes();
+        let least = |in_region: bool| {
+            nodes
+                .iter()
+                .filter(|n| !in_region || region.is_some_and(|r| n.region == r))
+                .min_by(|a, b| a.load.cmp(&b.load).then_with(|| a.node.cmp(&b.node)))
+        };
+        let (node, in_region) = match least(true) {
+            Some(n) => (n, true),
+            None => match least(false) {
+                Some(n) => (n, region.is_none()),
+                None => {
+                    return Err(ApiError::new(
+                        Code::FleetUnavailable,
+                        "no live relay is known",
+                    ));
+                }
+            },
+        };
+        let placement = Placement {
+            node: Some(node.node.clone()),
+            region: Some(node.region.clone()),
+            control: node.control.to_string(),
+            load: node.load,
+            in_region,
+        };
+        Ok((200, serde_json::to_value(placement).unwrap_or(Value::Null)))
+    }
+
+    fn fleet_reports(&mut self, id: u64, result: Result<Vec<(String, Vec<u8>)>, FleetError>) {
+        let Some(link) = &mut self.fleet else { return };
+        let Some((reply, mut local)) = link.transparency.remove(&id) else {
+            return;
+        };
+        let reports = match result {
+            Ok(kvs) => kvs
+                .iter()
+                .filter_map(|(_, v)| serde_json::from_slice::<Report>(v).ok())
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                let _ = reply.send(Err(ApiError::new(
+                    Code::FleetUnavailable,
+                    format!("reading the fleet's reports failed: {e}"),
+                )));
+                return;
+            }
+        };
+        if let Value::Object(map) = &mut local {
+            map.insert("fleet".into(), aggregate(&reports, &link.records));
+        }
+        let _ = reply.send(Ok((200, local)));
     }
 
     fn fleet_read_rules(&self, revision: Option<i64>) {
@@ -498,6 +679,7 @@ impl Owner {
             Step::Audit(Err(e)) => {
                 tracing::warn!(error = %e, "reading the fleet audit chain failed; mirroring later")
             }
+            Step::Reports(result) => self.fleet_reports(id, result),
             Step::Committed(result) => self.fleet_committed(id, result),
             Step::Acks(result) => self.fleet_acks(id, result),
             Step::Fenced(node, result) => self.fleet_fenced(id, node, result),
@@ -641,6 +823,56 @@ impl Owner {
             }
         }
     }
+}
+
+/// How often a relay puts its report.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// The fleet part of the transparency report: per rule, the relays that enforce(d) it and the
+/// sums of their counters; and the totals. Counts only, no participant or room ids.
+fn aggregate(reports: &[Report], records: &BTreeMap<u64, FleetRecord>) -> Value {
+    let mut per_rule: BTreeMap<u64, (Vec<String>, RuleCounters)> = BTreeMap::new();
+    let mut total = RuleCounters::default();
+    for r in reports {
+        for (id, c) in &r.rules {
+            let (by, sum) = per_rule.entry(*id).or_default();
+            by.push(r.node.clone());
+            sum.participants_matched_total += c.participants_matched_total;
+            sum.packets_dropped_send += c.packets_dropped_send;
+            sum.packets_dropped_receive += c.packets_dropped_receive;
+            total.participants_matched_total += c.participants_matched_total;
+            total.packets_dropped_send += c.packets_dropped_send;
+            total.packets_dropped_receive += c.packets_dropped_receive;
+        }
+    }
+    let mut relays: Vec<Value> = reports
+        .iter()
+        .map(|r| json!({"node": r.node, "region": r.region}))
+        .collect();
+    relays.sort_by_key(|v| v["node"].as_str().unwrap_or("").to_owned());
+    let per_rule: Vec<Value> = per_rule
+        .into_iter()
+        .map(|(id, (mut by, c))| {
+            by.sort();
+            let record = records.get(&id);
+            json!({
+                "id": id,
+                "jurisdiction": record.and_then(|r| r.spec.basis.as_ref()).map(|b| b.jurisdiction.clone()),
+                "authority": record.and_then(|r| r.spec.basis.as_ref()).map(|b| b.authority.clone()),
+                "state": record.map(|r| r.state),
+                "relays_in": record.map(|r| r.relays_in.clone()),
+                "enforced_by": by,
+                "participants_matched_total": c.participants_matched_total,
+                "packets_dropped": {"send": c.packets_dropped_send, "receive": c.packets_dropped_receive},
+            })
+        })
+        .collect();
+    json!({
+        "relays": relays,
+        "per_rule": per_rule,
+        "participants_matched_total": total.participants_matched_total,
+        "packets_dropped": {"send": total.packets_dropped_send, "receive": total.packets_dropped_receive},
+    })
 }
 
 /// Takes `relays_in` out of a rule body (the rest is the rule's spec) and checks it.
