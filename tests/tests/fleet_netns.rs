@@ -265,9 +265,10 @@ fn a_region_rule_posted_on_a_is_in_force_on_b_and_c_when_the_call_returns() {
             r.metric("relay_fleet_nodes") == 3
         });
     }
-    let (b_send, b_recv) = b.room_with_sender("r", "CN", 11);
-    let (c_send, c_recv) = c.room_with_sender("r", "CN", 12);
-    let (a_send, a_recv) = a.room_with_sender("r", "CN", 13);
+    // Participants are fleet-wide: each relay's room has its own name here.
+    let (b_send, b_recv) = b.room_with_sender("rb", "CN", 11);
+    let (c_send, c_recv) = c.room_with_sender("rc", "CN", 12);
+    let (a_send, a_recv) = a.room_with_sender("ra", "CN", 13);
     assert!(b_recv.gets_from(1, Duration::from_secs(2)));
     assert!(c_recv.gets_from(1, Duration::from_secs(2)));
 

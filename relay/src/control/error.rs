@@ -86,6 +86,7 @@ codes! {
     AddressInUse = "address_in_use", 409, Caller;
     UfragInUse = "ufrag_in_use", 409, Caller;
     RuleNotActive = "rule_not_active", 409, Caller;
+    WrongNode = "wrong_node", 409, Caller;
     InvalidRelaysIn = "invalid_relays_in", 400, Caller;
     TooManyRooms = "too_many_rooms", 409, Operator;
     RoomFull = "room_full", 409, Operator;

@@ -197,6 +197,17 @@ impl Owner {
             Request::Placement { region, reply } => {
                 let _ = reply.send(self.placement(region.as_deref()));
             }
+            Request::Core(cmd, reply) if self.fleet.is_some() => {
+                let answer = match (self.fleet_wrong_node(&cmd), *cmd) {
+                    (Some(e), _) => Err(e),
+                    (None, Command::GetRoom { room }) => {
+                        let local = self.run_command(Command::GetRoom { room: room.clone() });
+                        self.fleet_room(&room, local)
+                    }
+                    (None, cmd) => self.run_command(cmd),
+                };
+                let _ = reply.send(answer);
+            }
             Request::Core(cmd, reply) => {
                 let answer = self.run_command(*cmd);
                 // The client may have gone; nothing to do about it.
@@ -360,6 +371,7 @@ impl Owner {
             "{}",
             event.kind.replace('_', " ")
         );
+        self.fleet_publish(&event);
         self.shared.events.publish(event, SystemTime::now());
     }
 

@@ -220,6 +220,15 @@ impl Fleet {
         );
     }
 
+    /// Deletes `key`, without waiting.
+    pub fn delete_then(
+        &self,
+        key: String,
+        done: impl FnOnce(Result<(), FleetError>) + Send + 'static,
+    ) {
+        self.submit(move |s| async move { ops::delete(&s, &key).await }, done);
+    }
+
     /// Every key under `prefix` with its value, without waiting.
     pub fn get_prefix_then(
         &self,
@@ -493,6 +502,7 @@ async fn run(
     tokio::spawn(keepalive(shared.clone()));
     tokio::spawn(watch_nodes(shared.clone(), revision));
     tokio::spawn(watch_rules(shared.clone(), shared.status.joined_at()));
+    tokio::spawn(watch_participants(shared.clone(), revision));
     tokio::spawn(fence_tick(shared.clone()));
     if ready.send(Ok(shared.clone())).is_err() {
         return;
@@ -753,6 +763,47 @@ async fn watch_rules(shared: Arc<Shared>, mut revision: i64) {
                     key: key.to_owned(),
                     value,
                     revision: kv.mod_revision(),
+                });
+            }
+        }
+    }
+}
+
+/// Watches `participants/` from `revision + 1` and sends every change as
+/// [`Event::Participant`]; after a compaction, [`Event::ParticipantsResync`].
+async fn watch_participants(shared: Arc<Shared>, mut revision: i64) {
+    loop {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut client = shared.client();
+        let Ok(mut stream) = shared
+            .timed(client.watch(shared.keys.participants(), Some(options)))
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        };
+        loop {
+            let Ok(Some(resp)) = stream.message().await else {
+                break;
+            };
+            if resp.compact_revision() > 0 || resp.canceled() {
+                let _ = shared.events.send(Event::ParticipantsResync);
+                revision = revision.max(resp.compact_revision() - 1);
+                break;
+            }
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                let Ok(key) = kv.key_str() else { continue };
+                revision = revision.max(kv.mod_revision());
+                let value = match event.event_type() {
+                    EventType::Put => Some(kv.value().to_vec()),
+                    EventType::Delete => None,
+                };
+                let _ = shared.events.send(Event::Participant {
+                    key: key.to_owned(),
+                    value,
                 });
             }
         }

@@ -136,6 +136,15 @@ pub enum Event {
     /// The rule watch fell behind a compaction: read every rule afresh with
     /// [`Fleet::rules`] and apply that.
     RulesResync,
+    /// A key under `participants/` changed (from the revision the node list was read at on).
+    Participant {
+        /// The full key.
+        key: String,
+        /// The new value; `None` when deleted (removed, or its node's lease ended).
+        value: Option<Vec<u8>>,
+    },
+    /// The participant watch fell behind a compaction: read `participants/` afresh.
+    ParticipantsResync,
 }
 
 /// What [`Fleet::append`] writes besides the audit entry, built for the entry's seq (the

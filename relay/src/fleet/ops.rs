@@ -328,6 +328,15 @@ pub(super) async fn put_leased(shared: &Shared, key: &str, value: &[u8]) -> Resu
     .await
 }
 
+/// Deletes `key`.
+pub(super) async fn delete(shared: &Shared, key: &str) -> Result<(), FleetError> {
+    retry(shared, any_failure, || async {
+        let mut client = shared.client();
+        shared.timed(client.delete(key, None)).await.map(|_| ())
+    })
+    .await
+}
+
 /// Every key under `prefix`, with its value, in key order.
 pub(super) async fn get_prefix(
     shared: &Shared,

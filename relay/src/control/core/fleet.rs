@@ -72,6 +72,23 @@ impl Core {
         Ok(out)
     }
 
+    /// Every participant of this relay as the fleet registers it: room, id, and its region,
+    /// tracks and subscription (from its view: never an address).
+    pub fn participant_summaries(&self) -> Vec<(String, String, serde_json::Value)> {
+        let mut out = Vec::new();
+        for (room, r) in &self.rooms {
+            for (id, p) in &r.participants {
+                let v = self.participant_view(room, id, p);
+                out.push((
+                    room.clone(),
+                    id.clone(),
+                    json!({"region": v.region, "tracks": v.tracks, "subscribe": v.subscribe}),
+                ));
+            }
+        }
+        out
+    }
+
     /// A rule's record as the core holds it.
     pub fn rule_record(&self, id: rules::RuleId) -> Option<&StoredRule> {
         self.rules.record(id)

@@ -71,6 +71,21 @@ pub struct FleetLink {
     transparency: HashMap<u64, (oneshot::Sender<Answer>, Value)>,
     /// The load last put in the registration (participants on this relay).
     load: Option<u32>,
+    /// Participants that live on other relays, by (room, participant), from the watch.
+    remote: BTreeMap<(String, String), FleetParticipant>,
+    /// Participants whose key went with their relay's lease before this relay heard that the
+    /// relay was lost, by relay: `node_lost` names them too.
+    gone_with: BTreeMap<String, Vec<(String, String)>>,
+}
+
+/// What a relay puts under `participants/{room}/{participant}` (on its lease).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetParticipant {
+    /// The relay it lives on.
+    pub node: String,
+    /// Its region, its tracks and its subscription, as its view shows them.
+    #[serde(flatten)]
+    pub summary: Value,
 }
 
 /// The body of `POST /v1/placements`.
@@ -117,6 +132,8 @@ pub enum Step {
     Audit(Result<Vec<AuditEntry>, FleetError>),
     /// Every relay's report was read (`GET /v1/transparency`).
     Reports(Result<Vec<(String, Vec<u8>)>, FleetError>),
+    /// Every participant key was read (at attach, or after a compacted watch).
+    Participants(Result<Vec<(String, Vec<u8>)>, FleetError>),
 }
 
 /// What a relay puts under `reports/{node}`: the counters of the rules it enforces.
@@ -231,6 +248,8 @@ pub fn join(
         last_report: None,
         transparency: HashMap::new(),
         load: None,
+        remote: BTreeMap::new(),
+        gone_with: BTreeMap::new(),
     })
 }
 
@@ -275,6 +294,198 @@ impl Owner {
         if let Some(rules) = initial {
             self.fleet_catch_up(rules);
         }
+        self.fleet_publish_all();
+        self.fleet_read_participants();
+    }
+
+    /// Puts every participant of this relay under its (new) lease.
+    fn fleet_publish_all(&self) {
+        for (room, id, summary) in self.core.participant_summaries() {
+            self.fleet_put_participant(&room, &id, summary);
+        }
+    }
+
+    fn fleet_read_participants(&self) {
+        let Some(link) = &self.fleet else { return };
+        link.fleet
+            .get_prefix_then(link.keys.participants(), link.post(0, Step::Participants));
+    }
+
+    fn fleet_put_participant(&self, room: &str, id: &str, summary: Value) {
+        let Some(link) = &self.fleet else { return };
+        let record = FleetParticipant {
+            node: link.node.clone(),
+            summary,
+        };
+        link.fleet
+            .put_leased_then(link.keys.participant(room, id), to_bytes(&record), |r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "registering a participant in the fleet failed");
+                }
+            });
+    }
+
+    fn fleet_delete_participant(&self, room: &str, id: &str) {
+        let Some(link) = &self.fleet else { return };
+        link.fleet
+            .delete_then(link.keys.participant(room, id), |r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "removing a participant from the fleet failed");
+                }
+            });
+    }
+
+    /// After an event is carried out: keeps this relay's participants in etcd.
+    pub(super) fn fleet_publish(&self, event: &Event) {
+        if self.fleet.is_none() {
+            return;
+        }
+        let d = &event.data;
+        // Events about participants of other relays are theirs to register.
+        if d["reason"] == "node_lost" {
+            return;
+        }
+        let (Some(room), participant) = (d["room"].as_str(), d["participant"].as_str()) else {
+            return;
+        };
+        match (event.kind, participant) {
+            ("participant_joined" | "participant_changed", Some(id)) => {
+                let summary = json!({"region": d["region"], "tracks": d["tracks"]});
+                self.fleet_put_participant(room, id, summary);
+            }
+            ("participant_left", Some(id)) => self.fleet_delete_participant(room, id),
+            ("room_closed", None) => {
+                for id in d["participants"].as_array().into_iter().flatten() {
+                    if let Some(id) = id.as_str() {
+                        self.fleet_delete_participant(room, id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A participant key changed.
+    fn fleet_participant(&mut self, key: &str, value: Option<Vec<u8>>) {
+        let Some(link) = &mut self.fleet else { return };
+        let Some((room, id)) = link.keys.participant_of(key) else {
+            return;
+        };
+        let k = (room.to_owned(), id.to_owned());
+        match value {
+            Some(v) => {
+                if let Ok(p) = serde_json::from_slice::<FleetParticipant>(&v)
+                    && p.node != link.node
+                {
+                    link.remote.insert(k, p);
+                }
+            }
+            None => {
+                let Some(p) = link.remote.remove(&k) else {
+                    return;
+                };
+                // Gone with its relay's lease (the relay is no longer live): `node_lost` names
+                // it, and it has left.
+                if !link.fleet.nodes().iter().any(|n| n.node == p.node) {
+                    link.gone_with
+                        .entry(p.node.clone())
+                        .or_default()
+                        .push(k.clone());
+                    self.emit(Event::new(
+                        "participant_left",
+                        json!({"room": k.0, "participant": k.1, "reason": "node_lost", "node": p.node}),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// `node_lost`: every participant that was on `node`, each also as `participant_left`
+    /// with reason `node_lost`.
+    fn fleet_node_lost(&mut self, node: &str) {
+        let Some(link) = &mut self.fleet else { return };
+        let mut names = link.gone_with.remove(node).unwrap_or_default();
+        let on_it: Vec<(String, String)> = link
+            .remote
+            .iter()
+            .filter(|(_, p)| p.node == node)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &on_it {
+            link.remote.remove(k);
+        }
+        for (room, id) in &on_it {
+            self.emit(Event::new(
+                "participant_left",
+                json!({"room": room, "participant": id, "reason": "node_lost", "node": node}),
+            ));
+        }
+        names.extend(on_it);
+        names.sort();
+        let participants: Vec<Value> = names
+            .iter()
+            .map(|(room, id)| json!({"room": room, "participant": id}))
+            .collect();
+        self.emit(Event::new(
+            "node_lost",
+            json!({"node": node, "participants": participants}),
+        ));
+    }
+
+    /// In fleet mode, participant calls for a participant living on another relay are refused
+    /// with `409 wrong_node`, naming it.
+    pub(super) fn fleet_wrong_node(&self, cmd: &Command) -> Option<ApiError> {
+        let link = self.fleet.as_ref()?;
+        let (Command::PutParticipant { room, id, .. }
+        | Command::PatchParticipant { room, id, .. }
+        | Command::DeleteParticipant { room, id }) = cmd
+        else {
+            return None;
+        };
+        let p = link.remote.get(&(room.clone(), id.clone()))?;
+        Some(ApiError::new(
+            Code::WrongNode,
+            format!(
+                "participant {id} of room {room} lives on relay {}: call that relay",
+                p.node
+            ),
+        ))
+    }
+
+    /// `GET /v1/rooms/{room}` in fleet mode: this relay's participants and those on other
+    /// relays, each with its `node`.
+    pub(super) fn fleet_room(&mut self, room: &str, local: Answer) -> Answer {
+        let Some(link) = &self.fleet else {
+            return local;
+        };
+        let remote: Vec<Value> = link
+            .remote
+            .range((room.to_owned(), String::new())..)
+            .take_while(|((r, _), _)| r == room)
+            .map(|((r, id), p)| {
+                let mut v = json!({"room": r, "participant": id, "node": p.node});
+                if let (Value::Object(m), Value::Object(extra)) = (&mut v, &p.summary) {
+                    for (k, x) in extra {
+                        m.insert(k.clone(), x.clone());
+                    }
+                }
+                v
+            })
+            .collect();
+        let mut body = match local {
+            Ok((_, v)) => v,
+            Err(e) if e.code == Code::NotFound && !remote.is_empty() => {
+                json!({"room": room, "participants": []})
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(list) = body["participants"].as_array_mut() {
+            for p in list.iter_mut() {
+                p["node"] = json!(link.node);
+            }
+            list.extend(remote);
+        }
+        Ok((200, body))
     }
 
     /// Applies every rule of `rules`, then acks its revision.
@@ -368,19 +579,18 @@ impl Owner {
             }
             fleet::Event::NodeLost { node } => {
                 self.fleet_nodes_changed();
-                // Participants live on the relay they were added to; rooms are per relay for
-                // now, so no participant of this relay's rooms was on `node`.
-                self.emit(Event::new(
-                    "node_lost",
-                    json!({"node": node, "participants": []}),
-                ));
+                self.fleet_node_lost(&node);
             }
+            fleet::Event::Participant { key, value } => self.fleet_participant(&key, value),
+            fleet::Event::ParticipantsResync => self.fleet_read_participants(),
             fleet::Event::LeaseLost => {
                 tracing::warn!("the fleet lease is lost: forwarding nothing until rejoined");
             }
             fleet::Event::Rejoined { joined_at } => {
                 tracing::info!(joined_at, "rejoined the fleet; applying its rules");
                 self.fleet_read_rules(Some(joined_at));
+                // This relay's participant keys went with the old lease.
+                self.fleet_publish_all();
             }
             fleet::Event::RulesResync => self.fleet_read_rules(None),
         }
@@ -680,6 +890,17 @@ impl Owner {
                 tracing::warn!(error = %e, "reading the fleet audit chain failed; mirroring later")
             }
             Step::Reports(result) => self.fleet_reports(id, result),
+            Step::Participants(Ok(kvs)) => {
+                if let Some(link) = &mut self.fleet {
+                    link.remote.clear();
+                }
+                for (key, value) in kvs {
+                    self.fleet_participant(&key, Some(value));
+                }
+            }
+            Step::Participants(Err(e)) => {
+                tracing::warn!(error = %e, "reading the fleet's participants failed");
+            }
             Step::Committed(result) => self.fleet_committed(id, result),
             Step::Acks(result) => self.fleet_acks(id, result),
             Step::Fenced(node, result) => self.fleet_fenced(id, node, result),
