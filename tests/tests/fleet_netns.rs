@@ -225,19 +225,23 @@ impl Receiver {
         out
     }
 
-    /// Whether anything sent from seq `from` on arrives within `timeout`.
+    /// Whether anything sent from seq `from` on arrives within `timeout` (reading one datagram
+    /// at a time, so a steady stream never keeps it reading).
     fn gets_from(&self, from: u16, timeout: Duration) -> bool {
         let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if self
-                .seqs(Duration::from_millis(100))
-                .iter()
-                .any(|s| *s >= from)
-            {
-                return true;
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            match self.sock.recv(&mut buf) {
+                Ok(n) if n >= 12 && u16::from_be_bytes([buf[2], buf[3]]) >= from => return true,
+                Ok(_) => {}
+                Err(_) => return false,
             }
         }
-        false
     }
 }
 
