@@ -86,6 +86,8 @@ codes! {
     AddressInUse = "address_in_use", 409, Caller;
     UfragInUse = "ufrag_in_use", 409, Caller;
     RuleNotActive = "rule_not_active", 409, Caller;
+    WrongNode = "wrong_node", 409, Caller;
+    InvalidRelaysIn = "invalid_relays_in", 400, Caller;
     TooManyRooms = "too_many_rooms", 409, Operator;
     RoomFull = "room_full", 409, Operator;
     EventsGone = "events_gone", 410, Caller;
@@ -98,6 +100,8 @@ codes! {
     WorkersUnavailable = "workers_unavailable", 503, Relay;
     Unhealthy = "unhealthy", 503, Relay;
     NotReady = "not_ready", 503, Relay;
+    Fenced = "fenced", 503, Relay;
+    FleetUnavailable = "fleet_unavailable", 503, Relay;
 }
 
 /// An API error: a code and a message for people.

@@ -65,6 +65,8 @@ pub const KINDS: &[&str] = &[
     "rule_expired",
     "drain_started",
     "drain_stopped",
+    "node_joined",
+    "node_lost",
 ];
 
 /// The bounded history of published events.

@@ -62,6 +62,19 @@ pub struct ControlConfig {
     pub advertise: Option<std::net::IpAddr>,
     /// Where events are also POSTed, signed.
     pub webhook: Option<webhook::WebhookConfig>,
+    /// Fleet mode: how to join, and the status the workers read.
+    pub fleet: Option<FleetSetup>,
+    /// The data directory (the fleet's audit chain is mirrored in its `fleet/`).
+    pub data_dir: PathBuf,
+}
+
+/// What the control plane needs to join a fleet.
+#[derive(Clone, Debug)]
+pub struct FleetSetup {
+    /// The `--etcd`, `--node`, `--trunk` and `--region` settings.
+    pub settings: crate::config::FleetSettings,
+    /// The status the data plane was started with ([`crate::io::DataPlaneConfig::fence`]).
+    pub status: Arc<crate::fleet::Status>,
 }
 
 /// The running control plane.
@@ -108,6 +121,7 @@ impl Control {
             rules: Mutex::new(Arc::new(Vec::new())),
             http: http::Stats::default(),
             webhook: webhook::WebhookStats::default(),
+            fleet: config.fleet.as_ref().map(|f| f.status.clone()),
         });
         let latches = plane.latches().clone();
         let owner = Owner::start(store, plane, shared.clone(), config.limits, config.geoip)?;
@@ -124,6 +138,21 @@ impl Control {
             shared.clone(),
             owner_tx.clone(),
         )?];
+        let _ = owner_tx.send(Request::Control(servers[0].addr));
+        if let Some(setup) = &config.fleet {
+            // Joins while the API already answers (`/readyz` says `fenced`); the relay forwards
+            // nothing until the control thread has applied the fleet's rules and acked.
+            let link = owner::fleet::join(
+                &setup.settings,
+                setup.status.clone(),
+                servers[0].addr,
+                &config.data_dir,
+                owner_tx.clone(),
+            )?;
+            owner_tx
+                .send(Request::Fleet(Box::new(link)))
+                .map_err(|_| anyhow::anyhow!("the control thread stopped"))?;
+        }
         let (webhook_stop, stop_rx) = tokio::sync::watch::channel(false);
         if let Some(hook) = config.webhook {
             runtime.spawn(webhook::run(hook, shared.clone(), stop_rx));
@@ -195,6 +224,8 @@ pub struct Shared {
     rules: Mutex<Arc<Vec<view::RuleMetric>>>,
     pub(crate) http: http::Stats,
     pub(crate) webhook: webhook::WebhookStats,
+    /// Fleet mode: the fencing status (`/readyz`, `relay_fleet_fenced`).
+    pub(crate) fleet: Option<Arc<crate::fleet::Status>>,
 }
 
 /// What does not change while the relay runs.
@@ -215,6 +246,8 @@ pub(crate) struct Gauges {
     pub(crate) latches: AtomicU64,
     /// 1 when the audit chain verified at its last check, 0 when it did not, -1 not yet checked.
     pub(crate) audit_valid: AtomicI64,
+    /// Live relays of the fleet, this one included (fleet mode).
+    pub(crate) fleet_nodes: AtomicU64,
 }
 
 /// Whether the relay takes new work.

@@ -25,6 +25,8 @@ use crate::io::DataPlane;
 use crate::route::Latch;
 use crate::store::{Store, StoreError};
 
+pub mod fleet;
+
 /// The answer to a request: status and JSON body, or an error.
 pub type Answer = Result<(u16, Value), ApiError>;
 
@@ -45,6 +47,19 @@ pub enum Request {
     Transparency(oneshot::Sender<Answer>),
     /// SIGHUP: reopen the GeoIP database (if any) and attribute regions again.
     Reload,
+    /// Fleet mode: the link to the fleet, joined; apply its rules and ack to lift the fence.
+    Fleet(Box<fleet::FleetLink>),
+    /// Fleet mode: a step of fleet call `id` came back from the fleet thread.
+    FleetStep(u64, Box<fleet::Step>),
+    /// The API's bound address, once known.
+    Control(std::net::SocketAddr),
+    /// `POST /v1/placements`.
+    Placement {
+        /// The region asked for.
+        region: Option<String>,
+        /// The answer.
+        reply: oneshot::Sender<Answer>,
+    },
     /// Save counters, audit the shutdown and stop.
     Stop,
 }
@@ -58,6 +73,10 @@ pub struct Owner {
     geoip: Option<Geoip>,
     geoip_path: Option<std::path::PathBuf>,
     last_verify: Instant,
+    /// Fleet mode: the link to etcd and the rule calls in progress.
+    fleet: Option<Box<fleet::FleetLink>>,
+    /// The API's address (placements name it when the relay runs alone).
+    control: std::net::SocketAddr,
 }
 
 /// How often housekeeping runs: rule expiry takes effect within a second.
@@ -103,6 +122,8 @@ impl Owner {
             geoip,
             geoip_path,
             last_verify: Instant::now(),
+            fleet: None,
+            control: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         // Every room back in the workers before the API answers.
         owner
@@ -140,6 +161,10 @@ impl Owner {
     pub fn run(mut self, requests: Receiver<Request>, latches: Receiver<Latch>) {
         let ticker = crossbeam_channel::tick(TICK);
         loop {
+            let fleet_events = self
+                .fleet
+                .as_ref()
+                .map_or_else(crossbeam_channel::never, |f| f.events());
             select! {
                 recv(requests) -> r => match r {
                     Ok(Request::Stop) | Err(_) => break,
@@ -153,6 +178,9 @@ impl Owner {
                     }
                 },
                 recv(ticker) -> _ => self.tick(),
+                recv(fleet_events) -> e => if let Ok(event) = e {
+                    self.fleet_event(event);
+                },
             }
         }
         self.close();
@@ -160,6 +188,26 @@ impl Owner {
 
     fn request(&mut self, r: Request) {
         match r {
+            Request::Core(cmd, reply) if self.fleet.is_some() && fleet::is_rule_change(&cmd) => {
+                self.fleet_rule_change(*cmd, reply);
+            }
+            Request::Fleet(link) => self.fleet_attach(link),
+            Request::Control(addr) => self.control = addr,
+            Request::FleetStep(id, step) => self.fleet_step(id, *step),
+            Request::Placement { region, reply } => {
+                let _ = reply.send(self.placement(region.as_deref()));
+            }
+            Request::Core(cmd, reply) if self.fleet.is_some() => {
+                let answer = match (self.fleet_wrong_node(&cmd), *cmd) {
+                    (Some(e), _) => Err(e),
+                    (None, Command::GetRoom { room }) => {
+                        let local = self.run_command(Command::GetRoom { room: room.clone() });
+                        self.fleet_room(&room, local)
+                    }
+                    (None, cmd) => self.run_command(cmd),
+                };
+                let _ = reply.send(answer);
+            }
             Request::Core(cmd, reply) => {
                 let answer = self.run_command(*cmd);
                 // The client may have gone; nothing to do about it.
@@ -178,20 +226,28 @@ impl Owner {
                 let _ = reply.send(answer);
             }
             Request::Transparency(reply) => {
-                let answer = self
-                    .store
-                    .transparency(&self.core.rule_counters())
-                    .map_err(|e| ApiError::from_store(&e))
-                    .and_then(|t| {
-                        serde_json::to_value(t)
-                            .map(|v| (200, v))
-                            .map_err(|e| ApiError::new(Code::Internal, e.to_string()))
-                    });
-                let _ = reply.send(answer);
+                let answer = self.transparency();
+                if self.fleet.is_some() {
+                    self.fleet_transparency(reply, answer);
+                } else {
+                    let _ = reply.send(answer);
+                }
             }
             Request::Reload => self.reload(),
             Request::Stop => {}
         }
+    }
+
+    /// This relay's transparency report.
+    fn transparency(&self) -> Answer {
+        self.store
+            .transparency(&self.core.rule_counters())
+            .map_err(|e| ApiError::from_store(&e))
+            .and_then(|t| {
+                serde_json::to_value(t)
+                    .map(|v| (200, v))
+                    .map_err(|e| ApiError::new(Code::Internal, e.to_string()))
+            })
     }
 
     /// Runs one command through the core and carries out what it changed.
@@ -268,6 +324,7 @@ impl Owner {
         if let Err(e) = self.run_command(Command::Tick) {
             tracing::error!(error = %e, "housekeeping failed; retrying");
         }
+        self.fleet_tick();
         if self.last_verify.elapsed() >= VERIFY_EVERY {
             self.verify_audit();
         }
@@ -314,6 +371,7 @@ impl Owner {
             "{}",
             event.kind.replace('_', " ")
         );
+        self.fleet_publish(&event);
         self.shared.events.publish(event, SystemTime::now());
     }
 
@@ -347,6 +405,10 @@ impl Owner {
             .append("relay_stopped", &json!({"rules_in_force": rules_in_force}))
         {
             tracing::error!(error = %e, "recording the shutdown failed");
+        }
+        if let Some(link) = self.fleet.take() {
+            // Peers see this relay go at once instead of after its lease's TTL.
+            link.stop();
         }
     }
 }

@@ -6,6 +6,7 @@
 //! lives here and nowhere else; the backends only move bytes.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
@@ -13,6 +14,7 @@ use socket2::SockAddr;
 
 use super::SLOT_SIZE;
 use super::stats::BatchCounts;
+use crate::fleet::Status;
 use crate::route::{DropReason, Latch, StunAction, StunGuard, Table, Verdict};
 
 /// Room for a STUN response: header, XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT, or an
@@ -48,10 +50,13 @@ pub(crate) struct Datapath {
     now_ms: u64,
     start: Instant,
     reply: [u8; STUN_REPLY_SIZE],
+    /// The fleet's fencing status (fleet mode only), read once per batch into `fenced`.
+    fence: Option<Arc<Status>>,
+    fenced: bool,
 }
 
 impl Datapath {
-    pub(crate) fn new(worker: usize, latches: Sender<Latch>) -> Self {
+    pub(crate) fn new(worker: usize, latches: Sender<Latch>, fence: Option<Arc<Status>>) -> Self {
         Self {
             worker,
             table: Table::new(),
@@ -61,12 +66,16 @@ impl Datapath {
             now_ms: 1,
             start: Instant::now(),
             reply: [0; STUN_REPLY_SIZE],
+            fenced: fence.is_some(),
+            fence,
         }
     }
 
     /// Reads the clock for the batch that starts: one read per batch, never per datagram.
     pub(crate) fn begin_batch(&mut self) {
         self.now_ms = self.start.elapsed().as_millis() as u64 + 1;
+        // One atomic load per batch: a fenced relay forwards nothing from the next batch on.
+        self.fenced = self.fence.as_ref().is_some_and(|f| f.fenced());
     }
 
     /// Handles one datagram: routes it, queues its sends on `out`, and counts the outcome.
@@ -84,6 +93,7 @@ impl Datapath {
         self.counts.packets_in += 1;
         self.counts.bytes_in += bytes.len() as u64;
         let verdict = match src {
+            _ if self.fenced => Verdict::Drop(DropReason::Fenced),
             _ if truncated || bytes.len() > SLOT_SIZE => Verdict::Drop(DropReason::Oversize),
             None => Verdict::Drop(DropReason::UnknownSource),
             Some(src) => self

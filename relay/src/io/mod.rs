@@ -76,6 +76,9 @@ pub struct DataPlaneConfig {
     pub gso: bool,
     /// Spin instead of sleeping when idle: lower latency for a whole core per worker.
     pub busy_poll: bool,
+    /// In fleet mode, the fleet's status: while it says fenced, workers forward nothing
+    /// (counted as drop reason `fenced`; read once per batch).
+    pub fence: Option<Arc<crate::fleet::Status>>,
 }
 
 impl Default for DataPlaneConfig {
@@ -91,6 +94,7 @@ impl Default for DataPlaneConfig {
             ring_buffers: 1024,
             gso: true,
             busy_poll: false,
+            fence: None,
         }
     }
 }
@@ -158,6 +162,7 @@ impl DataPlane {
                 stats: stats.clone(),
                 settings,
                 latches: latch_tx.clone(),
+                fence: config.fence.clone(),
             };
             let pin = config.pin.then_some(index % cores);
             let ready = ready_tx.clone();

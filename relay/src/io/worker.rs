@@ -48,6 +48,8 @@ pub(crate) struct Worker {
     pub(crate) settings: Settings,
     /// Where authenticated STUN sends latch requests for the control thread.
     pub(crate) latches: Sender<Latch>,
+    /// The fleet's fencing status, in fleet mode.
+    pub(crate) fence: Option<Arc<crate::fleet::Status>>,
 }
 
 impl Worker {

@@ -72,11 +72,14 @@ pub enum DropReason {
     StunUnknownUser,
     /// A Binding request over its source's or the worker's rate of HMAC checks.
     StunRateLimited,
+    /// The relay is fenced from its fleet (lease lost or not caught up with the rules): it
+    /// forwards and answers nothing.
+    Fenced,
 }
 
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::UnknownSource,
         Self::UndeclaredSsrc,
         Self::MalformedRtp,
@@ -91,6 +94,7 @@ impl DropReason {
         Self::StunUnauthorized,
         Self::StunUnknownUser,
         Self::StunRateLimited,
+        Self::Fenced,
     ];
 
     /// A dense index for counter arrays.
@@ -115,6 +119,7 @@ impl DropReason {
             Self::StunUnauthorized => "stun_unauthorized",
             Self::StunUnknownUser => "stun_unknown_user",
             Self::StunRateLimited => "stun_rate_limited",
+            Self::Fenced => "fenced",
         }
     }
 }

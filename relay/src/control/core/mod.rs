@@ -27,6 +27,7 @@
 //! and copies one chunk of the room's snapshot.
 #![deny(unsafe_code)]
 
+mod fleet;
 mod participants;
 mod rooms;
 mod rulebook;
@@ -159,6 +160,8 @@ pub enum Command {
         /// The id as given in the path.
         id: String,
     },
+    /// Fleet mode: a rule record as the fleet holds it (from the rule watch).
+    FleetRule(Box<StoredRule>),
 }
 
 /// What an accepted command asks the caller to carry out.
@@ -342,6 +345,7 @@ impl Core {
             }
             Command::ListRules => reply(200, &self.rules.list()),
             Command::GetRule { id } => reply(200, &self.rules.view(parse_rule_id(&id)?)?),
+            Command::FleetRule(record) => self.fleet_rule(*record),
         }
     }
 

@@ -23,6 +23,7 @@ use super::{App, Surface, json_reply, panicked, read_body};
 use crate::control::body::{LiftBody, ParticipantBody, ParticipantPatch, parse_json};
 use crate::control::core::Command;
 use crate::control::error::{ApiError, Code, ErrorBody};
+use crate::control::owner::fleet::{Placement, PlacementBody};
 use crate::control::owner::{Answer, Request as OwnerRequest};
 use crate::control::view;
 use crate::control::{Readiness, generate_ice, metrics};
@@ -82,6 +83,7 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(get_rule, delete_rule))
         .routes(routes!(audit))
         .routes(routes!(transparency))
+        .routes(routes!(post_placement))
 }
 
 /// The OpenAPI document of the control API, as `GET /v1/openapi.json` serves it.
@@ -273,11 +275,19 @@ async fn healthz(State(app): State<App>) -> Response {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Serving", body = view::Status),
-        (status = 503, description = "Starting or stopping (`not_ready`), draining (`draining`), or a worker stopped (`unhealthy`)", body = ErrorBody),
+        (status = 503, description = "Starting or stopping (`not_ready`), draining (`draining`), a worker stopped (`unhealthy`), or fenced from the fleet (`fenced`)", body = ErrorBody),
     ))]
 async fn readyz(State(app): State<App>) -> Response {
     if !app.shared.plane.healthy() {
         return ApiError::new(Code::Unhealthy, "a worker has stopped").into_response();
+    }
+    if app.shared.fleet.as_ref().is_some_and(|f| f.fenced()) {
+        return ApiError::new(
+            Code::Fenced,
+            "the relay is fenced from its fleet (joining, catching up with the rules, or its \
+             etcd lease is lost): it forwards nothing",
+        )
+        .into_response();
     }
     match app.shared.readiness() {
         Readiness::Serving => json_reply(200, &serde_json::json!({"status": "ok"})),
@@ -572,6 +582,35 @@ async fn audit(State(app): State<App>, uri: axum::http::Uri) -> Response {
     responses((status = 200, body = Transparency), (status = 401, body = ErrorBody)))]
 async fn transparency(State(app): State<App>) -> Response {
     ask(&app, OwnerRequest::Transparency).await
+}
+
+/// Suggests a relay for a participant: the least loaded live relay of its region, else the
+/// least loaded live relay. Add the participant on that relay. Alone, the relay names itself.
+#[utoipa::path(post, path = "/v1/placements", tag = "rooms", security(("bearer" = [])),
+    request_body = PlacementBody,
+    responses(
+        (status = 200, body = Placement),
+        (status = 400, description = "`invalid_json`, `invalid_region`", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 503, description = "`fleet_unavailable`: no live relay known", body = ErrorBody),
+    ))]
+async fn post_placement(State(app): State<App>, body: Body) -> Response {
+    let body = body_or_reply!(body);
+    let placement: PlacementBody = match parse_json(&body) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(r) = &placement.region
+        && (r.is_empty() || !crate::config::valid_region(r))
+    {
+        return ApiError::new(
+            Code::InvalidRegion,
+            "region is up to 16 of [A-Z0-9-], e.g. \"CN\"",
+        )
+        .into_response();
+    }
+    let region = placement.region;
+    ask(&app, |reply| OwnerRequest::Placement { region, reply }).await
 }
 
 /// A numeric query parameter, e.g. `after` in `/v1/audit?after=10`.
