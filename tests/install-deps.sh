@@ -3,6 +3,11 @@
 # there. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
+# `--bench`: also what the budget runner compares and measures with (bench/, docs/BENCHMARKS.md):
+# rtpengine (Debian rtpengine-daemon) and perf (linux-perf).
+bench=false
+[ "${1:-}" = "--bench" ] && bench=true
+
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
@@ -16,6 +21,10 @@ gst_has videotestsrc || need+=(gstreamer1.0-plugins-base)     # videotestsrc
 gst_has rtpbin || need+=(gstreamer1.0-plugins-good)           # udpsrc/udpsink, rtpbin, rtph264(de)pay
 gst_has x264enc || need+=(gstreamer1.0-plugins-ugly)          # x264enc
 gst_has avdec_h264 || need+=(gstreamer1.0-libav)              # avdec_h264
+if $bench; then
+    command -v rtpengine >/dev/null || need+=(rtpengine-daemon)
+    command -v perf >/dev/null || need+=(linux-perf)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
