@@ -38,6 +38,12 @@ pub struct Report {
     pub reordered: u64,
     /// One-way latency.
     pub latency_us: Latency,
+    /// The part of it until the copy was queued on the receiver's socket (the kernel's
+    /// receive timestamp): the relay's share and the network's, without the wait below.
+    pub delivery_us: Latency,
+    /// The rest: how long copies waited in the receiver's socket until loadgen read them
+    /// (loadgen's own delay; large when loadgen itself is the bottleneck).
+    pub socket_wait_us: Latency,
     /// RFC 3550 interarrival jitter over the (stream, receiver) pairs.
     pub jitter_us: Jitter,
     /// Packets per second the clients sent.
@@ -292,6 +298,14 @@ impl Report {
             "offered {:.0} pkt/s, received {:.0} pkt/s, loss {:.3}% of {} expected deliveries",
             self.offered_pps, self.received_pps, loss, self.expected
         );
+        let (d, w) = (&self.delivery_us, &self.socket_wait_us);
+        if d.max > 0 {
+            let _ = writeln!(
+                s,
+                "latency split: to the receiver's socket p50 {} p99 {} us, waiting there p50 {} p99 {} us",
+                d.p50, d.p99, w.p50, w.p99
+            );
+        }
         let c = &self.control;
         if c.calls > 0 {
             let _ = writeln!(

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::api::{Api, Ice, Joined};
 use crate::client::{self, ClientSpec, Interval, Outcome, Progress, Shared, StreamSpec, Work};
 use crate::model::{Rule, Subscribe, Switch, Window, World};
-use crate::report::{Burst, Control, JoinLatency, Report};
+use crate::report::{Burst, Control, JoinLatency, Latency, Report};
 use crate::rtpengine::Rtpengine;
 use crate::scenario::{Addressing, Event, Plan, Scenario, Target};
 use crate::{stats, stun};
@@ -222,6 +222,7 @@ fn account(plan: &Plan, world: &World, outcomes: Vec<Outcome>, report: &mut Repo
     let mut received = vec![crate::stats::StreamMap::default(); plan.participants.len()];
     let hist = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
     let mut latency = [hist(), hist(), hist()];
+    let (mut delivery, mut socket_wait) = (hist(), hist());
     let mut foreign = 0;
     for o in outcomes {
         for (id, log) in o.send_us {
@@ -233,6 +234,8 @@ fn account(plan: &Plan, world: &World, outcomes: Vec<Outcome>, report: &mut Repo
         for (all, h) in latency.iter_mut().zip(&o.latency) {
             let _ = all.add(h);
         }
+        let _ = delivery.add(&o.delivery);
+        let _ = socket_wait.add(&o.socket_wait);
         report.datagrams_out += o.datagrams_out;
         report.send_errors += o.send_errors;
         report.late_frames += o.late_frames;
@@ -244,6 +247,8 @@ fn account(plan: &Plan, world: &World, outcomes: Vec<Outcome>, report: &mut Repo
     }
     let tallies = stats::account(world, &send_us, &received);
     report.fill(&tallies, &latency);
+    report.delivery_us = Latency::of(&delivery);
+    report.socket_wait_us = Latency::of(&socket_wait);
     // Copies naming no stream of ours are misdelivered too.
     report.received += foreign;
     report.misdelivered += foreign;
@@ -847,6 +852,8 @@ fn bind(n: usize) -> Result<Vec<UdpSocket>> {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
             crate::io::size_buffers(&s, SOCKET_BUFFER);
             s.set_nonblocking(true)?;
+            // Best effort: without timestamps only the split of latency is missing.
+            let _ = crate::io::timestamp_arrivals(std::os::fd::AsRawFd::as_raw_fd(&s));
             s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
             Ok(s.into())
         })

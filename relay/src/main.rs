@@ -62,6 +62,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         ring_buffers: config.ring_buffers,
         gso: config.gso,
         busy_poll: config.busy_poll,
+        ..DataPlaneConfig::default()
     })
     .with_context(|| format!("starting the data plane on {}", config.media))?;
     let plane = Arc::new(plane);

@@ -40,6 +40,10 @@ pub struct Point {
     pub misdelivered: u64,
     /// One-way latency at the receivers loadgen reads.
     pub latency_us: Latency,
+    /// Its part until the copy was queued on the receiver's socket (kernel receive timestamp).
+    pub delivery_us: Latency,
+    /// Its part waiting in the receiver's socket for loadgen to read it.
+    pub socket_wait_us: Latency,
     /// CPU ns of the process under test per datagram it sent.
     pub cpu_ns_per_packet: Option<f64>,
     /// Frames loadgen sent over 1 ms late (the generator falling behind).
@@ -178,6 +182,8 @@ fn base_point(target: &str, lg: &Scenario, mult: f64, r: &Report) -> Point {
         sampled_loss: loss(r.lost, r.expected),
         misdelivered: r.misdelivered,
         latency_us: r.latency_us,
+        delivery_us: r.delivery_us,
+        socket_wait_us: r.socket_wait_us,
         cpu_ns_per_packet: None,
         late_frames: r.late_frames,
         udp_rcvbuf_errors: 0,
@@ -536,7 +542,7 @@ pub fn find_knee(search: &Search, mut at: impl FnMut(f64) -> Result<Point>) -> R
 /// One line about a point, for progress output.
 pub fn line(p: &Point) -> String {
     format!(
-        "{:<9} offered {:>9.0}/s egress {:>9.0}/s loss relay {:>7} read {:>7.4}% p50 {:>6} p99 {:>6} p99.9 {:>6} us{} cpu {:>7}{} {}",
+        "{:<9} offered {:>9.0}/s egress {:>9.0}/s loss relay {:>7} read {:>7.4}% p50 {:>6} p99 {:>6} p99.9 {:>6} us{} (to socket p50 {} p99 {}, in it p99 {}) cpu {:>7}{} {}",
         p.target,
         p.offered_pps,
         p.egress_pps,
@@ -548,6 +554,9 @@ pub fn line(p: &Point) -> String {
         p.latency_us.p999,
         p.added_us
             .map_or(String::new(), |a| format!(" (added p99 {:.0})", a.p99)),
+        p.delivery_us.p50,
+        p.delivery_us.p99,
+        p.socket_wait_us.p99,
         p.cpu_ns_per_packet
             .map_or("-".into(), |c| format!("{c:.0}ns")),
         p.core.map_or(String::new(), |c| format!(
@@ -696,6 +705,8 @@ mod tests {
             sampled_loss: 0.0,
             misdelivered: 0,
             latency_us: Latency::default(),
+            delivery_us: Latency::default(),
+            socket_wait_us: Latency::default(),
             cpu_ns_per_packet: None,
             late_frames: 0,
             udp_rcvbuf_errors: 0,

@@ -294,9 +294,8 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
-/// The Markdown table of the run and its checks.
-pub fn table(run: &RunResult) -> String {
-    let mut s = String::new();
+/// The knee-search scenarios' table and their checks.
+fn scenario_tables(s: &mut String, run: &RunResult) {
     let _ = writeln!(
         s,
         "| scenario | system | knee egress pkt/s | ended by | limited by | blast pkt/s | added p50 @50% us | one hop p50 us | added p99.9 @50% us | added p99 @80% us | core @80% | CPU ns/pkt @80%: process / core | blast CPU ns/pkt |"
@@ -359,6 +358,14 @@ pub fn table(run: &RunResult) -> String {
         if let Some(note) = &sc.rtpengine_note {
             let _ = writeln!(s, "| {} | rtpengine | {note} | | |", sc.spec.name);
         }
+    }
+}
+
+/// The Markdown tables of the run and their checks.
+pub fn table(run: &RunResult) -> String {
+    let mut s = String::new();
+    if !run.scenarios.is_empty() {
+        scenario_tables(&mut s, run);
     }
     for sb in &run.side_by_side {
         side_table(&mut s, sb);

@@ -319,6 +319,8 @@ mod tests {
             sampled_loss: 0.0,
             misdelivered: 0,
             latency_us: Latency::default(),
+            delivery_us: Latency::default(),
+            socket_wait_us: Latency::default(),
             cpu_ns_per_packet: None,
             late_frames: 0,
             udp_rcvbuf_errors: 0,

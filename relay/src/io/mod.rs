@@ -10,6 +10,7 @@
 //! [`datagram::Datapath::handle`] and plan their sends with the same [`plan::Plan`].
 
 mod datagram;
+mod idle;
 mod mmsg;
 mod plan;
 mod send;
@@ -75,6 +76,9 @@ pub struct DataPlaneConfig {
     pub gso: bool,
     /// Spin instead of sleeping when idle: lower latency for a whole core per worker.
     pub busy_poll: bool,
+    /// The most an idle worker polls its socket before it sleeps (adaptive, see `io::idle`);
+    /// zero sleeps at once.
+    pub idle_spin: Duration,
 }
 
 impl Default for DataPlaneConfig {
@@ -90,6 +94,7 @@ impl Default for DataPlaneConfig {
             ring_buffers: 1024,
             gso: true,
             busy_poll: false,
+            idle_spin: DEFAULT_IDLE_SPIN,
         }
     }
 }
@@ -108,6 +113,9 @@ struct WorkerHandle {
     stats: Arc<WorkerStats>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
+
+/// How long an idle worker polls its socket at most before it sleeps (`io::idle`).
+pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_micros(0);
 
 /// The largest datagram a worker forwards; larger ones are counted as oversize and dropped.
 pub const SLOT_SIZE: usize = 2048;
@@ -133,6 +141,7 @@ impl DataPlane {
             ring_buffers: config.ring_buffers.clamp(64, 32768).next_power_of_two(),
             gso: config.gso,
             busy_poll: config.busy_poll,
+            idle_spin: config.idle_spin,
         };
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let (latch_tx, latches) = crossbeam_channel::bounded(LATCH_QUEUE);
