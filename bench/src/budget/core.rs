@@ -89,6 +89,21 @@ fn task_ticks(path: &str) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// Nanoseconds the threads of process `pid` have spent runnable but waiting for a CPU
+/// (`/proc/<pid>/task/*/schedstat`, second field), summed.
+fn runqueue_wait_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let text = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
+        total += text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
+}
+
 /// The PID of `ksoftirqd/<core>`, found by name.
 pub fn ksoftirqd(core: usize) -> Option<u32> {
     let want = format!("ksoftirqd/{core}");
@@ -105,6 +120,8 @@ struct Sample {
     at: Instant,
     cpu: CpuTicks,
     process: u64,
+    /// Run-queue wait of the process's threads, ns.
+    waited_ns: u64,
     ksoftirqd: u64,
     softnet: [u64; 3],
 }
@@ -127,6 +144,7 @@ impl Sampler {
                 at: Instant::now(),
                 cpu: parse_stat(&stat, core)?,
                 process: task_ticks(&format!("/proc/{pid}/stat"))?,
+                waited_ns: runqueue_wait_ns(pid).unwrap_or(0),
                 ksoftirqd: softirqd
                     .and_then(|k| task_ticks(&format!("/proc/{k}/stat")))
                     .unwrap_or(0),
@@ -203,6 +221,10 @@ pub struct CoreUse {
     /// Everything else busy on the core (busy - process - ksoftirqd): other processes,
     /// interrupts, softirq in other tasks' context.
     pub other: f64,
+    /// Time the process's threads were runnable but waited for the core (schedstat run
+    /// delay, summed over threads), as a share of the window: above a few per cent something
+    /// else competed for the core and the latency figures measured that competition.
+    pub runqueue_wait: f64,
     /// Busy core time per forwarded packet, ns.
     pub busy_ns_per_packet: Option<f64>,
     /// The process's CPU time per forwarded packet, ns.
@@ -236,13 +258,14 @@ impl CoreUse {
         let process = share(b.process.saturating_sub(a.process));
         let ksoftirqd = share(b.ksoftirqd.saturating_sub(a.ksoftirqd));
         let per_packet = |s: f64| (packets_per_s > 0.0).then(|| s * 1e9 / packets_per_s);
+        let seconds = (b.at - a.at).as_secs_f64();
         let mut softnet = [0; 3];
         for (i, v) in softnet.iter_mut().enumerate() {
             *v = b.softnet[i].saturating_sub(a.softnet[i]);
         }
         Some(Self {
             core,
-            seconds: (b.at - a.at).as_secs_f64(),
+            seconds,
             busy,
             user: share(d.f[0] + d.f[1]),
             system: share(d.f[2]),
@@ -252,6 +275,7 @@ impl CoreUse {
             process,
             ksoftirqd,
             other: (busy - process - ksoftirqd).max(0.0),
+            runqueue_wait: b.waited_ns.saturating_sub(a.waited_ns) as f64 / 1e9 / seconds,
             busy_ns_per_packet: per_packet(busy),
             process_ns_per_packet: per_packet(process),
             softnet,
@@ -301,6 +325,7 @@ mod tests {
                 f: [user, 0, 0, idle, 0, 0, softirq, 0],
             },
             process,
+            waited_ns: ms * 10_000,
             ksoftirqd,
             softnet: [ms, 0, 0],
         };
@@ -317,6 +342,7 @@ mod tests {
         assert!((u.other - 0.2).abs() < 1e-9);
         assert!((u.busy_ns_per_packet.unwrap() - 800_000.0).abs() < 1e-6);
         assert_eq!(u.softnet[0], 1000);
+        assert!((u.runqueue_wait - 0.01).abs() < 1e-9, "{}", u.runqueue_wait);
         assert!(CoreUse::over(0, &samples, (at(150), at(1050)), 1.0).is_none());
     }
 }

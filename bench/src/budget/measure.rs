@@ -560,12 +560,13 @@ pub fn line(p: &Point) -> String {
         p.cpu_ns_per_packet
             .map_or("-".into(), |c| format!("{c:.0}ns")),
         p.core.map_or(String::new(), |c| format!(
-            " core {:.0}% (process {:.0}%, ksoftirqd {:.1}%, softirq {:.0}%, other {:.0}%) {:.0}ns/pkt",
+            " core {:.0}% (process {:.0}%, ksoftirqd {:.1}%, softirq {:.0}%, other {:.0}%; run-queue wait {:.1}%) {:.0}ns/pkt",
             c.busy * 100.0,
             c.process * 100.0,
             c.ksoftirqd * 100.0,
             c.softirq * 100.0,
             c.other * 100.0,
+            c.runqueue_wait * 100.0,
             c.busy_ns_per_packet.unwrap_or(0.0)
         )),
         match (p.ok, p.bound) {

@@ -394,15 +394,17 @@ pub fn table(run: &RunResult) -> String {
     s
 }
 
-/// "busy% (process%, ksoftirqd%, softirq%)" of a core.
+/// "busy% (process%, ksoftirqd%, softirq%, other%, run-queue wait%)" of a core.
 fn core_cell(c: Option<&CoreUse>) -> String {
     c.map_or("-".into(), |c| {
         format!(
-            "{:.0}% (proc {:.0}%, ksoftirqd {:.1}%, softirq {:.0}%)",
+            "{:.0}% (proc {:.0}%, ksoftirqd {:.1}%, softirq {:.0}%, other {:.0}%, waited {:.1}%)",
             c.busy * 100.0,
             c.process * 100.0,
             c.ksoftirqd * 100.0,
-            c.softirq * 100.0
+            c.softirq * 100.0,
+            c.other * 100.0,
+            c.runqueue_wait * 100.0
         )
     })
 }
