@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use bench::fixtures::{self, PWD};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use relay::route::{Blocks, DropReason, StunAction, StunGuard, Table, Verdict};
+use relay::route::{DropReason, StunAction, StunGuard, Table, Verdict};
 
 /// Room sizes of the fan-out sweep.
 const SIZES: [usize; 3] = [2, 10, 100];
@@ -53,7 +53,7 @@ fn route_fanout(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for size in SIZES {
         let table = fixtures::table(
-            &fixtures::member_specs(fixtures::ROOM_ID.0, size, |_| Blocks::default()),
+            &fixtures::member_specs(fixtures::ROOM_ID.0, size),
             OTHER_ROOMS,
         );
         let src = fixtures::addr(fixtures::ROOM_ID.0, 0);
@@ -72,10 +72,7 @@ fn route_miss(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let buf = fixtures::rtp(0x5555, &[], 0, fixtures::PAYLOAD_LEN, 0);
     for others in [0, OTHER_ROOMS] {
-        let table = fixtures::table(
-            &fixtures::member_specs(fixtures::ROOM_ID.0, 10, |_| Blocks::default()),
-            others,
-        );
+        let table = fixtures::table(&fixtures::member_specs(fixtures::ROOM_ID.0, 10), others);
         let src = fixtures::stranger();
         let mut sends = Sends::new();
         let unknown = Verdict::Drop(DropReason::UnknownSource);
@@ -94,7 +91,7 @@ fn route_rtcp(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let size = 10;
     let table = fixtures::table(
-        &fixtures::member_specs(fixtures::ROOM_ID.0, size, |_| Blocks::default()),
+        &fixtures::member_specs(fixtures::ROOM_ID.0, size),
         OTHER_ROOMS,
     );
     let publisher = fixtures::audio_ssrc(0);
@@ -133,7 +130,7 @@ fn route_stun(c: &mut Criterion) {
     let mut g = c.benchmark_group("route_stun");
     g.throughput(Throughput::Elements(1));
     let table = fixtures::table(
-        &fixtures::member_specs(fixtures::ROOM_ID.0, 10, |_| Blocks::default()),
+        &fixtures::member_specs(fixtures::ROOM_ID.0, 10),
         OTHER_ROOMS,
     );
     // Member 3 checks consent from the address it is already bound to: no latch.

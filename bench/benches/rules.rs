@@ -1,9 +1,10 @@
 //! What drop rules cost: per packet (nothing that grows with the number of rules) and per
-//! compilation (the control plane's work when a rule or a room changes).
+//! compilation of a whole room (start-up; a rule change compiles only the participants it
+//! matches: see `rooms.rs`).
 //!
-//! Rooms are compiled as the control plane does it: for each member, `RuleSet::effect` on its
-//! subject gives the rules that block it, mapped to the rules' live counters, then
-//! `Room::compile` builds the fan-out lists with those receivers and senders left out.
+//! Rooms are compiled as the control plane does it, with `route::compile`: for each member,
+//! `RuleSet::effect` on its subject gives the rules that block it, mapped to the rules' live
+//! counters, which clear its bits in the room's masks or stop its tracks.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::hint::black_box;
 
 use bench::fixtures::{self, Targets};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use relay::route::{Blocks, Room, Verdict};
+use relay::route::Verdict;
 
 /// Rule counts of the sweep.
 const RULES: [usize; 3] = [0, 10, 1_000];
@@ -35,7 +36,8 @@ fn rules_forward(c: &mut Criterion) {
     for (name, n, targets) in cases {
         let set = fixtures::rule_set(n, targets);
         let counters = fixtures::rule_counters(&set);
-        let table = fixtures::table(&fixtures::ruled_specs(MEMBERS, &set, &counters), 0);
+        let specs = fixtures::member_specs(fixtures::ROOM_ID.0, MEMBERS);
+        let table = fixtures::ruled_table(&specs, &set, &counters, 0);
         let blocked = usize::from(targets == Targets::OneReceiver);
         let mut sent = 0usize;
         let verdict = table.route(0, &src, &buf, |_| sent += 1);
@@ -94,21 +96,12 @@ fn rules_compile(c: &mut Criterion) {
         for n in [0, 1_000] {
             let set = fixtures::rule_set(n, Targets::OneReceiver);
             let counters = fixtures::rule_counters(&set);
-            let plain = fixtures::member_specs(fixtures::ROOM_ID.0, members, |_| Blocks::default());
-            let mut specs = plain.clone();
-            assert_eq!(fixtures::apply_rules(&mut specs, &set, &counters), 1);
+            let specs = fixtures::member_specs(fixtures::ROOM_ID.0, members);
             let param = format!("members={members}/rules={}", set.len());
-            // The fan-out lists alone, from member specs whose blocks are known.
-            g.bench_function(BenchmarkId::new("room_compile", &param), |b| {
-                b.iter(|| Room::compile(black_box(&specs)).map(|r| r.len()))
-            });
-            // What a rule change costs per room it touches, as the control plane does it: build
-            // the member specs, find each member's rules, compile.
-            g.bench_function(BenchmarkId::new("effect_and_compile", &param), |b| {
+            // A whole room from scratch, rules applied: what start-up costs per room.
+            g.bench_function(BenchmarkId::new("compile_all", &param), |b| {
                 b.iter(|| {
-                    let mut specs = black_box(&plain).clone();
-                    fixtures::apply_rules(&mut specs, black_box(&set), &counters);
-                    Room::compile(&specs).map(|r| r.len())
+                    fixtures::compile_room(fixtures::ROOM, black_box(&specs), &set, &counters).len()
                 })
             });
         }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use relay::packet::rtp::Ssrc;
 use relay::packet::{rtcp, stun};
 use relay::route::{
-    Blocks, Credentials, MediaKind, MemberSpec, ParticipantCounters, Room, RoomId, RuleCounters,
-    Subscription, Table, Update,
+    self, Credentials, MediaKind, Participant, ParticipantCounters, Room, RoomId, RuleCounters,
+    Table, Update,
 };
 use relay::rules::{
     self, Basis, Direction, Match, Media, ParticipantRef, RuleId, RuleSet, RuleSpec, Subject,
@@ -282,26 +282,51 @@ pub fn participant(member: usize) -> String {
     format!("p{member}")
 }
 
+/// A member of a benchmark room, owned: [`MemberSpec::participant`] borrows a
+/// [`route::Participant`] from it for [`route::compile`].
+#[derive(Clone, Debug)]
+pub struct MemberSpec {
+    /// Participant id.
+    pub name: String,
+    /// Fixed address.
+    pub addr: SocketAddr,
+    /// Tracks.
+    pub tracks: Vec<(Ssrc, MediaKind)>,
+    /// Counters, kept across compilations.
+    pub counters: Arc<ParticipantCounters>,
+    /// Relay-side ICE credentials.
+    pub ice: Arc<Credentials>,
+}
+
+impl MemberSpec {
+    /// The participant as the compiler wants it, sitting in `slot`, in [`REGION`].
+    pub fn participant(&self, slot: u16) -> Participant<'_> {
+        Participant {
+            id: &self.name,
+            slot,
+            region: Some(REGION),
+            addr: Some(self.addr),
+            tracks: self.tracks.clone(),
+            subscribe: None,
+            counters: self.counters.clone(),
+            ice: Some(self.ice.clone()),
+        }
+    }
+}
+
 /// Member specs for room number `room` of `members` participants: each has a fixed address, an
-/// audio and a video track, subscribes to everybody, and ICE credentials. `blocks` gives the
-/// rules in force on each member.
-pub fn member_specs(
-    room: u32,
-    members: usize,
-    mut blocks: impl FnMut(usize) -> Blocks,
-) -> Vec<MemberSpec> {
+/// audio and a video track, subscribes to everybody, and ICE credentials.
+pub fn member_specs(room: u32, members: usize) -> Vec<MemberSpec> {
     (0..members)
         .map(|m| MemberSpec {
-            name: Arc::from(participant(m).as_str()),
-            addr: Some(addr(room, m)),
+            name: participant(m),
+            addr: addr(room, m),
             tracks: vec![
                 (Ssrc(audio_ssrc(m)), MediaKind::Audio),
                 (Ssrc(audio_ssrc(m) + 1), MediaKind::Video),
             ],
-            subscription: Subscription::All,
-            blocks: blocks(m),
             counters: Arc::new(ParticipantCounters::new(WORKERS)),
-            ice: Some(Credentials {
+            ice: Arc::new(Credentials {
                 ufrag: ufrag(room, m).into(),
                 pwd: PWD.into(),
             }),
@@ -309,20 +334,54 @@ pub fn member_specs(
         .collect()
 }
 
+/// Compiles room `name` from scratch with the rules of `set` in force (member i in slot i).
+pub fn compile_room(
+    name: &str,
+    specs: &[MemberSpec],
+    set: &RuleSet,
+    counters: &HashMap<RuleId, Arc<RuleCounters>>,
+) -> Arc<Room> {
+    let participants: Vec<Participant<'_>> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.participant(i as u16))
+        .collect();
+    route::compile_all(name, &participants, set, |id| counters.get(&id).cloned())
+        .expect("benchmark room compiles")
+        .room
+}
+
 /// A table holding the benchmarked room ([`ROOM_ID`], compiled from `specs`) and `others` other
 /// rooms of 4 members each, so that the address and ufrag indexes are not trivially small.
 pub fn table(specs: &[MemberSpec], others: u32) -> Table {
+    ruled_table(specs, &RuleSet::new(), &HashMap::new(), others)
+}
+
+/// As [`table`], with the rules of `set` in force on [`ROOM`].
+pub fn ruled_table(
+    specs: &[MemberSpec],
+    set: &RuleSet,
+    counters: &HashMap<RuleId, Arc<RuleCounters>>,
+    others: u32,
+) -> Table {
     let mut table = Table::new();
-    let room = Room::compile(specs).expect("benchmark room compiles");
-    table.apply(Update::Room(ROOM_ID, Arc::new(room)));
+    install(
+        &mut table,
+        ROOM_ID,
+        compile_room(ROOM, specs, set, counters),
+    );
     for r in 0..others {
         let id = ROOM_ID.0 + 1 + r;
-        let other = Room::compile(&member_specs(id, 4, |_| Blocks::default()))
-            .expect("filler room compiles");
-        table.apply(Update::Room(RoomId(id), Arc::new(other)));
+        let other = compile_room("filler", &member_specs(id, 4), set, counters);
+        install(&mut table, RoomId(id), other);
     }
     assert_eq!(table.rooms(), 1 + others as usize);
     table
+}
+
+fn install(table: &mut Table, id: RoomId, room: Arc<Room>) {
+    let slots = room.slots().collect();
+    table.apply(Update::Room { id, room, slots });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -399,45 +458,6 @@ pub fn rule_counters(set: &RuleSet) -> HashMap<RuleId, Arc<RuleCounters>> {
     set.iter()
         .map(|(id, _)| (id, Arc::new(RuleCounters::new(WORKERS))))
         .collect()
-}
-
-/// What the rules block for one participant, with the counters the fan-out adds to: the same
-/// mapping from [`rules::Effect`] to [`Blocks`] the control plane makes before it compiles.
-pub fn blocks(
-    set: &RuleSet,
-    counters: &HashMap<RuleId, Arc<RuleCounters>>,
-    subject: &Subject<'_>,
-) -> Blocks {
-    Blocks::from_effect(&set.effect(subject), |id| counters.get(&id).cloned())
-}
-
-/// Member specs of [`ROOM`] with the blocks `set` gives each member: what the control plane
-/// hands to [`Room::compile`] after a rule change.
-pub fn ruled_specs(
-    members: usize,
-    set: &RuleSet,
-    counters: &HashMap<RuleId, Arc<RuleCounters>>,
-) -> Vec<MemberSpec> {
-    let mut specs = member_specs(ROOM_ID.0, members, |_| Blocks::default());
-    apply_rules(&mut specs, set, counters);
-    specs
-}
-
-/// Sets each member's blocks from the rules, as the control plane does before it compiles a
-/// room: it also walks the matching rules of each member to record who each rule matches.
-/// Returns the number of (member, rule) matches.
-pub fn apply_rules(
-    specs: &mut [MemberSpec],
-    set: &RuleSet,
-    counters: &HashMap<RuleId, Arc<RuleCounters>>,
-) -> usize {
-    let mut matches = 0;
-    for spec in specs {
-        let subject = subject(&spec.name);
-        matches += set.matching(&subject).count();
-        spec.blocks = blocks(set, counters, &subject);
-    }
-    matches
 }
 
 fn rule(m: Match, direction: Direction) -> rules::Rule {

@@ -87,10 +87,10 @@ impl Api {
             .with_context(|| format!("PUT {path}: bad media_address {addr:?}"))?;
         // A relay bound to all interfaces answers with the unspecified address: use the
         // control host instead.
-        if media_address.ip().is_unspecified() {
-            if let Some(host) = self.host {
-                media_address.set_ip(host);
-            }
+        if media_address.ip().is_unspecified()
+            && let Some(host) = self.host
+        {
+            media_address.set_ip(host);
         }
         let ice = reply
             .get("ice")

@@ -599,10 +599,10 @@ impl<'a> Controller<'a> {
         for _ in 0..due {
             let p = self.consent_next;
             self.consent_next = (p + 1) % self.consent.len();
-            if let Some((relay, ice)) = &self.consent[p] {
-                if let Ok(request) = stun::binding_request(ice, &format!("lg{p}")) {
-                    let _ = self.stun_sockets[p].send_to(&request, relay);
-                }
+            if let Some((relay, ice)) = &self.consent[p]
+                && let Ok(request) = stun::binding_request(ice, &format!("lg{p}"))
+            {
+                let _ = self.stun_sockets[p].send_to(&request, relay);
             }
         }
     }

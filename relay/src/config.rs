@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 /// The `relay` command line.
@@ -80,9 +80,17 @@ pub struct ServeArgs {
     /// as is (a wildcard bind, NAT) [default: the bound address].
     #[arg(long, env = "RELAY_ADVERTISE")]
     pub advertise: Option<std::net::IpAddr>,
-    /// Bearer token required on every /v1 call.
+    /// Bearer token required on every /v1 call; several, separated by commas, are all valid
+    /// (rotation).
     #[arg(long, env = "RELAY_CONTROL_TOKEN", hide_env_values = true)]
     pub control_token: Option<String>,
+    /// File of bearer tokens, one per line (`#` starts a comment), all valid besides
+    /// --control-token; re-read on SIGHUP.
+    #[arg(long, env = "RELAY_CONTROL_TOKEN_FILE")]
+    pub control_token_file: Option<PathBuf>,
+    /// Second HTTP address serving only /healthz, /readyz and /metrics, without a token.
+    #[arg(long, env = "RELAY_OPS")]
+    pub ops: Option<SocketAddr>,
     /// MaxMind country database for region attribution.
     #[arg(long, env = "RELAY_GEOIP")]
     pub geoip: Option<PathBuf>,
@@ -111,7 +119,7 @@ pub struct ServeArgs {
     /// Most rooms at once [default: 10000].
     #[arg(long, env = "RELAY_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
-    /// Most participants in one room [default: 1000].
+    /// Most participants in one room [default: 10000; at most 65534].
     #[arg(long, env = "RELAY_MAX_PARTICIPANTS")]
     pub max_participants: Option<usize>,
     /// Most tracks of one participant [default: 32].
@@ -124,9 +132,32 @@ pub struct ServeArgs {
     /// Rule changes (add or lift) accepted per second, with bursts of twice that [default: 20].
     #[arg(long, env = "RELAY_MAX_RULE_CHANGES")]
     pub max_rule_changes: Option<u32>,
+    /// Also POST every event to this http:// URL, signed with --webhook-secret.
+    #[arg(long, env = "RELAY_WEBHOOK")]
+    pub webhook: Option<String>,
+    /// HMAC-SHA256 key for webhook signatures (at least 16 bytes).
+    #[arg(long, env = "RELAY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Events kept for /v1/events streams to resume from [default: 10000].
+    #[arg(long, env = "RELAY_EVENT_HISTORY")]
+    pub event_history: Option<usize>,
     /// Log filter, in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "RELAY_LOG")]
     pub log: Option<String>,
+    /// Log format on standard error: text, or json (one object per line) [default: text].
+    #[arg(long, env = "RELAY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's fields.
+    Json,
 }
 
 /// Default data directory.
@@ -145,8 +176,15 @@ pub struct Config {
     pub workers: usize,
     /// Requested backend.
     pub backend: BackendChoice,
-    /// Bearer token, if any.
-    pub control_token: Option<String>,
+    /// Valid bearer tokens (empty: none needed), as read at start; [`Config::read_tokens`]
+    /// reads them again.
+    pub control_tokens: Vec<String>,
+    /// Where the tokens come from, to read them again on SIGHUP.
+    pub token_sources: TokenSources,
+    /// The ops listener, if any.
+    pub ops: Option<SocketAddr>,
+    /// The webhook, if any.
+    pub webhook: Option<crate::control::webhook::WebhookConfig>,
     /// IP given to clients as the media address.
     pub advertise: Option<std::net::IpAddr>,
     /// MaxMind database path, if any.
@@ -169,6 +207,58 @@ pub struct Config {
     pub limits: Limits,
     /// Log filter.
     pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Where control tokens come from: a flag or the environment (fixed for the process's life),
+/// the config file and the token file (both read again on SIGHUP).
+#[derive(Clone, Debug, Default)]
+pub struct TokenSources {
+    /// `--control-token` or `RELAY_CONTROL_TOKEN`.
+    pub fixed: Option<String>,
+    /// The `--config` file, whose `control-token` key counts when no flag or variable gave one.
+    pub config_file: Option<PathBuf>,
+    /// `--control-token-file`.
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenSources {
+    /// Reads the tokens now.
+    pub fn read(&self) -> anyhow::Result<Vec<String>> {
+        let from_file = match (&self.fixed, &self.config_file) {
+            (Some(_), _) | (None, None) => None,
+            (None, Some(path)) => read_file(path)?.control_token,
+        };
+        let mut tokens = split_tokens(self.fixed.as_deref().or(from_file.as_deref()));
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?;
+            tokens.extend(
+                text.lines()
+                    .map(|l| l.split('#').next().unwrap_or("").trim())
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        for t in &tokens {
+            if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!("a control token holds whitespace or control characters");
+            }
+        }
+        tokens.sort();
+        tokens.dedup();
+        Ok(tokens)
+    }
+}
+
+fn split_tokens(s: Option<&str>) -> Vec<String> {
+    s.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The backend the operator asked for.
@@ -195,6 +285,8 @@ pub struct Limits {
     pub rule_changes_per_sec: u32,
     /// Silence after which a latched address is dropped.
     pub latch_timeout: std::time::Duration,
+    /// Events kept for streams to resume from.
+    pub event_history: usize,
 }
 
 impl ServeArgs {
@@ -208,6 +300,8 @@ impl ServeArgs {
             workers: self.workers.or(other.workers),
             backend: self.backend.or(other.backend),
             control_token: self.control_token.or(other.control_token),
+            control_token_file: self.control_token_file.or(other.control_token_file),
+            ops: self.ops.or(other.ops),
             advertise: self.advertise.or(other.advertise),
             geoip: self.geoip.or(other.geoip),
             pin: self.pin.or(other.pin),
@@ -222,12 +316,20 @@ impl ServeArgs {
             max_tracks: self.max_tracks.or(other.max_tracks),
             max_rule_changes: self.max_rule_changes.or(other.max_rule_changes),
             latch_timeout: self.latch_timeout.or(other.latch_timeout),
+            event_history: self.event_history.or(other.event_history),
+            webhook: self.webhook.or(other.webhook),
+            webhook_secret: self.webhook_secret.or(other.webhook_secret),
             log: self.log.or(other.log),
+            log_format: self.log_format.or(other.log_format),
         }
     }
 
     /// Reads the file named by `--config` if any, and applies the defaults.
     pub fn resolve(self) -> anyhow::Result<Config> {
+        // Flags and environment are merged into `args` below; a token from the file is read
+        // again on SIGHUP, so keep the two apart.
+        let from_cli_or_env = self.control_token.clone().filter(|t| !t.is_empty());
+        let config_file = self.config.clone();
         let args = match self.config.clone() {
             Some(path) => self.or(read_file(&path)?),
             None => self,
@@ -246,8 +348,13 @@ impl ServeArgs {
         let control = args
             .control
             .unwrap_or_else(|| "127.0.0.1:7780".parse().expect("valid literal"));
-        let control_token = args.control_token.filter(|t| !t.is_empty());
-        if !control.ip().is_loopback() && control_token.is_none() {
+        let token_sources = TokenSources {
+            fixed: from_cli_or_env,
+            config_file,
+            token_file: args.control_token_file.clone(),
+        };
+        let control_tokens = token_sources.read()?;
+        if !control.ip().is_loopback() && control_tokens.is_empty() {
             bail!(
                 "the control API would listen on a non-loopback address without a token: \
                  set --control-token (or RELAY_CONTROL_TOKEN), or listen on loopback"
@@ -255,13 +362,15 @@ impl ServeArgs {
         }
         let limits = Limits {
             max_rooms: args.max_rooms.unwrap_or(10_000),
+            // A room's slots are u16 and slot 65535 is never given.
             max_participants: args
                 .max_participants
-                .unwrap_or(1_000)
-                .min(u16::MAX as usize),
+                .unwrap_or(10_000)
+                .min(usize::from(u16::MAX) - 1),
             max_tracks: args.max_tracks.unwrap_or(32),
             rule_changes_per_sec: args.max_rule_changes.unwrap_or(20).max(1),
             latch_timeout: std::time::Duration::from_secs(args.latch_timeout.unwrap_or(30).max(1)),
+            event_history: args.event_history.unwrap_or(10_000).clamp(16, 1_000_000),
         };
         Ok(Config {
             media: args
@@ -273,7 +382,16 @@ impl ServeArgs {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             workers,
             backend,
-            control_token,
+            control_tokens,
+            token_sources,
+            ops: args.ops,
+            webhook: match &args.webhook {
+                None => None,
+                Some(url) => Some(crate::control::webhook::WebhookConfig::new(
+                    url,
+                    args.webhook_secret.as_deref().unwrap_or(""),
+                )?),
+            },
             advertise: args.advertise,
             geoip: args.geoip,
             pin: args.pin.unwrap_or(true),
@@ -290,6 +408,7 @@ impl ServeArgs {
             busy_poll: args.busy_poll.unwrap_or(false),
             limits,
             log: args.log.unwrap_or_else(|| "info".into()),
+            log_format: args.log_format.unwrap_or_default(),
         })
     }
 }
@@ -345,6 +464,38 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("mediaa"), "{err:#}");
+    }
+
+    #[test]
+    fn log_format_from_file_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "log-format = \"json\"\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            from_file.clone().resolve().unwrap().log_format,
+            LogFormat::Json
+        );
+        let flag = ServeArgs {
+            log_format: Some(LogFormat::Text),
+            ..from_file
+        };
+        assert_eq!(flag.resolve().unwrap().log_format, LogFormat::Text);
+        assert_eq!(
+            ServeArgs::default().resolve().unwrap().log_format,
+            LogFormat::Text
+        );
+        std::fs::write(&path, "log-format = \"xml\"\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("xml"), "{err:#}");
     }
 
     #[test]

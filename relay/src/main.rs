@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::Parser;
 use mimalloc::MiMalloc;
 
-use relay::config::{AuditAction, Cli, Command, Config};
-use relay::control::{ControlServer, Geoip, State};
+use relay::config::{AuditAction, Cli, Command, Config, LogFormat};
+use relay::control::{Control, ControlConfig};
 use relay::io::{DataPlane, DataPlaneConfig};
 
 #[global_allocator]
@@ -38,18 +38,20 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    init_logging(&config.log);
-    // Open the store and restore the rules before any packet can be forwarded.
+    init_logging(&config.log, config.log_format);
+    // Open the store first: rules, rooms and participants are restored into the workers before
+    // the API answers.
     let store = relay::store::Store::open(&config.data_dir).map_err(|e| {
         anyhow::anyhow!("opening the database in {}: {e}", config.data_dir.display())
     })?;
-    let geoip = config.geoip.as_deref().map(Geoip::open).transpose()?;
     let term = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // A second signal while shutting down exits at once.
         signal_hook::flag::register_conditional_shutdown(signal, 1, term.clone())?;
         signal_hook::flag::register(signal, term.clone())?;
     }
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
     let plane = DataPlane::start(&DataPlaneConfig {
         media: config.media,
@@ -69,15 +71,43 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let media = plane.local_addr();
     let backend = plane.backend().name();
     let workers = plane.workers();
-    let state = State::new(plane.clone(), config.limits, store, geoip, config.advertise)?;
-    let control = ControlServer::start(config.control, state, config.control_token.clone())?;
+    let control = Control::start(
+        ControlConfig {
+            control: config.control,
+            ops: config.ops,
+            tokens: config.control_tokens.clone(),
+            limits: config.limits,
+            geoip: config.geoip.clone(),
+            advertise: config.advertise,
+            webhook: config.webhook.clone(),
+        },
+        store,
+        plane.clone(),
+    )?;
+    let ops = control
+        .ops_addr()
+        .map(|a| format!(" ops={a}"))
+        .unwrap_or_default();
     println!(
-        "relay ready media={media} control={} backend={backend} workers={workers}",
+        "relay ready media={media} control={}{ops} backend={backend} workers={workers}",
         control.local_addr()
     );
     tracing::info!(backend, workers, "relay started");
 
     while !term.load(Ordering::SeqCst) {
+        if hup.swap(false, Ordering::SeqCst) {
+            // Tokens and the GeoIP database are read again; forwarding is not touched.
+            match config.token_sources.read() {
+                Ok(tokens) => {
+                    tracing::info!(tokens = tokens.len(), "reloading control tokens and GeoIP");
+                    control.reload(Some(tokens));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reloading control tokens failed; keeping the old ones");
+                    control.reload(None);
+                }
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("shutting down");
@@ -86,12 +116,25 @@ fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The event's fields sit beside timestamp, level, target and message, so that a log
+        // pipeline (journald, Loki, Elasticsearch) indexes them without unnesting; the relay
+        // has no spans to list.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_ansi(false)
+            .init(),
+    }
 }

@@ -1,5 +1,9 @@
 //! No allocation per packet: a counting global allocator records every allocation made on a
 //! worker thread, and forwarding 100,000+ packets after warm-up must add none, on both backends.
+//!
+//! The rooms cover what a packet can walk through: a room of 2, a room of 50, and a room of 130
+//! over three chunks where some members subscribe selectively (a publisher's listener list that
+//! crosses chunks), with RTP, sender reports, receiver feedback and encrypted SRTCP.
 
 mod common;
 
@@ -89,14 +93,27 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
     });
     let small = clients(2);
     let big = clients(50);
+    let large = clients(130);
     let addr = |s: &std::net::UdpSocket| s.local_addr().unwrap();
     install(&plane, 1, 1000, &small.iter().map(addr).collect::<Vec<_>>());
     install(&plane, 2, 2000, &big.iter().map(addr).collect::<Vec<_>>());
+    // Every seventh member of the large room listens only to members 0, 70 and 129.
+    install_with(
+        &plane,
+        3,
+        3000,
+        &large.iter().map(addr).collect::<Vec<_>>(),
+        |i| (i % 7 == 3).then(|| vec![0, 70, 129]),
+    );
     // The counter sees worker threads: setting up and applying rooms allocates there.
     assert!(
         WORKER_ALLOCS.load(Ordering::Relaxed) > 0,
         "the counter saw no worker"
     );
+    assert!(matches!(
+        relay::packet::rtcp::classify(&srtcp(3000)),
+        Ok(relay::packet::rtcp::Route::Encrypted { .. })
+    ));
     let to = plane.local_addr();
     // One round: audio-like singles in the small room, video-like bursts in both rooms.
     let mut seq = 0u16;
@@ -115,7 +132,14 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
             .collect();
         send_burst(&big[7], to, &burst);
         big[3].send_to(&rtp(2003, seq, 90), to).unwrap();
-        for s in small.iter().chain(&big) {
+        // The large room: media from a listened-to member and from another, a sender report,
+        // feedback to a publisher, encrypted SRTCP.
+        large[70].send_to(&rtp(3070, seq, 200), to).unwrap();
+        large[5].send_to(&rtp(3005, seq, 200), to).unwrap();
+        large[129].send_to(&sender_report(3129, 3000), to).unwrap();
+        large[10].send_to(&pli(3010, 3070), to).unwrap();
+        large[0].send_to(&srtcp(3000), to).unwrap();
+        for s in small.iter().chain(&big).chain(&large) {
             discard(s);
         }
     };
@@ -145,4 +169,34 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         allocs, 0,
         "{backend:?} gso={gso}: workers allocated while forwarding"
     );
+}
+
+/// An RTCP SR from `sender` with one report block about `about`.
+fn sender_report(sender: u32, about: u32) -> Vec<u8> {
+    let mut p = vec![0x81, 200, 0x00, 0x0c];
+    p.extend_from_slice(&sender.to_be_bytes());
+    p.extend_from_slice(&[0; 20]);
+    p.extend_from_slice(&about.to_be_bytes());
+    p.extend_from_slice(&[0; 20]);
+    p
+}
+
+/// A PLI (RFC 4585 §6.3.1) from `sender` about `media`.
+fn pli(sender: u32, media: u32) -> Vec<u8> {
+    let mut p = vec![0x81, 206, 0x00, 0x02];
+    p.extend_from_slice(&sender.to_be_bytes());
+    p.extend_from_slice(&media.to_be_bytes());
+    p
+}
+
+/// An SRTCP packet (RFC 3711 §3.4) from `sender` whose body is encrypted: the E flag set in the
+/// trailer, the body after the first 8 bytes scrambled, a 10-byte tag.
+fn srtcp(sender: u32) -> Vec<u8> {
+    let mut p = sender_report(sender, 0);
+    for b in &mut p[8..] {
+        *b ^= 0x5a;
+    }
+    p.extend_from_slice(&[0x80, 0, 0, 1]);
+    p.extend_from_slice(&[0xaa; 10]);
+    p
 }

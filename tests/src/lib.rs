@@ -1,6 +1,9 @@
 //! Helpers for the end-to-end tests: start the real `relay` binary on loopback with ephemeral
 //! ports, drive its HTTP API, and play plain UDP clients.
 //!
+//! `netns` makes network namespaces joined by a bridge (fleet tests), `etcd` runs an etcd
+//! cluster for them.
+//!
 //! The binary is found in `RELAY_BIN`, or next to the test executable in the target directory;
 //! `tests/run.sh` builds it first. `RELAY_TEST_BACKEND` selects the data-plane backend.
 
@@ -12,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod control;
+pub mod etcd;
 pub mod media;
+pub mod netns;
 
 /// A running relay process, stopped (SIGKILL) when dropped.
 pub struct Relay {
@@ -21,6 +27,8 @@ pub struct Relay {
     pub media: SocketAddr,
     /// The HTTP control address.
     pub control: SocketAddr,
+    /// The ops address (`--ops`), if the relay has one.
+    pub ops: Option<SocketAddr>,
     /// The token sent with API calls, if any.
     pub token: Option<String>,
     /// The data directory (kept alive for the relay's lifetime).
@@ -46,6 +54,14 @@ pub fn relay_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// A path inside the repository, e.g. `deploy/relay.toml`.
+pub fn repo_path(relative: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .join(relative)
 }
 
 /// Path of the loadgen binary: `LOADGEN_BIN`, or beside the relay binary.
@@ -77,6 +93,11 @@ pub struct Options {
     pub no_addresses: bool,
     /// Write the relay's standard error to this file instead of the test's.
     pub stderr: Option<PathBuf>,
+    /// Run this relay binary instead of [`relay_bin`] (e.g. one unpacked from the package).
+    pub bin: Option<PathBuf>,
+    /// A command to run the relay under, e.g. `["prlimit", "--memlock=0:0", "--"]`; the relay's
+    /// path and arguments follow it.
+    pub prefix: Vec<String>,
 }
 
 impl Relay {
@@ -95,7 +116,15 @@ impl Relay {
                 (Some(t), d)
             }
         };
-        let mut cmd = Command::new(relay_bin());
+        let bin = opts.bin.clone().unwrap_or_else(relay_bin);
+        let mut cmd = match opts.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.arg("serve");
         if !opts.no_addresses {
             cmd.args(["--media", "127.0.0.1:0", "--control", "127.0.0.1:0"]);
@@ -135,10 +164,15 @@ impl Relay {
         };
         let media = field("media");
         let control = field("control");
+        let ops = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ops="))
+            .map(|a| a.parse().expect("ops address in ready line"));
         Self {
             child: Some(child),
             media,
             control,
+            ops,
             token: opts.token,
             data_dir,
             _tmp: tmp,
@@ -239,6 +273,13 @@ impl Relay {
                     .ok()
             })
             .unwrap_or_else(|| panic!("no metric {series}"))
+    }
+
+    /// The whole `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        let (status, text) = self.call("GET", "/metrics", None);
+        assert_eq!(status, 200, "GET /metrics");
+        text.as_str().expect("metrics are text").to_owned()
     }
 
     /// Creates a room.
@@ -422,6 +463,42 @@ pub fn rtcp_nack(ssrc: u32, media: u32, pid: u16) -> Vec<u8> {
     p
 }
 
+/// Writes a MaxMind country database with the real MaxMind writer (Debian's
+/// libmaxmind-db-writer-perl): `mappings` are `CIDR=CC`, e.g. `127.0.0.0/24=CN`.
+pub fn make_mmdb(out: &std::path::Path, mappings: &[&str]) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/make-mmdb.pl");
+    let status = Command::new("perl")
+        .arg(script)
+        .arg(out)
+        .args(mappings)
+        .status()
+        .expect("perl is needed (tests/install-deps.sh installs it)");
+    assert!(
+        status.success(),
+        "writing the MMDB failed: is libmaxmind-db-writer-perl installed?"
+    );
+}
+
+/// A STUN Binding request (RFC 8489) as an ICE full agent sends it to the relay: USERNAME
+/// `<relay ufrag>:peer`, ICE-CONTROLLING, USE-CANDIDATE, MESSAGE-INTEGRITY keyed with the
+/// relay's `pwd`, FINGERPRINT. `tid` fills the transaction id.
+pub fn stun_request(ufrag: &str, pwd: &str, tid: u8) -> Vec<u8> {
+    let username = format!("{ufrag}:peer");
+    let req = relay::packet::stun::BindingRequest {
+        transaction_id: [tid; 12],
+        username: username.as_bytes(),
+        priority: 0x6e0001ff,
+        ice_controlling: Some(0x1234),
+        use_candidate: true,
+        integrity_key: pwd.as_bytes(),
+        fingerprint: true,
+    };
+    let mut buf = vec![0u8; req.buffer_len()];
+    let n = req.emit(&mut buf).expect("a request fits its own length");
+    buf.truncate(n);
+    buf
+}
+
 /// An RFC 3339 UTC time `secs` seconds from now.
 pub fn rfc3339_in(secs: u64) -> String {
     let t = std::time::SystemTime::now() + Duration::from_secs(secs);
@@ -451,6 +528,15 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// Polls `done` every 20 ms until it holds; fails after `within`.
+pub fn poll_until(within: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "not done within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// How long the tests wait for datagrams that should not arrive.

@@ -7,17 +7,7 @@ use e2e::{Options, Relay};
 use serde_json::json;
 
 fn make_mmdb(out: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/make-mmdb.pl");
-    let status = std::process::Command::new("perl")
-        .arg(script)
-        .arg(out)
-        .args(["127.0.0.0/24=CN", "127.0.1.0/24=HK", "::1/128=US"])
-        .status()
-        .expect("perl is needed (tests/install-deps.sh installs it)");
-    assert!(
-        status.success(),
-        "writing the MMDB failed: is libmaxmind-db-writer-perl installed?"
-    );
+    e2e::make_mmdb(out, &["127.0.0.0/24=CN", "127.0.1.0/24=HK", "::1/128=US"]);
 }
 
 #[test]

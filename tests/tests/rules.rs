@@ -288,13 +288,24 @@ fn rules_survive_a_crash_and_the_audit_chain_detects_tampering() {
 }
 
 #[test]
-fn nothing_personal_reaches_logs_audit_report_or_disk() {
+fn nothing_personal_reaches_text_logs_audit_report_or_disk() {
+    nothing_personal_reaches_logs_audit_report_or_disk("text");
+}
+
+/// The same with JSON logs, whose every line is one object with the documented keys.
+#[test]
+fn nothing_personal_reaches_json_logs_audit_report_or_disk() {
+    nothing_personal_reaches_logs_audit_report_or_disk("json");
+}
+
+fn nothing_personal_reaches_logs_audit_report_or_disk(log_format: &str) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stderr.log");
     let data = dir.path().join("data");
     let s = setup_with(Relay::start_with(Options {
         data_dir: Some(data.clone()),
         stderr: Some(log.clone()),
+        args: vec!["--log-format".into(), log_format.into()],
         ..Default::default()
     }));
     let id = s.relay.rule(
@@ -340,6 +351,26 @@ fn nothing_personal_reaches_logs_audit_report_or_disk() {
     for a in &addresses {
         assert!(!log.contains(a.as_str()), "log contains {a}");
     }
+    for line in log.lines() {
+        let found = ip_addresses(line);
+        assert!(found.is_empty(), "log line has {found:?}: {line}");
+    }
+    if log_format == "json" {
+        let mut rule_added = false;
+        for line in log.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+            for key in ["timestamp", "level", "target", "message"] {
+                assert!(v[key].is_string(), "no {key}: {line}");
+            }
+            // Fields sit beside the message.
+            rule_added |= v["message"] == "rule added" && v["rule"].is_string();
+        }
+        assert!(
+            rule_added,
+            "the rule added event carries its rule id: {log}"
+        );
+    }
     for f in &files {
         let text = String::from_utf8_lossy(f);
         assert!(
@@ -347,4 +378,41 @@ fn nothing_personal_reaches_logs_audit_report_or_disk() {
             "database contains a loopback address"
         );
     }
+}
+
+/// IP addresses in a line: runs of hex digits, dots and colons that parse as an IPv4 address, or
+/// as an IPv6 address with a digit in it (so that `relay::control` is none), with or without a
+/// port.
+fn ip_addresses(line: &str) -> Vec<String> {
+    let is_ip = |t: &str| {
+        let ip = t
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| t.parse::<std::net::SocketAddr>().map(|s| s.ip()));
+        match ip {
+            Ok(std::net::IpAddr::V4(_)) => true,
+            Ok(std::net::IpAddr::V6(_)) => t.len() >= 3 && t.chars().any(|c| c.is_ascii_digit()),
+            Err(_) => false,
+        }
+    };
+    let edge = ['.', ':'];
+    line.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
+        .filter_map(|t| {
+            [t, t.trim_end_matches(edge), t.trim_matches(edge)]
+                .into_iter()
+                .find(|c| is_ip(c))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn ip_addresses_are_found_and_module_paths_are_not() {
+    assert_eq!(ip_addresses("from 127.0.0.1:5004 ok"), ["127.0.0.1:5004"]);
+    assert_eq!(ip_addresses("x=10.1.2.3."), ["10.1.2.3"]);
+    assert_eq!(ip_addresses("addr:10.1.2.3"), ["10.1.2.3"]);
+    assert_eq!(
+        ip_addresses("peer [::1]:80 and fe80::1"),
+        ["::1", "fe80::1"]
+    );
+    assert!(ip_addresses("2026-12-06T03:19:35.627498Z relay::control::state: v0.1.0").is_empty());
 }

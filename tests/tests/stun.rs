@@ -3,9 +3,9 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use e2e::{Client, Options, PATIENT, Relay, rtp};
+use e2e::{Client, Options, PATIENT, Relay, rtp, stun_request as request};
 use hmac::{Hmac, Mac};
-use relay::packet::stun::{BindingRequest, Class, Message};
+use relay::packet::stun::{Class, Message};
 use serde_json::json;
 use sha1::Sha1;
 
@@ -22,23 +22,6 @@ const RFC5769_REQUEST: [u8; 108] = [
     0xc1, 0xb5, 0x71, 0xa2, 0x80, 0x28, 0x00, 0x04, 0xe5, 0x7a, 0x3b, 0xcf,
 ];
 const RFC5769_PWD: &str = "VOkJxbRl1RmTxUk/WvJxBt";
-
-fn request(ufrag: &str, pwd: &str, tid: u8) -> Vec<u8> {
-    let username = format!("{ufrag}:peer");
-    let req = BindingRequest {
-        transaction_id: [tid; 12],
-        username: username.as_bytes(),
-        priority: 0x6e0001ff,
-        ice_controlling: Some(0x1234),
-        use_candidate: true,
-        integrity_key: pwd.as_bytes(),
-        fingerprint: true,
-    };
-    let mut buf = vec![0u8; req.buffer_len()];
-    let n = req.emit(&mut buf).unwrap();
-    buf.truncate(n);
-    buf
-}
 
 /// Checks MESSAGE-INTEGRITY of a response by hand (RFC 8489 §14.5), independently of the
 /// relay's own parser: HMAC-SHA1 over the message up to the attribute, with the length field

@@ -211,10 +211,10 @@ pub fn metrics(control: SocketAddr) -> Result<BTreeMap<String, f64>> {
         if line.starts_with('#') || line.contains('{') {
             continue;
         }
-        if let Some((name, value)) = line.split_once(' ') {
-            if let Ok(v) = value.trim().parse() {
-                out.insert(name.to_owned(), v);
-            }
+        if let Some((name, value)) = line.split_once(' ')
+            && let Ok(v) = value.trim().parse()
+        {
+            out.insert(name.to_owned(), v);
         }
     }
     Ok(out)
@@ -351,10 +351,10 @@ impl Rtpengine {
         loop {
             proc.check_alive()?;
             sock.send_to(b"budget1 d7:command4:pinge", ng)?;
-            if let Ok(n) = sock.recv(&mut buf) {
-                if buf[..n].windows(4).any(|w| w == b"pong") {
-                    break;
-                }
+            if let Ok(n) = sock.recv(&mut buf)
+                && buf[..n].windows(4).any(|w| w == b"pong")
+            {
+                break;
             }
             if Instant::now() > until {
                 bail!(

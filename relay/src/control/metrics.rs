@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
-use super::state::State;
+use std::sync::atomic::Ordering;
+
+use super::{Readiness, Shared};
 use crate::io::WorkerStats;
 use crate::route::DropReason;
 
@@ -10,22 +12,22 @@ use crate::route::DropReason;
 type Series = (&'static str, &'static str, fn(&WorkerStats) -> u64);
 
 /// Renders every metric. Per-worker series carry a `worker` label; the unlabelled series is the
-/// sum over workers.
-pub(super) fn render(state: &State) -> String {
-    let plane = state.plane();
+/// sum over workers. Reads atomics and short locks only: never waits for the control thread.
+pub(super) fn render(shared: &Shared) -> String {
+    let plane = &shared.plane;
     let stats: Vec<&WorkerStats> = plane.stats().collect();
     let mut out = String::with_capacity(4096);
     let counters: [Series; 9] = [
         ("packets_in", "Datagrams received on the media port.", |s| {
             WorkerStats::get(&s.packets_in)
         }),
-        ("bytes_in", "Bytes received on the media port.", |s| {
+        ("received_bytes", "Bytes received on the media port.", |s| {
             WorkerStats::get(&s.bytes_in)
         }),
         ("packets_out", "Datagrams sent.", |s| {
             WorkerStats::get(&s.packets_out)
         }),
-        ("bytes_out", "Bytes sent.", |s| {
+        ("sent_bytes", "Bytes sent.", |s| {
             WorkerStats::get(&s.bytes_out)
         }),
         ("send_errors", "Sends the kernel refused.", |s| {
@@ -99,14 +101,15 @@ pub(super) fn render(state: &State) -> String {
     let _ = writeln!(
         out,
         "# HELP relay_latches_total Addresses latched by authenticated STUN.\n# TYPE relay_latches_total counter\nrelay_latches_total {}",
-        state.latch_count()
+        shared.gauges.latches.load(Ordering::Relaxed)
     );
     let _ = writeln!(
         out,
         "# HELP relay_socket_drops_total Datagrams the kernel dropped at the media sockets (receive buffers full).\n# TYPE relay_socket_drops_total counter\nrelay_socket_drops_total {}",
         socket_drops(plane.local_addr().port())
     );
-    let (rooms, participants) = state.sizes();
+    let rooms = shared.gauges.rooms.load(Ordering::Relaxed);
+    let participants = shared.gauges.participants.load(Ordering::Relaxed);
     let _ = writeln!(
         out,
         "# HELP relay_rooms Rooms open.\n# TYPE relay_rooms gauge\nrelay_rooms {rooms}"
@@ -120,7 +123,85 @@ pub(super) fn render(state: &State) -> String {
         "# HELP relay_workers Data-plane workers.\n# TYPE relay_workers gauge\nrelay_workers {}",
         stats.len()
     );
+    control(shared, &mut out);
+    crate::telemetry::render(&mut out, plane);
     out
+}
+
+/// The control plane's own series: readiness, rules, audit, events, API requests.
+fn control(shared: &Shared, out: &mut String) {
+    let readiness = shared.readiness();
+    let _ = writeln!(
+        out,
+        "# HELP relay_ready Whether the relay takes new rooms (1) or is starting, draining or stopping (0).\n# TYPE relay_ready gauge\nrelay_ready {}",
+        u8::from(readiness == Readiness::Serving && shared.plane.healthy())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP relay_draining Whether the relay is draining: existing rooms go on, new ones are refused.\n# TYPE relay_draining gauge\nrelay_draining {}",
+        u8::from(readiness == Readiness::Draining)
+    );
+    let rules = shared.rules();
+    let _ = writeln!(
+        out,
+        "# HELP relay_rules_active Drop rules in force.\n# TYPE relay_rules_active gauge\nrelay_rules_active {}",
+        rules.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP relay_rule_dropped_packets_total Packets a rule in force dropped, by direction (send: nobody got them; receive: copies its participants did not get).\n# TYPE relay_rule_dropped_packets_total counter"
+    );
+    for r in rules.iter() {
+        let (send, receive) = r.dropped();
+        let _ = writeln!(
+            out,
+            "relay_rule_dropped_packets_total{{rule=\"{}\",direction=\"send\"}} {send}\nrelay_rule_dropped_packets_total{{rule=\"{}\",direction=\"receive\"}} {receive}",
+            r.id, r.id
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP relay_rule_expiry_timestamp_seconds When a rule in force expires (Unix time).\n# TYPE relay_rule_expiry_timestamp_seconds gauge"
+    );
+    for r in rules.iter() {
+        let _ = writeln!(
+            out,
+            "relay_rule_expiry_timestamp_seconds{{rule=\"{}\"}} {}",
+            r.id, r.expires_at
+        );
+    }
+    let audit = shared.gauges.audit_valid.load(Ordering::Relaxed);
+    if audit >= 0 {
+        let _ = writeln!(
+            out,
+            "# HELP relay_audit_chain_valid Whether the audit log's hash chain verified at its last check (at start and hourly).\n# TYPE relay_audit_chain_valid gauge\nrelay_audit_chain_valid {audit}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP relay_events_total Events published on /v1/events, by type.\n# TYPE relay_events_total counter"
+    );
+    for (kind, n) in shared.events.published() {
+        let _ = writeln!(out, "relay_events_total{{type=\"{kind}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP relay_events_dropped_total Events streams missed because they fell behind the history.\n# TYPE relay_events_dropped_total counter\nrelay_events_dropped_total {}",
+        shared.events.missed()
+    );
+    let hook = &shared.webhook;
+    let _ = writeln!(
+        out,
+        "# HELP relay_webhook_deliveries_total Webhook requests, by result (error: retried).\n# TYPE relay_webhook_deliveries_total counter\nrelay_webhook_deliveries_total{{result=\"ok\"}} {}\nrelay_webhook_deliveries_total{{result=\"error\"}} {}",
+        hook.delivered.load(Ordering::Relaxed),
+        hook.failed.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP relay_webhook_dropped_total Events that left the history before the webhook could deliver them.\n# TYPE relay_webhook_dropped_total counter\nrelay_webhook_dropped_total {}",
+        hook.dropped.load(Ordering::Relaxed)
+    );
+    shared.http.render(out);
 }
 
 /// Datagrams the kernel dropped at the sockets bound to `port`: the last column of

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -32,6 +32,7 @@ pub use stats::WorkerStats;
 
 use crate::config::BackendChoice;
 use crate::route::{Latch, Update};
+use crate::telemetry::{APPLY_BUCKETS, Histogram};
 use worker::{Message, Settings, Worker};
 
 /// The backend that moves datagrams.
@@ -105,6 +106,8 @@ pub struct DataPlane {
     local_addr: SocketAddr,
     backend: Backend,
     latches: Receiver<Latch>,
+    /// Time from sending a change to the last acknowledgement, per [`DataPlane::publish`].
+    apply_duration: Histogram,
 }
 
 struct WorkerHandle {
@@ -150,6 +153,7 @@ impl DataPlane {
             local_addr,
             backend,
             latches,
+            apply_duration: Histogram::new(APPLY_BUCKETS),
         };
         for (index, socket) in sockets.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
@@ -223,6 +227,12 @@ impl DataPlane {
         self.workers.iter().map(|w| &*w.stats)
     }
 
+    /// How long [`DataPlane::publish`] took from sending a change to the last acknowledgement;
+    /// a change that timed out counts with the time it waited.
+    pub fn apply_duration(&self) -> &Histogram {
+        &self.apply_duration
+    }
+
     /// Whether every worker thread is still running.
     pub fn healthy(&self) -> bool {
         self.workers
@@ -235,6 +245,7 @@ impl DataPlane {
         if updates.is_empty() {
             return Ok(());
         }
+        let start = Instant::now();
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         let mut expected = 0;
         for w in &self.workers {
@@ -249,11 +260,13 @@ impl DataPlane {
             socket::signal(w.wake.as_raw_fd());
         }
         drop(ack_tx);
-        let deadline = std::time::Instant::now() + APPLY_TIMEOUT;
-        for _ in 0..expected {
-            ack_rx
-                .recv_deadline(deadline)
-                .map_err(|_| io::Error::other("a worker did not apply the change in time"))?;
+        let deadline = start + APPLY_TIMEOUT;
+        let acked = (0..expected).all(|_| ack_rx.recv_deadline(deadline).is_ok());
+        self.apply_duration.observe(start.elapsed());
+        if !acked {
+            return Err(io::Error::other(
+                "a worker did not apply the change in time",
+            ));
         }
         if expected != self.workers.len() * updates.len() {
             return Err(io::Error::other("a worker is not running"));

@@ -83,6 +83,10 @@
 //! assert_eq!(response.xor_mapped_address(), Some(source));
 //! ```
 //!
+//! A datagram that arrives on a trunk socket (from another relay of the fleet) goes through
+//! [`trunk::Packet::new_checked`] first; its [`trunk::Packet::payload`] is then the RTP or RTCP
+//! datagram above, untouched.
+//!
 //! Every parser checks lengths once, in the order its RFC gives, and reports what was wrong with
 //! a small `Copy` error enum. After a successful check no getter panics. No parser panics on any
 //! input (property tests feed them arbitrary bytes).
@@ -93,6 +97,7 @@ pub mod demux;
 pub mod rtcp;
 pub mod rtp;
 pub mod stun;
+pub mod trunk;
 
 #[cfg(test)]
 mod proptests;

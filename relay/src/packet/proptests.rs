@@ -10,6 +10,7 @@ use crate::packet::demux::{self, Kind};
 use crate::packet::rtcp::{self, Route};
 use crate::packet::rtp::{self, Ssrc};
 use crate::packet::stun::{self, BindingRequest, BindingResponse, Class, ErrorResponse, Message};
+use crate::packet::trunk;
 
 /// Reads everything a checked RTP view offers and checks that the parts add up.
 fn exercise_rtp(buf: &[u8]) {
@@ -91,6 +92,50 @@ fn exercise_stun(buf: &[u8]) {
         .max()
         .unwrap_or(20);
     assert!(end <= buf.len());
+}
+
+/// Reads everything a checked trunk view offers and checks that the parts add up.
+fn exercise_trunk(buf: &[u8]) {
+    let Ok(p) = trunk::Packet::new_checked(buf) else {
+        return;
+    };
+    let h = p.header();
+    assert_eq!(p.version(), trunk::VERSION);
+    assert_eq!(h.to_bytes()[..], buf[..trunk::HEADER_LEN]);
+    assert_eq!(p.payload().len() + trunk::HEADER_LEN, buf.len());
+    let inner = demux::classify(p.payload());
+    assert!(matches!(
+        (h.content, inner),
+        (trunk::Content::Rtp, Kind::Rtp) | (trunk::Content::Rtcp, Kind::Rtcp)
+    ));
+    assert_eq!(demux::classify(buf), Kind::Other);
+}
+
+fn trunk_header() -> impl Strategy<Value = trunk::Header> {
+    (
+        any::<bool>(),
+        0u8..3,
+        any::<u16>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(|(rtcp, media, origin, room, sender, epoch)| trunk::Header {
+            content: if rtcp {
+                trunk::Content::Rtcp
+            } else {
+                trunk::Content::Rtp
+            },
+            media: [
+                trunk::Media::Unspecified,
+                trunk::Media::Audio,
+                trunk::Media::Video,
+            ][usize::from(media)],
+            origin: trunk::NodeNo(origin),
+            room: trunk::RoomNo(room),
+            sender: trunk::ParticipantNo(sender),
+            epoch: trunk::Epoch(epoch),
+        })
 }
 
 /// An RTCP sub-packet: version 2, random count and type, a random body of whole words.
@@ -208,6 +253,46 @@ proptest! {
         prop_assert_eq!(p.extension(), ext.as_ref().map(|(pr, d)| (*pr, &d[..])));
         prop_assert_eq!(p.payload(), &payload[..]);
         prop_assert_eq!(p.padding_len(), usize::from(padding));
+    }
+
+    #[test]
+    fn trunk_never_panics(buf in vec(any::<u8>(), 0..64)) {
+        exercise_trunk(&buf);
+    }
+
+    #[test]
+    fn trunk_version4_never_panics(mut buf in vec(any::<u8>(), 16..64)) {
+        buf[0] = trunk::VERSION;
+        exercise_trunk(&buf);
+    }
+
+    #[test]
+    fn trunk_round_trip(
+        header in trunk_header(),
+        inner in vec(any::<u8>(), 2..64),
+        out_len in 0usize..24,
+    ) {
+        // Make the inner datagram what the header says it is.
+        let mut inner = inner;
+        inner[0] = 0x80 | (inner[0] & 0x3f);
+        inner[1] = match header.content {
+            trunk::Content::Rtcp => 192 + inner[1] % 32,
+            trunk::Content::Rtp => if (192..=223).contains(&inner[1]) { inner[1] - 100 } else { inner[1] },
+        };
+        let mut out = vec![0u8; out_len];
+        match header.emit(&mut out) {
+            Ok(n) => prop_assert_eq!(n, header.buffer_len()),
+            Err(e) => {
+                prop_assert!(out_len < trunk::HEADER_LEN);
+                prop_assert_eq!(e, trunk::Error::Truncated);
+            }
+        }
+        let mut datagram = header.to_bytes().to_vec();
+        datagram.extend_from_slice(&inner);
+        let p = trunk::Packet::new_checked(&datagram[..]).unwrap();
+        prop_assert_eq!(p.header(), header);
+        prop_assert_eq!(p.payload(), &inner[..]);
+        exercise_trunk(&datagram);
     }
 
     #[test]

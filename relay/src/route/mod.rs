@@ -2,23 +2,35 @@
 //!
 //! This module is pure: it never touches a socket, a thread or the clock.
 //!
-//! - The control thread describes each room as a list of [`MemberSpec`]s and compiles it with
-//!   [`Room::compile`]: fan-out lists per track, with subscriptions and drop rules already applied.
-//! - Each worker keeps a [`Table`] and receives [`Update`]s between batches.
+//! # Calling order
+//!
+//! - The control core keeps each room's last snapshot ([`Room`]) and gives every participant a
+//!   slot ([`Slots`]). After a change it calls [`compile`] with that snapshot, the room as it is
+//!   now (a [`Roster`]) and the participants that changed; it gets the next snapshot and the
+//!   slots that differ, and publishes them as an [`Update`]. Compiling from scratch is the same
+//!   call from [`Room::empty`] ([`compile_all`]).
+//! - Each worker keeps a [`Table`] and applies [`Update`]s between batches: it swaps the room's
+//!   snapshot and indexes the changed slots again, O(change).
 //! - Per datagram, a worker calls [`Table::route`], which looks up the source address once, finds
-//!   the track, adds to counters and emits each destination. A rule costs nothing per packet beyond
-//!   one counter add: it has already removed receivers from the fan-out list.
+//!   the track, adds to counters and emits each destination, read off the room's per-chunk
+//!   bitmasks (see `room.rs`). A rule costs nothing per packet beyond one counter add: it has
+//!   already cleared the receivers' bits or stopped the track.
 #![deny(unsafe_code)]
 
+mod compile;
 mod counter;
 mod ice;
 mod room;
 mod table;
 
-pub use counter::{Counter, ParticipantCounters, RuleCounters};
+pub use compile::{Change, Compiled, Participant, Roster, Slots, compile, compile_all};
+pub use counter::{Counter, ParticipantCounter, ParticipantCounters, RuleCounters};
 pub use ice::{Credentials, Latch, StunAction, StunGuard};
-pub use room::{Blocks, CompileError, MediaKind, MemberSpec, Room, Subscription};
+pub use room::{Blocks, CHUNK, CompileError, MediaKind, Room};
 pub use table::{DropReason, RoomId, Table, Update, Verdict};
+
+#[cfg(any(test, fuzzing))]
+pub mod testing;
 
 #[cfg(test)]
 mod model_tests;

@@ -1,30 +1,23 @@
-//! Model test: after any sequence of control commands, the compiled routing table forwards
-//! exactly as a plain `BTreeMap` model of rooms, members, subscriptions and rules says.
+//! Model test: after any sequence of control commands, each applied incrementally (the one
+//! [`compile`](super::compile) from the room's last snapshot, with the members that changed),
+//! the routing table forwards exactly as the plain model of `testing.rs` says, and every
+//! snapshot equals the room compiled from scratch (checked inside [`World`]).
 //!
-//! Rooms are compiled as the control thread does (`control::state::compile`): members in id
-//! order, blocks from `RuleSet::effect`, one `Update::Room` per room a command touches. The
-//! model decides who gets a track with a naive rule match, not the `RuleSet` index: a member
-//! of the same room, with an address, subscribed to the sender, and neither the sender's send
-//! rule nor the receiver's receive rule for that media kind in force.
+//! Two sizes: many small rooms where commands collide often, and rooms of up to 140 members, so
+//! that members sit in several chunks and selective lists cross chunks.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 
+use super::testing::{Join, PlainRule, World, rtp_packet};
 use super::*;
 use crate::packet::rtp::Ssrc;
-use crate::rules::{
-    self, Basis, Direction, Match, Media, ParticipantRef, RuleId, RuleSet, RuleSpec, Subject,
-};
+use crate::rules::{Direction, Media};
 
-const ROOMS: u8 = 3;
-const MEMBERS: u8 = 5;
-const ADDRESSES: u16 = 8;
-const SSRCS: u32 = 10;
 const REGIONS: [[u8; 2]; 2] = [*b"CN", *b"RU"];
 
 #[derive(Clone, Debug)]
@@ -37,9 +30,21 @@ enum Command {
         only: Option<Vec<u8>>,
         region: Option<usize>,
     },
+    /// Members `first..first + n` join with fixed addresses, one audio track each, subscribing to
+    /// everybody: one compilation per join.
+    Crowd {
+        room: u8,
+        first: u8,
+        n: u8,
+    },
     Leave {
         room: u8,
         member: u8,
+    },
+    Latch {
+        room: u8,
+        member: u8,
+        addr: u16,
     },
     CloseRoom {
         room: u8,
@@ -56,20 +61,22 @@ enum Command {
     },
 }
 
-fn command() -> impl Strategy<Value = Command> {
+/// Commands over `rooms` rooms of member ids below `members`, addresses below `addresses`.
+fn command(rooms: u8, members: u8, addresses: u16) -> impl Strategy<Value = Command> {
     let direction = prop_oneof![
         Just(Direction::Send),
         Just(Direction::Receive),
         Just(Direction::Both)
     ];
     let media = prop_oneof![Just(Media::Audio), Just(Media::Video), Just(Media::All)];
+    let ssrcs = u32::from(members) * 2;
     prop_oneof![
         4 => (
-            0..ROOMS,
-            0..MEMBERS,
-            option::of(0..ADDRESSES),
-            vec((0..SSRCS, any::<bool>()), 0..3),
-            option::of(vec(0..MEMBERS, 0..3)),
+            0..rooms,
+            0..members,
+            option::of(0..addresses),
+            vec((0..ssrcs, any::<bool>()), 0..3),
+            option::of(vec(0..members, 0..4)),
             option::of(0..REGIONS.len()),
         )
             .prop_map(|(room, member, addr, tracks, only, region)| Command::Join {
@@ -80,12 +87,16 @@ fn command() -> impl Strategy<Value = Command> {
                 only,
                 region,
             }),
-        1 => (0..ROOMS, 0..MEMBERS).prop_map(|(room, member)| Command::Leave { room, member }),
-        1 => (0..ROOMS).prop_map(|room| Command::CloseRoom { room }),
+        1 => (0..rooms, 0..members, 1..members.max(2))
+            .prop_map(|(room, first, n)| Command::Crowd { room, first, n }),
+        2 => (0..rooms, 0..members).prop_map(|(room, member)| Command::Leave { room, member }),
+        1 => (0..rooms, 0..members, 0..addresses)
+            .prop_map(|(room, member, addr)| Command::Latch { room, member, addr }),
+        1 => (0..rooms).prop_map(|room| Command::CloseRoom { room }),
         2 => (
-            vec((0..ROOMS, 0..MEMBERS), 0..3),
+            vec((0..rooms, 0..members), 0..3),
             vec(0..REGIONS.len(), 0..2),
-            vec(0..ROOMS, 0..2),
+            vec(0..rooms, 0..2),
             direction,
             media,
         )
@@ -102,317 +113,121 @@ fn command() -> impl Strategy<Value = Command> {
     ]
 }
 
-#[derive(Debug)]
-struct Person {
-    addr: Option<SocketAddr>,
-    tracks: Vec<(Ssrc, MediaKind)>,
-    only: Option<BTreeSet<u8>>,
-    region: Option<[u8; 2]>,
-}
-
-#[derive(Debug)]
-struct PlainRule {
-    participants: BTreeSet<(u8, u8)>,
-    regions: BTreeSet<[u8; 2]>,
-    rooms: BTreeSet<u8>,
-    direction: Direction,
-    media: Media,
-}
-
-impl PlainRule {
-    /// The contract: in one of the rooms (none listed: any), and named or in a listed region.
-    fn matches(&self, room: u8, member: u8, region: Option<[u8; 2]>) -> bool {
-        (self.rooms.is_empty() || self.rooms.contains(&room))
-            && (self.participants.contains(&(room, member))
-                || region.is_some_and(|r| self.regions.contains(&r)))
-    }
-
-    fn blocks(&self, kind: MediaKind, send: bool) -> bool {
-        let direction = match self.direction {
-            Direction::Both => true,
-            Direction::Send => send,
-            Direction::Receive => !send,
-        };
-        let media = match (self.media, kind) {
-            (Media::All, _) => true,
-            (Media::Audio, k) => k == MediaKind::Audio,
-            (Media::Video, k) => k == MediaKind::Video,
-        };
-        direction && media
-    }
-}
-
-#[derive(Default)]
-struct Model {
-    rooms: BTreeMap<u8, BTreeMap<u8, Person>>,
-    rules: BTreeMap<u64, PlainRule>,
-    next_rule: u64,
-    // What the control thread keeps next to the model, to compile with.
-    set: RuleSet,
-    rule_counters: BTreeMap<u64, Arc<RuleCounters>>,
-    table: Table,
-}
-
-impl Model {
-    fn run(&mut self, command: Command) {
-        match command {
-            Command::Join {
-                room,
-                member,
-                addr,
-                tracks,
-                only,
-                region,
-            } => {
-                let addr = addr.map(address);
-                // Refused by the control plane (409): an address somebody else holds, an SSRC
-                // another member of the room declared.
-                if addr.is_some_and(|a| self.owner(a).is_some_and(|o| o != (room, member))) {
-                    return;
-                }
-                let mut declared: Vec<(Ssrc, MediaKind)> = Vec::new();
-                for (s, video) in tracks {
-                    if declared.iter().all(|(d, _)| d.0 != s) {
+fn run(world: &mut World, command: Command, members: u8) {
+    match command {
+        Command::Join {
+            room,
+            member,
+            addr,
+            tracks,
+            only,
+            region,
+        } => {
+            let join = Join {
+                addr: addr.map(address),
+                tracks: tracks
+                    .into_iter()
+                    .map(|(s, video)| {
                         let kind = if video {
                             MediaKind::Video
                         } else {
                             MediaKind::Audio
                         };
-                        declared.push((Ssrc(s), kind));
-                    }
-                }
-                let taken = self.rooms.get(&room).is_some_and(|people| {
-                    people.iter().any(|(id, p)| {
-                        *id != member
-                            && p.tracks.iter().any(|t| declared.iter().any(|d| d.0 == t.0))
+                        (Ssrc(s), kind)
                     })
-                });
-                if taken {
-                    return;
-                }
-                let person = Person {
-                    addr,
-                    tracks: declared,
-                    only: only.map(|l| l.into_iter().collect()),
-                    region: region.map(|r| REGIONS[r]),
+                    .collect(),
+                only: only.map(|l| l.into_iter().map(member_name).collect()),
+                region: region.map(|r| REGIONS[r]),
+                ice: None,
+            };
+            world.join(&room_name(room), &member_name(member), join);
+        }
+        Command::Crowd { room, first, n } => {
+            for m in first..first.saturating_add(n).min(members) {
+                let join = Join {
+                    // Addresses of their own, far from the others.
+                    addr: Some(address(10_000 + u16::from(room) * 256 + u16::from(m))),
+                    tracks: vec![(Ssrc(100_000 + u32::from(m)), MediaKind::Audio)],
+                    ..Join::default()
                 };
-                self.rooms.entry(room).or_default().insert(member, person);
-                self.recompile(room);
+                world.join(&room_name(room), &member_name(m), join);
             }
-            Command::Leave { room, member } => {
-                let Some(people) = self.rooms.get_mut(&room) else {
-                    return;
-                };
-                if people.remove(&member).is_some() {
-                    self.recompile(room);
-                }
+        }
+        Command::Leave { room, member } => world.leave(&room_name(room), &member_name(member)),
+        Command::Latch { room, member, addr } => {
+            if world
+                .person(&room_name(room), &member_name(member))
+                .is_some()
+            {
+                world.latch(&room_name(room), &member_name(member), address(addr));
             }
-            Command::CloseRoom { room } => {
-                if self.rooms.remove(&room).is_some() {
-                    self.table
-                        .apply(Update::RemoveRoom(RoomId(u32::from(room))));
-                }
-            }
-            Command::AddRule {
-                participants,
-                regions,
-                rooms,
+        }
+        Command::CloseRoom { room } => world.close(&room_name(room)),
+        Command::AddRule {
+            participants,
+            regions,
+            rooms,
+            direction,
+            media,
+        } => {
+            world.add_rule(PlainRule {
+                participants: participants
+                    .into_iter()
+                    .map(|(r, m)| (room_name(r), member_name(m)))
+                    .collect(),
+                regions: regions.into_iter().map(|r| REGIONS[r]).collect(),
+                rooms: rooms.into_iter().map(room_name).collect(),
                 direction,
                 media,
-            } => {
-                let rule = PlainRule {
-                    participants: participants.into_iter().collect(),
-                    regions: regions.into_iter().map(|r| REGIONS[r]).collect(),
-                    rooms: rooms.into_iter().collect(),
-                    direction,
-                    media,
-                };
-                let spec = RuleSpec {
-                    r#match: Match {
-                        regions: rule
-                            .regions
-                            .iter()
-                            .map(|r| String::from_utf8_lossy(r).into_owned())
-                            .collect(),
-                        participants: rule
-                            .participants
-                            .iter()
-                            .map(|&(r, m)| ParticipantRef {
-                                room: room_name(r),
-                                participant: member_name(m),
-                            })
-                            .collect(),
-                        rooms: rule.rooms.iter().map(|&r| room_name(r)).collect(),
-                    },
-                    direction,
-                    media,
-                    basis: Some(Basis {
-                        authority: "court".into(),
-                        reference: "case-1".into(),
-                        jurisdiction: "CN".into(),
-                    }),
-                    expires_at: Some("2099-01-01T00:00:00Z".into()),
-                };
-                let Ok(compiled) = rules::validate(&spec, 1_700_000_000) else {
-                    // Only a rule that names nobody is refused here.
-                    assert!(rule.participants.is_empty() && rule.regions.is_empty());
-                    return;
-                };
-                let id = self.next_rule;
-                self.next_rule += 1;
-                self.set.insert(RuleId(id), compiled);
-                self.rule_counters
-                    .insert(id, Arc::new(RuleCounters::new(1)));
-                self.rules.insert(id, rule);
-                for room in self.rooms_matching(id) {
-                    self.recompile(room);
-                }
-            }
-            Command::RemoveRule { index } => {
-                if self.rules.is_empty() {
-                    return;
-                }
-                let id = *self.rules.keys().nth(index % self.rules.len()).unwrap();
-                let touched = self.rooms_matching(id);
-                self.rules.remove(&id);
-                self.set.remove(RuleId(id)).unwrap();
-                for room in touched {
-                    self.recompile(room);
-                }
-            }
+            });
         }
-    }
-
-    /// Rooms with a member rule `id` matches: those the control thread recompiles.
-    fn rooms_matching(&self, id: u64) -> Vec<u8> {
-        let rule = &self.rules[&id];
-        self.rooms
-            .iter()
-            .filter(|(r, people)| people.iter().any(|(m, p)| rule.matches(**r, *m, p.region)))
-            .map(|(r, _)| *r)
-            .collect()
-    }
-
-    /// Compiles a room as `control::state::compile` does and installs it.
-    fn recompile(&mut self, room: u8) {
-        let people = &self.rooms[&room];
-        let index: BTreeMap<u8, usize> = people.keys().enumerate().map(|(i, m)| (*m, i)).collect();
-        let room_id = room_name(room);
-        let specs: Vec<MemberSpec> = people
-            .iter()
-            .map(|(&m, p)| {
-                let name = member_name(m);
-                let effect = self.set.effect(&Subject {
-                    room: &room_id,
-                    participant: &name,
-                    region: p.region,
-                });
-                let counter = |id: Option<RuleId>| id.map(|id| self.rule_counters[&id.0].clone());
-                let mut blocks = Blocks::default();
-                for (kind, media) in [
-                    (rules::Kind::Audio, MediaKind::Audio),
-                    (rules::Kind::Video, MediaKind::Video),
-                ] {
-                    blocks.send[media.index()] = counter(effect.send(kind));
-                    blocks.receive[media.index()] = counter(effect.receive(kind));
-                }
-                MemberSpec {
-                    name: Arc::from(name.as_str()),
-                    addr: p.addr,
-                    tracks: p.tracks.clone(),
-                    subscription: match &p.only {
-                        None => Subscription::All,
-                        Some(list) => Subscription::Only(
-                            list.iter().filter_map(|m| index.get(m).copied()).collect(),
-                        ),
-                    },
-                    blocks,
-                    counters: Arc::new(ParticipantCounters::new(1)),
-                    ice: None,
-                }
-            })
-            .collect();
-        let compiled = Room::compile(&specs).expect("SSRCs are unique within a room");
-        self.table
-            .apply(Update::Room(RoomId(u32::from(room)), Arc::new(compiled)));
-    }
-
-    /// Checks every track of every member with an address against the model, and that every
-    /// address nobody holds is an unknown source.
-    fn check(&self) -> Result<(), TestCaseError> {
-        prop_assert_eq!(self.table.rooms(), self.rooms.len());
-        for (&room, people) in &self.rooms {
-            for (&me, person) in people {
-                for &(ssrc, kind) in &person.tracks {
-                    let Some(src) = person.addr else {
-                        continue;
-                    };
-                    let (verdict, got) = route(&self.table, src, ssrc);
-                    prop_assert!(!got.contains(&src), "{me} got its own packet");
-                    let (expected_verdict, want) = self.expected(room, me, kind);
-                    prop_assert_eq!(verdict, expected_verdict, "room {} member {}", room, me);
-                    prop_assert_eq!(&got, &want, "room {} member {} ssrc {}", room, me, ssrc);
-                }
-            }
-        }
-        for a in 0..ADDRESSES + 2 {
-            let src = address(a);
-            if self.owner(src).is_none() {
-                let (verdict, got) = route(&self.table, src, Ssrc(0));
-                prop_assert_eq!(verdict, Verdict::Drop(DropReason::UnknownSource));
-                prop_assert!(got.is_empty());
-            }
-        }
-        Ok(())
-    }
-
-    /// What the model says a packet of `kind` from `me` does.
-    fn expected(&self, room: u8, me: u8, kind: MediaKind) -> (Verdict, BTreeSet<SocketAddr>) {
-        if self.blocked(room, me, kind, true) {
-            return (Verdict::Drop(DropReason::Rule), BTreeSet::new());
-        }
-        let people = &self.rooms[&room];
-        let want: BTreeSet<SocketAddr> = people
-            .iter()
-            .filter(|(them, p)| {
-                **them != me
-                    && p.only.as_ref().is_none_or(|list| list.contains(&me))
-                    && !self.blocked(room, **them, kind, false)
-            })
-            .filter_map(|(_, p)| p.addr)
-            .collect();
-        (Verdict::Forward(want.len()), want)
-    }
-
-    fn blocked(&self, room: u8, member: u8, kind: MediaKind, send: bool) -> bool {
-        let region = self.rooms[&room][&member].region;
-        self.rules
-            .values()
-            .any(|r| r.matches(room, member, region) && r.blocks(kind, send))
-    }
-
-    fn owner(&self, addr: SocketAddr) -> Option<(u8, u8)> {
-        self.rooms.iter().find_map(|(room, people)| {
-            people
-                .iter()
-                .find(|(_, p)| p.addr == Some(addr))
-                .map(|(m, _)| (*room, *m))
-        })
+        Command::RemoveRule { index } => world.remove_rule(index),
     }
 }
 
-fn route(table: &Table, src: SocketAddr, ssrc: Ssrc) -> (Verdict, BTreeSet<SocketAddr>) {
-    let mut buf = vec![0x80, 96, 0, 1, 0, 0, 0, 1];
-    buf.extend_from_slice(&ssrc.0.to_be_bytes());
-    buf.extend_from_slice(b"media");
-    let mut out = Vec::new();
-    let verdict = table.route(0, &src, &buf, |d| out.push(d.as_socket().unwrap()));
-    let set: BTreeSet<SocketAddr> = out.iter().copied().collect();
-    assert_eq!(set.len(), out.len(), "a destination twice");
-    if let Verdict::Forward(n) = verdict {
-        assert_eq!(n, out.len(), "the verdict counts the destinations");
+/// Checks one RTP packet from every `every`-th member with an address on each of its tracks,
+/// RTCP feedback to each of their publishers, and that strangers are unknown sources.
+fn check(world: &World, every: usize, strangers: u16) -> Result<(), TestCaseError> {
+    prop_assert_eq!(world.table.rooms(), world.rooms());
+    for (i, (room, id, addr)) in world.addressed().into_iter().enumerate() {
+        if i % every != 0 {
+            continue;
+        }
+        let person = world.person(&room, &id).expect("listed");
+        for &(ssrc, _) in &person.tracks {
+            world
+                .check_route(addr, &rtp_packet(ssrc, 96, b"media"))
+                .map_err(TestCaseError::fail)?;
+        }
+        // A PLI about the first track of each member of the room: feedback routing.
+        let about: BTreeSet<u32> = world
+            .everyone()
+            .into_iter()
+            .filter(|(r, _)| *r == room)
+            .filter_map(|(r, m)| world.person(&r, &m)?.tracks.first().map(|t| t.0.0))
+            .collect();
+        for media in about {
+            world
+                .check_route(addr, &pli(1, media))
+                .map_err(TestCaseError::fail)?;
+        }
     }
-    (verdict, set)
+    for a in 0..strangers {
+        let src = address(a);
+        if world.owner(src).is_none() {
+            world
+                .check_route(src, &rtp_packet(Ssrc(0), 96, b"x"))
+                .map_err(TestCaseError::fail)?;
+        }
+    }
+    Ok(())
+}
+
+fn pli(sender: u32, media: u32) -> Vec<u8> {
+    let mut p = vec![0x81, 206, 0x00, 0x02];
+    p.extend_from_slice(&sender.to_be_bytes());
+    p.extend_from_slice(&media.to_be_bytes());
+    p
 }
 
 fn address(n: u16) -> SocketAddr {
@@ -431,11 +246,24 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn table_matches_model(commands in vec(command(), 1..40)) {
-        let mut model = Model::default();
+    fn small_rooms_match_model(commands in vec(command(3, 5, 8), 1..40)) {
+        let mut world = World::new();
         for command in commands {
-            model.run(command);
-            model.check()?;
+            run(&mut world, command, 5);
+            check(&world, 1, 10)?;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn rooms_over_several_chunks_match_model(commands in vec(command(2, 140, 300), 1..30)) {
+        let mut world = World::new();
+        for command in commands {
+            run(&mut world, command, 140);
+            check(&world, 13, 4)?;
         }
     }
 }

@@ -1,11 +1,24 @@
-//! A room compiled for forwarding: fan-out lists with subscriptions and rules already applied.
+//! A room as the workers forward with it: an immutable, chunked snapshot of its members.
 //!
-//! The control thread compiles a room whenever its membership, a subscription, an address or a rule
-//! that touches one of its participants changes, and hands the same immutable `Arc<Room>` to every
-//! worker. Compiling costs O(participants × tracks × participants) of that room alone.
+//! Members sit in *slots*: slot `s` is entry `s % 64` of chunk `s / 64`. A room is a list of
+//! reference-counted chunks, so the next snapshot after a change shares every chunk the change
+//! did not touch: a join copies one chunk of at most 64 members and the list of chunk pointers,
+//! whatever the size of the room. Nobody keeps a per-track list of receivers. Each chunk keeps
+//! bitmasks instead, and a packet's receivers are read off them at send time:
+//!
+//! - `all[kind]`: members with an address who subscribe to everybody and whom no rule keeps from
+//!   media of that kind. A track's subscribe-all receivers are these bits, less the sender's own.
+//! - `present`: members with an address; `sends[kind]`: members with a track of that kind that no
+//!   rule stops at its sender (for SRTCP, which goes both ways).
+//! - The exceptions are small sorted lists kept per member: `only`, the slots a selective
+//!   subscriber listed, and `listeners`, the slots of the selective subscribers who listed this
+//!   member (a publisher's receivers beyond the `all` bits).
+//!
+//! Receive rules are counted per packet from room-wide groups (rule, subscribe-all members it
+//! blocks), adjusted for the sender, and per listener; a send rule stops the track outright.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use socket2::SockAddr;
@@ -14,8 +27,13 @@ use super::counter::{ParticipantCounters, RuleCounters};
 use super::ice::Credentials;
 use crate::packet::rtp::Ssrc;
 
+/// Members per chunk: one `u64` bitmask each.
+pub const CHUNK: usize = 64;
+
 /// The media kind of a track, as rules see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MediaKind {
     /// Audio track.
@@ -25,6 +43,9 @@ pub enum MediaKind {
 }
 
 impl MediaKind {
+    /// Both kinds, in [`MediaKind::index`] order.
+    pub const ALL: [Self; 2] = [Self::Audio, Self::Video];
+
     /// Index into per-kind arrays such as [`Blocks::send`].
     pub fn index(self) -> usize {
         match self {
@@ -63,201 +84,368 @@ impl Blocks {
     }
 }
 
-/// What one participant receives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Subscription {
-    /// Everybody else's media.
-    All,
-    /// Only the media of these members (indices into the room's member list).
-    Only(Vec<usize>),
-}
+/// A sorted list of slots, shared between snapshots until it changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SlotList(Option<Arc<[u16]>>);
 
-/// One participant, as the control thread describes it to the compiler.
-#[derive(Clone, Debug)]
-pub struct MemberSpec {
-    /// The participant id, for diagnostics.
-    pub name: Arc<str>,
-    /// Where its media comes from and goes to; `None` until it is set or latched.
-    pub addr: Option<SocketAddr>,
-    /// Declared tracks.
-    pub tracks: Vec<(Ssrc, MediaKind)>,
-    /// What it receives.
-    pub subscription: Subscription,
-    /// Rules in force on it.
-    pub blocks: Blocks,
-    /// Its counters, kept across recompilations.
-    pub counters: Arc<ParticipantCounters>,
-    /// Relay-side ICE credentials, for STUN latching.
-    pub ice: Option<Credentials>,
+impl SlotList {
+    /// A list from slots in any order, duplicates removed.
+    pub(crate) fn from_unsorted(mut slots: Vec<u16>) -> Self {
+        slots.sort_unstable();
+        slots.dedup();
+        Self((!slots.is_empty()).then(|| slots.into()))
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u16] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+
+    pub(crate) fn contains(&self, slot: u16) -> bool {
+        self.as_slice().binary_search(&slot).is_ok()
+    }
+
+    /// Adds a slot; a copy of the list, O(its length).
+    pub(crate) fn insert(&mut self, slot: u16) {
+        let list = self.as_slice();
+        if let Err(at) = list.binary_search(&slot) {
+            let mut v = Vec::with_capacity(list.len() + 1);
+            v.extend_from_slice(&list[..at]);
+            v.push(slot);
+            v.extend_from_slice(&list[at..]);
+            self.0 = Some(v.into());
+        }
+    }
+
+    /// Removes a slot; a copy of the list, O(its length).
+    pub(crate) fn remove(&mut self, slot: u16) {
+        let list = self.as_slice();
+        if let Ok(at) = list.binary_search(&slot) {
+            let v: Vec<u16> = list[..at].iter().chain(&list[at + 1..]).copied().collect();
+            self.0 = (!v.is_empty()).then(|| v.into());
+        }
+    }
 }
 
 /// A track compiled for forwarding.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Track {
     pub(crate) ssrc: Ssrc,
     pub(crate) kind: MediaKind,
-    /// Receivers (member indices) that get this track's packets.
-    pub(crate) fanout: Box<[u16]>,
     /// Set when a rule stops this track at its sender.
     pub(crate) send_block: Option<Arc<RuleCounters>>,
-    /// Receivers a rule keeps from this track, grouped by rule: (rule, number of receivers).
-    pub(crate) receive_blocks: Box<[(Arc<RuleCounters>, u64)]>,
 }
 
 /// A participant compiled for forwarding.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Member {
     pub(crate) name: Arc<str>,
     pub(crate) addr: Option<SocketAddr>,
     pub(crate) sockaddr: Option<SockAddr>,
-    pub(crate) tracks: Box<[Track]>,
+    pub(crate) tracks: Arc<[Track]>,
     pub(crate) counters: Arc<ParticipantCounters>,
     pub(crate) blocks: Blocks,
-    /// Bitset over member indices: who receives this member's media (subscription only).
-    pub(crate) subscribers: Box<[u64]>,
-    /// Where this member's encrypted SRTCP goes: every member it has an allowed media flow with,
-    /// in either direction.
-    pub(crate) srtcp_fanout: Box<[u16]>,
-    pub(crate) ice: Option<Credentials>,
+    /// `None`: subscribes to everybody; `Some`: only to the members in these slots.
+    pub(crate) only: Option<SlotList>,
+    /// Slots of the selective subscribers that list this member.
+    pub(crate) listeners: SlotList,
+    pub(crate) ice: Option<Arc<Credentials>>,
 }
 
-/// A compiled room.
-#[derive(Debug)]
+/// Up to [`CHUNK`] consecutive slots of a room and their bitmasks.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Chunk {
+    /// Per kind: members with an address who subscribe to everybody and may receive that kind.
+    pub(crate) all: [u64; 2],
+    /// Members with an address.
+    pub(crate) present: u64,
+    /// Per kind: members with a track of that kind that no rule stops.
+    pub(crate) sends: [u64; 2],
+    /// The members: as many slots as the last occupied one needs, rounded up to a power of two.
+    pub(crate) slots: Box<[Option<Member>]>,
+}
+
+/// A receive rule and the number of subscribe-all members with an address it blocks.
+pub(crate) type ReceiveGroup = (Arc<RuleCounters>, u64);
+
+/// A compiled room: what every worker forwards with, shared by all of them.
+#[derive(Clone, Debug, Default)]
 pub struct Room {
-    pub(crate) members: Box<[Member]>,
-    /// Media SSRC to (member, track) index, for routing receiver feedback.
-    pub(crate) ssrcs: HashMap<Ssrc, (u16, u16)>,
+    pub(crate) chunks: Box<[Arc<Chunk>]>,
+    /// Per kind: each receive rule in force on a subscribe-all member with an address, and how
+    /// many such members it blocks.
+    pub(crate) receive_blocked: [Box<[ReceiveGroup]>; 2],
+    pub(crate) members: usize,
 }
 
-/// Why a room cannot be compiled. The control thread checks these before it compiles, so seeing
-/// one means the caller skipped a check.
+/// Why a room cannot be compiled. The control core checks what leads to these before it
+/// compiles, so seeing one means the caller broke its side of the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompileError {
-    /// More members than a fan-out index can address.
+    /// Two participants were given the same slot.
+    SlotTaken(u16),
+    /// A slot beyond what a room can address.
     TooManyMembers,
-    /// Two members declare the same SSRC.
-    DuplicateSsrc(Ssrc),
 }
 
 impl Room {
-    /// Compiles a room from its members.
-    pub fn compile(specs: &[MemberSpec]) -> Result<Self, CompileError> {
-        if specs.len() > usize::from(u16::MAX) {
-            return Err(CompileError::TooManyMembers);
-        }
-        let words = specs.len().div_ceil(64);
-        let subscribes = |receiver: usize, sender: usize| -> bool {
-            receiver != sender
-                && match &specs[receiver].subscription {
-                    Subscription::All => true,
-                    Subscription::Only(list) => list.contains(&sender),
-                }
-        };
-
-        let mut ssrcs = HashMap::new();
-        let mut members = Vec::with_capacity(specs.len());
-        // flows[a][b]: some media of a may reach b (after rules), for SRTCP routing.
-        let mut flows = vec![vec![0u64; words]; specs.len()];
-        for (s, spec) in specs.iter().enumerate() {
-            let mut subscribers = vec![0u64; words].into_boxed_slice();
-            for r in 0..specs.len() {
-                if subscribes(r, s) {
-                    subscribers[r / 64] |= 1 << (r % 64);
-                }
-            }
-            let mut tracks = Vec::with_capacity(spec.tracks.len());
-            for (t, &(ssrc, kind)) in spec.tracks.iter().enumerate() {
-                if ssrcs.insert(ssrc, (s as u16, t as u16)).is_some() {
-                    return Err(CompileError::DuplicateSsrc(ssrc));
-                }
-                let send_block = spec.blocks.send[kind.index()].clone();
-                let mut fanout = Vec::new();
-                let mut receive_blocks: Vec<(Arc<RuleCounters>, u64)> = Vec::new();
-                for (r, receiver) in specs.iter().enumerate() {
-                    if receiver.addr.is_none() || !subscribes(r, s) {
-                        continue;
-                    }
-                    if send_block.is_some() {
-                        continue;
-                    }
-                    match &receiver.blocks.receive[kind.index()] {
-                        Some(rule) => match receive_blocks
-                            .iter_mut()
-                            .find(|(x, _)| Arc::ptr_eq(x, rule))
-                        {
-                            Some((_, n)) => *n += 1,
-                            None => receive_blocks.push((rule.clone(), 1)),
-                        },
-                        None => {
-                            fanout.push(r as u16);
-                            flows[s][r / 64] |= 1 << (r % 64);
-                            flows[r][s / 64] |= 1 << (s % 64);
-                        }
-                    }
-                }
-                tracks.push(Track {
-                    ssrc,
-                    kind,
-                    fanout: fanout.into(),
-                    send_block,
-                    receive_blocks: receive_blocks.into(),
-                });
-            }
-            members.push(Member {
-                name: spec.name.clone(),
-                addr: spec.addr,
-                sockaddr: spec.addr.map(SockAddr::from),
-                tracks: tracks.into(),
-                counters: spec.counters.clone(),
-                blocks: spec.blocks.clone(),
-                subscribers,
-                srtcp_fanout: Box::new([]),
-                ice: spec.ice.clone(),
-            });
-        }
-        for (m, member) in members.iter_mut().enumerate() {
-            member.srtcp_fanout = (0..specs.len())
-                .filter(|&r| flows[m][r / 64] & (1 << (r % 64)) != 0 && specs[r].addr.is_some())
-                .map(|r| r as u16)
-                .collect();
-        }
-        Ok(Self {
-            members: members.into(),
-            ssrcs,
-        })
+    /// An empty room: the base to compile a room from scratch.
+    pub fn empty() -> Self {
+        Self::default()
     }
 
     /// The number of members.
     pub fn len(&self) -> usize {
-        self.members.len()
+        self.members
     }
 
     /// Whether the room has no members.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.members == 0
     }
 
-    /// The ids of the members that receive the track `ssrc`, for tests and diagnostics.
-    pub fn receivers(&self, ssrc: Ssrc) -> Vec<Arc<str>> {
-        let Some(&(m, t)) = self.ssrcs.get(&ssrc) else {
-            return Vec::new();
+    /// The number of chunks: the unit of a hand-off of fan-out work and of copying on a change.
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// The occupied slots, in order.
+    pub fn slots(&self) -> impl Iterator<Item = u16> + '_ {
+        self.chunks.iter().enumerate().flat_map(|(c, chunk)| {
+            chunk
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.is_some())
+                .map(move |(i, _)| (c * CHUNK + i) as u16)
+        })
+    }
+
+    #[inline]
+    pub(crate) fn member(&self, slot: u16) -> Option<&Member> {
+        let s = usize::from(slot);
+        self.chunks.get(s / CHUNK)?.slots.get(s % CHUNK)?.as_ref()
+    }
+
+    /// Calls `emit` for each member that receives media of `kind` from the member in `slot`
+    /// (`sender`), within chunks `range`, in slot order; counts the copies that listeners'
+    /// receive rules stop. Returns the number emitted. The room-wide receive groups are counted
+    /// by [`Room::count_receive_blocked`], once per packet.
+    ///
+    /// A fan-out split over chunk ranges visits each receiver exactly once: that is how a hot
+    /// publisher's fan-out can be handed to other workers (docs/ARCHITECTURE.md).
+    #[inline]
+    pub(crate) fn each_receiver(
+        &self,
+        worker: usize,
+        slot: u16,
+        sender: &Member,
+        kind: MediaKind,
+        range: Range<usize>,
+        mut emit: impl FnMut(&Member, &SockAddr),
+    ) -> usize {
+        let k = kind.index();
+        let own = usize::from(slot);
+        let listeners = sender.listeners.as_slice();
+        let mut li = if range.start == 0 {
+            0
+        } else {
+            listeners.partition_point(|&l| usize::from(l) < range.start * CHUNK)
         };
-        self.members[usize::from(m)].tracks[usize::from(t)]
-            .fanout
-            .iter()
-            .map(|&r| self.members[usize::from(r)].name.clone())
-            .collect()
+        let mut sent = 0;
+        let end = range.end.min(self.chunks.len());
+        for c in range.start..end {
+            let chunk = &self.chunks[c];
+            let mut mask = chunk.all[k];
+            if own / CHUNK == c {
+                mask &= !(1u64 << (own % CHUNK));
+            }
+            while let Some(&l) = listeners.get(li) {
+                let l = usize::from(l);
+                if l / CHUNK != c {
+                    break;
+                }
+                li += 1;
+                let bit = 1u64 << (l % CHUNK);
+                if chunk.present & bit == 0 {
+                    continue;
+                }
+                if let Some(Some(r)) = chunk.slots.get(l % CHUNK) {
+                    match &r.blocks.receive[k] {
+                        Some(rule) => rule.dropped_receive.add(worker, 1),
+                        None => mask |= bit,
+                    }
+                }
+            }
+            while mask != 0 {
+                let i = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if let Some(Some(r)) = chunk.slots.get(i)
+                    && let Some(dest) = &r.sockaddr
+                {
+                    emit(r, dest);
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    }
+
+    /// Adds to each receive rule's counter the subscribe-all members it keeps from this packet
+    /// of `kind` (the sender itself excepted).
+    #[inline]
+    pub(crate) fn count_receive_blocked(&self, worker: usize, sender: &Member, kind: MediaKind) {
+        let k = kind.index();
+        for (rule, n) in self.receive_blocked[k].iter() {
+            let own = sender.only.is_none()
+                && sender.sockaddr.is_some()
+                && sender.blocks.receive[k]
+                    .as_ref()
+                    .is_some_and(|r| Arc::ptr_eq(r, rule));
+            let n = n - u64::from(own);
+            if n > 0 {
+                rule.dropped_receive.add(worker, n);
+            }
+        }
+    }
+
+    /// Whether the member in `receiver` gets media of `kind` from the member in `slot`: the
+    /// fan-out's test for one receiver.
+    pub(crate) fn receives(
+        &self,
+        slot: u16,
+        sender: &Member,
+        kind: MediaKind,
+        receiver: u16,
+    ) -> bool {
+        if receiver == slot {
+            return false;
+        }
+        let r = usize::from(receiver);
+        let Some(chunk) = self.chunks.get(r / CHUNK) else {
+            return false;
+        };
+        let bit = 1u64 << (r % CHUNK);
+        if chunk.all[kind.index()] & bit != 0 {
+            return true;
+        }
+        chunk.present & bit != 0
+            && sender.listeners.contains(receiver)
+            && self
+                .member(receiver)
+                .is_some_and(|m| m.blocks.receive[kind.index()].is_none())
+    }
+
+    /// Calls `emit` for every member with an address that has an allowed media flow with the
+    /// member in `slot`, either way: where its SRTCP goes. Returns the number emitted.
+    pub(crate) fn each_flow_peer(
+        &self,
+        slot: u16,
+        me: &Member,
+        mut emit: impl FnMut(&SockAddr),
+    ) -> usize {
+        let own = usize::from(slot);
+        // Kinds `me` sends unblocked, and kinds it may receive.
+        let mut out = [false; 2];
+        for t in me.tracks.iter() {
+            out[t.kind.index()] |= t.send_block.is_none();
+        }
+        let inn = [0, 1].map(|k| me.blocks.receive[k].is_none());
+        let listeners = me.listeners.as_slice();
+        let only = me.only.as_ref().map(SlotList::as_slice);
+        let (mut li, mut oi) = (0, 0);
+        let mut sent = 0;
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            let mut mask = 0u64;
+            for k in 0..2 {
+                if out[k] {
+                    mask |= chunk.all[k];
+                }
+                if inn[k] && only.is_none() {
+                    mask |= chunk.sends[k];
+                }
+            }
+            while let Some(&l) = listeners.get(li) {
+                let l = usize::from(l);
+                if l / CHUNK != c {
+                    break;
+                }
+                li += 1;
+                if let Some(Some(r)) = chunk.slots.get(l % CHUNK)
+                    && (0..2).any(|k| out[k] && r.blocks.receive[k].is_none())
+                {
+                    mask |= 1u64 << (l % CHUNK);
+                }
+            }
+            if let Some(only) = only {
+                while let Some(&p) = only.get(oi) {
+                    let p = usize::from(p);
+                    if p / CHUNK != c {
+                        break;
+                    }
+                    oi += 1;
+                    let bit = 1u64 << (p % CHUNK);
+                    if (0..2).any(|k| inn[k] && chunk.sends[k] & bit != 0) {
+                        mask |= bit;
+                    }
+                }
+            }
+            mask &= chunk.present;
+            if own / CHUNK == c {
+                mask &= !(1u64 << (own % CHUNK));
+            }
+            while mask != 0 {
+                let i = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if let Some(Some(r)) = chunk.slots.get(i)
+                    && let Some(dest) = &r.sockaddr
+                {
+                    emit(dest);
+                    sent += 1;
+                }
+            }
+        }
+        sent
     }
 }
 
 impl Member {
+    #[inline]
     pub(crate) fn track(&self, ssrc: Ssrc) -> Option<&Track> {
         self.tracks.iter().find(|t| t.ssrc == ssrc)
     }
 
-    pub(crate) fn is_subscriber(&self, member: usize) -> bool {
-        self.subscribers
-            .get(member / 64)
-            .is_some_and(|w| w & (1 << (member % 64)) != 0)
+    /// Whether this member, in slot `me`, subscribes to the member in slot `publisher`.
+    pub(crate) fn subscribes(&self, me: u16, publisher: u16) -> bool {
+        me != publisher && self.only.as_ref().is_none_or(|l| l.contains(publisher))
+    }
+}
+
+impl Chunk {
+    /// A chunk of these members (at most [`CHUNK`]), with its bitmasks.
+    pub(crate) fn new(slots: Vec<Option<Member>>) -> Self {
+        let mut chunk = Self::default();
+        for (i, m) in slots.iter().enumerate() {
+            let Some(m) = m else {
+                continue;
+            };
+            let bit = 1u64 << i;
+            if m.sockaddr.is_some() {
+                chunk.present |= bit;
+                if m.only.is_none() {
+                    for k in 0..2 {
+                        if m.blocks.receive[k].is_none() {
+                            chunk.all[k] |= bit;
+                        }
+                    }
+                }
+            }
+            for t in m.tracks.iter() {
+                if t.send_block.is_none() {
+                    chunk.sends[t.kind.index()] |= bit;
+                }
+            }
+        }
+        chunk.slots = slots.into();
+        chunk
     }
 }

@@ -3,6 +3,11 @@
 //! Calling order for a worker: `apply` every pending [`Update`] between batches, then `route` each
 //! datagram of the batch. `route` never allocates, locks or copies: it looks up the source address
 //! once, finds the track, and hands each destination to the caller's `emit`.
+//!
+//! The table holds each room's snapshot (`Arc<Room>`, shared with the other workers) and three
+//! indexes of its own: source address and ICE ufrag to (room, slot), and per room SSRC to (slot,
+//! track) for receiver feedback. An update names the slots that changed, so applying it costs
+//! O(those slots), whatever the size of the room.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,6 +17,7 @@ use socket2::SockAddr;
 
 use super::ice::{self, Latch, StunAction, StunGuard};
 use super::room::{Member, Room};
+use crate::packet::rtp::Ssrc;
 use crate::packet::{demux, rtcp, rtp};
 
 /// A room handle assigned by the control thread.
@@ -21,8 +27,16 @@ pub struct RoomId(pub u32);
 /// A change to a worker's table.
 #[derive(Clone, Debug)]
 pub enum Update {
-    /// Install or replace a compiled room.
-    Room(RoomId, Arc<Room>),
+    /// Install a room's next snapshot.
+    Room {
+        /// The room.
+        id: RoomId,
+        /// Its snapshot, shared by every worker.
+        room: Arc<Room>,
+        /// The slots whose member differs from the snapshot installed before (sorted). A room
+        /// new to the worker is indexed whole.
+        slots: Arc<[u16]>,
+    },
     /// Remove a room and all its members' addresses.
     RemoveRoom(RoomId),
 }
@@ -122,11 +136,25 @@ const MAX_FEEDBACK_TARGETS: usize = 16;
 /// One worker's routing table.
 #[derive(Debug, Default)]
 pub struct Table {
-    rooms: HashMap<RoomId, Arc<Room>>,
+    /// Installed rooms; an index here is a room's handle in the other indexes.
+    rooms: Vec<Option<Installed>>,
+    free: Vec<u32>,
+    ids: HashMap<RoomId, u32>,
     // Keys come from the network: std's keyed SipHash resists collision floods.
-    by_addr: HashMap<SocketAddr, (Arc<Room>, u16)>,
-    by_ufrag: HashMap<Box<[u8]>, (RoomId, Arc<Room>, u16)>,
+    by_addr: HashMap<SocketAddr, (u32, u16)>,
+    by_ufrag: HashMap<Box<[u8]>, (u32, u16)>,
 }
+
+/// A room in a worker's table.
+#[derive(Debug)]
+struct Installed {
+    id: RoomId,
+    room: Arc<Room>,
+    /// Media SSRC to (slot, track index), for routing receiver feedback.
+    ssrcs: Ssrcs,
+}
+
+type Ssrcs = HashMap<Ssrc, (u16, u16)>;
 
 impl Table {
     /// An empty table.
@@ -134,56 +162,108 @@ impl Table {
         Self::default()
     }
 
-    /// Applies one update. Costs O(members of the room it touches).
+    /// Applies one update. Costs O(slots it names), or O(members) to install or remove a room.
     pub fn apply(&mut self, update: Update) {
         match update {
-            Update::Room(id, room) => {
-                self.unindex(id);
-                for (i, m) in room.members.iter().enumerate() {
-                    if let Some(addr) = m.addr {
-                        self.by_addr.insert(addr, (room.clone(), i as u16));
+            Update::Room { id, room, slots } => {
+                let (index, mut installed, fresh) = match self.ids.get(&id) {
+                    Some(&i) => match self.rooms[i as usize].take() {
+                        Some(r) => (i, r, false),
+                        None => (i, Installed::new(id), true),
+                    },
+                    None => {
+                        let i = self.free.pop().unwrap_or_else(|| {
+                            self.rooms.push(None);
+                            (self.rooms.len() - 1) as u32
+                        });
+                        self.ids.insert(id, i);
+                        (i, Installed::new(id), true)
                     }
-                    if let Some(ice) = &m.ice {
-                        let key: Box<[u8]> = ice.ufrag.as_bytes().into();
-                        self.by_ufrag.insert(key, (id, room.clone(), i as u16));
+                };
+                let old = std::mem::replace(&mut installed.room, room);
+                let all: Vec<u16>;
+                let slots: &[u16] = if fresh {
+                    all = installed.room.slots().collect();
+                    &all
+                } else {
+                    &slots
+                };
+                for &s in slots {
+                    if let Some(m) = old.member(s) {
+                        self.unindex(index, &mut installed.ssrcs, s, m);
                     }
                 }
-                self.rooms.insert(id, room);
+                for &s in slots {
+                    if let Some(m) = installed.room.member(s) {
+                        self.index(index, &mut installed.ssrcs, s, m);
+                    }
+                }
+                self.rooms[index as usize] = Some(installed);
             }
             Update::RemoveRoom(id) => {
-                self.unindex(id);
-                self.rooms.remove(&id);
+                let Some(index) = self.ids.remove(&id) else {
+                    return;
+                };
+                if let Some(mut installed) = self.rooms[index as usize].take() {
+                    let room = installed.room.clone();
+                    for s in room.slots() {
+                        if let Some(m) = room.member(s) {
+                            self.unindex(index, &mut installed.ssrcs, s, m);
+                        }
+                    }
+                }
+                self.free.push(index);
             }
         }
     }
 
-    fn unindex(&mut self, id: RoomId) {
-        let Some(old) = self.rooms.get(&id) else {
-            return;
-        };
-        for m in old.members.iter() {
-            if let Some(addr) = m.addr
-                && self
-                    .by_addr
-                    .get(&addr)
-                    .is_some_and(|(r, _)| Arc::ptr_eq(r, old))
-            {
-                self.by_addr.remove(&addr);
-            }
-            if let Some(ice) = &m.ice
-                && self
-                    .by_ufrag
-                    .get(ice.ufrag.as_bytes())
-                    .is_some_and(|(_, r, _)| Arc::ptr_eq(r, old))
-            {
-                self.by_ufrag.remove(ice.ufrag.as_bytes());
+    fn index(&mut self, index: u32, ssrcs: &mut Ssrcs, slot: u16, m: &Member) {
+        if let Some(addr) = m.addr {
+            self.by_addr.insert(addr, (index, slot));
+        }
+        if let Some(ice) = &m.ice {
+            self.by_ufrag
+                .insert(ice.ufrag.as_bytes().into(), (index, slot));
+        }
+        for (t, track) in m.tracks.iter().enumerate() {
+            ssrcs.insert(track.ssrc, (slot, t as u16));
+        }
+    }
+
+    /// Removes what `m` in `slot` put in the indexes; entries that moved to another member or
+    /// room since (an address taken over in the same round) stay.
+    fn unindex(&mut self, index: u32, ssrcs: &mut Ssrcs, slot: u16, m: &Member) {
+        if let Some(addr) = m.addr
+            && self.by_addr.get(&addr) == Some(&(index, slot))
+        {
+            self.by_addr.remove(&addr);
+        }
+        if let Some(ice) = &m.ice
+            && self.by_ufrag.get(ice.ufrag.as_bytes()) == Some(&(index, slot))
+        {
+            self.by_ufrag.remove(ice.ufrag.as_bytes());
+        }
+        for track in m.tracks.iter() {
+            if ssrcs.get(&track.ssrc).is_some_and(|(s, _)| *s == slot) {
+                ssrcs.remove(&track.ssrc);
             }
         }
     }
 
     /// The number of rooms installed.
     pub fn rooms(&self) -> usize {
-        self.rooms.len()
+        self.ids.len()
+    }
+
+    /// The snapshot of room `id` this worker forwards with.
+    pub fn room(&self, id: RoomId) -> Option<&Arc<Room>> {
+        let i = *self.ids.get(&id)?;
+        self.installed(i).map(|r| &r.room)
+    }
+
+    #[inline]
+    fn installed(&self, index: u32) -> Option<&Installed> {
+        self.rooms.get(index as usize)?.as_ref()
     }
 
     /// Answers a STUN datagram (after [`Table::route`] said [`Verdict::Stun`]): writes the
@@ -206,22 +286,27 @@ impl Table {
         let Some(username) = msg.username() else {
             return StunAction::Drop(DropReason::StunUnauthorized);
         };
-        let Some((room_id, room, index)) = self.by_ufrag.get(ice::local_ufrag(username)) else {
+        let Some(&(index, slot)) = self.by_ufrag.get(ice::local_ufrag(username)) else {
             return StunAction::Drop(DropReason::StunUnknownUser);
         };
         if !ice::allow(guard, now_ms, src) {
             return StunAction::Drop(DropReason::StunRateLimited);
         }
-        let member = &room.members[usize::from(*index)];
+        let Some(installed) = self.installed(index) else {
+            return StunAction::Drop(DropReason::StunUnknownUser);
+        };
+        let Some(member) = installed.room.member(slot) else {
+            return StunAction::Drop(DropReason::StunUnknownUser);
+        };
         let Some(creds) = &member.ice else {
             return StunAction::Drop(DropReason::StunUnknownUser);
         };
         match ice::answer(&msg, *src, creds.pwd.as_bytes(), out) {
             Ok(len) => {
-                member.counters.stun_ok.add(worker, 1);
+                member.counters.stun_ok().add(worker, 1);
                 let latch =
                     (member.addr != Some(*src) && msg.ice_controlled().is_none()).then(|| Latch {
-                        room: *room_id,
+                        room: installed.id,
                         participant: member.name.clone(),
                         addr: *src,
                     });
@@ -249,44 +334,70 @@ impl Table {
             demux::Kind::Dtls => return Verdict::Drop(DropReason::Dtls),
             demux::Kind::Other => return Verdict::Drop(DropReason::NotMedia),
         }
-        let Some((room, index)) = self.by_addr.get(src) else {
+        let Some(&(index, slot)) = self.by_addr.get(src) else {
             return Verdict::Drop(DropReason::UnknownSource);
         };
-        let index = usize::from(*index);
-        let member = &room.members[index];
-        member.counters.packets_in.add(worker, 1);
-        member.counters.bytes_in.add(worker, buf.len() as u64);
+        let Some(installed) = self.installed(index) else {
+            return Verdict::Drop(DropReason::UnknownSource);
+        };
+        let Some(member) = installed.room.member(slot) else {
+            return Verdict::Drop(DropReason::UnknownSource);
+        };
+        member.counters.packets_in().add(worker, 1);
+        member.counters.bytes_in().add(worker, buf.len() as u64);
+        let from = Sender {
+            room: &installed.room,
+            slot,
+            member,
+        };
         let verdict = if kind == demux::Kind::Rtp {
-            route_rtp(worker, room, member, buf, &mut emit)
+            route_rtp(worker, &from, buf, &mut emit)
         } else {
-            route_rtcp(worker, room, index, buf, &mut emit)
+            route_rtcp(worker, installed, &from, buf, &mut emit)
         };
         if matches!(verdict, Verdict::Drop(_)) {
-            member.counters.packets_dropped.add(worker, 1);
+            member.counters.packets_dropped().add(worker, 1);
         }
         verdict
     }
 }
 
+impl Installed {
+    fn new(id: RoomId) -> Self {
+        Self {
+            id,
+            room: Arc::new(Room::empty()),
+            ssrcs: HashMap::new(),
+        }
+    }
+}
+
+/// The member a datagram came from.
+struct Sender<'r> {
+    room: &'r Room,
+    slot: u16,
+    member: &'r Member,
+}
+
 fn route_rtp(
     worker: usize,
-    room: &Room,
-    member: &Member,
+    from: &Sender<'_>,
     buf: &[u8],
     emit: &mut impl FnMut(&SockAddr),
 ) -> Verdict {
     let Ok(packet) = rtp::Packet::new_checked(buf) else {
         return Verdict::Drop(DropReason::MalformedRtp);
     };
-    let Some(track) = member.track(packet.ssrc()) else {
+    let Some(track) = from.member.track(packet.ssrc()) else {
         return Verdict::Drop(DropReason::UndeclaredSsrc);
     };
-    fan_out(worker, room, track, emit)
+    fan_out(worker, from, track, emit)
 }
 
+#[inline]
 fn fan_out(
     worker: usize,
-    room: &Room,
+    from: &Sender<'_>,
     track: &super::room::Track,
     emit: &mut impl FnMut(&SockAddr),
 ) -> Verdict {
@@ -294,27 +405,26 @@ fn fan_out(
         rule.dropped_send.add(worker, 1);
         return Verdict::Drop(DropReason::Rule);
     }
-    for (rule, n) in track.receive_blocks.iter() {
-        rule.dropped_receive.add(worker, *n);
-    }
-    let mut sent = 0;
-    for &r in track.fanout.iter() {
-        if let Some(dest) = &room.members[usize::from(r)].sockaddr {
-            emit(dest);
-            sent += 1;
-        }
-    }
+    let room = from.room;
+    room.count_receive_blocked(worker, from.member, track.kind);
+    let sent = room.each_receiver(
+        worker,
+        from.slot,
+        from.member,
+        track.kind,
+        0..room.chunks.len(),
+        |_, dest| emit(dest),
+    );
     Verdict::Forward(sent)
 }
 
 fn route_rtcp(
     worker: usize,
-    room: &Room,
-    index: usize,
+    installed: &Installed,
+    from: &Sender<'_>,
     buf: &[u8],
     emit: &mut impl FnMut(&SockAddr),
 ) -> Verdict {
-    let member = &room.members[index];
     let Ok(route) = rtcp::classify(buf) else {
         return Verdict::Drop(DropReason::MalformedRtcp);
     };
@@ -325,19 +435,16 @@ fn route_rtcp(
             sender,
             also_feedback,
         } => {
-            let Some(track) = member.track(sender) else {
+            let Some(track) = from.member.track(sender) else {
                 return Verdict::Drop(DropReason::UndeclaredSsrc);
             };
-            let verdict = fan_out(worker, room, track, emit);
+            let verdict = fan_out(worker, from, track, emit);
             let Some(feedback) = also_feedback else {
                 return verdict;
             };
-            let skip = if verdict == Verdict::Drop(DropReason::Rule) {
-                &[][..]
-            } else {
-                &track.fanout[..]
-            };
-            let (sent, _) = route_feedback(worker, room, index, feedback, skip, emit);
+            // Publishers that got the report already are not sent it again.
+            let skip = (verdict != Verdict::Drop(DropReason::Rule)).then_some(track.kind);
+            let (sent, _) = route_feedback(worker, installed, from, feedback, skip, emit);
             match verdict {
                 Verdict::Forward(n) => Verdict::Forward(n + sent),
                 _ if sent > 0 => Verdict::Forward(sent),
@@ -345,52 +452,53 @@ fn route_rtcp(
             }
         }
         rtcp::Route::Feedback { feedback, .. } => {
-            match route_feedback(worker, room, index, feedback, &[], emit) {
+            match route_feedback(worker, installed, from, feedback, None, emit) {
                 (0, true) => Verdict::Drop(DropReason::Rule),
                 (0, false) => Verdict::Drop(DropReason::NoRoute),
                 (sent, _) => Verdict::Forward(sent),
             }
         }
-        rtcp::Route::Encrypted { .. } => {
-            let mut sent = 0;
-            for &r in member.srtcp_fanout.iter() {
-                if let Some(dest) = &room.members[usize::from(r)].sockaddr {
-                    emit(dest);
-                    sent += 1;
-                }
-            }
-            Verdict::Forward(sent)
-        }
+        rtcp::Route::Encrypted { .. } => Verdict::Forward(from.room.each_flow_peer(
+            from.slot,
+            from.member,
+            |d| emit(d),
+        )),
     }
 }
 
-/// Sends receiver feedback from member `index` to the publishers of the media SSRCs it names,
-/// once per publisher, skipping those in `skip`. Returns (sent, whether a rule stopped some).
+/// Sends receiver feedback from `from` to the publishers of the media SSRCs it names, once per
+/// publisher, skipping those that receive `from`'s media of kind `skip` (they got the compound
+/// already). Returns (sent, whether a rule stopped some).
 fn route_feedback(
     worker: usize,
-    room: &Room,
-    index: usize,
+    installed: &Installed,
+    from: &Sender<'_>,
     feedback: rtcp::Feedback<'_>,
-    skip: &[u16],
+    skip: Option<super::room::MediaKind>,
     emit: &mut impl FnMut(&SockAddr),
 ) -> (usize, bool) {
-    let member = &room.members[index];
+    let room = from.room;
+    let member = from.member;
     let mut targets = [0u16; MAX_FEEDBACK_TARGETS];
     let mut n = 0;
     let mut blocked = false;
     for ssrc in feedback.media_ssrcs() {
-        let Some(&(publisher, t)) = room.ssrcs.get(&ssrc) else {
+        let Some(&(publisher, t)) = installed.ssrcs.get(&ssrc) else {
             continue;
         };
-        let p = usize::from(publisher);
-        let owner = &room.members[p];
-        let kind = owner.tracks[usize::from(t)].kind.index();
+        let Some(owner) = room.member(publisher) else {
+            continue;
+        };
+        let Some(track) = owner.tracks.get(usize::from(t)) else {
+            continue;
+        };
+        let kind = track.kind.index();
         // Feedback travels against the media flow: it passes only where that flow is allowed,
         // and a rule on either end stops it.
-        if p == index
-            || !owner.is_subscriber(index)
+        if publisher == from.slot
+            || !member.subscribes(from.slot, publisher)
             || targets[..n].contains(&publisher)
-            || skip.contains(&publisher)
+            || skip.is_some_and(|k| room.receives(from.slot, member, k, publisher))
         {
             continue;
         }
@@ -414,7 +522,7 @@ fn route_feedback(
     }
     let mut sent = 0;
     for &p in &targets[..n] {
-        if let Some(dest) = &room.members[usize::from(p)].sockaddr {
+        if let Some(dest) = room.member(p).and_then(|m| m.sockaddr.as_ref()) {
             emit(dest);
             sent += 1;
         }

@@ -3,20 +3,28 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::testing::same_room;
 use super::*;
 use crate::packet::rtp::Ssrc;
+use crate::rules::RuleSet;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn member(name: &str, port: Option<u16>, tracks: &[(u32, MediaKind)]) -> MemberSpec {
-    MemberSpec {
-        name: Arc::from(name),
+fn member<'a>(
+    id: &'a str,
+    slot: u16,
+    port: Option<u16>,
+    tracks: &[(u32, MediaKind)],
+) -> Participant<'a> {
+    Participant {
+        id,
+        slot,
+        region: None,
         addr: port.map(addr),
         tracks: tracks.iter().map(|&(s, k)| (Ssrc(s), k)).collect(),
-        subscription: Subscription::All,
-        blocks: Blocks::default(),
+        subscribe: None,
         counters: Arc::new(ParticipantCounters::new(1)),
         ice: None,
     }
@@ -36,21 +44,30 @@ fn route(table: &Table, from: u16, buf: &[u8]) -> (Verdict, Vec<SocketAddr>) {
     (v, out)
 }
 
-fn table_with(specs: &[MemberSpec]) -> Table {
+fn compiled(participants: &[Participant<'_>], rules: &RuleSet) -> Compiled {
+    compile_all("r", participants, rules, |_| None).unwrap()
+}
+
+fn install(t: &mut Table, c: Compiled) {
+    t.apply(Update::Room {
+        id: RoomId(1),
+        room: c.room,
+        slots: c.slots,
+    });
+}
+
+fn table_with(participants: &[Participant<'_>]) -> Table {
     let mut t = Table::new();
-    t.apply(Update::Room(
-        RoomId(1),
-        Arc::new(Room::compile(specs).unwrap()),
-    ));
+    install(&mut t, compiled(participants, &RuleSet::new()));
     t
 }
 
 #[test]
 fn fan_out_reaches_everyone_else() {
     let t = table_with(&[
-        member("a", Some(1), &[(11, MediaKind::Audio)]),
-        member("b", Some(2), &[(22, MediaKind::Video)]),
-        member("c", Some(3), &[]),
+        member("a", 0, Some(1), &[(11, MediaKind::Audio)]),
+        member("b", 1, Some(2), &[(22, MediaKind::Video)]),
+        member("c", 2, Some(3), &[]),
     ]);
     assert_eq!(
         route(&t, 1, &rtp(11)),
@@ -65,8 +82,8 @@ fn fan_out_reaches_everyone_else() {
 #[test]
 fn unknown_source_and_undeclared_ssrc_drop() {
     let t = table_with(&[
-        member("a", Some(1), &[(11, MediaKind::Audio)]),
-        member("b", Some(2), &[]),
+        member("a", 0, Some(1), &[(11, MediaKind::Audio)]),
+        member("b", 1, Some(2), &[]),
     ]);
     assert_eq!(
         route(&t, 9, &rtp(11)).0,
@@ -92,11 +109,12 @@ fn unknown_source_and_undeclared_ssrc_drop() {
 
 #[test]
 fn subscriptions_limit_fan_out() {
-    let mut c = member("c", Some(3), &[]);
-    c.subscription = Subscription::Only(vec![1]);
+    let list = ["b".to_owned()];
+    let mut c = member("c", 2, Some(3), &[]);
+    c.subscribe = Some(&list);
     let t = table_with(&[
-        member("a", Some(1), &[(11, MediaKind::Audio)]),
-        member("b", Some(2), &[(22, MediaKind::Audio)]),
+        member("a", 0, Some(1), &[(11, MediaKind::Audio)]),
+        member("b", 1, Some(2), &[(22, MediaKind::Audio)]),
         c,
     ]);
     assert_eq!(route(&t, 1, &rtp(11)).1, vec![addr(2)]);
@@ -105,17 +123,35 @@ fn subscriptions_limit_fan_out() {
 
 #[test]
 fn rules_shape_fan_out_and_count() {
+    let mut rules = RuleSet::new();
+    let rule = |who: &str, direction: &str, media: &str| {
+        let spec = serde_json::json!({
+            "match": {"participants": [{"room": "r", "participant": who}]},
+            "direction": direction, "media": media,
+            "basis": {"authority": "A", "reference": "1", "jurisdiction": "US"},
+            "expires_at": "2099-01-01T00:00:00Z"});
+        crate::rules::compile(&crate::rules::parse(spec.to_string().as_bytes()).unwrap()).unwrap()
+    };
+    rules.insert(crate::rules::RuleId(1), rule("a", "send", "video"));
+    rules.insert(crate::rules::RuleId(2), rule("c", "receive", "audio"));
     let send = Arc::new(RuleCounters::new(1));
     let recv = Arc::new(RuleCounters::new(1));
-    let mut a = member(
-        "a",
-        Some(1),
-        &[(11, MediaKind::Audio), (12, MediaKind::Video)],
+    let counters = |id: crate::rules::RuleId| Some(if id.0 == 1 { &send } else { &recv }.clone());
+    let participants = [
+        member(
+            "a",
+            0,
+            Some(1),
+            &[(11, MediaKind::Audio), (12, MediaKind::Video)],
+        ),
+        member("b", 1, Some(2), &[]),
+        member("c", 2, Some(3), &[]),
+    ];
+    let mut t = Table::new();
+    install(
+        &mut t,
+        compile_all("r", &participants, &rules, counters).unwrap(),
     );
-    a.blocks.send[MediaKind::Video.index()] = Some(send.clone());
-    let mut c = member("c", Some(3), &[]);
-    c.blocks.receive[MediaKind::Audio.index()] = Some(recv.clone());
-    let t = table_with(&[a, member("b", Some(2), &[]), c]);
     assert_eq!(route(&t, 1, &rtp(11)), (Verdict::Forward(1), vec![addr(2)]));
     assert_eq!(recv.dropped_receive.sum(), 1);
     assert_eq!(route(&t, 1, &rtp(12)).0, Verdict::Drop(DropReason::Rule));
@@ -125,8 +161,8 @@ fn rules_shape_fan_out_and_count() {
 #[test]
 fn removing_a_room_forgets_its_addresses() {
     let mut t = table_with(&[
-        member("a", Some(1), &[(11, MediaKind::Audio)]),
-        member("b", Some(2), &[]),
+        member("a", 0, Some(1), &[(11, MediaKind::Audio)]),
+        member("b", 1, Some(2), &[]),
     ]);
     t.apply(Update::RemoveRoom(RoomId(1)));
     assert_eq!(
@@ -137,17 +173,33 @@ fn removing_a_room_forgets_its_addresses() {
 }
 
 #[test]
-fn replacing_a_room_drops_a_removed_member() {
-    let mut t = table_with(&[
-        member("a", Some(1), &[(11, MediaKind::Audio)]),
-        member("b", Some(2), &[]),
-        member("c", Some(3), &[]),
-    ]);
-    let room = Room::compile(&[
-        member("a", Some(1), &[(11, MediaKind::Audio)]),
-        member("b", Some(2), &[]),
-    ]);
-    t.apply(Update::Room(RoomId(1), Arc::new(room.unwrap())));
+fn a_leave_reindexes_only_its_slot() {
+    let everyone = [
+        member("a", 0, Some(1), &[(11, MediaKind::Audio)]),
+        member("b", 1, Some(2), &[]),
+        member("c", 2, Some(3), &[]),
+    ];
+    let first = compiled(&everyone, &RuleSet::new());
+    let mut t = Table::new();
+    let base = first.room.clone();
+    install(&mut t, first);
+    // c leaves: the roster is a and b; only c changed.
+    let roster = compiled(&everyone[..2], &RuleSet::new());
+    let next = compile(
+        "r",
+        &base,
+        &ListRoster(&everyone[..2]),
+        &[Change {
+            id: "c",
+            was: Some(2),
+        }],
+        &RuleSet::new(),
+        |_| None,
+    )
+    .unwrap();
+    assert_eq!(&*next.slots, &[2]);
+    same_room(&next.room, &roster.room).unwrap();
+    install(&mut t, next);
     assert_eq!(route(&t, 1, &rtp(11)).1, vec![addr(2)]);
     assert_eq!(
         route(&t, 3, &rtp(11)).0,
@@ -156,20 +208,102 @@ fn replacing_a_room_drops_a_removed_member() {
 }
 
 #[test]
-fn duplicate_ssrc_is_refused() {
-    let err = Room::compile(&[
-        member("a", Some(1), &[(11, MediaKind::Audio)]),
-        member("b", Some(2), &[(11, MediaKind::Audio)]),
-    ])
+fn a_slot_given_twice_is_refused() {
+    let err = compile_all(
+        "r",
+        &[
+            member("a", 0, Some(1), &[(11, MediaKind::Audio)]),
+            member("b", 0, Some(2), &[(12, MediaKind::Audio)]),
+        ],
+        &RuleSet::new(),
+        |_| None,
+    )
     .unwrap_err();
-    assert_eq!(err, CompileError::DuplicateSsrc(Ssrc(11)));
+    assert_eq!(err, CompileError::SlotTaken(0));
 }
 
 #[test]
 fn members_without_address_get_nothing() {
     let t = table_with(&[
-        member("a", Some(1), &[(11, MediaKind::Audio)]),
-        member("b", None, &[]),
+        member("a", 0, Some(1), &[(11, MediaKind::Audio)]),
+        member("b", 1, None, &[]),
     ]);
     assert_eq!(route(&t, 1, &rtp(11)), (Verdict::Forward(0), vec![]));
+}
+
+#[test]
+fn a_fan_out_split_by_chunks_visits_each_receiver_once() {
+    // 200 members over 4 chunks, one selective listener in the third chunk.
+    let names: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    let list = ["m0".to_owned()];
+    let mut everyone: Vec<Participant<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            member(
+                n,
+                i as u16,
+                Some(1000 + i as u16),
+                &[(i as u32, MediaKind::Audio)],
+            )
+        })
+        .collect();
+    everyone[150].subscribe = Some(&list);
+    everyone[151].subscribe = Some(&[]);
+    let room = compiled(&everyone, &RuleSet::new()).room;
+    assert_eq!(room.chunks(), 4);
+    let sender = room.member(0).unwrap();
+    let mut whole = Vec::new();
+    room.each_receiver(0, 0, sender, MediaKind::Audio, 0..4, |m, _| {
+        whole.push(m.name.clone())
+    });
+    assert_eq!(whole.len(), 198, "everybody but the sender and m151");
+    let mut parts = Vec::new();
+    for range in [0..1, 1..3, 3..4] {
+        room.each_receiver(0, 0, sender, MediaKind::Audio, range, |m, _| {
+            parts.push(m.name.clone())
+        });
+    }
+    assert_eq!(parts, whole);
+}
+
+#[test]
+fn slots_go_lowest_first_and_undo_exactly() {
+    let mut s = Slots::new();
+    assert_eq!((s.take(), s.take(), s.take()), (Some(0), Some(1), Some(2)));
+    let before = s.clone();
+    s.put(1);
+    assert_eq!(s.take(), Some(1));
+    s.put(2);
+    s.put(1);
+    assert!(s.take_at(1));
+    assert!(s.take_at(2));
+    assert_eq!(
+        s, before,
+        "freeing and taking back gives the same allocator"
+    );
+    assert!(!s.take_at(0), "taken");
+    assert!(s.take_at(70));
+    assert_eq!(s.take(), Some(3));
+}
+
+/// A roster over a list, for the incremental test above.
+struct ListRoster<'p, 'a>(&'p [Participant<'a>]);
+
+impl Roster for ListRoster<'_, '_> {
+    fn participant(&self, id: &str) -> Option<Participant<'_>> {
+        self.0.iter().find(|p| p.id == id).cloned()
+    }
+
+    fn slot(&self, id: &str) -> Option<u16> {
+        self.0.iter().find(|p| p.id == id).map(|p| p.slot)
+    }
+
+    fn listeners(&self, id: &str) -> impl Iterator<Item = &str> {
+        let id = id.to_owned();
+        self.0
+            .iter()
+            .filter(move |p| p.subscribe.is_some_and(|l| l.contains(&id)))
+            .map(|p| p.id)
+    }
 }

@@ -61,7 +61,19 @@ pub use spec::{Basis, Direction, Match, Media, ParticipantRef, RuleSpec, parse};
 use serde::{Deserialize, Serialize};
 
 /// A rule's id, assigned by the store (SQLite rowid), never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct RuleId(pub u64);
 

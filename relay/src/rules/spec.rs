@@ -6,11 +6,12 @@
 //! with its own error code; a valid rule always has both.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::RuleError;
 
 /// The request body of `POST /v1/rules`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Who the rule applies to.
@@ -33,7 +34,7 @@ pub struct RuleSpec {
 
 /// Who a rule applies to: participants in `rooms` (empty: any room) whose id is in
 /// `participants` or whose region is in `regions`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
     /// ISO 3166-1 alpha-2 codes, uppercase (`"CN"`).
@@ -48,7 +49,9 @@ pub struct Match {
 }
 
 /// One participant, named by its room and its id in that room.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantRef {
     /// Room id.
@@ -58,7 +61,7 @@ pub struct ParticipantRef {
 }
 
 /// Which way a rule blocks media of the participants it matches.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Nobody receives their media.
@@ -71,7 +74,7 @@ pub enum Direction {
 }
 
 /// Which media a rule blocks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Media {
     /// Audio tracks only.
@@ -84,7 +87,7 @@ pub enum Media {
 }
 
 /// The legal basis of a rule: who ordered it, their reference, and under which jurisdiction.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Basis {
     /// The authority that ordered the rule.

@@ -37,7 +37,7 @@
 use std::fmt;
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, types::ValueRef};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, types::ValueRef};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -45,7 +45,7 @@ use sha2::{Digest, Sha256};
 use super::{DB_FILE, StoreError, from_sql, to_sql};
 
 /// One audit log entry, as stored and as `GET /v1/audit` returns it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Position in the log, from 1, without gaps.
     pub seq: u64,
@@ -62,7 +62,7 @@ pub struct AuditEntry {
 }
 
 /// A chain that verified: how long it is and where it ends.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VerifyReport {
     /// Number of entries.
     pub entries: u64,
@@ -189,9 +189,26 @@ impl fmt::Display for VerifyError {
 
 impl std::error::Error for VerifyError {}
 
-/// Appends one entry inside the caller's transaction and moves the recorded head to it.
+/// Appends one entry and moves the recorded head to it. Call it inside a transaction: the
+/// entry, the head and the change it records are written together or not at all.
 pub(super) fn append(
-    tx: &Transaction<'_>,
+    tx: &Connection,
+    time: &str,
+    action: &str,
+    detail: &Value,
+) -> Result<AuditEntry, StoreError> {
+    let (last, prev_hash) = head(tx)?;
+    let entry = next_entry(last, &prev_hash, time, action, detail)?;
+    insert(tx, &entry)?;
+    Ok(entry)
+}
+
+/// The entry that follows `(prev_seq, prev_hash)` in a chain: checks the action, puts the
+/// detail in canonical form and computes the hash as the module docs say. Pure; the fleet
+/// builds the entries of its chain in etcd with it.
+pub fn next_entry(
+    prev_seq: u64,
+    prev_hash: &str,
     time: &str,
     action: &str,
     detail: &Value,
@@ -199,29 +216,57 @@ pub(super) fn append(
     if !valid_action(action) {
         return Err(StoreError::InvalidAction(action.chars().take(64).collect()));
     }
-    let (last, prev_hash) = head(tx)?;
-    let seq = last + 1;
+    let seq = prev_seq + 1;
     let detail_text = canonical(detail);
-    let hash = entry_hash(seq, time, action, &detail_text, &prev_hash);
-    tx.execute(
-        "INSERT INTO audit (seq, time, action, detail, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        (to_sql(seq), time, action, &detail_text, &prev_hash, &hash),
-    )?;
-    tx.execute(
-        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)
-         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-        (to_sql(seq), &hash),
-    )?;
-    let detail = serde_json::from_str(&detail_text)?;
+    let hash = entry_hash(seq, time, action, &detail_text, prev_hash);
     Ok(AuditEntry {
         seq,
         time: time.to_owned(),
         action: action.to_owned(),
-        detail,
-        prev_hash,
+        // Parsed back from the canonical text, so it holds what the hash covers.
+        detail: serde_json::from_str(&detail_text)?,
+        prev_hash: prev_hash.to_owned(),
         hash,
     })
+}
+
+/// Appends an entry made elsewhere (the fleet's chain) inside the caller's transaction, after
+/// checking that it follows the recorded head and hashes right.
+pub(super) fn mirror(tx: &Connection, entry: &AuditEntry) -> Result<(), StoreError> {
+    let (last, prev_hash) = head(tx)?;
+    let detail_text = canonical(&entry.detail);
+    let hashes_right = entry_hash(
+        entry.seq,
+        &entry.time,
+        &entry.action,
+        &detail_text,
+        &entry.prev_hash,
+    ) == entry.hash;
+    if entry.seq != last + 1 || entry.prev_hash != prev_hash || !hashes_right {
+        return Err(StoreError::Unchained { seq: entry.seq });
+    }
+    insert(tx, entry)
+}
+
+fn insert(tx: &Connection, entry: &AuditEntry) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit (seq, time, action, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        (
+            to_sql(entry.seq),
+            &entry.time,
+            &entry.action,
+            canonical(&entry.detail),
+            &entry.prev_hash,
+            &entry.hash,
+        ),
+    )?;
+    tx.execute(
+        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        (to_sql(entry.seq), &entry.hash),
+    )?;
+    Ok(())
 }
 
 /// The recorded head: last seq (0 when empty) and its hash (zeros when empty).
@@ -445,6 +490,5 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// `prev_hash` of the first entry.
-pub(super) const ZERO_HASH: &str =
-    "0000000000000000000000000000000000000000000000000000000000000000";
+/// `prev_hash` of the first entry: 64 zeros.
+pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -28,10 +28,14 @@
 //! See the `audit` module docs for the hash chain's exact encoding.
 
 mod audit;
+mod batch;
 mod schema;
 mod transparency;
 
-pub use audit::{AuditEntry, VerifyError, VerifyReport, run_verify_cli, verify};
+pub use audit::{
+    AuditEntry, VerifyError, VerifyReport, ZERO_HASH, next_entry, run_verify_cli, verify,
+};
+pub use batch::{Batch, ParticipantRecord, RoomRecord, StoreOp};
 pub use transparency::{AuditHead, Dropped, RuleReport, StateCounts, Transparency};
 
 use std::fmt;
@@ -40,7 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::rules::{self, Rule, RuleCounters, RuleError, RuleId, RuleSpec};
 
@@ -51,7 +55,7 @@ pub struct Store {
 }
 
 /// Where a rule is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleState {
     /// In force.
@@ -63,7 +67,7 @@ pub enum RuleState {
 }
 
 /// A rule as stored, for `GET /v1/rules`: the request body's fields plus its id and history.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StoredRule {
     /// The rule's id.
     pub id: RuleId,
@@ -117,6 +121,12 @@ pub enum StoreError {
     JournalMode(String),
     /// Creating the data directory failed.
     Io(std::io::Error),
+    /// An entry given to [`Store::mirror`] does not follow the recorded head (wrong seq or
+    /// `prev_hash`) or does not hash to its `hash`: the mirrored chain forked or was changed.
+    Unchained {
+        /// The entry's seq.
+        seq: u64,
+    },
     /// SQLite failed.
     Sqlite(rusqlite::Error),
     /// A stored JSON text did not parse.
@@ -142,70 +152,39 @@ impl Store {
     }
 
     /// Stores a validated rule and audits `rule_added`, in one transaction. `rule` must be
-    /// what [`rules::validate`] returned for `spec`.
+    /// what [`rules::validate`] returned for `spec`. The store picks the id.
     pub fn add_rule(&mut self, spec: &RuleSpec, rule: &Rule) -> Result<RuleId, StoreError> {
-        let time = now_rfc3339();
-        let spec_value = serde_json::to_value(spec)?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO rules (spec, created_at, expires_at, state)
-             VALUES (?1, ?2, ?3, 'active')",
-            (
-                audit::canonical(&spec_value),
-                &time,
-                to_sql(rule.expires_at_unix()),
-            ),
-        )?;
-        let id = RuleId(from_sql(tx.last_insert_rowid()));
-        audit::append(
-            &tx,
-            &time,
-            "rule_added",
-            &json!({"rule": id, "spec": spec_value}),
-        )?;
-        tx.commit()?;
+        let id = self.next_rule_id()?;
+        let batch = self.begin()?;
+        batch.apply(&[StoreOp::AddRule {
+            id,
+            spec: spec.clone(),
+            expires_at: rule.expires_at_unix(),
+            time: now_rfc3339(),
+        }])?;
+        batch.commit()?;
         Ok(id)
     }
 
     /// Lifts an active rule and audits `rule_lifted` with the reason, in one transaction.
     pub fn lift_rule(&mut self, id: RuleId, reason: &str) -> Result<(), StoreError> {
-        check_reason(reason)?;
-        let time = now_rfc3339();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        require_active(&tx, id)?;
-        tx.execute(
-            "UPDATE rules SET state = 'lifted', lifted_at = ?2, lift_reason = ?3 WHERE id = ?1",
-            (to_sql(id.0), &time, reason),
-        )?;
-        audit::append(
-            &tx,
-            &time,
-            "rule_lifted",
-            &json!({"rule": id, "reason": reason}),
-        )?;
-        tx.commit()?;
-        Ok(())
+        let batch = self.begin()?;
+        batch.apply(&[StoreOp::LiftRule {
+            id,
+            reason: reason.to_owned(),
+            time: now_rfc3339(),
+        }])?;
+        batch.commit()
     }
 
     /// Marks an active rule expired and audits `rule_expired`, in one transaction.
     pub fn expire_rule(&mut self, id: RuleId) -> Result<(), StoreError> {
-        let time = now_rfc3339();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let expires_at = require_active(&tx, id)?;
-        tx.execute(
-            "UPDATE rules SET state = 'expired', expired_at = ?2 WHERE id = ?1",
-            (to_sql(id.0), &time),
-        )?;
-        let detail = json!({"rule": id, "expires_at": unix_rfc3339(expires_at)});
-        audit::append(&tx, &time, "rule_expired", &detail)?;
-        tx.commit()?;
-        Ok(())
+        let batch = self.begin()?;
+        batch.apply(&[StoreOp::ExpireRule {
+            id,
+            time: now_rfc3339(),
+        }])?;
+        batch.commit()
     }
 
     /// Expires every active rule whose expiry is at or before `now_unix`; returns their ids.
@@ -250,33 +229,27 @@ impl Store {
         Ok(entry)
     }
 
+    /// Appends an audit entry made elsewhere, as it is: the fleet's chain in etcd, mirrored
+    /// here so that `relay audit verify` checks it offline. Fails with
+    /// [`StoreError::Unchained`] (and changes nothing) unless `entry` follows the recorded head
+    /// and hashes right.
+    pub fn mirror(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        audit::mirror(&tx, entry)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Saves rule counters (all fields but `participants_matched`), replacing earlier values.
     ///
     /// Values are absolute: seed the live counters from [`Self::counters`] at start-up so
     /// they carry on across restarts.
     pub fn save_counters(&mut self, counters: &[(RuleId, RuleCounters)]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare(
-                "INSERT INTO rule_counters (rule_id, participants_matched_total,
-                     packets_dropped_send, packets_dropped_receive)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (rule_id) DO UPDATE SET
-                     participants_matched_total = excluded.participants_matched_total,
-                     packets_dropped_send = excluded.packets_dropped_send,
-                     packets_dropped_receive = excluded.packets_dropped_receive",
-            )?;
-            for (id, c) in counters {
-                stmt.execute((
-                    to_sql(id.0),
-                    to_sql(c.participants_matched_total),
-                    to_sql(c.packets_dropped_send),
-                    to_sql(c.packets_dropped_receive),
-                ))?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        let batch = self.begin()?;
+        batch.apply(&[StoreOp::SaveCounters(counters.to_vec())])?;
+        batch.commit()
     }
 
     /// Rules still in force at `now_unix` (active and not yet past expiry), by id.
@@ -440,6 +413,12 @@ impl fmt::Display for StoreError {
             Self::Schema(v) => write!(f, "the database has schema {v}, newer than this relay's"),
             Self::JournalMode(m) => write!(f, "SQLite kept journal mode {m:?} instead of WAL"),
             Self::Io(e) => write!(f, "cannot create the data directory: {e}"),
+            Self::Unchained { seq } => {
+                write!(
+                    f,
+                    "mirrored audit entry {seq} does not follow the recorded head"
+                )
+            }
             Self::Sqlite(e) => write!(f, "database error: {e}"),
             Self::Json(e) => write!(f, "stored JSON is unreadable: {e}"),
         }
@@ -471,7 +450,7 @@ impl From<serde_json::Error> for StoreError {
 }
 
 /// The rule's expiry if it is active; otherwise why not.
-fn require_active(conn: &Connection, id: RuleId) -> Result<u64, StoreError> {
+pub(super) fn require_active(conn: &Connection, id: RuleId) -> Result<u64, StoreError> {
     let row = conn
         .query_row(
             "SELECT state, expires_at FROM rules WHERE id = ?1",
@@ -488,7 +467,8 @@ fn require_active(conn: &Connection, id: RuleId) -> Result<u64, StoreError> {
     }
 }
 
-fn check_reason(reason: &str) -> Result<(), StoreError> {
+/// Checks a lift reason: 1 to 1024 bytes, not blank, no control characters.
+pub fn check_reason(reason: &str) -> Result<(), StoreError> {
     if reason.trim().is_empty() {
         return Err(StoreError::InvalidReason(
             "is required and may not be blank",
@@ -503,21 +483,21 @@ fn check_reason(reason: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn unix_rfc3339(secs: u64) -> String {
+pub(super) fn unix_rfc3339(secs: u64) -> String {
     // humantime writes years up to 9999 only; later values (never valid rules) are clamped.
     const LAST: u64 = 253_402_300_799;
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs.min(LAST))).to_string()
 }
 
-fn to_sql(v: u64) -> i64 {
+pub(super) fn to_sql(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn from_sql(v: i64) -> u64 {
+pub(super) fn from_sql(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// The schema this build writes.
-pub(super) const VERSION: i64 = 1;
+pub(super) const VERSION: i64 = 2;
 
 /// Brings the database up to [`VERSION`], in one transaction.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -17,7 +17,12 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         return Ok(());
     }
     let tx = conn.transaction()?;
-    tx.execute_batch(V1)?;
+    if version < 1 {
+        tx.execute_batch(V1)?;
+    }
+    if version < 2 {
+        tx.execute_batch(V2)?;
+    }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;
     Ok(())
@@ -68,4 +73,27 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+/// Version 2: rooms and participants, so that a restart keeps meetings, and a small key-value
+/// table (`runs`: how many times the relay started, the high half of event ids).
+///
+/// `participants.state` is the control core's JSON of a participant. It never holds an address.
+const V2: &str = "
+CREATE TABLE rooms (
+    room       TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL
+);
+
+CREATE TABLE participants (
+    room        TEXT NOT NULL REFERENCES rooms (room),
+    participant TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    PRIMARY KEY (room, participant)
+);
+
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 ";

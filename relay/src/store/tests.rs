@@ -646,3 +646,46 @@ fn has_dotted_quad(bytes: &[u8]) -> bool {
         true
     })
 }
+
+#[test]
+fn next_entry_and_mirror_carry_a_chain_to_another_store() {
+    let src = tempfile::tempdir().unwrap();
+    five_entries(src.path());
+    let entries = Store::open(src.path()).unwrap().entries(0, 100).unwrap();
+
+    // `next_entry` builds exactly what `append` stored.
+    let mut prev = (0, ZERO_HASH.to_owned());
+    for e in &entries {
+        let built = next_entry(prev.0, &prev.1, &e.time, &e.action, &e.detail).unwrap();
+        assert_eq!(&built, e);
+        prev = (e.seq, e.hash.clone());
+    }
+    assert!(matches!(
+        next_entry(0, ZERO_HASH, "t", "Bad Action", &json!({})),
+        Err(StoreError::InvalidAction(_))
+    ));
+
+    // Mirrored in order, the copy verifies like the original.
+    let dst = tempfile::tempdir().unwrap();
+    let mut mirror = Store::open(dst.path()).unwrap();
+    // Out of order, forked or changed entries are refused and change nothing.
+    assert!(matches!(
+        mirror.mirror(&entries[1]),
+        Err(StoreError::Unchained { seq: 2 })
+    ));
+    let mut changed = entries[0].clone();
+    changed.action = "shutdown".into();
+    assert!(matches!(
+        mirror.mirror(&changed),
+        Err(StoreError::Unchained { seq: 1 })
+    ));
+    assert_eq!(mirror.audit_head().unwrap(), (0, ZERO_HASH.to_owned()));
+    for e in &entries {
+        mirror.mirror(e).unwrap();
+    }
+    let mut forked = entries[4].clone();
+    forked.seq = 6;
+    assert!(mirror.mirror(&forked).is_err());
+    assert_eq!(mirror.verify().unwrap(), verify(src.path()).unwrap());
+    assert_eq!(mirror.entries(0, 100).unwrap(), entries);
+}

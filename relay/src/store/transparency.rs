@@ -11,7 +11,7 @@ use super::{RuleState, Store, StoreError, now_rfc3339};
 use crate::rules::{Direction, Media, RuleCounters, RuleId};
 
 /// `GET /v1/transparency`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Transparency {
     /// When the report was made (RFC 3339 UTC).
     pub generated_at: String,
@@ -32,7 +32,7 @@ pub struct Transparency {
 }
 
 /// Rule counts by state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StateCounts {
     /// All states.
     pub total: u64,
@@ -45,7 +45,7 @@ pub struct StateCounts {
 }
 
 /// One rule in the report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RuleReport {
     /// The rule's id.
     pub id: RuleId,
@@ -77,7 +77,7 @@ pub struct RuleReport {
 }
 
 /// Dropped packets by direction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Dropped {
     /// Media a matched participant sent that nobody got.
     pub send: u64,
@@ -86,7 +86,7 @@ pub struct Dropped {
 }
 
 /// The audit log's last entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditHead {
     /// Its seq.
     pub seq: u64,

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use relay::config::BackendChoice;
 use relay::io::{DataPlane, DataPlaneConfig, WorkerStats};
 use relay::packet::rtp::Ssrc;
-use relay::route::{
-    Blocks, MediaKind, MemberSpec, ParticipantCounters, Room, RoomId, Subscription, Update,
-};
+use relay::route::{MediaKind, Participant, ParticipantCounters, RoomId, Update, compile_all};
+use relay::rules::RuleSet;
 
 /// Both backends, for tests that run on each.
 pub const BACKENDS: [BackendChoice; 2] = [BackendChoice::Mmsg, BackendChoice::IoUring];
@@ -31,24 +30,51 @@ pub fn start(backend: BackendChoice, tweak: impl FnOnce(&mut DataPlaneConfig)) -
 }
 
 /// Installs room `id` whose member i sends SSRC `base + i` from `addrs[i]` and gets everybody
-/// else's media.
+/// else's media: compiled from scratch with `route::compile_all`, installed whole.
 pub fn install(plane: &DataPlane, id: u32, base: u32, addrs: &[SocketAddr]) {
-    let specs: Vec<MemberSpec> = addrs
+    install_with(plane, id, base, addrs, |_| None);
+}
+
+/// As [`install`], but member i subscribes only to the members `only(i)` lists, where it lists
+/// any (a selective subscription).
+pub fn install_with(
+    plane: &DataPlane,
+    id: u32,
+    base: u32,
+    addrs: &[SocketAddr],
+    only: impl Fn(usize) -> Option<Vec<usize>>,
+) {
+    let names: Vec<String> = (0..addrs.len()).map(|i| format!("m{i}")).collect();
+    let lists: Vec<Option<Vec<String>>> = (0..addrs.len())
+        .map(|i| only(i).map(|l| l.into_iter().map(|m| format!("m{m}")).collect()))
+        .collect();
+    let participants: Vec<Participant<'_>> = addrs
         .iter()
         .enumerate()
-        .map(|(i, &addr)| MemberSpec {
-            name: Arc::from(format!("m{i}")),
+        .map(|(i, &addr)| Participant {
+            id: &names[i],
+            slot: i as u16,
+            region: None,
             addr: Some(addr),
             tracks: vec![(Ssrc(base + i as u32), MediaKind::Video)],
-            subscription: Subscription::All,
-            blocks: Blocks::default(),
+            subscribe: lists[i].as_deref(),
             counters: Arc::new(ParticipantCounters::new(plane.workers())),
             ice: None,
         })
         .collect();
-    let room = Room::compile(&specs).expect("room compiles");
+    let compiled = compile_all(
+        &format!("room-{id}"),
+        &participants,
+        &RuleSet::new(),
+        |_| None,
+    )
+    .expect("room compiles");
     plane
-        .publish(vec![Update::Room(RoomId(id), Arc::new(room))])
+        .publish(vec![Update::Room {
+            id: RoomId(id),
+            room: compiled.room,
+            slots: compiled.slots,
+        }])
         .expect("publish");
 }
 

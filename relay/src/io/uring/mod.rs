@@ -63,7 +63,7 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
             let kind = e.kind();
             ready(Err(io::Error::new(
                 kind,
-                format!("io_uring worker set-up: {e}"),
+                format!("io_uring worker set-up: {e}{}", memlock_hint(&e)),
             )));
             return Err(e);
         }
@@ -72,6 +72,17 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
     let result = u.serve(w);
     u.drain();
     result
+}
+
+/// What to add to a ring set-up error: ENOMEM there means RLIMIT_MEMLOCK, which the kernel charges
+/// the rings to when the process lacks CAP_IPC_LOCK (as under the systemd unit).
+fn memlock_hint(e: &io::Error) -> &'static str {
+    if e.raw_os_error() == Some(libc::ENOMEM) {
+        ": io_uring's rings count against RLIMIT_MEMLOCK; raise it (LimitMEMLOCK= in the unit, \
+         ulimit -l), about 0.3 MiB per worker with the default settings (OPERATIONS.md)"
+    } else {
+        ""
+    }
 }
 
 /// Creates a ring with the flags the workers use. The calling thread becomes its only issuer.

@@ -19,6 +19,7 @@ pub(crate) fn probe() -> Result<(), String> {
     let mut ring = super::new_ring(8, 16).map_err(|e| match e.raw_os_error() {
         Some(libc::EPERM) => format!("creating a ring is not permitted ({e}): see the kernel.io_uring_disabled sysctl and seccomp"),
         Some(libc::ENOSYS) => format!("the kernel has no io_uring ({e})"),
+        Some(libc::ENOMEM) => format!("creating a ring failed ({e}){}", super::memlock_hint(&e)),
         _ => format!("creating a ring failed ({e}): the kernel may lack SINGLE_ISSUER or DEFER_TASKRUN (Linux 6.1)"),
     })?;
     if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {

@@ -134,10 +134,11 @@ pub(super) fn psfb_media_ssrcs(fmt: u8, body: &[u8]) -> MediaSsrcs<'_> {
     if fmt == FIR {
         return MediaSsrcs::new(fci, FIR_ENTRY_LEN, fci.len() / FIR_ENTRY_LEN);
     }
-    if fmt == AFB && fci.starts_with(REMB_ID) {
-        if let Some((list, n)) = remb_ssrc_list(fci) {
-            return MediaSsrcs::new(list, 4, n);
-        }
+    if fmt == AFB
+        && fci.starts_with(REMB_ID)
+        && let Some((list, n)) = remb_ssrc_list(fci)
+    {
+        return MediaSsrcs::new(list, 4, n);
     }
     MediaSsrcs::new(body.get(4..).unwrap_or(&[]), 0, 1)
 }

@@ -126,10 +126,10 @@ impl core::iter::FusedIterator for FeedbackSsrcs<'_> {}
 /// and a wrong guess still routes by the cleartext sender SSRC.
 pub fn classify(buf: &[u8]) -> Result<Route<'_>, Error> {
     let plain = Summary::of(buf);
-    if let Ok(summary) = plain {
-        if summary.plausible {
-            return summary.route(buf);
-        }
+    if let Ok(summary) = plain
+        && summary.plausible
+    {
+        return summary.route(buf);
     }
     if let Some(route) = srtcp(buf) {
         return Ok(route);
@@ -157,12 +157,11 @@ fn srtcp(buf: &[u8]) -> Option<Route<'_>> {
             continue;
         }
         let body = &buf[..split];
-        if let Ok(summary) = Summary::of(body) {
-            if summary.plausible {
-                if let Ok(route) = summary.route(body) {
-                    return Some(route);
-                }
-            }
+        if let Ok(summary) = Summary::of(body)
+            && summary.plausible
+            && let Ok(route) = summary.route(body)
+        {
+            return Some(route);
         }
     }
     encrypted.then_some(Route::Encrypted { sender })

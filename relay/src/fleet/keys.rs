@@ -1,0 +1,158 @@
+//! The fleet's key layout in etcd. Pure: names in, key bytes out.
+//!
+//! Every key lies under one prefix (default `/relay/v1/`, so two fleets, or a later layout,
+//! can share a cluster). No participant address, and no address of anyone but the relays
+//! themselves, ever goes into etcd: etcd writes every value to disk on every member.
+//!
+//! | key | value | lease | written by |
+//! |---|---|---|---|
+//! | `nodes/{node}` | [`super::NodeInfo`] as JSON: node, region, trunk and control address, load, node number | the node's | the node, at (re)join and on load changes |
+//! | `numbers/node/{node}` | the node's number (decimal), for trunk headers; kept across restarts | none | the node, once |
+//! | `counters/node` | the last node number handed out (decimal) | none | whoever allocates a number |
+//! | `acks/{node}` | the highest revision the node has applied (decimal) | the node's | the node, after applying |
+//! | `audit/head` | `{"seq": N, "hash": "..."}`: the fleet chain's last entry | none | every audit append |
+//! | `audit/entries/{seq}` | an [`crate::store::AuditEntry`] as JSON; seq zero-padded to 20 digits so keys sort by seq | none | every audit append |
+//! | `rules/{id}` | the caller's rule record | none | the rule calls, in the audit append's transaction |
+//!
+//! A node's death deletes its leased keys (`nodes/`, `acks/`) when its lease expires; rules,
+//! the audit chain and node numbers stay.
+
+#![deny(unsafe_code)]
+
+/// The default prefix.
+pub const DEFAULT_PREFIX: &str = "/relay/v1/";
+
+/// Key builder for one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (which should end with `/`).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The prefix itself: a watch on it sees every fleet key.
+    pub fn all(&self) -> String {
+        self.prefix.clone()
+    }
+
+    /// Prefix of the node registrations.
+    pub fn nodes(&self) -> String {
+        format!("{}nodes/", self.prefix)
+    }
+
+    /// One node's registration.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}nodes/{node}", self.prefix)
+    }
+
+    /// One node's number.
+    pub fn node_number(&self, node: &str) -> String {
+        format!("{}numbers/node/{node}", self.prefix)
+    }
+
+    /// The node number counter.
+    pub fn node_counter(&self) -> String {
+        format!("{}counters/node", self.prefix)
+    }
+
+    /// Prefix of the acknowledgements.
+    pub fn acks(&self) -> String {
+        format!("{}acks/", self.prefix)
+    }
+
+    /// One node's acknowledgement.
+    pub fn ack(&self, node: &str) -> String {
+        format!("{}acks/{node}", self.prefix)
+    }
+
+    /// The audit chain's head.
+    pub fn audit_head(&self) -> String {
+        format!("{}audit/head", self.prefix)
+    }
+
+    /// Prefix of the audit entries.
+    pub fn audit_entries(&self) -> String {
+        format!("{}audit/entries/", self.prefix)
+    }
+
+    /// One audit entry.
+    pub fn audit_entry(&self, seq: u64) -> String {
+        format!("{}audit/entries/{seq:020}", self.prefix)
+    }
+
+    /// Prefix of the rules.
+    pub fn rules(&self) -> String {
+        format!("{}rules/", self.prefix)
+    }
+
+    /// One rule.
+    pub fn rule(&self, id: u64) -> String {
+        format!("{}rules/{id:020}", self.prefix)
+    }
+
+    /// The node name a key under `nodes/` or `acks/` names, if it is one.
+    pub fn node_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let rest = key.strip_prefix(self.prefix.as_str())?;
+        rest.strip_prefix("nodes/")
+            .or_else(|| rest.strip_prefix("acks/"))
+            .filter(|n| valid_node_name(n))
+    }
+}
+
+/// A node name: 1 to 64 bytes of `[A-Za-z0-9._-]` (it becomes part of keys and metrics).
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let k = Keys::new(DEFAULT_PREFIX);
+        assert_eq!(k.node("a"), "/relay/v1/nodes/a");
+        assert_eq!(k.ack("a"), "/relay/v1/acks/a");
+        assert_eq!(k.node_number("a"), "/relay/v1/numbers/node/a");
+        assert_eq!(k.node_counter(), "/relay/v1/counters/node");
+        assert_eq!(k.audit_head(), "/relay/v1/audit/head");
+        assert_eq!(
+            k.audit_entry(7),
+            "/relay/v1/audit/entries/00000000000000000007"
+        );
+        assert_eq!(k.rule(12), "/relay/v1/rules/00000000000000000012");
+        assert!(k.audit_entry(9) < k.audit_entry(10), "entries sort by seq");
+        assert!(k.node("a").starts_with(&k.nodes()));
+        assert!(k.audit_entry(1).starts_with(&k.audit_entries()));
+    }
+
+    #[test]
+    fn node_of() {
+        let k = Keys::new("/t/");
+        assert_eq!(k.node_of("/t/nodes/b-1"), Some("b-1"));
+        assert_eq!(k.node_of("/t/acks/b-1"), Some("b-1"));
+        assert_eq!(k.node_of("/t/rules/1"), None);
+        assert_eq!(k.node_of("/u/nodes/b"), None);
+        assert_eq!(k.node_of("/t/nodes/"), None);
+        assert_eq!(k.node_of("/t/nodes/a/b"), None);
+    }
+
+    #[test]
+    fn node_names() {
+        assert!(valid_node_name("relay-1.eu_west"));
+        assert!(!valid_node_name(""));
+        assert!(!valid_node_name("a/b"));
+        assert!(!valid_node_name("ä"));
+        assert!(!valid_node_name(&"x".repeat(65)));
+    }
+}

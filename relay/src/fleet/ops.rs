@@ -1,0 +1,420 @@
+//! The fleet's requests to etcd: node numbers, the audit append, acknowledgements, the ack
+//! wait and fencing another node. Each runs as a task on the fleet thread.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, GetResponse, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
+use serde_json::json;
+
+use super::client::Shared;
+use super::{Acks, Append, Commit, FleetError, Rules};
+use crate::store::{self, AuditEntry};
+
+/// This node's number: read from `numbers/node/{node}`, or allocated from `counters/node` in
+/// one transaction the first time a name joins.
+pub(super) async fn node_number(shared: &Shared) -> Result<u16, FleetError> {
+    retry(shared, any_failure, || node_number_once(shared)).await
+}
+
+async fn node_number_once(shared: &Shared) -> Result<u16, FleetError> {
+    let mut client = shared.client();
+    let number_key = shared.keys.node_number(&shared.config.node);
+    let counter_key = shared.keys.node_counter();
+    for _ in 0..ATTEMPTS {
+        let read = Txn::new().and_then([
+            TxnOp::get(number_key.as_str(), None),
+            TxnOp::get(counter_key.as_str(), None),
+        ]);
+        let resp = shared.timed(client.txn(read)).await?;
+        let gets = gets(resp.op_responses());
+        if let Some(kv) = gets.first().and_then(|g| g.kvs().first()) {
+            return parse_number(kv.value());
+        }
+        let (last, mod_revision) = match gets.get(1).and_then(|g| g.kvs().first()) {
+            Some(kv) => (parse_number(kv.value())?, kv.mod_revision()),
+            None => (0, 0),
+        };
+        let next = last
+            .checked_add(1)
+            .ok_or_else(|| FleetError::Config("all 65535 node numbers are taken".into()))?;
+        let text = next.to_string();
+        let claim = Txn::new()
+            .when([
+                Compare::create_revision(number_key.as_str(), CompareOp::Equal, 0),
+                Compare::mod_revision(counter_key.as_str(), CompareOp::Equal, mod_revision),
+            ])
+            .and_then([
+                TxnOp::put(counter_key.as_str(), text.clone(), None),
+                TxnOp::put(number_key.as_str(), text, None),
+            ]);
+        if shared.timed(client.txn(claim)).await?.succeeded() {
+            return Ok(next);
+        }
+    }
+    Err(FleetError::Conflict)
+}
+
+/// Appends one entry to the fleet's audit chain with the keys `build` gives, in one `Txn`
+/// that compares the head's `mod_revision` with the one read; on conflict, reads the new head
+/// and tries again.
+pub(super) async fn append(
+    shared: &Shared,
+    action: &str,
+    build: &(dyn Fn(u64) -> Append + Send + Sync),
+) -> Result<Commit, FleetError> {
+    // Only a call that never left is tried again: a commit that timed out may have landed,
+    // and trying again would append a second entry.
+    retry(shared, nothing_sent, || append_once(shared, action, build)).await
+}
+
+async fn append_once(
+    shared: &Shared,
+    action: &str,
+    build: &(dyn Fn(u64) -> Append + Send + Sync),
+) -> Result<Commit, FleetError> {
+    let mut client = shared.client();
+    let head_key = shared.keys.audit_head();
+    for _ in 0..ATTEMPTS {
+        let resp = shared.timed(client.get(head_key.as_str(), None)).await?;
+        let (seq, hash, mod_revision) = match resp.kvs().first() {
+            Some(kv) => {
+                let head: Head = serde_json::from_slice(kv.value())
+                    .map_err(|e| FleetError::Corrupt(format!("audit head: {e}")))?;
+                (head.seq, head.hash, kv.mod_revision())
+            }
+            None => (0, store::ZERO_HASH.to_owned(), 0),
+        };
+        let Append {
+            detail,
+            puts,
+            deletes,
+        } = build(seq + 1);
+        let entry = store::next_entry(seq, &hash, &store::now_rfc3339(), action, &detail)?;
+        let head = json!({"seq": entry.seq, "hash": entry.hash}).to_string();
+        let entry_json =
+            serde_json::to_vec(&entry).map_err(|e| FleetError::Corrupt(e.to_string()))?;
+        let mut ops = vec![
+            TxnOp::put(head_key.as_str(), head, None),
+            TxnOp::put(shared.keys.audit_entry(entry.seq), entry_json, None),
+        ];
+        ops.extend(puts.into_iter().map(|(k, v)| TxnOp::put(k, v, None)));
+        ops.extend(deletes.into_iter().map(|k| TxnOp::delete(k, None)));
+        // A missing key's mod_revision compares as 0, so the first entry needs no other case.
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                head_key.as_str(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then(ops);
+        let resp = shared.timed(client.txn(txn)).await?;
+        if resp.succeeded() {
+            let revision = resp.header().map_or(0, |h| h.revision());
+            return Ok(Commit { revision, entry });
+        }
+    }
+    Err(FleetError::Conflict)
+}
+
+/// Every rule key and value at `revision` (`None`: now), and the revision read at.
+pub(super) async fn rules(shared: &Shared, revision: Option<i64>) -> Result<Rules, FleetError> {
+    let mut client = shared.client();
+    let mut options = GetOptions::new().with_prefix();
+    if let Some(r) = revision {
+        options = options.with_revision(r);
+    }
+    let resp = shared
+        .timed(client.get(shared.keys.rules(), Some(options)))
+        .await?;
+    let read_at = resp.header().map_or(0, |h| h.revision());
+    let rules = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| Some((kv.key_str().ok()?.to_owned(), kv.value().to_vec())))
+        .collect();
+    Ok(Rules {
+        revision: revision.unwrap_or(read_at),
+        rules,
+    })
+}
+
+/// The whole fleet chain, oldest first (for mirroring and verification).
+pub(super) async fn audit_entries(shared: &Shared) -> Result<Vec<AuditEntry>, FleetError> {
+    retry(shared, any_failure, || audit_entries_once(shared)).await
+}
+
+async fn audit_entries_once(shared: &Shared) -> Result<Vec<AuditEntry>, FleetError> {
+    let mut client = shared.client();
+    let resp = shared
+        .timed(client.get(
+            shared.keys.audit_entries(),
+            Some(GetOptions::new().with_prefix()),
+        ))
+        .await?;
+    resp.kvs()
+        .iter()
+        .map(|kv| {
+            serde_json::from_slice(kv.value())
+                .map_err(|e| FleetError::Corrupt(format!("audit entry: {e}")))
+        })
+        .collect()
+}
+
+/// Lifts the join gate up to `revision` and puts `acks/{node} = revision` under the lease.
+/// Acks are serialized and never go back.
+pub(super) async fn ack(shared: &Shared, revision: i64) -> Result<(), FleetError> {
+    shared.applied(revision);
+    let mut last = shared.last_ack.lock().await;
+    if revision <= *last {
+        return Ok(());
+    }
+    retry(shared, any_failure, || async {
+        let options = PutOptions::new().with_lease(shared.lease());
+        let key = shared.keys.ack(&shared.config.node);
+        let mut client = shared.client();
+        shared
+            .timed(client.put(key, revision.to_string(), Some(options)))
+            .await
+    })
+    .await?;
+    *last = revision;
+    Ok(())
+}
+
+/// Waits until each node registered at `revision` has acked it, or its registration of then
+/// is gone, or `timeout` passes.
+pub(super) async fn wait_acks(
+    shared: &Shared,
+    revision: i64,
+    timeout: Duration,
+) -> Result<Acks, FleetError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    retry(shared, any_failure, || {
+        wait_acks_once(shared, revision, deadline)
+    })
+    .await
+}
+
+async fn wait_acks_once(
+    shared: &Shared,
+    revision: i64,
+    deadline: tokio::time::Instant,
+) -> Result<Acks, FleetError> {
+    let mut client = shared.client();
+    let prefix = Some(GetOptions::new().with_prefix());
+    // Who must ack: the registrations that existed at `revision`, by create revision.
+    let then = shared
+        .timed(client.get(
+            shared.keys.nodes(),
+            Some(GetOptions::new().with_prefix().with_revision(revision)),
+        ))
+        .await?;
+    let members = registrations(shared, &then);
+    // Where they are now, acks and registrations read at one revision.
+    let now = Txn::new().and_then([
+        TxnOp::get(shared.keys.acks(), prefix.clone()),
+        TxnOp::get(shared.keys.nodes(), prefix),
+    ]);
+    let resp = shared.timed(client.txn(now)).await?;
+    let read_at = resp.header().map_or(0, |h| h.revision());
+    let gets = gets(resp.op_responses());
+    let (Some(acks_now), Some(nodes_now)) = (gets.first(), gets.get(1)) else {
+        return Err(FleetError::Unavailable("short transaction answer".into()));
+    };
+    let live = registrations(shared, nodes_now);
+    let mut out = Acks {
+        revision,
+        ..Acks::default()
+    };
+    let mut pending = BTreeSet::new();
+    for (node, created) in &members {
+        let acked = acks_now.kvs().iter().any(|kv| {
+            kv.key_str().ok().and_then(|k| shared.keys.node_of(k)) == Some(node.as_str())
+                && parse_revision(kv.value()) >= revision
+        });
+        if acked {
+            out.acked.push(node.clone());
+        } else if live.get(node) != Some(created) {
+            out.gone.push(node.clone());
+        } else {
+            pending.insert(node.clone());
+        }
+    }
+    if pending.is_empty() {
+        return Ok(out);
+    }
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(read_at + 1);
+    let mut stream = shared
+        .timed(client.watch(shared.keys.all(), Some(options)))
+        .await?;
+    let acks_prefix = shared.keys.acks();
+    while !pending.is_empty() {
+        let msg = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            msg = stream.message() => msg,
+        };
+        let resp = match msg {
+            Ok(Some(resp)) if !resp.canceled() => resp,
+            Ok(_) | Err(_) => {
+                return Err(FleetError::Unavailable("the ack watch ended".into()));
+            }
+        };
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let Ok(key) = kv.key_str() else { continue };
+            let Some(node) = shared.keys.node_of(key) else {
+                continue;
+            };
+            if !pending.contains(node) {
+                continue;
+            }
+            let is_ack = key.starts_with(acks_prefix.as_str());
+            match event.event_type() {
+                EventType::Put if is_ack && parse_revision(kv.value()) >= revision => {
+                    out.acked.push(node.to_owned());
+                }
+                // A new registration of the name: the one of then is gone.
+                EventType::Put if !is_ack && Some(&kv.create_revision()) != members.get(node) => {
+                    out.gone.push(node.to_owned());
+                }
+                EventType::Delete if !is_ack => out.gone.push(node.to_owned()),
+                _ => continue,
+            }
+            pending.remove(node);
+        }
+    }
+    out.missing = pending.into_iter().collect();
+    out.acked.sort();
+    out.gone.sort();
+    Ok(out)
+}
+
+/// Revokes `node`'s lease if it still has one, then waits one TTL: by then its own deadline
+/// has passed and it forwards nothing.
+pub(super) async fn fence_node(shared: &Shared, node: &str) -> Result<(), FleetError> {
+    retry(shared, any_failure, || async {
+        let mut client = shared.client();
+        let resp = shared
+            .timed(client.get(shared.keys.node(node), None))
+            .await?;
+        if let Some(kv) = resp.kvs().first() {
+            // "lease not found": it expired meanwhile, which is as good.
+            let _ = shared.timed(client.lease_revoke(kv.lease())).await;
+        }
+        Ok(())
+    })
+    .await?;
+    tokio::time::sleep(shared.config.ttl).await;
+    Ok(())
+}
+
+/// Rewrites this node's registration with a new load, only while it is still under the
+/// current lease (never resurrecting a registration that expired).
+pub(super) async fn set_load(shared: &Shared, load: u32) -> Result<(), FleetError> {
+    retry(shared, any_failure, || set_load_once(shared, load)).await
+}
+
+async fn set_load_once(shared: &Shared, load: u32) -> Result<(), FleetError> {
+    let mut me = shared.me();
+    me.load = load;
+    let value = serde_json::to_vec(&me).map_err(|e| FleetError::Corrupt(e.to_string()))?;
+    let key = shared.keys.node(&me.node);
+    let lease = shared.lease();
+    let txn = Txn::new()
+        .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    let mut client = shared.client();
+    if !shared.timed(client.txn(txn)).await?.succeeded() {
+        return Err(FleetError::Unavailable(
+            "this node's registration is gone (lease lost)".into(),
+        ));
+    }
+    shared.set_me(me);
+    Ok(())
+}
+
+/// Runs `op`, and again on the next endpoint (`Shared::timed` moves on after a failure)
+/// while it fails as `again` says, at most once per endpoint.
+async fn retry<T, Fut>(
+    shared: &Shared,
+    again: fn(&FleetError) -> bool,
+    mut op: impl FnMut() -> Fut,
+) -> Result<T, FleetError>
+where
+    Fut: Future<Output = Result<T, FleetError>>,
+{
+    let mut tries = shared.endpoints();
+    loop {
+        match op().await {
+            Err(e) if tries > 1 && again(&e) => tries -= 1,
+            result => return result,
+        }
+    }
+}
+
+/// Idempotent calls are tried again after any failure to reach etcd.
+fn any_failure(e: &FleetError) -> bool {
+    matches!(e, FleetError::Unavailable(_) | FleetError::Unreachable(_))
+}
+
+/// Others only when nothing was sent.
+fn nothing_sent(e: &FleetError) -> bool {
+    matches!(e, FleetError::Unreachable(_))
+}
+
+/// Node name -> create revision of its registration, from a read of `nodes/`.
+fn registrations(shared: &Shared, resp: &GetResponse) -> BTreeMap<String, i64> {
+    resp.kvs()
+        .iter()
+        .filter_map(|kv| {
+            let node = kv.key_str().ok().and_then(|k| shared.keys.node_of(k))?;
+            Some((node.to_owned(), kv.create_revision()))
+        })
+        .collect()
+}
+
+fn gets(responses: Vec<TxnOpResponse>) -> Vec<GetResponse> {
+    responses
+        .into_iter()
+        .filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        })
+        .collect()
+}
+
+fn parse_number(value: &[u8]) -> Result<u16, FleetError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| FleetError::Corrupt("a node number is not a decimal u16".into()))
+}
+
+/// An ack value; anything unreadable counts as nothing acked.
+fn parse_revision(value: &[u8]) -> i64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The audit head as stored.
+#[derive(serde::Deserialize)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+/// Transactions tried before giving up with [`FleetError::Conflict`].
+const ATTEMPTS: usize = 64;
