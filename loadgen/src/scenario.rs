@@ -269,17 +269,16 @@ impl Scenario {
         }
         let churn = self.churn.leaves_per_min > 0.0 || self.churn.rules_per_min > 0.0;
         for c in &self.room {
-            if let Some([lo, hi]) = c.audio_len {
-                if usize::from(lo) < crate::rtp::MIN_LEN
+            if let Some([lo, hi]) = c.audio_len
+                && (usize::from(lo) < crate::rtp::MIN_LEN
                     || lo > hi
-                    || usize::from(hi) > crate::rtp::MAX_LEN
-                {
-                    bail!(
-                        "audio_len must be {} <= min <= max <= {} bytes",
-                        crate::rtp::MIN_LEN,
-                        crate::rtp::MAX_LEN
-                    );
-                }
+                    || usize::from(hi) > crate::rtp::MAX_LEN)
+            {
+                bail!(
+                    "audio_len must be {} <= min <= max <= {} bytes",
+                    crate::rtp::MIN_LEN,
+                    crate::rtp::MAX_LEN
+                );
             }
         }
         if let Some(w) = &self.webinar {

@@ -89,17 +89,32 @@ fn task_ticks(path: &str) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// Nanoseconds the threads of process `pid` have spent runnable but waiting for a CPU
-/// (`/proc/<pid>/task/*/schedstat`, second field), summed.
-fn runqueue_wait_ns(pid: u32) -> Option<u64> {
-    let mut total = 0;
-    for e in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+/// What the scheduler did with the threads of process `pid`, summed over them: nanoseconds
+/// runnable but waiting for a CPU (`schedstat`, second field), and voluntary and involuntary
+/// context switches (`status`): a sleep that ended, and a preemption by another task.
+fn sched_counts(pid: u32) -> Option<[u64; 3]> {
+    let mut total = [0; 3];
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
         let text = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
-        total += text
+        total[0] += text
             .split_whitespace()
             .nth(1)
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        for (i, key) in [
+            (1, "voluntary_ctxt_switches:"),
+            (2, "nonvoluntary_ctxt_switches:"),
+        ] {
+            total[i] += status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
     }
     Some(total)
 }
@@ -120,8 +135,9 @@ struct Sample {
     at: Instant,
     cpu: CpuTicks,
     process: u64,
-    /// Run-queue wait of the process's threads, ns.
-    waited_ns: u64,
+    /// Run-queue wait of the process's threads (ns), their voluntary and involuntary context
+    /// switches.
+    sched: [u64; 3],
     ksoftirqd: u64,
     softnet: [u64; 3],
 }
@@ -144,7 +160,7 @@ impl Sampler {
                 at: Instant::now(),
                 cpu: parse_stat(&stat, core)?,
                 process: task_ticks(&format!("/proc/{pid}/stat"))?,
-                waited_ns: runqueue_wait_ns(pid).unwrap_or(0),
+                sched: sched_counts(pid).unwrap_or_default(),
                 ksoftirqd: softirqd
                     .and_then(|k| task_ticks(&format!("/proc/{k}/stat")))
                     .unwrap_or(0),
@@ -225,6 +241,12 @@ pub struct CoreUse {
     /// delay, summed over threads), as a share of the window: above a few per cent something
     /// else competed for the core and the latency figures measured that competition.
     pub runqueue_wait: f64,
+    /// The process's voluntary context switches per second (a worker that sleeps when its
+    /// socket runs dry switches once per sleep): how often it paid a wake-up.
+    pub sleeps_per_s: f64,
+    /// Its involuntary context switches per second: how often another task took the core
+    /// from it.
+    pub preempted_per_s: f64,
     /// Busy core time per forwarded packet, ns.
     pub busy_ns_per_packet: Option<f64>,
     /// The process's CPU time per forwarded packet, ns.
@@ -275,7 +297,9 @@ impl CoreUse {
             process,
             ksoftirqd,
             other: (busy - process - ksoftirqd).max(0.0),
-            runqueue_wait: b.waited_ns.saturating_sub(a.waited_ns) as f64 / 1e9 / seconds,
+            runqueue_wait: b.sched[0].saturating_sub(a.sched[0]) as f64 / 1e9 / seconds,
+            sleeps_per_s: b.sched[1].saturating_sub(a.sched[1]) as f64 / seconds,
+            preempted_per_s: b.sched[2].saturating_sub(a.sched[2]) as f64 / seconds,
             busy_ns_per_packet: per_packet(busy),
             process_ns_per_packet: per_packet(process),
             softnet,
@@ -325,7 +349,7 @@ mod tests {
                 f: [user, 0, 0, idle, 0, 0, softirq, 0],
             },
             process,
-            waited_ns: ms * 10_000,
+            sched: [ms * 10_000, ms * 3, ms],
             ksoftirqd,
             softnet: [ms, 0, 0],
         };
@@ -343,6 +367,8 @@ mod tests {
         assert!((u.busy_ns_per_packet.unwrap() - 800_000.0).abs() < 1e-6);
         assert_eq!(u.softnet[0], 1000);
         assert!((u.runqueue_wait - 0.01).abs() < 1e-9, "{}", u.runqueue_wait);
+        assert!((u.sleeps_per_s - 3000.0).abs() < 1e-6, "{}", u.sleeps_per_s);
+        assert!((u.preempted_per_s - 1000.0).abs() < 1e-6);
         assert!(CoreUse::over(0, &samples, (at(150), at(1050)), 1.0).is_none());
     }
 }

@@ -322,6 +322,7 @@ mod tests {
             delivery_us: Latency::default(),
             socket_wait_us: Latency::default(),
             cpu_ns_per_packet: None,
+            batch_mean: None,
             late_frames: 0,
             udp_rcvbuf_errors: 0,
             udp_out_datagrams: 0,

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 pub struct Budgets {
     /// How the knee search steps.
     pub search: Search,
-    /// Scenarios, run in order.
+    /// Scenarios, run in order (a file may hold only side-by-side or webinar runs).
+    #[serde(default)]
     pub scenario: Vec<ScenarioSpec>,
     /// Knee egress of one scenario against another's (GSO on/off, one backend against the other).
     #[serde(default)]
