@@ -64,7 +64,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         ring_buffers: config.ring_buffers,
         gso: config.gso,
         busy_poll: config.busy_poll,
-        ..DataPlaneConfig::default()
+        idle_spin: config.idle_poll,
+        worker_priority: config.worker_priority,
     })
     .with_context(|| format!("starting the data plane on {}", config.media))?;
     let plane = Arc::new(plane);

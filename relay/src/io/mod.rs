@@ -13,6 +13,7 @@ mod datagram;
 mod idle;
 mod mmsg;
 mod plan;
+mod sched;
 mod send;
 mod socket;
 mod stats;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+pub use sched::WorkerPriority;
 pub use stats::WorkerStats;
 
 use crate::config::BackendChoice;
@@ -80,6 +82,8 @@ pub struct DataPlaneConfig {
     /// The most an idle worker polls its socket before it sleeps (adaptive, see `io::idle`);
     /// zero sleeps at once.
     pub idle_spin: Duration,
+    /// How the kernel schedules the worker threads (`io::sched`).
+    pub worker_priority: WorkerPriority,
 }
 
 impl Default for DataPlaneConfig {
@@ -96,6 +100,7 @@ impl Default for DataPlaneConfig {
             gso: true,
             busy_poll: false,
             idle_spin: DEFAULT_IDLE_SPIN,
+            worker_priority: WorkerPriority::Normal,
         }
     }
 }
@@ -170,11 +175,24 @@ impl DataPlane {
             };
             let pin = config.pin.then_some(index % cores);
             let ready = ready_tx.clone();
+            let priority = config.worker_priority;
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
                     if let Some(core) = pin {
                         socket::pin_to_core(core);
+                    }
+                    if let Err(e) = sched::apply(priority) {
+                        let e = io::Error::new(
+                            e.kind(),
+                            format!(
+                                "--worker-priority {priority}: {e} (below nice 0 and fifo need \
+                                 CAP_SYS_NICE, or in the unit LimitNICE= / LimitRTPRIO= \
+                                 and RestrictRealtime=no)"
+                            ),
+                        );
+                        let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        return Err(e);
                     }
                     let result = worker.run(backend, |r| {
                         let _ = ready.send(r);
