@@ -116,6 +116,15 @@ pub struct ServeArgs {
     /// [default: false].
     #[arg(long, env = "RELAY_BUSY_POLL")]
     pub busy_poll: Option<bool>,
+    /// The most an idle worker keeps polling its socket before it sleeps, in µs; the window
+    /// adapts to the gaps between datagrams, and 0 sleeps at once [default: 0].
+    #[arg(long, env = "RELAY_IDLE_POLL_US")]
+    pub idle_poll_us: Option<u64>,
+    /// Scheduling of the worker threads: normal, nice:N (-20 to 19) or fifo:N (SCHED_FIFO,
+    /// 1 to 99); below nice 0 and fifo need CAP_SYS_NICE or RLIMIT_NICE / RLIMIT_RTPRIO
+    /// [default: normal].
+    #[arg(long, env = "RELAY_WORKER_PRIORITY")]
+    pub worker_priority: Option<String>,
     /// Most rooms at once [default: 10000].
     #[arg(long, env = "RELAY_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
@@ -219,6 +228,10 @@ pub struct Config {
     pub gso: bool,
     /// Spin instead of sleeping.
     pub busy_poll: bool,
+    /// The most an idle worker polls before it sleeps.
+    pub idle_poll: std::time::Duration,
+    /// Scheduling of the worker threads.
+    pub worker_priority: crate::io::WorkerPriority,
     /// API limits.
     pub limits: Limits,
     /// Log filter.
@@ -396,6 +409,8 @@ impl ServeArgs {
             ring_buffers: self.ring_buffers.or(other.ring_buffers),
             gso: self.gso.or(other.gso),
             busy_poll: self.busy_poll.or(other.busy_poll),
+            idle_poll_us: self.idle_poll_us.or(other.idle_poll_us),
+            worker_priority: self.worker_priority.or(other.worker_priority),
             max_rooms: self.max_rooms.or(other.max_rooms),
             max_participants: self.max_participants.or(other.max_participants),
             max_tracks: self.max_tracks.or(other.max_tracks),
@@ -497,6 +512,16 @@ impl ServeArgs {
             },
             gso: args.gso.unwrap_or(true),
             busy_poll: args.busy_poll.unwrap_or(false),
+            idle_poll: args.idle_poll_us.map_or(
+                crate::io::DEFAULT_IDLE_SPIN,
+                std::time::Duration::from_micros,
+            ),
+            worker_priority: match args.worker_priority.as_deref() {
+                None => crate::io::WorkerPriority::default(),
+                Some(p) => p
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--worker-priority {e}"))?,
+            },
             limits,
             log: args.log.unwrap_or_else(|| "info".into()),
             log_format: args.log_format.unwrap_or_default(),

@@ -71,6 +71,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         gso: config.gso,
         busy_poll: config.busy_poll,
         fence: fence.clone(),
+        idle_spin: config.idle_poll,
+        worker_priority: config.worker_priority,
     })
     .with_context(|| format!("starting the data plane on {}", config.media))?;
     let plane = Arc::new(plane);

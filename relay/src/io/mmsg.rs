@@ -10,11 +10,13 @@ use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr;
+use std::time::Instant;
 
 use socket2::SockAddr;
 
 use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
+use super::idle::IdleSpin;
 use super::plan::{Plan, REPLY_SLOTS, What};
 use super::send::{self, SEGMENT_CMSG_SPACE, SegmentCmsg, Sent};
 use super::socket;
@@ -28,6 +30,9 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
     let mut path = Datapath::new(w.index, w.latches.clone(), w.fence.clone());
     let mut batch = RecvBatch::new(w.settings.recv_batch, SLOT_SIZE);
     let mut queue = SendQueue::new(w.settings.send_batch, gso);
+    let mut spin = IdleSpin::new(w.settings.idle_spin);
+    // When the socket last ran dry, while it stays dry.
+    let mut dry_since: Option<Instant> = None;
     ready(Ok(()));
     loop {
         if !w.apply_messages(&mut path.table) {
@@ -35,13 +40,17 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
         }
         let n = batch.recv(fd)?;
         if n == 0 {
-            if w.settings.busy_poll {
+            let dry = *dry_since.get_or_insert_with(Instant::now);
+            if w.settings.busy_poll || spin.keep_polling(dry.elapsed()) {
                 std::hint::spin_loop();
             } else {
                 wait(fd, w.wake.as_raw_fd())?;
+                spin.slept(dry.elapsed());
+                dry_since = None;
             }
             continue;
         }
+        dry_since = None;
         path.begin_batch();
         for k in 0..n {
             let (src, bytes, truncated) = batch.datagram(k);

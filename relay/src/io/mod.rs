@@ -10,8 +10,10 @@
 //! [`datagram::Datapath::handle`] and plan their sends with the same [`plan::Plan`].
 
 mod datagram;
+mod idle;
 mod mmsg;
 mod plan;
+mod sched;
 mod send;
 mod socket;
 mod stats;
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+pub use sched::WorkerPriority;
 pub use stats::WorkerStats;
 
 use crate::config::BackendChoice;
@@ -79,6 +82,11 @@ pub struct DataPlaneConfig {
     /// In fleet mode, the fleet's status: while it says fenced, workers forward nothing
     /// (counted as drop reason `fenced`; read once per batch).
     pub fence: Option<Arc<crate::fleet::Status>>,
+    /// The most an idle worker polls its socket before it sleeps (adaptive, see `io::idle`);
+    /// zero sleeps at once.
+    pub idle_spin: Duration,
+    /// How the kernel schedules the worker threads (`io::sched`).
+    pub worker_priority: WorkerPriority,
 }
 
 impl Default for DataPlaneConfig {
@@ -95,6 +103,8 @@ impl Default for DataPlaneConfig {
             gso: true,
             busy_poll: false,
             fence: None,
+            idle_spin: DEFAULT_IDLE_SPIN,
+            worker_priority: WorkerPriority::Normal,
         }
     }
 }
@@ -115,6 +125,9 @@ struct WorkerHandle {
     stats: Arc<WorkerStats>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
+
+/// How long an idle worker polls its socket at most before it sleeps (`io::idle`).
+pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_micros(0);
 
 /// The largest datagram a worker forwards; larger ones are counted as oversize and dropped.
 pub const SLOT_SIZE: usize = 2048;
@@ -140,6 +153,7 @@ impl DataPlane {
             ring_buffers: config.ring_buffers.clamp(64, 32768).next_power_of_two(),
             gso: config.gso,
             busy_poll: config.busy_poll,
+            idle_spin: config.idle_spin,
         };
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let (latch_tx, latches) = crossbeam_channel::bounded(LATCH_QUEUE);
@@ -166,11 +180,24 @@ impl DataPlane {
             };
             let pin = config.pin.then_some(index % cores);
             let ready = ready_tx.clone();
+            let priority = config.worker_priority;
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
                     if let Some(core) = pin {
                         socket::pin_to_core(core);
+                    }
+                    if let Err(e) = sched::apply(priority) {
+                        let e = io::Error::new(
+                            e.kind(),
+                            format!(
+                                "--worker-priority {priority}: {e} (below nice 0 and fifo need \
+                                 CAP_SYS_NICE, or in the unit LimitNICE= / LimitRTPRIO= \
+                                 and RestrictRealtime=no)"
+                            ),
+                        );
+                        let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        return Err(e);
                     }
                     let result = worker.run(backend, |r| {
                         let _ = ready.send(r);

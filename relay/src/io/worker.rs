@@ -37,6 +37,8 @@ pub(crate) struct Settings {
     pub(crate) gso: bool,
     /// Spin instead of sleeping when there is nothing to do.
     pub(crate) busy_poll: bool,
+    /// The most an idle worker polls before it sleeps.
+    pub(crate) idle_spin: std::time::Duration,
 }
 
 pub(crate) struct Worker {

@@ -23,6 +23,7 @@ mod sends;
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
 
 use io_uring::types::{Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -30,6 +31,7 @@ use socket2::SockAddr;
 
 use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
+use super::idle::IdleSpin;
 use super::plan::{Plan, REPLY_SLOTS, What};
 use super::send::{self, Sent};
 use super::socket;
@@ -171,6 +173,9 @@ impl Uring {
     fn serve(&mut self, w: &Worker) -> io::Result<()> {
         let mut path = Datapath::new(w.index, w.latches.clone(), w.fence.clone());
         let mut first_arm = true;
+        let mut spin = IdleSpin::new(w.settings.idle_spin);
+        // When the last turn without datagrams began, while none come.
+        let mut dry_since: Option<Instant> = None;
         loop {
             if !w.apply_messages(&mut path.table) {
                 return Ok(());
@@ -188,9 +193,21 @@ impl Uring {
                 self.push(poll.build(), WAKE)?;
                 self.wake_armed = true;
             }
-            self.enter(!self.busy_poll)?;
+            let sleep =
+                !self.busy_poll && dry_since.is_some_and(|dry| !spin.keep_polling(dry.elapsed()));
+            self.enter(sleep)?;
             self.reap();
             let received = !self.pending.is_empty();
+            if received {
+                if let (true, Some(dry)) = (sleep, dry_since) {
+                    spin.slept(dry.elapsed());
+                }
+                dry_since = None;
+            } else {
+                // Nothing came (a wake-up by send completions or a control message leaves the
+                // socket as dry as it was).
+                dry_since.get_or_insert_with(Instant::now);
+            }
             if received {
                 path.begin_batch();
             }
