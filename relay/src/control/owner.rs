@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::core::{Command, Core, Now, Restore};
+use super::core::{Command, Core, LocalIdentity, Now, Restore};
 use super::error::{ApiError, Code};
 use super::event::Event;
 use super::geoip::Geoip;
@@ -87,7 +87,7 @@ impl Owner {
             participants: store.participants().map_err(store_err)?,
         };
         let geoip = geoip_path.as_deref().map(Geoip::open).transpose()?;
-        let core = Core::new(
+        let mut core = Core::new(
             limits,
             plane.workers(),
             shared.info.media_address,
@@ -95,6 +95,13 @@ impl Owner {
             now,
         )
         .map_err(|e| anyhow::anyhow!("restoring the state: {e}"))?;
+        // One DTLS certificate per process (issue 13): its fingerprint goes in every answer.
+        let certificate = crate::dtls::Certificate::generate(&mut rand::thread_rng())
+            .map_err(|e| anyhow::anyhow!("generating the DTLS certificate: {e}"))?;
+        core.set_identity(LocalIdentity {
+            fingerprint: certificate.fingerprint().clone(),
+            addresses: vec![shared.info.media_address],
+        });
         let mut owner = Self {
             core,
             store,

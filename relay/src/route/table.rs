@@ -16,6 +16,7 @@ use std::sync::Arc;
 use socket2::SockAddr;
 
 use super::ice::{self, Latch, StunAction, StunGuard};
+use super::leg::Leg;
 use super::room::{Member, Room};
 use crate::packet::rtp::Ssrc;
 use crate::packet::{demux, rtcp, rtp};
@@ -141,8 +142,8 @@ pub struct Table {
     free: Vec<u32>,
     ids: HashMap<RoomId, u32>,
     // Keys come from the network: std's keyed SipHash resists collision floods.
-    by_addr: HashMap<SocketAddr, (u32, u16)>,
-    by_ufrag: HashMap<Box<[u8]>, (u32, u16)>,
+    by_addr: HashMap<SocketAddr, (u32, u16, Leg)>,
+    by_ufrag: HashMap<Box<[u8]>, (u32, u16, Leg)>,
 }
 
 /// A room in a worker's table.
@@ -218,12 +219,14 @@ impl Table {
     }
 
     fn index(&mut self, index: u32, ssrcs: &mut Ssrcs, slot: u16, m: &Member) {
-        if let Some(addr) = m.addr {
-            self.by_addr.insert(addr, (index, slot));
-        }
-        if let Some(ice) = &m.ice {
-            self.by_ufrag
-                .insert(ice.ufrag.as_bytes().into(), (index, slot));
+        for (leg, addr, ice) in legs(m) {
+            if let Some(addr) = addr {
+                self.by_addr.insert(addr, (index, slot, leg));
+            }
+            if let Some(ice) = ice {
+                self.by_ufrag
+                    .insert(ice.ufrag.as_bytes().into(), (index, slot, leg));
+            }
         }
         for (t, track) in m.tracks.iter().enumerate() {
             ssrcs.insert(track.ssrc, (slot, t as u16));
@@ -233,15 +236,17 @@ impl Table {
     /// Removes what `m` in `slot` put in the indexes; entries that moved to another member or
     /// room since (an address taken over in the same round) stay.
     fn unindex(&mut self, index: u32, ssrcs: &mut Ssrcs, slot: u16, m: &Member) {
-        if let Some(addr) = m.addr
-            && self.by_addr.get(&addr) == Some(&(index, slot))
-        {
-            self.by_addr.remove(&addr);
-        }
-        if let Some(ice) = &m.ice
-            && self.by_ufrag.get(ice.ufrag.as_bytes()) == Some(&(index, slot))
-        {
-            self.by_ufrag.remove(ice.ufrag.as_bytes());
+        for (leg, addr, ice) in legs(m) {
+            if let Some(addr) = addr
+                && self.by_addr.get(&addr) == Some(&(index, slot, leg))
+            {
+                self.by_addr.remove(&addr);
+            }
+            if let Some(ice) = ice
+                && self.by_ufrag.get(ice.ufrag.as_bytes()) == Some(&(index, slot, leg))
+            {
+                self.by_ufrag.remove(ice.ufrag.as_bytes());
+            }
         }
         for track in m.tracks.iter() {
             if ssrcs.get(&track.ssrc).is_some_and(|(s, _)| *s == slot) {
@@ -286,7 +291,7 @@ impl Table {
         let Some(username) = msg.username() else {
             return StunAction::Drop(DropReason::StunUnauthorized);
         };
-        let Some(&(index, slot)) = self.by_ufrag.get(ice::local_ufrag(username)) else {
+        let Some(&(index, slot, leg)) = self.by_ufrag.get(ice::local_ufrag(username)) else {
             return StunAction::Drop(DropReason::StunUnknownUser);
         };
         if !ice::allow(guard, now_ms, src) {
@@ -298,17 +303,21 @@ impl Table {
         let Some(member) = installed.room.member(slot) else {
             return StunAction::Drop(DropReason::StunUnknownUser);
         };
-        let Some(creds) = &member.ice else {
+        let Some((_, current, Some(creds))) = legs(member).find(|(l, _, _)| *l == leg) else {
             return StunAction::Drop(DropReason::StunUnknownUser);
         };
         match ice::answer(&msg, *src, creds.pwd.as_bytes(), out) {
             Ok(len) => {
                 member.counters.stun_ok().add(worker, 1);
-                let latch =
-                    (member.addr != Some(*src) && msg.ice_controlled().is_none()).then(|| Latch {
+                // A WebRTC leg binds only the pair the browser nominates (RFC 8445 §7.3.1.5);
+                // its other checks are answered (consent freshness) and change nothing.
+                let nominated = member.webrtc.is_none() || msg.use_candidate();
+                let latch = (current != Some(*src) && msg.ice_controlled().is_none() && nominated)
+                    .then(|| Latch {
                         room: installed.id,
                         participant: member.name.clone(),
                         addr: *src,
+                        leg,
                     });
                 StunAction::Reply { len, latch }
             }
@@ -334,7 +343,7 @@ impl Table {
             demux::Kind::Dtls => return Verdict::Drop(DropReason::Dtls),
             demux::Kind::Other => return Verdict::Drop(DropReason::NotMedia),
         }
-        let Some(&(index, slot)) = self.by_addr.get(src) else {
+        let Some(&(index, slot, _leg)) = self.by_addr.get(src) else {
             return Verdict::Drop(DropReason::UnknownSource);
         };
         let Some(installed) = self.installed(index) else {
@@ -360,6 +369,16 @@ impl Table {
         }
         verdict
     }
+}
+
+/// A member's legs: (which, address, relay-side credentials).
+fn legs(m: &Member) -> impl Iterator<Item = (Leg, Option<SocketAddr>, Option<&ice::Credentials>)> {
+    let main = (Leg::Main, m.addr, m.ice.as_deref());
+    let subscribe = m
+        .webrtc
+        .as_ref()
+        .map(|l| (Leg::Subscribe, l.subscribe_addr, l.subscribe_ice.as_deref()));
+    std::iter::once(main).chain(subscribe)
 }
 
 impl Installed {

@@ -60,6 +60,7 @@ pub fn install_with(
             subscribe: lists[i].as_deref(),
             counters: Arc::new(ParticipantCounters::new(plane.workers())),
             ice: None,
+            webrtc: None,
         })
         .collect();
     let compiled = compile_all(
