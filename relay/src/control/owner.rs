@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::core::{Command, Core, LocalIdentity, Now, Restore};
+use super::core::{Command, Core, DtlsReport, LocalIdentity, Now, Restore};
 use super::error::{ApiError, Code};
 use super::event::Event;
 use super::geoip::Geoip;
@@ -58,6 +58,7 @@ pub struct Owner {
     geoip: Option<Geoip>,
     geoip_path: Option<std::path::PathBuf>,
     last_verify: Instant,
+    certificate: crate::dtls::Certificate,
 }
 
 /// How often housekeeping runs: rule expiry takes effect within a second.
@@ -110,6 +111,7 @@ impl Owner {
             geoip,
             geoip_path,
             last_verify: Instant::now(),
+            certificate,
         };
         // Every room back in the workers before the API answers.
         owner
@@ -143,8 +145,19 @@ impl Owner {
         Ok(owner)
     }
 
-    /// Serves requests, latches and ticks until [`Request::Stop`] or until every sender is gone.
-    pub fn run(mut self, requests: Receiver<Request>, latches: Receiver<Latch>) {
+    /// The process's DTLS certificate, for the DTLS thread.
+    pub fn certificate(&self) -> crate::dtls::Certificate {
+        self.certificate.clone()
+    }
+
+    /// Serves requests, latches, DTLS reports and ticks until [`Request::Stop`] or until every
+    /// sender is gone.
+    pub fn run(
+        mut self,
+        requests: Receiver<Request>,
+        latches: Receiver<Latch>,
+        dtls: Receiver<DtlsReport>,
+    ) {
         let ticker = crossbeam_channel::tick(TICK);
         loop {
             select! {
@@ -158,6 +171,11 @@ impl Owner {
                     if let Err(e) = self.run_command(Command::Latch(latch)) {
                         tracing::warn!(error = %e, "latching failed");
                     }
+                },
+                recv(dtls) -> d => if let Ok(report) = d
+                    && let Err(e) = self.run_command(Command::Dtls(report))
+                {
+                    tracing::warn!(error = %e, "recording a DTLS state failed");
                 },
                 recv(ticker) -> _ => self.tick(),
             }
@@ -362,11 +380,12 @@ impl Owner {
 pub fn spawn(
     owner: Owner,
     latches: Receiver<Latch>,
+    dtls: Receiver<DtlsReport>,
 ) -> std::io::Result<(Sender<Request>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(REQUEST_QUEUE);
     let handle = std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || owner.run(rx, latches))?;
+        .spawn(move || owner.run(rx, latches, dtls))?;
     Ok((tx, handle))
 }
 

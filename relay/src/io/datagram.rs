@@ -44,6 +44,8 @@ pub(crate) struct Datapath {
     guard: StunGuard,
     /// Latch requests to the control thread.
     latches: Sender<Latch>,
+    /// DTLS datagrams of WebRTC legs to the DTLS thread.
+    dtls: Sender<super::dtls::Inbound>,
     /// Milliseconds since the worker started, read once per batch (STUN rate limits).
     now_ms: u64,
     start: Instant,
@@ -51,13 +53,18 @@ pub(crate) struct Datapath {
 }
 
 impl Datapath {
-    pub(crate) fn new(worker: usize, latches: Sender<Latch>) -> Self {
+    pub(crate) fn new(
+        worker: usize,
+        latches: Sender<Latch>,
+        dtls: Sender<super::dtls::Inbound>,
+    ) -> Self {
         Self {
             worker,
             table: Table::new(),
             counts: BatchCounts::default(),
             guard: StunGuard::new(),
             latches,
+            dtls,
             now_ms: 1,
             start: Instant::now(),
             reply: [0; STUN_REPLY_SIZE],
@@ -92,6 +99,20 @@ impl Datapath {
         };
         match verdict {
             Verdict::Forward(_) => {}
+            Verdict::Dtls => {
+                // Handshake traffic only: a copy per datagram, never per media packet.
+                let leg = src.and_then(|s| Some((s, self.table.dtls_leg(&s)?)));
+                if let Some((src, leg)) = leg {
+                    let inbound = super::dtls::Inbound {
+                        leg,
+                        src,
+                        bytes: bytes.to_vec(),
+                    };
+                    if self.dtls.try_send(inbound).is_err() {
+                        self.counts.drops[DropReason::DtlsQueueFull.index()] += 1;
+                    }
+                }
+            }
             Verdict::Stun => {
                 let Some(src) = src else {
                     return;

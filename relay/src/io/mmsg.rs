@@ -25,7 +25,7 @@ use super::worker::Worker;
 pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<()> {
     let fd = w.socket.as_raw_fd();
     let gso = w.settings.gso && send::gso_supported(fd);
-    let mut path = Datapath::new(w.index, w.latches.clone());
+    let mut path = Datapath::new(w.index, w.latches.clone(), w.dtls.clone());
     let mut batch = RecvBatch::new(w.settings.recv_batch, SLOT_SIZE);
     let mut queue = SendQueue::new(w.settings.send_batch, gso);
     ready(Ok(()));

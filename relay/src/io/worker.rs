@@ -48,6 +48,8 @@ pub(crate) struct Worker {
     pub(crate) settings: Settings,
     /// Where authenticated STUN sends latch requests for the control thread.
     pub(crate) latches: Sender<Latch>,
+    /// DTLS datagrams of WebRTC legs to the DTLS thread.
+    pub(crate) dtls: Sender<super::dtls::Inbound>,
 }
 
 impl Worker {

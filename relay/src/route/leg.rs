@@ -18,6 +18,8 @@ use std::sync::Arc;
 use socket2::SockAddr;
 
 use super::ice::Credentials;
+use super::table::RoomId;
+use crate::sdp::Fingerprint;
 
 /// Which leg of a member a source address or a ufrag belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,9 +41,36 @@ impl Leg {
     }
 }
 
-/// What makes a member a WebRTC member: its subscribe leg, if it has one yet.
+/// One leg's DTLS session as the workers see it: which session a datagram belongs to, and the
+/// client's certificate fingerprints (from its SDP) the DTLS thread checks.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// The leg's session handle, unique relay-wide (its random SDP session id).
+    pub id: u64,
+    /// The fingerprints from the client's offer or answer; `None` before the answer.
+    pub fingerprints: Option<Arc<[Fingerprint]>>,
+}
+
+/// A DTLS datagram's leg: what the worker hands the DTLS thread with it.
+#[derive(Clone, Debug)]
+pub struct DtlsLeg {
+    /// The room.
+    pub room: RoomId,
+    /// The participant.
+    pub participant: Arc<str>,
+    /// The leg.
+    pub leg: Leg,
+    /// Its session.
+    pub session: Session,
+}
+
+/// What makes a member a WebRTC member: its sessions and its subscribe leg, if it has one yet.
 #[derive(Clone, Debug, Default)]
 pub struct Legs {
+    /// The publish leg's DTLS session (the leg uses the member's own ICE and address).
+    pub publish: Option<Session>,
+    /// The subscribe leg's DTLS session.
+    pub subscribe: Option<Session>,
     /// The subscribe leg's relay-side ICE credentials (`None` before the subscribe exchange).
     pub subscribe_ice: Option<Arc<Credentials>>,
     /// The subscribe leg's latched address.
@@ -50,12 +79,17 @@ pub struct Legs {
 }
 
 impl Legs {
-    /// Legs with a subscribe leg of these credentials and address (each may be absent).
+    /// Legs with these sessions and a subscribe leg of these credentials and address (each may
+    /// be absent).
     pub fn new(
+        publish: Option<Session>,
+        subscribe: Option<Session>,
         subscribe_ice: Option<Arc<Credentials>>,
         subscribe_addr: Option<SocketAddr>,
     ) -> Self {
         Self {
+            publish,
+            subscribe,
             subscribe_ice,
             subscribe_addr,
             subscribe_sockaddr: subscribe_addr.map(SockAddr::from),
@@ -100,7 +134,15 @@ mod tests {
             subscribe: None,
             counters: Arc::new(ParticipantCounters::new(1)),
             ice: Some(creds("pubA")),
-            webrtc: Some(Arc::new(Legs::new(Some(creds("subA")), subscribe_addr))),
+            webrtc: Some(Arc::new(Legs::new(
+                Some(Session {
+                    id: 7,
+                    fingerprints: None,
+                }),
+                None,
+                Some(creds("subA")),
+                subscribe_addr,
+            ))),
         };
         let b = Participant {
             id: "b",

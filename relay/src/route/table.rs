@@ -16,7 +16,7 @@ use std::sync::Arc;
 use socket2::SockAddr;
 
 use super::ice::{self, Latch, StunAction, StunGuard};
-use super::leg::Leg;
+use super::leg::{DtlsLeg, Leg};
 use super::room::{Member, Room};
 use crate::packet::rtp::Ssrc;
 use crate::packet::{demux, rtcp, rtp};
@@ -53,10 +53,12 @@ pub enum DropReason {
     MalformedRtp,
     /// RTCP that does not parse.
     MalformedRtcp,
-    /// A DTLS record: the relay does not terminate DTLS.
+    /// A DTLS record from anything but a latched WebRTC leg.
     Dtls,
     /// STUN that the relay does not answer.
     Stun,
+    /// DTLS from a WebRTC leg that the DTLS thread's queue had no room for.
+    DtlsQueueFull,
     /// Neither RTP, RTCP, STUN nor DTLS (RFC 7983).
     NotMedia,
     /// Larger than a receive buffer.
@@ -77,12 +79,13 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::UnknownSource,
         Self::UndeclaredSsrc,
         Self::MalformedRtp,
         Self::MalformedRtcp,
         Self::Dtls,
+        Self::DtlsQueueFull,
         Self::Stun,
         Self::NotMedia,
         Self::Oversize,
@@ -107,6 +110,7 @@ impl DropReason {
             Self::MalformedRtp => "malformed_rtp",
             Self::MalformedRtcp => "malformed_rtcp",
             Self::Dtls => "dtls",
+            Self::DtlsQueueFull => "dtls_queue_full",
             Self::Stun => "stun",
             Self::NotMedia => "not_media",
             Self::Oversize => "oversize",
@@ -127,6 +131,8 @@ pub enum Verdict {
     Forward(usize),
     /// A STUN message for the caller to handle.
     Stun,
+    /// A DTLS datagram from a latched WebRTC leg, for the DTLS thread ([`Table::dtls_leg`]).
+    Dtls,
     /// Not forwarded.
     Drop(DropReason),
 }
@@ -325,6 +331,25 @@ impl Table {
         }
     }
 
+    /// The WebRTC leg whose latched address is `src`, with its DTLS session: where a DTLS
+    /// datagram from `src` belongs. `None` for any other source.
+    pub fn dtls_leg(&self, src: &SocketAddr) -> Option<DtlsLeg> {
+        let &(index, slot, leg) = self.by_addr.get(src)?;
+        let installed = self.installed(index)?;
+        let member = installed.room.member(slot)?;
+        let legs = member.webrtc.as_ref()?;
+        let session = match leg {
+            Leg::Main => legs.publish.clone(),
+            Leg::Subscribe => legs.subscribe.clone(),
+        }?;
+        Some(DtlsLeg {
+            room: installed.id,
+            participant: member.name.clone(),
+            leg,
+            session,
+        })
+    }
+
     /// Decides where one datagram goes and calls `emit` once per destination.
     ///
     /// `worker` selects the counter cells to add to.
@@ -340,7 +365,12 @@ impl Table {
         match kind {
             demux::Kind::Rtp | demux::Kind::Rtcp => {}
             demux::Kind::Stun => return Verdict::Stun,
-            demux::Kind::Dtls => return Verdict::Drop(DropReason::Dtls),
+            demux::Kind::Dtls => {
+                return match self.dtls_leg(src) {
+                    Some(_) => Verdict::Dtls,
+                    None => Verdict::Drop(DropReason::Dtls),
+                };
+            }
             demux::Kind::Other => return Verdict::Drop(DropReason::NotMedia),
         }
         let Some(&(index, slot, _leg)) = self.by_addr.get(src) else {

@@ -136,13 +136,10 @@ pub(crate) struct Webrtc {
     published: Vec<sdp::Track>,
 }
 
-/// What the database keeps of a WebRTC participant: that it is one, and its subscribe leg's
-/// credentials. DTLS sessions and keys are never kept: after a restart the client runs the
-/// exchanges again.
+/// What the database keeps of a WebRTC participant: that it is one. Legs, DTLS sessions and
+/// keys are never kept: after a restart the client runs the exchanges again.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
-pub(super) struct Saved {
-    subscribe_ice: Option<IceBody>,
-}
+pub(super) struct Saved {}
 
 /// What the database keeps of a room's own settings.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -218,6 +215,17 @@ impl LegState {
         }
     }
 
+    /// The session as the workers see it.
+    fn session(&self) -> route::Session {
+        route::Session {
+            id: self.session.0,
+            fingerprints: self
+                .remote
+                .as_ref()
+                .map(|r| Arc::from(r.fingerprints.as_slice())),
+        }
+    }
+
     /// The next `o=` version of this leg's session.
     fn next_session(&mut self) -> (u64, u64) {
         self.session.1 += 1;
@@ -240,6 +248,8 @@ impl Webrtc {
     pub(super) fn legs(&self) -> route::Legs {
         let sub = self.subscribe.as_ref();
         route::Legs::new(
+            self.publish.as_ref().map(LegState::session),
+            sub.map(|s| s.state.session()),
             sub.map(|s| {
                 Arc::new(Credentials {
                     ufrag: s.ice.ufrag.as_str().into(),
@@ -251,24 +261,13 @@ impl Webrtc {
     }
 
     pub(super) fn saved(&self) -> Saved {
-        Saved {
-            subscribe_ice: self.subscribe.as_ref().map(|s| s.ice.clone()),
-        }
+        Saved {}
     }
 
-    pub(super) fn restore(saved: Saved) -> Self {
-        Self {
-            publish: None,
-            subscribe: saved.subscribe_ice.map(|ice| SubscribeLeg {
-                ice,
-                address: None,
-                state: LegState::new(0),
-                slots: Vec::new(),
-                next_mid: 0,
-                offer: None,
-            }),
-            published: Vec::new(),
-        }
+    /// A WebRTC participant back from the database: no leg survives a restart (DTLS sessions
+    /// are never kept); the client runs the exchanges again.
+    pub(super) fn restore(_: Saved) -> Self {
+        Self::default()
     }
 
     fn states(&self) -> impl Iterator<Item = &LegState> {
@@ -326,6 +325,15 @@ fn exchange_error(e: ExchangeError) -> ApiError {
             ApiError::new(Code::CodecMismatch, format!("codec mismatch: {m}"))
         }
     }
+}
+
+/// A new session handle derived from the old one (the answer carries no randomness): a
+/// SplitMix64 step, kept below 2^63 as SDP session ids are.
+fn fresh_session(old: u64) -> u64 {
+    let mut z = old.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) >> 1
 }
 
 fn parse(text: &str) -> Result<sdp::Session, ApiError> {
@@ -393,8 +401,14 @@ impl Core {
             .and_then(|p| p.webrtc.as_deref())
             .and_then(|w| w.publish.clone())
             .unwrap_or_else(|| LegState::new(fresh.session_id));
-        let local = self.local(&ice, leg.next_session())?;
-        let publish = sdp::answer_publish(&offer, &r.codecs, &local).map_err(exchange_error)?;
+        let mut local = self.local(&ice, leg.next_session())?;
+        let mut publish = sdp::answer_publish(&offer, &r.codecs, &local).map_err(exchange_error)?;
+        if leg.remote.as_ref().is_some_and(|r| *r != publish.remote) {
+            // Another peer connection (or an ICE restart): a new session, DTLS from the start.
+            leg = LegState::new(fresh.session_id);
+            local = self.local(&ice, leg.next_session())?;
+            publish = sdp::answer_publish(&offer, &r.codecs, &local).map_err(exchange_error)?;
+        }
         let mut tracks = Vec::new();
         for t in &publish.tracks {
             let Some(kind) = route_kind(&t.kind) else {
@@ -551,11 +565,11 @@ impl Core {
             .ok_or_else(no_offer)?;
         let offer = sub.offer.as_ref().ok_or_else(no_offer)?;
         let read = sdp::read_subscribe_answer(&answer, offer).map_err(exchange_error)?;
-        if sub.state.remote.as_ref() != Some(&read.remote) {
-            // A new client session (or its first answer): DTLS starts again.
-            sub.state.dtls = DtlsState::New;
-            sub.state.profile = None;
-            sub.state.failure = None;
+        if sub.state.remote.as_ref().is_some_and(|r| *r != read.remote) {
+            // Another peer connection answers: a new session, DTLS from the start.
+            let version = sub.state.session.1;
+            sub.state = LegState::new(fresh_session(sub.state.session.0));
+            sub.state.session.1 = version;
         }
         sub.state.remote = Some(read.remote);
         sub.offer = None;

@@ -162,7 +162,7 @@ impl Uring {
 
     /// The worker loop.
     fn serve(&mut self, w: &Worker) -> io::Result<()> {
-        let mut path = Datapath::new(w.index, w.latches.clone());
+        let mut path = Datapath::new(w.index, w.latches.clone(), w.dtls.clone());
         let mut first_arm = true;
         loop {
             if !w.apply_messages(&mut path.table) {
