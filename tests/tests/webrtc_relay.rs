@@ -132,3 +132,105 @@ fn dtls_from_a_source_that_is_no_webrtc_leg_is_dropped_and_counted() {
     });
     assert!(counted.is_some(), "{}", relay.metrics_text());
 }
+
+/// Runs the subscribe exchange for `id` on a new peer connection of `peer`; returns its id.
+fn subscribe(relay: &Relay, peer: &mut Peer, id: &str) -> Value {
+    let offer = relay.ok(
+        "POST",
+        &format!("/v1/rooms/r/participants/{id}/webrtc/subscribe"),
+        Some(&json!({})),
+    );
+    let reply = peer.call(json!({"op": "answer", "sdp": offer["sdp"]}));
+    let (status, body) = relay.call(
+        "PUT",
+        &format!("/v1/rooms/r/participants/{id}/webrtc/subscribe"),
+        Some(&json!({"sdp": reply["sdp"]})),
+    );
+    assert_eq!(status, 204, "{body}");
+    reply["id"].clone()
+}
+
+fn frames(peer: &mut Peer, pc: &Value) -> (u64, Value) {
+    let s = peer.call(json!({"op": "stats", "id": pc}));
+    (s["framesDecoded"].as_u64().unwrap_or(0), s)
+}
+
+#[test]
+fn two_chromium_participants_see_each_other_and_a_send_rule_freezes_one() {
+    if in_own_netns("two_chromium_participants_see_each_other_and_a_send_rule_freezes_one") {
+        return;
+    }
+    let relay = Relay::start();
+    relay.ok("PUT", "/v1/rooms/r", None);
+    let mut alice = Peer::chromium();
+    let mut bob = Peer::chromium();
+    publish(&relay, &mut alice, "a");
+    publish(&relay, &mut bob, "b");
+    let a_sub = subscribe(&relay, &mut alice, "a");
+    let b_sub = subscribe(&relay, &mut bob, "b");
+    // Both decode the other's video through the relay (SRTP unprotected and sealed again).
+    let decoded = |peer: &mut Peer, pc: &Value| {
+        wait_for(30, || {
+            let (f, s) = frames(peer, pc);
+            (f > 30).then_some(s)
+        })
+    };
+    let a_stats = decoded(&mut alice, &a_sub).unwrap_or_else(|| {
+        panic!(
+            "alice decodes nothing: {} {} {}",
+            frames(&mut alice, &a_sub).1,
+            relay
+                .metrics_text()
+                .lines()
+                .filter(|l| l.starts_with("relay_dropped")
+                    || l.starts_with("relay_packets")
+                    || l.starts_with("relay_forward"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            relay.ok("GET", "/v1/rooms/r", None)
+        )
+    });
+    let b_stats = decoded(&mut bob, &b_sub)
+        .unwrap_or_else(|| panic!("bob decodes nothing: {}", frames(&mut bob, &b_sub).1));
+    eprintln!("alice receives {a_stats}\nbob receives {b_stats}");
+    for s in [&a_stats, &b_stats] {
+        assert!(
+            s["srtpCipher"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("SRTP_"))
+        );
+        let received = s["packetsReceived"].as_u64().unwrap();
+        let lost = s["packetsLost"].as_i64().unwrap_or(0);
+        assert!(lost * 50 <= received as i64, "lost {lost} of {received}");
+        assert!(
+            s["audioPacketsReceived"].as_u64().unwrap_or(0) > 0,
+            "audio: {s}"
+        );
+    }
+
+    // A send rule on bob's video: alice's frames stop once the API call returns.
+    let id = relay.rule(json!({
+        "match": {"participants": [{"room": "r", "participant": "b"}]},
+        "direction": "send", "media": "video"
+    }));
+    thread::sleep(Duration::from_millis(500)); // frames in flight and in the jitter buffer
+    let (before, _) = frames(&mut alice, &a_sub);
+    thread::sleep(Duration::from_secs(2));
+    let (after, _) = frames(&mut alice, &a_sub);
+    assert!(
+        after <= before + 2,
+        "alice still decodes bob: {before} -> {after}"
+    );
+    // bob still decodes alice.
+    let (b1, _) = frames(&mut bob, &b_sub);
+    thread::sleep(Duration::from_secs(1));
+    let (b2, _) = frames(&mut bob, &b_sub);
+    assert!(b2 > b1 + 5, "bob stopped decoding alice: {b1} -> {b2}");
+    // Lifting it resumes them.
+    relay.lift(id);
+    let resumed = wait_for(15, || {
+        let (f, _) = frames(&mut alice, &a_sub);
+        (f > after + 10).then_some(f)
+    });
+    assert!(resumed.is_some(), "alice did not resume decoding bob");
+}

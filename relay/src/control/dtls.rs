@@ -15,18 +15,33 @@ use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use socket2::{SockAddr, Socket};
 
 use super::core::{DtlsReport, DtlsState};
 use crate::dtls::{Certificate, Engine, EngineConfig, Output};
 use crate::io::dtls::Inbound;
-use crate::route::DtlsLeg;
+use crate::route::{DtlsLeg, SrtpLeg};
+use crate::srtp;
+use std::sync::Arc;
 
 /// A session's handshake is removed after this long without a datagram.
 pub const IDLE: Duration = Duration::from_secs(120);
 /// Datagrams fed to handshakes per round (one per session per round: fair between sources).
 const BUDGET: usize = 64;
+
+/// What the control thread tells the DTLS thread.
+#[derive(Debug)]
+pub enum Order {
+    /// A session's client fingerprints, learnt from the client's answer: its handshake may
+    /// have started before (the browser starts DTLS as soon as it answered).
+    Fingerprints {
+        /// The leg session.
+        session: u64,
+        /// The fingerprints.
+        fingerprints: Vec<crate::sdp::Fingerprint>,
+    },
+}
 
 struct Known {
     leg: DtlsLeg,
@@ -39,17 +54,19 @@ struct Known {
 pub fn spawn(
     cert: Certificate,
     inbound: Receiver<Inbound>,
+    orders: Receiver<Order>,
     socket: Socket,
     reports: Sender<DtlsReport>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("dtls".into())
-        .spawn(move || run(cert, &inbound, &socket, &reports))
+        .spawn(move || run(cert, &inbound, &orders, &socket, &reports))
 }
 
 fn run(
     cert: Certificate,
     inbound: &Receiver<Inbound>,
+    orders: &Receiver<Order>,
     socket: &Socket,
     reports: &Sender<DtlsReport>,
 ) {
@@ -62,16 +79,28 @@ fn run(
             .poll_timeout()
             .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now))
             .min(Duration::from_secs(1));
-        match inbound.recv_timeout(wait) {
-            Ok(first) => {
+        crossbeam_channel::select! {
+            recv(inbound) -> first => {
+                let Ok(first) = first else {
+                    return;
+                };
                 let now = Instant::now();
                 accept(&mut engine, &mut known, reports, first, now);
                 for more in inbound.try_iter().take(BUDGET * 4) {
                     accept(&mut engine, &mut known, reports, more, now);
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+            recv(orders) -> order => match order {
+                Ok(Order::Fingerprints { session, fingerprints }) => {
+                    if let Some(k) = known.get_mut(&session)
+                        && k.awaiting
+                    {
+                        k.awaiting = !engine.set_fingerprints(session, fingerprints);
+                    }
+                }
+                Err(_) => return,
+            },
+            default(wait) => {}
         }
         let now = Instant::now();
         while engine.process(now, BUDGET) > 0 {
@@ -150,15 +179,16 @@ fn drain(
                 // A lost flight is retransmitted by the handshake's timer.
                 let _ = socket.send_to(&bytes, &SockAddr::from(k.src));
             }
-            Output::Connected(keys) => {
-                report(
+            Output::Connected(keys) => match srtp_leg(&keys) {
+                Ok(leg) => report_keys(reports, &k.leg, keys.profile.name(), leg),
+                Err(e) => report(
                     reports,
                     &k.leg,
-                    DtlsState::Connected,
-                    Some(keys.profile.name()),
+                    DtlsState::Failed,
                     None,
-                );
-            }
+                    Some(format!("srtp keys: {e}")),
+                ),
+            },
             Output::Failed(f) => {
                 let detail = engine.detail(id).map(str::to_owned);
                 let why = match detail {
@@ -189,5 +219,35 @@ fn report(
         state,
         profile,
         failure,
+        keys: None,
     });
+}
+
+fn report_keys(reports: &Sender<DtlsReport>, leg: &DtlsLeg, profile: &'static str, keys: SrtpLeg) {
+    let _ = reports.try_send(DtlsReport {
+        room: leg.room,
+        participant: leg.participant.clone(),
+        leg: leg.leg,
+        session: leg.session.id,
+        state: DtlsState::Connected,
+        profile: Some(profile),
+        failure: None,
+        keys: Some(Arc::new(keys)),
+    });
+}
+
+/// The SRTP side of DTLS keys: the relay (DTLS server) unprotects with the client's write key
+/// and protects with the server's.
+fn srtp_leg(keys: &crate::dtls::SrtpKeys) -> Result<SrtpLeg, srtp::Error> {
+    let profile = [0x0001, 0x0007, 0x0008]
+        .into_iter()
+        .filter_map(srtp::Profile::from_id)
+        .find(|p| p.name() == keys.profile.name())
+        .ok_or(srtp::Error::BadKeyLength)?;
+    let remote = srtp::MasterKey::new(profile, &keys.client.key, &keys.client.salt)?;
+    let local = srtp::MasterKey::new(profile, &keys.server.key, &keys.server.salt)?;
+    Ok(SrtpLeg {
+        remote,
+        egress: srtp::Egress::new(srtp::Keys::new(&local)?),
+    })
 }

@@ -113,9 +113,17 @@ impl Control {
         let latches = plane.latches().clone();
         let dtls_inbound = plane.dtls_inbound().clone();
         let dtls_socket = plane.dtls_socket()?;
-        let owner = Owner::start(store, plane, shared.clone(), config.limits, config.geoip)?;
+        let mut owner = Owner::start(store, plane, shared.clone(), config.limits, config.geoip)?;
         let (report_tx, reports) = crossbeam_channel::bounded(DTLS_REPORTS);
-        dtls::spawn(owner.certificate(), dtls_inbound, dtls_socket, report_tx)?;
+        let (order_tx, orders) = crossbeam_channel::bounded(DTLS_REPORTS);
+        owner.set_dtls_orders(order_tx);
+        dtls::spawn(
+            owner.certificate(),
+            dtls_inbound,
+            orders,
+            dtls_socket,
+            report_tx,
+        )?;
         let (owner_tx, handle) = owner::spawn(owner, latches, reports)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

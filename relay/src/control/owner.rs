@@ -59,6 +59,8 @@ pub struct Owner {
     geoip_path: Option<std::path::PathBuf>,
     last_verify: Instant,
     certificate: crate::dtls::Certificate,
+    /// Fingerprints for handshakes the DTLS thread already runs.
+    dtls_orders: Option<Sender<super::dtls::Order>>,
 }
 
 /// How often housekeeping runs: rule expiry takes effect within a second.
@@ -112,6 +114,7 @@ impl Owner {
             geoip_path,
             last_verify: Instant::now(),
             certificate,
+            dtls_orders: None,
         };
         // Every room back in the workers before the API answers.
         owner
@@ -143,6 +146,11 @@ impl Owner {
         ));
         owner.refresh_gauges();
         Ok(owner)
+    }
+
+    /// Where fingerprints learnt late go to the DTLS thread.
+    pub fn set_dtls_orders(&mut self, orders: Sender<super::dtls::Order>) {
+        self.dtls_orders = Some(orders);
     }
 
     /// The process's DTLS certificate, for the DTLS thread.
@@ -249,6 +257,16 @@ impl Owner {
             return Err(e);
         }
         self.core.commit();
+        if let Some(orders) = &self.dtls_orders {
+            for (session, fingerprints) in outcome.fingerprints {
+                // Bounded: if the DTLS thread is that far behind, the handshake times out and
+                // the client tries again.
+                let _ = orders.try_send(super::dtls::Order::Fingerprints {
+                    session,
+                    fingerprints,
+                });
+            }
+        }
         let had_events = !outcome.events.is_empty();
         for event in outcome.events {
             if event.kind == "participant_latched" {

@@ -13,7 +13,12 @@ use socket2::SockAddr;
 
 use super::SLOT_SIZE;
 use super::stats::BatchCounts;
-use crate::route::{DropReason, Latch, StunAction, StunGuard, Table, Verdict};
+use std::collections::HashMap;
+
+use super::srtp_state::SrtpState;
+use crate::packet::demux;
+use crate::route::{DropReason, Latch, Legs, StunAction, StunGuard, Table, Update, Verdict};
+use crate::srtp::Egress;
 
 /// Room for a STUN response: header, XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT, or an
 /// error with a short reason, all well under this.
@@ -30,6 +35,9 @@ pub(crate) trait Output {
         reason = "the STUN handler calls it from `Datapath::handle`"
     )]
     fn reply(&mut self, dest: &SockAddr, bytes: &[u8]);
+    /// Queues a datagram that `write` makes in a free slot of the plan (an SRTP copy sealed
+    /// straight into it), returning its length or `None` to send nothing.
+    fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>);
 }
 
 /// A worker's routing state and the counters of its current batch.
@@ -50,6 +58,8 @@ pub(crate) struct Datapath {
     now_ms: u64,
     start: Instant,
     reply: [u8; STUN_REPLY_SIZE],
+    /// SRTP state of the WebRTC legs this worker serves.
+    srtp: SrtpState,
 }
 
 impl Datapath {
@@ -68,7 +78,20 @@ impl Datapath {
             now_ms: 1,
             start: Instant::now(),
             reply: [0; STUN_REPLY_SIZE],
+            srtp: SrtpState::new(),
         }
+    }
+
+    /// Applies a routing update, and creates or drops the SRTP state of the legs it changes.
+    pub(crate) fn apply(&mut self, update: Update) {
+        let before = SrtpState::sessions(&self.table, &update);
+        let after_key = match &update {
+            Update::Room { .. } => Some(update.clone()),
+            Update::RemoveRoom(_) => None,
+        };
+        self.table.apply(update);
+        let now = after_key.map_or_else(Vec::new, |u| SrtpState::sessions(&self.table, &u));
+        self.srtp.settle(before, now);
     }
 
     /// Reads the clock for the batch that starts: one read per batch, never per datagram.
@@ -93,9 +116,7 @@ impl Datapath {
         let verdict = match src {
             _ if truncated || bytes.len() > SLOT_SIZE => Verdict::Drop(DropReason::Oversize),
             None => Verdict::Drop(DropReason::UnknownSource),
-            Some(src) => self
-                .table
-                .route(self.worker, &src, bytes, |dest| out.forward(dest)),
+            Some(src) => self.route(&src, bytes, out),
         };
         match verdict {
             Verdict::Forward(_) => {}
@@ -139,5 +160,93 @@ impl Datapath {
             }
             Verdict::Drop(reason) => self.counts.drops[reason.index()] += 1,
         }
+    }
+
+    /// Routes RTP and RTCP: a plain sender's datagram goes out unchanged (zero-copy) to plain
+    /// receivers; a WebRTC leg's is unprotected first; each WebRTC receiver gets a copy sealed
+    /// for its leg in a slot of the plan.
+    #[inline]
+    fn route(&mut self, src: &SocketAddr, bytes: &[u8], out: &mut impl Output) -> Verdict {
+        let Self {
+            worker,
+            table,
+            counts,
+            srtp,
+            ..
+        } = self;
+        let SrtpState {
+            ingress,
+            egress,
+            scratch,
+        } = srtp;
+        let kind = demux::classify(bytes);
+        let media = matches!(kind, demux::Kind::Rtp | demux::Kind::Rtcp);
+        let from_webrtc = if media {
+            table.webrtc_source(src)
+        } else {
+            None
+        };
+        let Some((legs, session)) = from_webrtc else {
+            return table.route_legs(*worker, src, bytes, |dest, legs| match legs {
+                None => out.forward(dest),
+                Some(l) => seal(l, dest, bytes, egress, counts, out),
+            });
+        };
+        // A WebRTC leg: unprotect a copy in the worker's scratch buffer, then route it clear.
+        let plain_legs = legs.plain_legs;
+        let Some(ing) = ingress.get_mut(&session.id) else {
+            return Verdict::Drop(DropReason::Srtp);
+        };
+        let n = bytes.len();
+        let Some(buf) = scratch.get_mut(..n) else {
+            return Verdict::Drop(DropReason::Oversize);
+        };
+        buf.copy_from_slice(bytes);
+        let clear = match kind {
+            demux::Kind::Rtp => ing.unprotect_rtp(buf),
+            _ => ing.unprotect_rtcp(buf),
+        };
+        let Ok(len) = clear else {
+            return Verdict::Drop(DropReason::Srtp);
+        };
+        let clear = &scratch[..len];
+        table.route_legs(*worker, src, clear, |dest, legs| match legs {
+            Some(l) => seal(l, dest, clear, egress, counts, out),
+            None if plain_legs => out.reply(dest, clear),
+            None => counts.drops[DropReason::PlainLegs.index()] += 1,
+        })
+    }
+}
+
+/// Seals a copy of the clear `packet` for the WebRTC leg at `dest` into a slot of the plan. A
+/// leg whose DTLS has not connected yet gets nothing.
+#[inline]
+fn seal(
+    legs: &Legs,
+    dest: &SockAddr,
+    packet: &[u8],
+    egress: &mut HashMap<u64, Egress>,
+    counts: &mut BatchCounts,
+    out: &mut impl Output,
+) {
+    let Some(session) = dest.as_socket().and_then(|a| legs.session_at(&a)) else {
+        return;
+    };
+    let Some(e) = egress.get_mut(&session.id) else {
+        return;
+    };
+    let rtcp = demux::classify(packet) == demux::Kind::Rtcp;
+    let mut failed = false;
+    out.reply_with(dest, &mut |slot| {
+        let sealed = if rtcp {
+            e.protect_rtcp(packet, slot)
+        } else {
+            e.protect_rtp(packet, slot)
+        };
+        failed = sealed.is_err();
+        sealed.ok()
+    });
+    if failed {
+        counts.drops[DropReason::SrtpEgress.index()] += 1;
     }
 }

@@ -30,7 +30,7 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
     let mut queue = SendQueue::new(w.settings.send_batch, gso);
     ready(Ok(()));
     loop {
-        if !w.apply_messages(&mut path.table) {
+        if !w.apply_messages(&mut path) {
             return Ok(());
         }
         let n = batch.recv(fd)?;
@@ -80,6 +80,14 @@ impl Output for Out<'_> {
         if !self.queue.plan.push_reply(dest, bytes) {
             self.queue.flush(self.fd, self.batch);
             let planned = self.queue.plan.push_reply(dest, bytes);
+            debug_assert!(planned, "an empty plan takes a reply");
+        }
+    }
+
+    fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>) {
+        if !self.queue.plan.push_reply_with(dest, &mut *write) {
+            self.queue.flush(self.fd, self.batch);
+            let planned = self.queue.plan.push_reply_with(dest, write);
             debug_assert!(planned, "an empty plan takes a reply");
         }
     }

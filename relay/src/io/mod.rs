@@ -15,6 +15,7 @@ mod mmsg;
 mod plan;
 mod send;
 mod socket;
+mod srtp_state;
 mod stats;
 mod uring;
 mod worker;

@@ -20,6 +20,7 @@ use socket2::SockAddr;
 use super::ice::Credentials;
 use super::table::RoomId;
 use crate::sdp::Fingerprint;
+use crate::srtp;
 
 /// Which leg of a member a source address or a ufrag belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,6 +42,21 @@ impl Leg {
     }
 }
 
+/// A connected leg's SRTP keys, as DTLS gave them, and the leg's send state that each worker
+/// forwarding to it takes a sibling of (one SRTCP index for the leg, whichever worker sends).
+pub struct SrtpLeg {
+    /// What the relay unprotects with (the client's write key).
+    pub remote: srtp::MasterKey,
+    /// The first send state: workers take [`srtp::Egress::sibling`]s of it.
+    pub egress: srtp::Egress,
+}
+
+impl std::fmt::Debug for SrtpLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SrtpLeg({})", self.remote.profile().name())
+    }
+}
+
 /// One leg's DTLS session as the workers see it: which session a datagram belongs to, and the
 /// client's certificate fingerprints (from its SDP) the DTLS thread checks.
 #[derive(Clone, Debug)]
@@ -49,6 +65,8 @@ pub struct Session {
     pub id: u64,
     /// The fingerprints from the client's offer or answer; `None` before the answer.
     pub fingerprints: Option<Arc<[Fingerprint]>>,
+    /// Its SRTP keys, once DTLS connected.
+    pub srtp: Option<Arc<SrtpLeg>>,
 }
 
 /// A DTLS datagram's leg: what the worker hands the DTLS thread with it.
@@ -75,6 +93,8 @@ pub struct Legs {
     pub subscribe_ice: Option<Arc<Credentials>>,
     /// The subscribe leg's latched address.
     pub subscribe_addr: Option<SocketAddr>,
+    /// Whether this member's media may reach plain members (its room's `plain_legs`).
+    pub plain_legs: bool,
     pub(crate) subscribe_sockaddr: Option<SockAddr>,
 }
 
@@ -93,6 +113,17 @@ impl Legs {
             subscribe_ice,
             subscribe_addr,
             subscribe_sockaddr: subscribe_addr.map(SockAddr::from),
+            plain_legs: false,
+        }
+    }
+
+    /// The session of the leg at `dest`: the subscribe leg's for media sent to it, the publish
+    /// leg's for feedback sent to the member's own address.
+    pub fn session_at(&self, dest: &SocketAddr) -> Option<&Session> {
+        if self.subscribe_addr.as_ref() == Some(dest) {
+            self.subscribe.as_ref()
+        } else {
+            self.publish.as_ref()
         }
     }
 }
@@ -138,6 +169,7 @@ mod tests {
                 Some(Session {
                     id: 7,
                     fingerprints: None,
+                    srtp: None,
                 }),
                 None,
                 Some(creds("subA")),

@@ -59,6 +59,15 @@ pub enum DropReason {
     Stun,
     /// DTLS from a WebRTC leg that the DTLS thread's queue had no room for.
     DtlsQueueFull,
+    /// SRTP or SRTCP from a WebRTC leg that did not unprotect (forged, replayed, too old,
+    /// malformed) or came before the leg's keys: never forwarded.
+    Srtp,
+    /// A copy for a WebRTC receiver that could not be sealed (an index already sealed for that
+    /// leg, a full SSRC table): counted per copy.
+    SrtpEgress,
+    /// A copy of a WebRTC participant's media withheld from a plain receiver (the room has no
+    /// `plain_legs`): counted per copy.
+    PlainLegs,
     /// Neither RTP, RTCP, STUN nor DTLS (RFC 7983).
     NotMedia,
     /// Larger than a receive buffer.
@@ -79,14 +88,17 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 18] = [
         Self::UnknownSource,
         Self::UndeclaredSsrc,
         Self::MalformedRtp,
         Self::MalformedRtcp,
         Self::Dtls,
-        Self::DtlsQueueFull,
         Self::Stun,
+        Self::DtlsQueueFull,
+        Self::Srtp,
+        Self::SrtpEgress,
+        Self::PlainLegs,
         Self::NotMedia,
         Self::Oversize,
         Self::Rule,
@@ -111,6 +123,9 @@ impl DropReason {
             Self::MalformedRtcp => "malformed_rtcp",
             Self::Dtls => "dtls",
             Self::DtlsQueueFull => "dtls_queue_full",
+            Self::Srtp => "srtp",
+            Self::SrtpEgress => "srtp_egress",
+            Self::PlainLegs => "plain_legs",
             Self::Stun => "stun",
             Self::NotMedia => "not_media",
             Self::Oversize => "oversize",
@@ -361,6 +376,33 @@ impl Table {
         buf: &[u8],
         mut emit: impl FnMut(&SockAddr),
     ) -> Verdict {
+        self.route_legs(worker, src, buf, |d, _| emit(d))
+    }
+
+    /// The WebRTC legs of the member whose address is `src` (publish or subscribe leg), with
+    /// the leg's session: where media from `src` must be unprotected first.
+    #[inline]
+    pub fn webrtc_source(&self, src: &SocketAddr) -> Option<(&Arc<super::Legs>, &super::Session)> {
+        let &(index, slot, leg) = self.by_addr.get(src)?;
+        let member = self.installed(index)?.room.member(slot)?;
+        let legs = member.webrtc.as_ref()?;
+        let session = match leg {
+            Leg::Main => legs.publish.as_ref(),
+            Leg::Subscribe => legs.subscribe.as_ref(),
+        }?;
+        Some((legs, session))
+    }
+
+    /// As [`Table::route`], and `emit` also gets the receiver's WebRTC legs (`None` for a plain
+    /// receiver): a WebRTC receiver gets an SRTP copy sealed for the leg at that address.
+    #[inline]
+    pub fn route_legs(
+        &self,
+        worker: usize,
+        src: &SocketAddr,
+        buf: &[u8],
+        mut emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+    ) -> Verdict {
         let kind = demux::classify(buf);
         match kind {
             demux::Kind::Rtp | demux::Kind::Rtcp => {}
@@ -432,7 +474,7 @@ fn route_rtp(
     worker: usize,
     from: &Sender<'_>,
     buf: &[u8],
-    emit: &mut impl FnMut(&SockAddr),
+    emit: &mut impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
 ) -> Verdict {
     let Ok(packet) = rtp::Packet::new_checked(buf) else {
         return Verdict::Drop(DropReason::MalformedRtp);
@@ -448,7 +490,7 @@ fn fan_out(
     worker: usize,
     from: &Sender<'_>,
     track: &super::room::Track,
-    emit: &mut impl FnMut(&SockAddr),
+    emit: &mut impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
 ) -> Verdict {
     if let Some(rule) = &track.send_block {
         rule.dropped_send.add(worker, 1);
@@ -462,7 +504,7 @@ fn fan_out(
         from.member,
         track.kind,
         0..room.chunks.len(),
-        |_, dest| emit(dest),
+        |r, dest| emit(dest, r.webrtc.as_ref()),
     );
     Verdict::Forward(sent)
 }
@@ -472,7 +514,7 @@ fn route_rtcp(
     installed: &Installed,
     from: &Sender<'_>,
     buf: &[u8],
-    emit: &mut impl FnMut(&SockAddr),
+    emit: &mut impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
 ) -> Verdict {
     let Ok(route) = rtcp::classify(buf) else {
         return Verdict::Drop(DropReason::MalformedRtcp);
@@ -510,7 +552,7 @@ fn route_rtcp(
         rtcp::Route::Encrypted { .. } => Verdict::Forward(from.room.each_flow_peer(
             from.slot,
             from.member,
-            |d| emit(d),
+            |d| emit(d, None),
         )),
     }
 }
@@ -524,7 +566,7 @@ fn route_feedback(
     from: &Sender<'_>,
     feedback: rtcp::Feedback<'_>,
     skip: Option<super::room::MediaKind>,
-    emit: &mut impl FnMut(&SockAddr),
+    emit: &mut impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
 ) -> (usize, bool) {
     let room = from.room;
     let member = from.member;
@@ -571,8 +613,10 @@ fn route_feedback(
     }
     let mut sent = 0;
     for &p in &targets[..n] {
-        if let Some(dest) = room.member(p).and_then(|m| m.sockaddr.as_ref()) {
-            emit(dest);
+        if let Some(m) = room.member(p)
+            && let Some(dest) = m.sockaddr.as_ref()
+        {
+            emit(dest, m.webrtc.as_ref());
             sent += 1;
         }
     }

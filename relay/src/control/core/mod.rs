@@ -209,6 +209,9 @@ pub struct Outcome {
     pub store: Vec<StoreOp>,
     /// What the workers must apply: each touched room's next snapshot and changed slots.
     pub updates: Vec<Update>,
+    /// For the DTLS thread: a leg session's client fingerprints, learnt after its handshake
+    /// may have started (a subscribe answer).
+    pub fingerprints: Vec<(u64, Vec<crate::sdp::Fingerprint>)>,
     /// A rule whose view is the reply, taken once the change is compiled (so it counts the
     /// participants the rule matches).
     reply_rule: Option<(u16, RuleId)>,

@@ -86,7 +86,7 @@ struct Saved {
 
 impl Participant {
     /// The participant as the compiler wants it.
-    pub(super) fn describe<'a>(&'a self, id: &'a str) -> route::Participant<'a> {
+    pub(super) fn describe<'a>(&'a self, id: &'a str, plain_legs: bool) -> route::Participant<'a> {
         route::Participant {
             id,
             slot: self.slot,
@@ -102,7 +102,7 @@ impl Participant {
                 ufrag: self.ice.ufrag.as_str().into(),
                 pwd: self.ice.pwd.as_str().into(),
             })),
-            webrtc: self.webrtc.as_ref().map(|w| Arc::new(w.legs())),
+            webrtc: self.webrtc.as_ref().map(|w| Arc::new(w.legs(plain_legs))),
         }
     }
 

@@ -159,7 +159,7 @@ impl RoomState {
 impl route::Roster for RoomState {
     fn participant(&self, id: &str) -> Option<route::Participant<'_>> {
         let (id, p) = self.participants.get_key_value(id)?;
-        Some(p.describe(id))
+        Some(p.describe(id, self.plain_legs))
     }
 
     fn slot(&self, id: &str) -> Option<u16> {

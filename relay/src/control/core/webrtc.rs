@@ -99,6 +99,9 @@ pub struct DtlsReport {
     pub profile: Option<&'static str>,
     /// Why it failed.
     pub failure: Option<String>,
+    /// The leg's SRTP keys, when connected: they go to the workers with the leg, never to the
+    /// database or a log.
+    pub keys: Option<Arc<route::SrtpLeg>>,
 }
 
 /// One leg's session: what the client said about itself and how far DTLS got.
@@ -109,6 +112,8 @@ pub(crate) struct LegState {
     pub(crate) dtls: DtlsState,
     pub(crate) profile: Option<&'static str>,
     pub(crate) failure: Option<String>,
+    /// SRTP keys once connected (never saved).
+    keys: Option<Arc<route::SrtpLeg>>,
     /// `o=` of the relay's descriptions on this leg: session id and the last version.
     session: (u64, u64),
 }
@@ -211,6 +216,7 @@ impl LegState {
             dtls: DtlsState::New,
             profile: None,
             failure: None,
+            keys: None,
             session: (session_id, 0),
         }
     }
@@ -223,6 +229,7 @@ impl LegState {
                 .remote
                 .as_ref()
                 .map(|r| Arc::from(r.fingerprints.as_slice())),
+            srtp: self.keys.clone(),
         }
     }
 
@@ -245,9 +252,9 @@ impl LegState {
 
 impl Webrtc {
     /// The legs as the workers see them.
-    pub(super) fn legs(&self) -> route::Legs {
+    pub(super) fn legs(&self, plain_legs: bool) -> route::Legs {
         let sub = self.subscribe.as_ref();
-        route::Legs::new(
+        let mut legs = route::Legs::new(
             self.publish.as_ref().map(LegState::session),
             sub.map(|s| s.state.session()),
             sub.map(|s| {
@@ -257,7 +264,9 @@ impl Webrtc {
                 })
             }),
             sub.and_then(|s| s.address),
-        )
+        );
+        legs.plain_legs = plain_legs;
+        legs
     }
 
     pub(super) fn saved(&self) -> Saved {
@@ -571,11 +580,13 @@ impl Core {
             sub.state = LegState::new(fresh_session(sub.state.session.0));
             sub.state.session.1 = version;
         }
+        let fingerprints = (sub.state.session.0, read.remote.fingerprints.clone());
         sub.state.remote = Some(read.remote);
         sub.offer = None;
         self.set_participant(room, id, Some(p));
         Ok(Outcome {
             reply: Some((204, serde_json::Value::Null)),
+            fingerprints: vec![fingerprints],
             ..Outcome::default()
         })
     }
@@ -652,6 +663,9 @@ impl Core {
         leg.dtls = report.state;
         leg.profile = report.profile;
         leg.failure = report.failure;
+        if report.keys.is_some() || report.state == DtlsState::Failed {
+            leg.keys = report.keys;
+        }
         self.set_participant(&room, &report.participant, Some(p));
         out
     }

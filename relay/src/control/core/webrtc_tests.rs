@@ -402,6 +402,7 @@ fn dtls_reports_show_in_the_view_and_stale_sessions_are_ignored() {
             state,
             profile,
             failure: None,
+            keys: None,
         })
     };
     // A report about another session of the leg changes nothing.
