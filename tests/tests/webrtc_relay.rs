@@ -234,3 +234,87 @@ fn two_chromium_participants_see_each_other_and_a_send_rule_freezes_one() {
     });
     assert!(resumed.is_some(), "alice did not resume decoding bob");
 }
+
+/// ffmpeg sending VP8 as plain RTP (fixed address, no ICE, no DTLS) with the room's payload
+/// type, from 127.0.0.1:`local_port` to the relay.
+fn ffmpeg_vp8(relay: &Relay, local_port: u16, ssrc: u32, pt: u64) -> std::process::Child {
+    std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"])
+        .args(["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=15"])
+        .args([
+            "-t",
+            "30",
+            "-c:v",
+            "libvpx",
+            "-deadline",
+            "realtime",
+            "-g",
+            "15",
+        ])
+        .args(["-b:v", "300k", "-f", "rtp"])
+        .args(["-ssrc", &ssrc.to_string(), "-payload_type", &pt.to_string()])
+        .arg(format!(
+            "rtp://127.0.0.1:{}?localport={local_port}&rtcpport={}",
+            relay.media.port(),
+            relay.media.port()
+        ))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg")
+}
+
+#[test]
+fn chromium_decodes_plain_rtp_from_ffmpeg_in_a_plain_legs_room() {
+    if in_own_netns("chromium_decodes_plain_rtp_from_ffmpeg_in_a_plain_legs_room") {
+        return;
+    }
+    let relay = Relay::start();
+    relay.ok("PUT", "/v1/rooms/r", Some(&json!({"plain_legs": true})));
+    let mut alice = Peer::chromium();
+    publish(&relay, &mut alice, "a");
+    let room = relay.ok("GET", "/v1/rooms/r", None);
+    assert_eq!(room["plain_legs"], true);
+    let vp8 = room["codecs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["codec"] == "VP8")
+        .expect("the room has VP8 from Chromium's offer")["pt"]
+        .as_u64()
+        .unwrap();
+    // ffmpeg joins as a plain participant with a fixed address and one video track.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (status, body) = relay.call(
+        "PUT",
+        "/v1/rooms/r/participants/ffmpeg",
+        Some(&json!({
+            "address": format!("127.0.0.1:{port}"),
+            "tracks": [{"ssrc": 424242, "kind": "video"}],
+        })),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        relay.ok("GET", "/v1/rooms/r/participants/ffmpeg", None)["transport"],
+        "rtp"
+    );
+    let mut ffmpeg = ffmpeg_vp8(&relay, port, 424242, vp8);
+    let a_sub = subscribe(&relay, &mut alice, "a");
+    let decoded = wait_for(30, || {
+        let (f, s) = frames(&mut alice, &a_sub);
+        (f > 30).then_some(s)
+    });
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    let stats = decoded.unwrap_or_else(|| {
+        panic!(
+            "alice decodes nothing from ffmpeg: {} {}",
+            frames(&mut alice, &a_sub).1,
+            relay.ok("GET", "/v1/rooms/r/participants/ffmpeg", None)
+        )
+    });
+    eprintln!("alice receives ffmpeg: {stats}");
+}
