@@ -161,11 +161,30 @@ fn two_chromium_participants_see_each_other_and_a_send_rule_freezes_one() {
         return;
     }
     let relay = Relay::start();
-    relay.ok("PUT", "/v1/rooms/r", None);
+    relay.ok("PUT", "/v1/rooms/r", Some(&json!({"plain_legs": true})));
     let mut alice = Peer::chromium();
     let mut bob = Peer::chromium();
     publish(&relay, &mut alice, "a");
     publish(&relay, &mut bob, "b");
+    // A third participant: ffmpeg sending Opus as plain RTP with the room's payload type.
+    let opus = relay.ok("GET", "/v1/rooms/r", None)["codecs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["codec"] == "opus")
+        .expect("the room has Opus")["pt"]
+        .as_u64()
+        .unwrap();
+    let port = free_port();
+    relay.ok(
+        "PUT",
+        "/v1/rooms/r/participants/ffmpeg",
+        Some(&json!({
+            "address": format!("127.0.0.1:{port}"),
+            "tracks": [{"ssrc": 515151, "kind": "audio"}],
+        })),
+    );
+    let mut ffmpeg = ffmpeg_opus(&relay, port, 515151, opus);
     let a_sub = subscribe(&relay, &mut alice, "a");
     let b_sub = subscribe(&relay, &mut bob, "b");
     // Both decode the other's video through the relay (SRTP unprotected and sealed again).
@@ -177,16 +196,8 @@ fn two_chromium_participants_see_each_other_and_a_send_rule_freezes_one() {
     };
     let a_stats = decoded(&mut alice, &a_sub).unwrap_or_else(|| {
         panic!(
-            "alice decodes nothing: {} {} {}",
+            "alice decodes nothing: {} {}",
             frames(&mut alice, &a_sub).1,
-            relay
-                .metrics_text()
-                .lines()
-                .filter(|l| l.starts_with("relay_dropped")
-                    || l.starts_with("relay_packets")
-                    || l.starts_with("relay_forward"))
-                .collect::<Vec<_>>()
-                .join("\n"),
             relay.ok("GET", "/v1/rooms/r", None)
         )
     });
@@ -208,18 +219,31 @@ fn two_chromium_participants_see_each_other_and_a_send_rule_freezes_one() {
         );
     }
 
-    // A send rule on bob's video: alice's frames stop once the API call returns.
+    // A send rule on bob (all his media): alice's frames from him stop once the API call
+    // returns, while ffmpeg's audio keeps reaching her (bob's own audio is stopped too, so the
+    // audio alice still gets is ffmpeg's).
     let id = relay.rule(json!({
         "match": {"participants": [{"room": "r", "participant": "b"}]},
-        "direction": "send", "media": "video"
+        "direction": "send"
     }));
     thread::sleep(Duration::from_millis(500)); // frames in flight and in the jitter buffer
+    let audio = |peer: &mut Peer, pc: &Value| {
+        frames(peer, pc).1["audioPacketsReceived"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     let (before, _) = frames(&mut alice, &a_sub);
+    let audio_before = audio(&mut alice, &a_sub);
     thread::sleep(Duration::from_secs(2));
     let (after, _) = frames(&mut alice, &a_sub);
+    let audio_after = audio(&mut alice, &a_sub);
     assert!(
         after <= before + 2,
         "alice still decodes bob: {before} -> {after}"
+    );
+    assert!(
+        audio_after > audio_before + 40,
+        "ffmpeg's audio stopped at alice: {audio_before} -> {audio_after}"
     );
     // bob still decodes alice.
     let (b1, _) = frames(&mut bob, &b_sub);
@@ -232,7 +256,42 @@ fn two_chromium_participants_see_each_other_and_a_send_rule_freezes_one() {
         let (f, _) = frames(&mut alice, &a_sub);
         (f > after + 10).then_some(f)
     });
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
     assert!(resumed.is_some(), "alice did not resume decoding bob");
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// ffmpeg sending Opus (48 kHz stereo) as plain RTP with the room's payload type.
+fn ffmpeg_opus(relay: &Relay, local_port: u16, ssrc: u32, pt: u64) -> std::process::Child {
+    std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"])
+        .args([
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+        ])
+        .args([
+            "-t", "60", "-ac", "2", "-c:a", "libopus", "-b:a", "32k", "-f", "rtp",
+        ])
+        .args(["-ssrc", &ssrc.to_string(), "-payload_type", &pt.to_string()])
+        .arg(format!(
+            "rtp://127.0.0.1:{}?localport={local_port}&rtcpport={}",
+            relay.media.port(),
+            relay.media.port()
+        ))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg")
 }
 
 /// ffmpeg sending VP8 as plain RTP (fixed address, no ICE, no DTLS) with the room's payload
