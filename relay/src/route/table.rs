@@ -165,6 +165,8 @@ pub struct Table {
     // Keys come from the network: std's keyed SipHash resists collision floods.
     by_addr: HashMap<SocketAddr, (u32, u16, Leg)>,
     by_ufrag: HashMap<Box<[u8]>, (u32, u16, Leg)>,
+    /// WebRTC members indexed: while there are none, a media packet costs no second lookup.
+    webrtc_members: usize,
 }
 
 /// A room in a worker's table.
@@ -240,6 +242,7 @@ impl Table {
     }
 
     fn index(&mut self, index: u32, ssrcs: &mut Ssrcs, slot: u16, m: &Member) {
+        self.webrtc_members += usize::from(m.webrtc.is_some());
         for (leg, addr, ice) in legs(m) {
             if let Some(addr) = addr {
                 self.by_addr.insert(addr, (index, slot, leg));
@@ -257,6 +260,9 @@ impl Table {
     /// Removes what `m` in `slot` put in the indexes; entries that moved to another member or
     /// room since (an address taken over in the same round) stay.
     fn unindex(&mut self, index: u32, ssrcs: &mut Ssrcs, slot: u16, m: &Member) {
+        self.webrtc_members = self
+            .webrtc_members
+            .saturating_sub(usize::from(m.webrtc.is_some()));
         for (leg, addr, ice) in legs(m) {
             if let Some(addr) = addr
                 && self.by_addr.get(&addr) == Some(&(index, slot, leg))
@@ -383,6 +389,9 @@ impl Table {
     /// the leg's session: where media from `src` must be unprotected first.
     #[inline]
     pub fn webrtc_source(&self, src: &SocketAddr) -> Option<(&Arc<super::Legs>, &super::Session)> {
+        if self.webrtc_members == 0 {
+            return None;
+        }
         let &(index, slot, leg) = self.by_addr.get(src)?;
         let member = self.installed(index)?.room.member(slot)?;
         let legs = member.webrtc.as_ref()?;
