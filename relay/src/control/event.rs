@@ -60,6 +60,7 @@ pub const KINDS: &[&str] = &[
     "participant_left",
     "participant_latched",
     "participant_unlatched",
+    "subscription_changed",
     "rule_added",
     "rule_lifted",
     "rule_expired",

@@ -17,6 +17,7 @@
 
 pub mod body;
 pub mod core;
+pub mod dtls;
 pub mod error;
 pub mod event;
 mod geoip;
@@ -124,8 +125,20 @@ impl Control {
             fleet: config.fleet.as_ref().map(|f| f.status.clone()),
         });
         let latches = plane.latches().clone();
-        let owner = Owner::start(store, plane, shared.clone(), config.limits, config.geoip)?;
-        let (owner_tx, handle) = owner::spawn(owner, latches)?;
+        let dtls_inbound = plane.dtls_inbound().clone();
+        let dtls_socket = plane.dtls_socket()?;
+        let mut owner = Owner::start(store, plane, shared.clone(), config.limits, config.geoip)?;
+        let (report_tx, reports) = crossbeam_channel::bounded(DTLS_REPORTS);
+        let (order_tx, orders) = crossbeam_channel::bounded(DTLS_REPORTS);
+        owner.set_dtls_orders(order_tx);
+        dtls::spawn(
+            owner.certificate(),
+            dtls_inbound,
+            orders,
+            dtls_socket,
+            report_tx,
+        )?;
+        let (owner_tx, handle) = owner::spawn(owner, latches, reports)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("control-http")
@@ -316,6 +329,9 @@ fn boot_id() -> String {
 
 /// Fresh relay-side ICE credentials from the OS-seeded CSPRNG (RFC 8445 §5.3: ufrag ≥ 24 bits,
 /// pwd ≥ 128 bits of randomness).
+/// DTLS state changes waiting for the control thread.
+const DTLS_REPORTS: usize = 4096;
+
 pub(crate) fn generate_ice() -> body::IceBody {
     use rand::Rng;
     const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::core::{Command, Core, Now, Restore};
+use super::core::{Command, Core, DtlsReport, LocalIdentity, Now, Restore};
 use super::error::{ApiError, Code};
 use super::event::Event;
 use super::geoip::Geoip;
@@ -77,6 +77,9 @@ pub struct Owner {
     fleet: Option<Box<fleet::FleetLink>>,
     /// The API's address (placements name it when the relay runs alone).
     control: std::net::SocketAddr,
+    certificate: crate::dtls::Certificate,
+    /// Fingerprints for handshakes the DTLS thread already runs.
+    dtls_orders: Option<Sender<super::dtls::Order>>,
 }
 
 /// How often housekeeping runs: rule expiry takes effect within a second.
@@ -106,7 +109,7 @@ impl Owner {
             participants: store.participants().map_err(store_err)?,
         };
         let geoip = geoip_path.as_deref().map(Geoip::open).transpose()?;
-        let core = Core::new(
+        let mut core = Core::new(
             limits,
             plane.workers(),
             shared.info.media_address,
@@ -114,6 +117,13 @@ impl Owner {
             now,
         )
         .map_err(|e| anyhow::anyhow!("restoring the state: {e}"))?;
+        // One DTLS certificate per process (issue 13): its fingerprint goes in every answer.
+        let certificate = crate::dtls::Certificate::generate(&mut rand::thread_rng())
+            .map_err(|e| anyhow::anyhow!("generating the DTLS certificate: {e}"))?;
+        core.set_identity(LocalIdentity {
+            fingerprint: certificate.fingerprint().clone(),
+            addresses: vec![shared.info.media_address],
+        });
         let mut owner = Self {
             core,
             store,
@@ -124,6 +134,8 @@ impl Owner {
             last_verify: Instant::now(),
             fleet: None,
             control: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            certificate,
+            dtls_orders: None,
         };
         // Every room back in the workers before the API answers.
         owner
@@ -157,8 +169,24 @@ impl Owner {
         Ok(owner)
     }
 
-    /// Serves requests, latches and ticks until [`Request::Stop`] or until every sender is gone.
-    pub fn run(mut self, requests: Receiver<Request>, latches: Receiver<Latch>) {
+    /// Where fingerprints learnt late go to the DTLS thread.
+    pub fn set_dtls_orders(&mut self, orders: Sender<super::dtls::Order>) {
+        self.dtls_orders = Some(orders);
+    }
+
+    /// The process's DTLS certificate, for the DTLS thread.
+    pub fn certificate(&self) -> crate::dtls::Certificate {
+        self.certificate.clone()
+    }
+
+    /// Serves requests, latches, DTLS reports and ticks until [`Request::Stop`] or until every
+    /// sender is gone.
+    pub fn run(
+        mut self,
+        requests: Receiver<Request>,
+        latches: Receiver<Latch>,
+        dtls: Receiver<DtlsReport>,
+    ) {
         let ticker = crossbeam_channel::tick(TICK);
         loop {
             let fleet_events = self
@@ -176,6 +204,11 @@ impl Owner {
                     if let Err(e) = self.run_command(Command::Latch(latch)) {
                         tracing::warn!(error = %e, "latching failed");
                     }
+                },
+                recv(dtls) -> d => if let Ok(report) = d
+                    && let Err(e) = self.run_command(Command::Dtls(report))
+                {
+                    tracing::warn!(error = %e, "recording a DTLS state failed");
                 },
                 recv(ticker) -> _ => self.tick(),
                 recv(fleet_events) -> e => if let Ok(event) = e {
@@ -280,6 +313,16 @@ impl Owner {
             return Err(e);
         }
         self.core.commit();
+        if let Some(orders) = &self.dtls_orders {
+            for (session, fingerprints) in outcome.fingerprints {
+                // Bounded: if the DTLS thread is that far behind, the handshake times out and
+                // the client tries again.
+                let _ = orders.try_send(super::dtls::Order::Fingerprints {
+                    session,
+                    fingerprints,
+                });
+            }
+        }
         let had_events = !outcome.events.is_empty();
         for event in outcome.events {
             if event.kind == "participant_latched" {
@@ -417,11 +460,12 @@ impl Owner {
 pub fn spawn(
     owner: Owner,
     latches: Receiver<Latch>,
+    dtls: Receiver<DtlsReport>,
 ) -> std::io::Result<(Sender<Request>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(REQUEST_QUEUE);
     let handle = std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || owner.run(rx, latches))?;
+        .spawn(move || owner.run(rx, latches, dtls))?;
     Ok((tx, handle))
 }
 

@@ -5,6 +5,7 @@
 //! of a datagram (the routing decision, the verdict counters, STUN answers and latch requests)
 //! lives here and nowhere else; the backends only move bytes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,9 +14,12 @@ use crossbeam_channel::Sender;
 use socket2::SockAddr;
 
 use super::SLOT_SIZE;
+use super::srtp_state::SrtpState;
 use super::stats::BatchCounts;
 use crate::fleet::Status;
-use crate::route::{DropReason, Latch, StunAction, StunGuard, Table, Verdict};
+use crate::packet::demux;
+use crate::route::{DropReason, Latch, Legs, StunAction, StunGuard, Table, Update, Verdict};
+use crate::srtp::Egress;
 
 /// Room for a STUN response: header, XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT, or an
 /// error with a short reason, all well under this.
@@ -32,6 +36,9 @@ pub(crate) trait Output {
         reason = "the STUN handler calls it from `Datapath::handle`"
     )]
     fn reply(&mut self, dest: &SockAddr, bytes: &[u8]);
+    /// Queues a datagram that `write` makes in a free slot of the plan (an SRTP copy sealed
+    /// straight into it), returning its length or `None` to send nothing.
+    fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>);
 }
 
 /// A worker's routing state and the counters of its current batch.
@@ -46,29 +53,52 @@ pub(crate) struct Datapath {
     guard: StunGuard,
     /// Latch requests to the control thread.
     latches: Sender<Latch>,
+    /// DTLS datagrams of WebRTC legs to the DTLS thread.
+    dtls: Sender<super::dtls::Inbound>,
     /// Milliseconds since the worker started, read once per batch (STUN rate limits).
     now_ms: u64,
     start: Instant,
     reply: [u8; STUN_REPLY_SIZE],
+    /// SRTP state of the WebRTC legs this worker serves.
+    srtp: SrtpState,
     /// The fleet's fencing status (fleet mode only), read once per batch into `fenced`.
     fence: Option<Arc<Status>>,
     fenced: bool,
 }
 
 impl Datapath {
-    pub(crate) fn new(worker: usize, latches: Sender<Latch>, fence: Option<Arc<Status>>) -> Self {
+    pub(crate) fn new(
+        worker: usize,
+        latches: Sender<Latch>,
+        dtls: Sender<super::dtls::Inbound>,
+        fence: Option<Arc<Status>>,
+    ) -> Self {
         Self {
             worker,
             table: Table::new(),
             counts: BatchCounts::default(),
             guard: StunGuard::new(),
             latches,
+            dtls,
             now_ms: 1,
             start: Instant::now(),
             reply: [0; STUN_REPLY_SIZE],
+            srtp: SrtpState::new(),
             fenced: fence.is_some(),
             fence,
         }
+    }
+
+    /// Applies a routing update, and creates or drops the SRTP state of the legs it changes.
+    pub(crate) fn apply(&mut self, update: Update) {
+        let before = SrtpState::sessions(&self.table, &update);
+        let after_key = match &update {
+            Update::Room { .. } => Some(update.clone()),
+            Update::RemoveRoom(_) => None,
+        };
+        self.table.apply(update);
+        let now = after_key.map_or_else(Vec::new, |u| SrtpState::sessions(&self.table, &u));
+        self.srtp.settle(before, now);
     }
 
     /// Reads the clock for the batch that starts: one read per batch, never per datagram.
@@ -96,12 +126,24 @@ impl Datapath {
             _ if self.fenced => Verdict::Drop(DropReason::Fenced),
             _ if truncated || bytes.len() > SLOT_SIZE => Verdict::Drop(DropReason::Oversize),
             None => Verdict::Drop(DropReason::UnknownSource),
-            Some(src) => self
-                .table
-                .route(self.worker, &src, bytes, |dest| out.forward(dest)),
+            Some(src) => self.route(&src, bytes, out),
         };
         match verdict {
             Verdict::Forward(_) => {}
+            Verdict::Dtls => {
+                // Handshake traffic only: a copy per datagram, never per media packet.
+                let leg = src.and_then(|s| Some((s, self.table.dtls_leg(&s)?)));
+                if let Some((src, leg)) = leg {
+                    let inbound = super::dtls::Inbound {
+                        leg,
+                        src,
+                        bytes: bytes.to_vec(),
+                    };
+                    if self.dtls.try_send(inbound).is_err() {
+                        self.counts.drops[DropReason::DtlsQueueFull.index()] += 1;
+                    }
+                }
+            }
             Verdict::Stun => {
                 let Some(src) = src else {
                     return;
@@ -128,5 +170,93 @@ impl Datapath {
             }
             Verdict::Drop(reason) => self.counts.drops[reason.index()] += 1,
         }
+    }
+
+    /// Routes RTP and RTCP: a plain sender's datagram goes out unchanged (zero-copy) to plain
+    /// receivers; a WebRTC leg's is unprotected first; each WebRTC receiver gets a copy sealed
+    /// for its leg in a slot of the plan.
+    #[inline]
+    fn route(&mut self, src: &SocketAddr, bytes: &[u8], out: &mut impl Output) -> Verdict {
+        let Self {
+            worker,
+            table,
+            counts,
+            srtp,
+            ..
+        } = self;
+        let SrtpState {
+            ingress,
+            egress,
+            scratch,
+        } = srtp;
+        let kind = demux::classify(bytes);
+        let media = matches!(kind, demux::Kind::Rtp | demux::Kind::Rtcp);
+        let from_webrtc = if media {
+            table.webrtc_source(src)
+        } else {
+            None
+        };
+        let Some((legs, session)) = from_webrtc else {
+            return table.route_legs(*worker, src, bytes, |dest, legs| match legs {
+                None => out.forward(dest),
+                Some(l) => seal(l, dest, bytes, egress, counts, out),
+            });
+        };
+        // A WebRTC leg: unprotect a copy in the worker's scratch buffer, then route it clear.
+        let plain_legs = legs.plain_legs;
+        let Some(ing) = ingress.get_mut(&session.id) else {
+            return Verdict::Drop(DropReason::Srtp);
+        };
+        let n = bytes.len();
+        let Some(buf) = scratch.get_mut(..n) else {
+            return Verdict::Drop(DropReason::Oversize);
+        };
+        buf.copy_from_slice(bytes);
+        let clear = match kind {
+            demux::Kind::Rtp => ing.unprotect_rtp(buf),
+            _ => ing.unprotect_rtcp(buf),
+        };
+        let Ok(len) = clear else {
+            return Verdict::Drop(DropReason::Srtp);
+        };
+        let clear = &scratch[..len];
+        table.route_legs(*worker, src, clear, |dest, legs| match legs {
+            Some(l) => seal(l, dest, clear, egress, counts, out),
+            None if plain_legs => out.reply(dest, clear),
+            None => counts.drops[DropReason::PlainLegs.index()] += 1,
+        })
+    }
+}
+
+/// Seals a copy of the clear `packet` for the WebRTC leg at `dest` into a slot of the plan. A
+/// leg whose DTLS has not connected yet gets nothing.
+#[inline]
+fn seal(
+    legs: &Legs,
+    dest: &SockAddr,
+    packet: &[u8],
+    egress: &mut HashMap<u64, Egress>,
+    counts: &mut BatchCounts,
+    out: &mut impl Output,
+) {
+    let Some(session) = dest.as_socket().and_then(|a| legs.session_at(&a)) else {
+        return;
+    };
+    let Some(e) = egress.get_mut(&session.id) else {
+        return;
+    };
+    let rtcp = demux::classify(packet) == demux::Kind::Rtcp;
+    let mut failed = false;
+    out.reply_with(dest, &mut |slot| {
+        let sealed = if rtcp {
+            e.protect_rtcp(packet, slot)
+        } else {
+            e.protect_rtp(packet, slot)
+        };
+        failed = sealed.is_err();
+        sealed.ok()
+    });
+    if failed {
+        counts.drops[DropReason::SrtpEgress.index()] += 1;
     }
 }

@@ -27,7 +27,7 @@ use super::worker::Worker;
 pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<()> {
     let fd = w.socket.as_raw_fd();
     let gso = w.settings.gso && send::gso_supported(fd);
-    let mut path = Datapath::new(w.index, w.latches.clone(), w.fence.clone());
+    let mut path = Datapath::new(w.index, w.latches.clone(), w.dtls.clone(), w.fence.clone());
     let mut batch = RecvBatch::new(w.settings.recv_batch, SLOT_SIZE);
     let mut queue = SendQueue::new(w.settings.send_batch, gso);
     let mut spin = IdleSpin::new(w.settings.idle_spin);
@@ -35,7 +35,7 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
     let mut dry_since: Option<Instant> = None;
     ready(Ok(()));
     loop {
-        if !w.apply_messages(&mut path.table) {
+        if !w.apply_messages(&mut path) {
             return Ok(());
         }
         let n = batch.recv(fd)?;
@@ -89,6 +89,14 @@ impl Output for Out<'_> {
         if !self.queue.plan.push_reply(dest, bytes) {
             self.queue.flush(self.fd, self.batch);
             let planned = self.queue.plan.push_reply(dest, bytes);
+            debug_assert!(planned, "an empty plan takes a reply");
+        }
+    }
+
+    fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>) {
+        if !self.queue.plan.push_reply_with(dest, &mut *write) {
+            self.queue.flush(self.fd, self.batch);
+            let planned = self.queue.plan.push_reply_with(dest, write);
             debug_assert!(planned, "an empty plan takes a reply");
         }
     }

@@ -10,12 +10,14 @@
 //! [`datagram::Datapath::handle`] and plan their sends with the same [`plan::Plan`].
 
 mod datagram;
+pub mod dtls;
 mod idle;
 mod mmsg;
 mod plan;
 mod sched;
 mod send;
 mod socket;
+mod srtp_state;
 mod stats;
 mod uring;
 mod worker;
@@ -117,6 +119,10 @@ pub struct DataPlane {
     latches: Receiver<Latch>,
     /// Time from sending a change to the last acknowledgement, per [`DataPlane::publish`].
     apply_duration: Histogram,
+    /// DTLS datagrams of WebRTC legs, for the DTLS thread.
+    dtls: Receiver<dtls::Inbound>,
+    /// A clone of a worker's socket, for DTLS flights.
+    dtls_socket: socket2::Socket,
 }
 
 struct WorkerHandle {
@@ -157,12 +163,19 @@ impl DataPlane {
         };
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let (latch_tx, latches) = crossbeam_channel::bounded(LATCH_QUEUE);
+        let (dtls_tx, dtls) = crossbeam_channel::bounded(dtls::QUEUE);
+        let dtls_socket = sockets
+            .first()
+            .ok_or_else(|| io::Error::other("no worker socket"))?
+            .try_clone()?;
         let mut plane = Self {
             workers: Vec::with_capacity(workers),
             local_addr,
             backend,
             latches,
             apply_duration: Histogram::new(APPLY_BUCKETS),
+            dtls,
+            dtls_socket,
         };
         for (index, socket) in sockets.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
@@ -177,6 +190,7 @@ impl DataPlane {
                 settings,
                 latches: latch_tx.clone(),
                 fence: config.fence.clone(),
+                dtls: dtls_tx.clone(),
             };
             let pin = config.pin.then_some(index % cores);
             let ready = ready_tx.clone();
@@ -241,6 +255,16 @@ impl DataPlane {
     }
 
     /// The number of workers.
+    /// DTLS datagrams from WebRTC legs, for the DTLS thread.
+    pub fn dtls_inbound(&self) -> &Receiver<dtls::Inbound> {
+        &self.dtls
+    }
+
+    /// A socket that sends from the media address (a clone of a worker's), for DTLS flights.
+    pub fn dtls_socket(&self) -> io::Result<socket2::Socket> {
+        self.dtls_socket.try_clone()
+    }
+
     pub fn workers(&self) -> usize {
         self.workers.len()
     }

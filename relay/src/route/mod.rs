@@ -20,12 +20,14 @@
 mod compile;
 mod counter;
 mod ice;
+mod leg;
 mod room;
 mod table;
 
 pub use compile::{Change, Compiled, Participant, Roster, Slots, compile, compile_all};
 pub use counter::{Counter, ParticipantCounter, ParticipantCounters, RuleCounters};
 pub use ice::{Credentials, Latch, StunAction, StunGuard};
+pub use leg::{DtlsLeg, Leg, Legs, Session, SrtpLeg};
 pub use room::{Blocks, CHUNK, CompileError, MediaKind, Room};
 pub use table::{DropReason, RoomId, Table, Update, Verdict};
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use socket2::SockAddr;
 
 use super::ice::{self, Latch, StunAction, StunGuard};
+use super::leg::{DtlsLeg, Leg};
 use super::room::{Member, Room};
 use crate::packet::rtp::Ssrc;
 use crate::packet::{demux, rtcp, rtp};
@@ -52,10 +53,21 @@ pub enum DropReason {
     MalformedRtp,
     /// RTCP that does not parse.
     MalformedRtcp,
-    /// A DTLS record: the relay does not terminate DTLS.
+    /// A DTLS record from anything but a latched WebRTC leg.
     Dtls,
     /// STUN that the relay does not answer.
     Stun,
+    /// DTLS from a WebRTC leg that the DTLS thread's queue had no room for.
+    DtlsQueueFull,
+    /// SRTP or SRTCP from a WebRTC leg that did not unprotect (forged, replayed, too old,
+    /// malformed) or came before the leg's keys: never forwarded.
+    Srtp,
+    /// A copy for a WebRTC receiver that could not be sealed (an index already sealed for that
+    /// leg, a full SSRC table): counted per copy.
+    SrtpEgress,
+    /// A copy of a WebRTC participant's media withheld from a plain receiver (the room has no
+    /// `plain_legs`): counted per copy.
+    PlainLegs,
     /// Neither RTP, RTCP, STUN nor DTLS (RFC 7983).
     NotMedia,
     /// Larger than a receive buffer.
@@ -79,13 +91,17 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 19] = [
         Self::UnknownSource,
         Self::UndeclaredSsrc,
         Self::MalformedRtp,
         Self::MalformedRtcp,
         Self::Dtls,
         Self::Stun,
+        Self::DtlsQueueFull,
+        Self::Srtp,
+        Self::SrtpEgress,
+        Self::PlainLegs,
         Self::NotMedia,
         Self::Oversize,
         Self::Rule,
@@ -110,6 +126,10 @@ impl DropReason {
             Self::MalformedRtp => "malformed_rtp",
             Self::MalformedRtcp => "malformed_rtcp",
             Self::Dtls => "dtls",
+            Self::DtlsQueueFull => "dtls_queue_full",
+            Self::Srtp => "srtp",
+            Self::SrtpEgress => "srtp_egress",
+            Self::PlainLegs => "plain_legs",
             Self::Stun => "stun",
             Self::NotMedia => "not_media",
             Self::Oversize => "oversize",
@@ -131,6 +151,8 @@ pub enum Verdict {
     Forward(usize),
     /// A STUN message for the caller to handle.
     Stun,
+    /// A DTLS datagram from a latched WebRTC leg, for the DTLS thread ([`Table::dtls_leg`]).
+    Dtls,
     /// Not forwarded.
     Drop(DropReason),
 }
@@ -146,8 +168,10 @@ pub struct Table {
     free: Vec<u32>,
     ids: HashMap<RoomId, u32>,
     // Keys come from the network: std's keyed SipHash resists collision floods.
-    by_addr: HashMap<SocketAddr, (u32, u16)>,
-    by_ufrag: HashMap<Box<[u8]>, (u32, u16)>,
+    by_addr: HashMap<SocketAddr, (u32, u16, Leg)>,
+    by_ufrag: HashMap<Box<[u8]>, (u32, u16, Leg)>,
+    /// WebRTC members indexed: while there are none, a media packet costs no second lookup.
+    webrtc_members: usize,
 }
 
 /// A room in a worker's table.
@@ -223,12 +247,15 @@ impl Table {
     }
 
     fn index(&mut self, index: u32, ssrcs: &mut Ssrcs, slot: u16, m: &Member) {
-        if let Some(addr) = m.addr {
-            self.by_addr.insert(addr, (index, slot));
-        }
-        if let Some(ice) = &m.ice {
-            self.by_ufrag
-                .insert(ice.ufrag.as_bytes().into(), (index, slot));
+        self.webrtc_members += usize::from(m.webrtc.is_some());
+        for (leg, addr, ice) in legs(m) {
+            if let Some(addr) = addr {
+                self.by_addr.insert(addr, (index, slot, leg));
+            }
+            if let Some(ice) = ice {
+                self.by_ufrag
+                    .insert(ice.ufrag.as_bytes().into(), (index, slot, leg));
+            }
         }
         for (t, track) in m.tracks.iter().enumerate() {
             ssrcs.insert(track.ssrc, (slot, t as u16));
@@ -238,15 +265,20 @@ impl Table {
     /// Removes what `m` in `slot` put in the indexes; entries that moved to another member or
     /// room since (an address taken over in the same round) stay.
     fn unindex(&mut self, index: u32, ssrcs: &mut Ssrcs, slot: u16, m: &Member) {
-        if let Some(addr) = m.addr
-            && self.by_addr.get(&addr) == Some(&(index, slot))
-        {
-            self.by_addr.remove(&addr);
-        }
-        if let Some(ice) = &m.ice
-            && self.by_ufrag.get(ice.ufrag.as_bytes()) == Some(&(index, slot))
-        {
-            self.by_ufrag.remove(ice.ufrag.as_bytes());
+        self.webrtc_members = self
+            .webrtc_members
+            .saturating_sub(usize::from(m.webrtc.is_some()));
+        for (leg, addr, ice) in legs(m) {
+            if let Some(addr) = addr
+                && self.by_addr.get(&addr) == Some(&(index, slot, leg))
+            {
+                self.by_addr.remove(&addr);
+            }
+            if let Some(ice) = ice
+                && self.by_ufrag.get(ice.ufrag.as_bytes()) == Some(&(index, slot, leg))
+            {
+                self.by_ufrag.remove(ice.ufrag.as_bytes());
+            }
         }
         for track in m.tracks.iter() {
             if ssrcs.get(&track.ssrc).is_some_and(|(s, _)| *s == slot) {
@@ -291,7 +323,7 @@ impl Table {
         let Some(username) = msg.username() else {
             return StunAction::Drop(DropReason::StunUnauthorized);
         };
-        let Some(&(index, slot)) = self.by_ufrag.get(ice::local_ufrag(username)) else {
+        let Some(&(index, slot, leg)) = self.by_ufrag.get(ice::local_ufrag(username)) else {
             return StunAction::Drop(DropReason::StunUnknownUser);
         };
         if !ice::allow(guard, now_ms, src) {
@@ -303,22 +335,45 @@ impl Table {
         let Some(member) = installed.room.member(slot) else {
             return StunAction::Drop(DropReason::StunUnknownUser);
         };
-        let Some(creds) = &member.ice else {
+        let Some((_, current, Some(creds))) = legs(member).find(|(l, _, _)| *l == leg) else {
             return StunAction::Drop(DropReason::StunUnknownUser);
         };
         match ice::answer(&msg, *src, creds.pwd.as_bytes(), out) {
             Ok(len) => {
                 member.counters.stun_ok().add(worker, 1);
-                let latch =
-                    (member.addr != Some(*src) && msg.ice_controlled().is_none()).then(|| Latch {
+                // A WebRTC leg binds only the pair the browser nominates (RFC 8445 §7.3.1.5);
+                // its other checks are answered (consent freshness) and change nothing.
+                let nominated = member.webrtc.is_none() || msg.use_candidate();
+                let latch = (current != Some(*src) && msg.ice_controlled().is_none() && nominated)
+                    .then(|| Latch {
                         room: installed.id,
                         participant: member.name.clone(),
                         addr: *src,
+                        leg,
                     });
                 StunAction::Reply { len, latch }
             }
             Err(reason) => StunAction::Drop(reason),
         }
+    }
+
+    /// The WebRTC leg whose latched address is `src`, with its DTLS session: where a DTLS
+    /// datagram from `src` belongs. `None` for any other source.
+    pub fn dtls_leg(&self, src: &SocketAddr) -> Option<DtlsLeg> {
+        let &(index, slot, leg) = self.by_addr.get(src)?;
+        let installed = self.installed(index)?;
+        let member = installed.room.member(slot)?;
+        let legs = member.webrtc.as_ref()?;
+        let session = match leg {
+            Leg::Main => legs.publish.clone(),
+            Leg::Subscribe => legs.subscribe.clone(),
+        }?;
+        Some(DtlsLeg {
+            room: installed.id,
+            participant: member.name.clone(),
+            leg,
+            session,
+        })
     }
 
     /// Decides where one datagram goes and calls `emit` once per destination.
@@ -332,14 +387,49 @@ impl Table {
         buf: &[u8],
         mut emit: impl FnMut(&SockAddr),
     ) -> Verdict {
+        self.route_legs(worker, src, buf, |d, _| emit(d))
+    }
+
+    /// The WebRTC legs of the member whose address is `src` (publish or subscribe leg), with
+    /// the leg's session: where media from `src` must be unprotected first.
+    #[inline]
+    pub fn webrtc_source(&self, src: &SocketAddr) -> Option<(&Arc<super::Legs>, &super::Session)> {
+        if self.webrtc_members == 0 {
+            return None;
+        }
+        let &(index, slot, leg) = self.by_addr.get(src)?;
+        let member = self.installed(index)?.room.member(slot)?;
+        let legs = member.webrtc.as_ref()?;
+        let session = match leg {
+            Leg::Main => legs.publish.as_ref(),
+            Leg::Subscribe => legs.subscribe.as_ref(),
+        }?;
+        Some((legs, session))
+    }
+
+    /// As [`Table::route`], and `emit` also gets the receiver's WebRTC legs (`None` for a plain
+    /// receiver): a WebRTC receiver gets an SRTP copy sealed for the leg at that address.
+    #[inline]
+    pub fn route_legs(
+        &self,
+        worker: usize,
+        src: &SocketAddr,
+        buf: &[u8],
+        mut emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+    ) -> Verdict {
         let kind = demux::classify(buf);
         match kind {
             demux::Kind::Rtp | demux::Kind::Rtcp => {}
             demux::Kind::Stun => return Verdict::Stun,
-            demux::Kind::Dtls => return Verdict::Drop(DropReason::Dtls),
+            demux::Kind::Dtls => {
+                return match self.dtls_leg(src) {
+                    Some(_) => Verdict::Dtls,
+                    None => Verdict::Drop(DropReason::Dtls),
+                };
+            }
             demux::Kind::Other => return Verdict::Drop(DropReason::NotMedia),
         }
-        let Some(&(index, slot)) = self.by_addr.get(src) else {
+        let Some(&(index, slot, _leg)) = self.by_addr.get(src) else {
             return Verdict::Drop(DropReason::UnknownSource);
         };
         let Some(installed) = self.installed(index) else {
@@ -367,6 +457,16 @@ impl Table {
     }
 }
 
+/// A member's legs: (which, address, relay-side credentials).
+fn legs(m: &Member) -> impl Iterator<Item = (Leg, Option<SocketAddr>, Option<&ice::Credentials>)> {
+    let main = (Leg::Main, m.addr, m.ice.as_deref());
+    let subscribe = m
+        .webrtc
+        .as_ref()
+        .map(|l| (Leg::Subscribe, l.subscribe_addr, l.subscribe_ice.as_deref()));
+    std::iter::once(main).chain(subscribe)
+}
+
 impl Installed {
     fn new(id: RoomId) -> Self {
         Self {
@@ -388,7 +488,7 @@ fn route_rtp(
     worker: usize,
     from: &Sender<'_>,
     buf: &[u8],
-    emit: &mut impl FnMut(&SockAddr),
+    emit: &mut impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
 ) -> Verdict {
     let Ok(packet) = rtp::Packet::new_checked(buf) else {
         return Verdict::Drop(DropReason::MalformedRtp);
@@ -404,7 +504,7 @@ fn fan_out(
     worker: usize,
     from: &Sender<'_>,
     track: &super::room::Track,
-    emit: &mut impl FnMut(&SockAddr),
+    emit: &mut impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
 ) -> Verdict {
     if let Some(rule) = &track.send_block {
         rule.dropped_send.add(worker, 1);
@@ -418,7 +518,7 @@ fn fan_out(
         from.member,
         track.kind,
         0..room.chunks.len(),
-        |_, dest| emit(dest),
+        |r, dest| emit(dest, r.webrtc.as_ref()),
     );
     Verdict::Forward(sent)
 }
@@ -428,7 +528,7 @@ fn route_rtcp(
     installed: &Installed,
     from: &Sender<'_>,
     buf: &[u8],
-    emit: &mut impl FnMut(&SockAddr),
+    emit: &mut impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
 ) -> Verdict {
     let Ok(route) = rtcp::classify(buf) else {
         return Verdict::Drop(DropReason::MalformedRtcp);
@@ -466,7 +566,7 @@ fn route_rtcp(
         rtcp::Route::Encrypted { .. } => Verdict::Forward(from.room.each_flow_peer(
             from.slot,
             from.member,
-            |d| emit(d),
+            |d| emit(d, None),
         )),
     }
 }
@@ -480,7 +580,7 @@ fn route_feedback(
     from: &Sender<'_>,
     feedback: rtcp::Feedback<'_>,
     skip: Option<super::room::MediaKind>,
-    emit: &mut impl FnMut(&SockAddr),
+    emit: &mut impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
 ) -> (usize, bool) {
     let room = from.room;
     let member = from.member;
@@ -527,8 +627,10 @@ fn route_feedback(
     }
     let mut sent = 0;
     for &p in &targets[..n] {
-        if let Some(dest) = room.member(p).and_then(|m| m.sockaddr.as_ref()) {
-            emit(dest);
+        if let Some(m) = room.member(p)
+            && let Some(dest) = m.sockaddr.as_ref()
+        {
+            emit(dest, m.webrtc.as_ref());
             sent += 1;
         }
     }

@@ -27,6 +27,7 @@ fn member<'a>(
         subscribe: None,
         counters: Arc::new(ParticipantCounters::new(1)),
         ice: None,
+        webrtc: None,
     }
 }
 

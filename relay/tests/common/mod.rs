@@ -74,6 +74,7 @@ pub fn install_ruled(
             subscribe: lists[i].as_deref(),
             counters: Arc::new(ParticipantCounters::new(plane.workers())),
             ice: None,
+            webrtc: None,
         })
         .collect();
     let compiled = compile_all(&format!("room-{id}"), &participants, rules, |_| {

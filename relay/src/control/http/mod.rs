@@ -20,6 +20,7 @@
 mod events;
 mod routes;
 mod stats;
+mod webrtc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

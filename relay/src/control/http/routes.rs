@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{App, Surface, json_reply, panicked, read_body};
-use crate::control::body::{LiftBody, ParticipantBody, ParticipantPatch, parse_json};
+use crate::control::body::{LiftBody, ParticipantBody, ParticipantPatch, RoomBody, parse_json};
 use crate::control::core::Command;
 use crate::control::error::{ApiError, Code, ErrorBody};
 use crate::control::owner::fleet::{Placement, PlacementBody};
@@ -78,6 +78,11 @@ fn api() -> OpenApiRouter<App> {
             get_participant,
             patch_participant,
             delete_participant
+        ))
+        .routes(routes!(super::webrtc::webrtc_publish))
+        .routes(routes!(
+            super::webrtc::webrtc_offer,
+            super::webrtc::webrtc_answer
         ))
         .routes(routes!(post_rule, list_rules))
         .routes(routes!(get_rule, delete_rule))
@@ -227,16 +232,21 @@ async fn ask(app: &App, make: impl FnOnce(oneshot::Sender<Answer>) -> OwnerReque
     }
 }
 
-async fn command(app: &App, cmd: Command) -> Response {
+pub(super) async fn command(app: &App, cmd: Command) -> Response {
     ask(app, |tx| OwnerRequest::Core(Box::new(cmd), tx)).await
 }
 
-fn path_error(_: PathRejection) -> Response {
+pub(super) fn path_error(_: PathRejection) -> Response {
     ApiError::new(
         Code::InvalidId,
         "ids in the path must be 1 to 128 bytes of [A-Za-z0-9._-]",
     )
     .into_response()
+}
+
+/// Reads and parses a JSON body.
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    parse_json(&read_body(body).await?)
 }
 
 macro_rules! path_or_reply {
@@ -366,20 +376,42 @@ async fn list_rooms(State(app): State<App>) -> Response {
     command(&app, Command::ListRooms).await
 }
 
-/// Creates a room; idempotent.
+/// Creates a room; idempotent. The body is optional: `{"plain_legs": true}` lets media from
+/// WebRTC participants reach plain RTP participants (decrypted); it is set at creation.
 #[utoipa::path(put, path = "/v1/rooms/{room}", tag = "rooms", security(("bearer" = [])),
     params(("room" = String, Path, description = "1 to 128 bytes of [A-Za-z0-9._-]")),
+    request_body(content = Option<RoomBody>, description = "optional"),
     responses(
         (status = 201, description = "Created", body = view::Room),
         (status = 200, description = "It existed", body = view::Room),
-        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 400, description = "`invalid_id`, `invalid_json`", body = ErrorBody),
         (status = 401, body = ErrorBody),
-        (status = 409, description = "`too_many_rooms`", body = ErrorBody),
+        (status = 409, description = "`too_many_rooms`; `plain_legs_fixed`: the room exists with the other value", body = ErrorBody),
         (status = 503, description = "`draining`", body = ErrorBody),
     ))]
-async fn put_room(State(app): State<App>, room: Result<Path<String>, PathRejection>) -> Response {
+async fn put_room(
+    State(app): State<App>,
+    room: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Response {
     let room = path_or_reply!(room);
-    command(&app, Command::PutRoom { room }).await
+    let bytes = body_or_reply!(body);
+    let body: RoomBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RoomBody::default()
+    } else {
+        match parse_json(&bytes) {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        }
+    };
+    command(
+        &app,
+        Command::PutRoom {
+            room,
+            plain_legs: body.plain_legs,
+        },
+    )
+    .await
 }
 
 /// A room with its participants and summed counters.

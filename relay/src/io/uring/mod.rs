@@ -171,13 +171,13 @@ impl Uring {
 
     /// The worker loop.
     fn serve(&mut self, w: &Worker) -> io::Result<()> {
-        let mut path = Datapath::new(w.index, w.latches.clone(), w.fence.clone());
+        let mut path = Datapath::new(w.index, w.latches.clone(), w.dtls.clone(), w.fence.clone());
         let mut first_arm = true;
         let mut spin = IdleSpin::new(w.settings.idle_spin);
         // When the last turn without datagrams began, while none come.
         let mut dry_since: Option<Instant> = None;
         loop {
-            if !w.apply_messages(&mut path.table) {
+            if !w.apply_messages(&mut path) {
                 return Ok(());
             }
             if !self.recv_armed && self.bufs.any_free() {
@@ -557,6 +557,14 @@ impl Output for Out<'_> {
         if !self.u.plan.push_reply(dest, bytes) {
             self.u.flush();
             let planned = self.u.plan.push_reply(dest, bytes);
+            debug_assert!(planned, "an empty plan takes a reply");
+        }
+    }
+
+    fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>) {
+        if !self.u.plan.push_reply_with(dest, &mut *write) {
+            self.u.flush();
+            let planned = self.u.plan.push_reply_with(dest, write);
             debug_assert!(planned, "an empty plan takes a reply");
         }
     }
