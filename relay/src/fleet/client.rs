@@ -501,8 +501,24 @@ async fn run(
     shared.tick();
     tokio::spawn(keepalive(shared.clone()));
     tokio::spawn(watch_nodes(shared.clone(), revision));
-    tokio::spawn(watch_rules(shared.clone(), shared.status.joined_at()));
-    tokio::spawn(watch_participants(shared.clone(), revision));
+    tokio::spawn(watch_prefix(
+        shared.clone(),
+        shared.keys.rules(),
+        shared.status.joined_at(),
+        || Event::RulesResync,
+        |key, value, revision| Event::Rule {
+            key,
+            value,
+            revision,
+        },
+    ));
+    tokio::spawn(watch_prefix(
+        shared.clone(),
+        shared.keys.participants(),
+        revision,
+        || Event::ParticipantsResync,
+        |key, value, _| Event::Participant { key, value },
+    ));
     tokio::spawn(fence_tick(shared.clone()));
     if ready.send(Ok(shared.clone())).is_err() {
         return;
@@ -727,16 +743,23 @@ async fn watch_nodes(shared: Arc<Shared>, mut revision: i64) {
     }
 }
 
-/// Watches `rules/` from `revision + 1` and sends every change, in order, as
-/// [`Event::Rule`]; resumes after a break from the last revision sent.
-async fn watch_rules(shared: Arc<Shared>, mut revision: i64) {
+/// Watches `prefix` from `revision + 1` and sends every change, in order, as `change(key,
+/// value, revision)` (`None` for a delete); after a compaction or a cancelled watch, `resync`.
+/// Resumes after a break from the last revision sent.
+async fn watch_prefix(
+    shared: Arc<Shared>,
+    prefix: String,
+    mut revision: i64,
+    resync: fn() -> Event,
+    change: fn(String, Option<Vec<u8>>, i64) -> Event,
+) {
     loop {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
         let mut client = shared.client();
         let Ok(mut stream) = shared
-            .timed(client.watch(shared.keys.rules(), Some(options)))
+            .timed(client.watch(prefix.as_str(), Some(options)))
             .await
         else {
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -747,7 +770,7 @@ async fn watch_rules(shared: Arc<Shared>, mut revision: i64) {
                 break;
             };
             if resp.compact_revision() > 0 || resp.canceled() {
-                let _ = shared.events.send(Event::RulesResync);
+                let _ = shared.events.send(resync());
                 revision = revision.max(resp.compact_revision() - 1);
                 break;
             }
@@ -759,52 +782,9 @@ async fn watch_rules(shared: Arc<Shared>, mut revision: i64) {
                     EventType::Put => Some(kv.value().to_vec()),
                     EventType::Delete => None,
                 };
-                let _ = shared.events.send(Event::Rule {
-                    key: key.to_owned(),
-                    value,
-                    revision: kv.mod_revision(),
-                });
-            }
-        }
-    }
-}
-
-/// Watches `participants/` from `revision + 1` and sends every change as
-/// [`Event::Participant`]; after a compaction, [`Event::ParticipantsResync`].
-async fn watch_participants(shared: Arc<Shared>, mut revision: i64) {
-    loop {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        let mut client = shared.client();
-        let Ok(mut stream) = shared
-            .timed(client.watch(shared.keys.participants(), Some(options)))
-            .await
-        else {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            continue;
-        };
-        loop {
-            let Ok(Some(resp)) = stream.message().await else {
-                break;
-            };
-            if resp.compact_revision() > 0 || resp.canceled() {
-                let _ = shared.events.send(Event::ParticipantsResync);
-                revision = revision.max(resp.compact_revision() - 1);
-                break;
-            }
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                let Ok(key) = kv.key_str() else { continue };
-                revision = revision.max(kv.mod_revision());
-                let value = match event.event_type() {
-                    EventType::Put => Some(kv.value().to_vec()),
-                    EventType::Delete => None,
-                };
-                let _ = shared.events.send(Event::Participant {
-                    key: key.to_owned(),
-                    value,
-                });
+                let _ = shared
+                    .events
+                    .send(change(key.to_owned(), value, kv.mod_revision()));
             }
         }
     }
