@@ -3,6 +3,11 @@
 # there. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
+# `--bench`: also what the budget runner compares and measures with (bench/, docs/BENCHMARKS.md):
+# rtpengine (Debian rtpengine-daemon) and perf (linux-perf).
+bench=false
+[ "${1:-}" = "--bench" ] && bench=true
+
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
@@ -45,6 +50,10 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 # The well-known types (google/protobuf/descriptor.proto) that etcd's protos import.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+if $bench; then
+    command -v rtpengine >/dev/null || need+=(rtpengine-daemon)
+    command -v perf >/dev/null || need+=(linux-perf)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

@@ -55,7 +55,10 @@ impl Bench {
             tables: (0..WORKERS).map(|_| Table::new()).collect(),
             clock,
         };
-        b.carry_out(Command::PutRoom { room: "r".into() });
+        b.carry_out(Command::PutRoom {
+            room: "r".into(),
+            plain_legs: None,
+        });
         for i in 0..n {
             b.carry_out(join(i));
         }

@@ -310,6 +310,7 @@ impl MemberSpec {
             subscribe: None,
             counters: self.counters.clone(),
             ice: Some(self.ice.clone()),
+            webrtc: None,
         }
     }
 }

@@ -74,6 +74,26 @@ pub struct Args {
     /// Seed for every random choice.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Webinar: one room, one publisher with audio and video, N listeners joining in bursts
+    /// through the control API while it sends (relay only).
+    #[arg(long, value_name = "N")]
+    pub webinar: Option<u32>,
+    /// Webinar joins per second [default: 1000].
+    #[arg(long, value_name = "PER_S", requires = "webinar")]
+    pub join_rate: Option<f64>,
+    /// Webinar listeners per burst [default: 100].
+    #[arg(long, value_name = "N", requires = "webinar")]
+    pub join_burst: Option<u32>,
+    /// API connections that make a burst's joins at once [default: 8].
+    #[arg(long, value_name = "N", requires = "webinar")]
+    pub join_connections: Option<usize>,
+    /// Webinar listeners whose copies loadgen reads; the others are registered and never read
+    /// [default: all].
+    #[arg(long, value_name = "N", requires = "webinar")]
+    pub read_listeners: Option<u32>,
+    /// Length of every audio packet, bytes of RTP [default: 60 to 160].
+    #[arg(long, value_name = "BYTES")]
+    pub audio_len: Option<u16>,
     /// Write an HDR histogram interval log of latency (µs) to FILE.
     #[arg(long, value_name = "FILE")]
     pub histogram_log: Option<PathBuf>,
@@ -177,6 +197,28 @@ impl Args {
         if self.stream_rate.is_some() {
             s.stream_rate = self.stream_rate;
         }
+        if let Some(len) = self.audio_len {
+            for c in &mut s.room {
+                c.audio_len = Some([len, len]);
+            }
+        }
+        if let Some(n) = self.webinar {
+            let mut w = s.webinar.take().unwrap_or_default();
+            w.listeners = n;
+            if let Some(v) = self.join_rate {
+                w.join_rate = v;
+            }
+            if let Some(v) = self.join_burst {
+                w.burst = v;
+            }
+            if let Some(v) = self.join_connections {
+                w.connections = v;
+            }
+            if let Some(v) = self.read_listeners {
+                w.read = v;
+            }
+            s.webinar = Some(w);
+        }
         if s.churn.leaves_per_min > 0.0 && s.churn.rejoin_after <= 0.0 {
             s.churn.rejoin_after = 5.0;
         }
@@ -220,5 +262,31 @@ mod tests {
             "duration is required"
         );
         assert!(parse("loadgen --target direct --duration 1 --rate 1000").is_ok());
+    }
+
+    #[test]
+    fn webinar_flags() {
+        let s = parse(
+            "loadgen --control 127.0.0.1:7780 --webinar 2000 --join-rate 500 --join-burst 50 \
+             --read-listeners 20 --fixed-address --duration 6 --audio-len 200",
+        )
+        .unwrap();
+        let w = s.webinar.clone().unwrap();
+        assert_eq!(
+            (w.listeners, w.join_rate, w.burst, w.read),
+            (2000, 500.0, 50, 20)
+        );
+        assert_eq!(s.room[0].audio_len, Some([200, 200]));
+        let plan = s.plan();
+        assert_eq!(plan.participants.len(), 2001);
+        assert_eq!(plan.streams.len(), 2, "audio and video of the publisher");
+        assert_eq!(plan.participants.iter().filter(|p| p.read).count(), 21);
+        // 40 bursts of 50, 100 ms apart, from 0.2 s.
+        let bursts: Vec<u64> = plan.events.iter().map(|(t, _)| *t).collect();
+        assert_eq!(bursts.len(), 40);
+        assert_eq!(bursts[0], 200_000_000);
+        assert_eq!(bursts[39], 200_000_000 + 39 * 100_000_000);
+        assert!(parse("loadgen --target direct --webinar 10 --duration 2").is_err());
+        assert!(parse("loadgen --control x:1 --join-rate 5 --duration 2").is_err());
     }
 }

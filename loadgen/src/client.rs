@@ -87,6 +87,10 @@ pub(crate) struct Outcome {
     pub(crate) send_us: Vec<(u32, Vec<u32>)>,
     /// Latency in µs, per kind.
     pub(crate) latency: [Histogram<u64>; 3],
+    /// Send to the kernel's receive timestamp, µs.
+    pub(crate) delivery: Histogram<u64>,
+    /// Kernel receive timestamp to the read, µs.
+    pub(crate) socket_wait: Histogram<u64>,
     /// Datagrams written to sockets (a packet on the direct path is one per receiver).
     pub(crate) datagrams_out: u64,
     /// Datagrams the kernel refused.
@@ -138,6 +142,8 @@ struct Thread<'a> {
     send: SendBatch,
     recv: RecvBatch,
     latency: [Histogram<u64>; 3],
+    delivery: Histogram<u64>,
+    socket_wait: Histogram<u64>,
     interval: Histogram<u64>,
     interval_index: u64,
     intervals: Option<mpsc::Sender<Interval>>,
@@ -219,6 +225,8 @@ impl<'a> Thread<'a> {
             send: SendBatch::new(64),
             recv: RecvBatch::new(64),
             latency: [hist(), hist(), hist()],
+            delivery: hist(),
+            socket_wait: hist(),
             interval: hist(),
             interval_index: 0,
             intervals,
@@ -367,6 +375,7 @@ impl<'a> Thread<'a> {
                 }
             };
             let now = self.shared.now_ns();
+            let now_real = crate::io::realtime_ns();
             for i in 0..n {
                 let datagram = self.recv.get(i);
                 let Ok(p) = rtp::decode(datagram) else {
@@ -393,8 +402,15 @@ impl<'a> Thread<'a> {
                     self.foreign += 1;
                     continue;
                 }
-                let us = now.saturating_sub(p.send_ns) / 1_000;
+                let ns = now.saturating_sub(p.send_ns);
+                let us = ns / 1_000;
                 self.latency[kind.index()].saturating_record(us.max(1));
+                if let Some(at) = self.recv.arrival_ns(i) {
+                    let wait = now_real.saturating_sub(at).min(ns);
+                    self.socket_wait.saturating_record((wait / 1_000).max(1));
+                    self.delivery
+                        .saturating_record(((ns - wait) / 1_000).max(1));
+                }
                 if self.intervals.is_some() {
                     self.interval.saturating_record(us.max(1));
                 }
@@ -441,6 +457,8 @@ impl<'a> Thread<'a> {
             received,
             send_us,
             latency: self.latency,
+            delivery: self.delivery,
+            socket_wait: self.socket_wait,
             datagrams_out: self.datagrams_out,
             send_errors: self.send_errors,
             late_frames: self.late_frames,

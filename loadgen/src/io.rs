@@ -133,13 +133,19 @@ pub(crate) struct Flushed {
     pub(crate) error: Option<io::Error>,
 }
 
-/// A batch of receive buffers for `recvmmsg`.
+/// A batch of receive buffers for `recvmmsg`, with each datagram's kernel receive time
+/// (`SO_TIMESTAMPNS`, when the socket asks for it: see [`timestamp_arrivals`]).
 pub(crate) struct RecvBatch {
     buf: Vec<u8>,
     lens: Vec<usize>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    /// One control-message buffer per datagram, 8-byte aligned.
+    cmsgs: Vec<[u64; CMSG_WORDS]>,
 }
+
+/// Room for one `SCM_TIMESTAMPNS` control message (a `timespec`), in 8-byte words.
+const CMSG_WORDS: usize = 8;
 
 impl RecvBatch {
     pub(crate) fn new(packets: usize) -> Self {
@@ -151,12 +157,15 @@ impl RecvBatch {
                 iov_len: MAX_LEN,
             });
         }
+        let mut cmsgs = vec![[0u64; CMSG_WORDS]; packets];
         let mut hdrs = Vec::with_capacity(packets);
-        for iov in iovs.iter_mut() {
+        for (iov, cmsg) in iovs.iter_mut().zip(cmsgs.iter_mut()) {
             // SAFETY: an all-zero msghdr is a valid empty header.
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
             h.msg_hdr.msg_iov = iov;
             h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = cmsg.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = std::mem::size_of_val(cmsg) as _;
             hdrs.push(h);
         }
         Self {
@@ -164,14 +173,20 @@ impl RecvBatch {
             lens: vec![0; packets],
             iovs,
             hdrs,
+            cmsgs,
         }
     }
 
     /// Reads what is queued on `fd` without blocking; returns how many datagrams.
     pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        // The heap buffers never move, so the pointers set in `new` stay valid.
+        // The heap buffers never move, so the pointers set in `new` stay valid; the kernel
+        // shortens each controllen to what it wrote, so it is reset before every call.
         debug_assert_eq!(self.iovs.len(), self.hdrs.len());
-        // SAFETY: every header points to an iovec of this batch, which points into self.buf.
+        for (h, c) in self.hdrs.iter_mut().zip(&self.cmsgs) {
+            h.msg_hdr.msg_controllen = std::mem::size_of_val(c) as _;
+        }
+        // SAFETY: every header points to an iovec of this batch, which points into self.buf,
+        // and to a control buffer of this batch.
         let r = unsafe {
             libc::recvmmsg(
                 fd,
@@ -200,10 +215,63 @@ impl RecvBatch {
         &self.buf[i * MAX_LEN..i * MAX_LEN + self.lens[i]]
     }
 
+    /// When the kernel queued datagram `i` of the last `recv` on the socket, ns of
+    /// `CLOCK_REALTIME`; None when the socket does not timestamp.
+    pub(crate) fn arrival_ns(&self, i: usize) -> Option<u64> {
+        let h = &self.hdrs[i].msg_hdr;
+        // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into the buffer
+        // the header points at; CMSG_FIRSTHDR and CMSG_NXTHDR stay inside it.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        None
+    }
+
     /// Buffers in the batch.
     pub(crate) fn capacity(&self) -> usize {
         self.hdrs.len()
     }
+}
+
+/// Asks the kernel to stamp every datagram `fd` receives with its receive time
+/// (`SO_TIMESTAMPNS`), so that the time a datagram waited in the socket can be told apart
+/// from the time it took to get there.
+pub(crate) fn timestamp_arrivals(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a pointer to a live int.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `CLOCK_REALTIME` now, ns.
+pub(crate) fn realtime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// An epoll set of sockets, each with a token.
@@ -320,6 +388,7 @@ mod tests {
             .collect();
         for s in &rx {
             s.set_nonblocking(true).unwrap();
+            timestamp_arrivals(s.as_raw_fd()).unwrap();
         }
         let dests: Vec<SockAddr> = rx.iter().map(|s| s.local_addr().unwrap().into()).collect();
         let mut batch = SendBatch::new(8);
@@ -347,6 +416,10 @@ mod tests {
                 for i in 0..n {
                     let d = recv.get(i);
                     assert_eq!(d.len(), 10 + usize::from(d[0]));
+                    // Stamped by the kernel on arrival, a moment ago.
+                    let at = recv.arrival_ns(i).expect("a receive timestamp");
+                    let now = realtime_ns();
+                    assert!(at <= now && now - at < 5_000_000_000, "{at} {now}");
                 }
                 got += n;
             }

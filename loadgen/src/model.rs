@@ -180,6 +180,9 @@ pub struct World {
     pub streams: Vec<(u32, Kind)>,
     /// Every rule made during the run.
     pub rules: Vec<Rule>,
+    /// Participants loadgen does not read (sinks): nothing is expected of them. Missing
+    /// entries are read.
+    pub unread: Vec<bool>,
 }
 
 impl World {
@@ -288,6 +291,7 @@ mod tests {
                 (3, Kind::Audio),
             ],
             rules: Vec::new(),
+            unread: Vec::new(),
         }
     }
 

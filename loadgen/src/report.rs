@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -37,6 +38,12 @@ pub struct Report {
     pub reordered: u64,
     /// One-way latency.
     pub latency_us: Latency,
+    /// The part of it until the copy was queued on the receiver's socket (the kernel's
+    /// receive timestamp): the relay's share and the network's, without the wait below.
+    pub delivery_us: Latency,
+    /// The rest: how long copies waited in the receiver's socket until loadgen read them
+    /// (loadgen's own delay; large when loadgen itself is the bottleneck).
+    pub socket_wait_us: Latency,
     /// RFC 3550 interarrival jitter over the (stream, receiver) pairs.
     pub jitter_us: Jitter,
     /// Packets per second the clients sent.
@@ -57,6 +64,10 @@ pub struct Report {
     pub control: Control,
     /// Errors that did not stop the run.
     pub errors: Vec<String>,
+    /// When sending started and was due to end (not in the JSON: for a caller that samples
+    /// the system under test over the same window).
+    #[serde(skip)]
+    pub send_window: Option<(Instant, Instant)>,
 }
 
 /// Latency percentiles, µs.
@@ -129,6 +140,58 @@ pub struct Control {
     pub rules_lifted: u64,
     /// Slowest call, ms.
     pub slowest_call_ms: f64,
+    /// Duration of the joins made in bursts (webinar), over all bursts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_ms: Option<JoinLatency>,
+    /// Each burst of joins (webinar), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub join_bursts: Vec<Burst>,
+}
+
+/// Percentiles of the duration of join calls, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct JoinLatency {
+    /// Calls timed.
+    pub calls: u64,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Longest.
+    pub max: f64,
+}
+
+impl JoinLatency {
+    /// Percentiles (nearest rank) of call durations given in µs; None for no calls.
+    pub fn of(us: &mut [u64]) -> Option<Self> {
+        if us.is_empty() {
+            return None;
+        }
+        us.sort_unstable();
+        let rank = |q: f64| us[((q * us.len() as f64).ceil() as usize).clamp(1, us.len()) - 1];
+        let ms = |v: u64| (v as f64 / 10.0).round() / 100.0;
+        Some(Self {
+            calls: us.len() as u64,
+            p50: ms(rank(0.5)),
+            p99: ms(rank(0.99)),
+            max: ms(us[us.len() - 1]),
+        })
+    }
+}
+
+/// One burst of joins.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Burst {
+    /// When it started, s after sending started.
+    pub at_s: f64,
+    /// Joins that succeeded.
+    pub joins: u64,
+    /// Joins that failed.
+    pub failed: u64,
+    /// From its first call to the return of its last, ms.
+    pub span_ms: f64,
+    /// Duration of its calls.
+    pub latency_ms: JoinLatency,
 }
 
 impl Report {
@@ -235,6 +298,14 @@ impl Report {
             "offered {:.0} pkt/s, received {:.0} pkt/s, loss {:.3}% of {} expected deliveries",
             self.offered_pps, self.received_pps, loss, self.expected
         );
+        let (d, w) = (&self.delivery_us, &self.socket_wait_us);
+        if d.max > 0 {
+            let _ = writeln!(
+                s,
+                "latency split: to the receiver's socket p50 {} p99 {} us, waiting there p50 {} p99 {} us",
+                d.p50, d.p99, w.p50, w.p99
+            );
+        }
         let c = &self.control;
         if c.calls > 0 {
             let _ = writeln!(
@@ -248,6 +319,24 @@ impl Report {
                 c.rules_added,
                 c.rules_lifted
             );
+        }
+        if let Some(j) = &c.join_ms {
+            let _ = writeln!(
+                s,
+                "joins in {} bursts: {} calls, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                c.join_bursts.len(),
+                j.calls,
+                j.p50,
+                j.p99,
+                j.max
+            );
+            for b in &c.join_bursts {
+                let _ = writeln!(
+                    s,
+                    "  burst at {:>6.2} s: {:>5} joins ({} failed) in {:>8.1} ms, p50 {:.2} ms, p99 {:.2} ms",
+                    b.at_s, b.joins, b.failed, b.span_ms, b.latency_ms.p50, b.latency_ms.p99
+                );
+            }
         }
         if self.late_frames > 0 || self.send_errors > 0 || self.other > 0 {
             let _ = writeln!(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::api::{Api, Ice, Joined};
 use crate::client::{self, ClientSpec, Interval, Outcome, Progress, Shared, StreamSpec, Work};
 use crate::model::{Rule, Subscribe, Switch, Window, World};
-use crate::report::{Control, Report};
+use crate::report::{Burst, Control, JoinLatency, Latency, Report};
 use crate::rtpengine::Rtpengine;
 use crate::scenario::{Addressing, Event, Plan, Scenario, Target};
 use crate::{stats, stun};
@@ -44,12 +44,19 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
     // One socket per participant, and a clone of each for STUN.
     crate::io::raise_fd_limit(2 * plan.participants.len() as u64 + FD_SPARE);
     let sockets = bind(plan.participants.len())?;
+    for (socket, part) in sockets.iter().zip(&plan.participants) {
+        if !part.read {
+            // Nobody reads it: a small buffer, so that a thousand of them hold little memory.
+            let _ = socket2::SockRef::from(socket).set_recv_buffer_size(SINK_BUFFER);
+        }
+    }
     let addrs: Vec<SocketAddr> = sockets
         .iter()
         .map(|s| s.local_addr())
         .collect::<Result<_, _>>()?;
     let mut world = World {
         grace_ns: scenario.grace_ms * 1_000_000,
+        unread: plan.participants.iter().map(|p| !p.read).collect(),
         room: plan.participants.iter().map(|p| p.room).collect(),
         subscribe: plan
             .participants
@@ -85,13 +92,21 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
     }
     let dests = ctl.setup(&mut world)?;
 
-    // Threads get participants round-robin, each with its streams.
-    let threads = scenario.threads.min(plan.participants.len()).max(1);
+    // Threads get the participants loadgen reads round-robin, each with its streams; the
+    // sockets of the others stay open, unread, until the end.
+    let read = plan.participants.iter().filter(|p| p.read).count();
+    let threads = scenario.threads.min(read).max(1);
     let mut works: Vec<Work> = (0..threads).map(|_| Work::default()).collect();
     let mut slot = vec![(0usize, 0usize); plan.participants.len()];
+    let mut unread = Vec::new();
     for (p, socket) in sockets.into_iter().enumerate() {
-        let w = &mut works[p % threads];
-        slot[p] = (p % threads, w.clients.len());
+        if !plan.participants[p].read {
+            unread.push(socket);
+            continue;
+        }
+        let t = works.iter().map(|w| w.clients.len()).sum::<usize>() % threads;
+        let w = &mut works[t];
+        slot[p] = (t, w.clients.len());
         w.clients.push(ClientSpec {
             participant: p as u32,
             socket,
@@ -173,6 +188,7 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
     });
     drop(tx);
     ctl.teardown();
+    drop(unread);
 
     let mut report = Report {
         target: format!("{:?}", scenario.target).to_lowercase(),
@@ -180,9 +196,14 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
         rooms: plan.rooms.len() as u64,
         participants: plan.participants.len() as u64,
         streams: plan.streams.len() as u64,
+        send_window: Some((
+            start + Duration::from_nanos(send_from_ns),
+            start + Duration::from_nanos(send_from_ns + duration_ns),
+        )),
         ..Report::default()
     };
     account(&plan, &world, outcomes, &mut report);
+    ctl.control.join_ms = JoinLatency::of(&mut ctl.join_us);
     report.control = ctl.control;
     report.errors.extend(ctl.errors);
     if let Some(path) = &options.histogram_log {
@@ -201,6 +222,7 @@ fn account(plan: &Plan, world: &World, outcomes: Vec<Outcome>, report: &mut Repo
     let mut received = vec![crate::stats::StreamMap::default(); plan.participants.len()];
     let hist = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
     let mut latency = [hist(), hist(), hist()];
+    let (mut delivery, mut socket_wait) = (hist(), hist());
     let mut foreign = 0;
     for o in outcomes {
         for (id, log) in o.send_us {
@@ -212,6 +234,8 @@ fn account(plan: &Plan, world: &World, outcomes: Vec<Outcome>, report: &mut Repo
         for (all, h) in latency.iter_mut().zip(&o.latency) {
             let _ = all.add(h);
         }
+        let _ = delivery.add(&o.delivery);
+        let _ = socket_wait.add(&o.socket_wait);
         report.datagrams_out += o.datagrams_out;
         report.send_errors += o.send_errors;
         report.late_frames += o.late_frames;
@@ -223,6 +247,8 @@ fn account(plan: &Plan, world: &World, outcomes: Vec<Outcome>, report: &mut Repo
     }
     let tallies = stats::account(world, &send_us, &received);
     report.fill(&tallies, &latency);
+    report.delivery_us = Latency::of(&delivery);
+    report.socket_wait_us = Latency::of(&socket_wait);
     // Copies naming no stream of ours are misdelivered too.
     report.received += foreign;
     report.misdelivered += foreign;
@@ -246,6 +272,10 @@ struct Controller<'a> {
     consent_ns: u64,
     control: Control,
     errors: Vec<String>,
+    /// One API client per connection that a webinar's burst uses at once.
+    burst_apis: Vec<Api>,
+    /// Duration of every webinar join, µs.
+    join_us: Vec<u64>,
 }
 
 impl<'a> Controller<'a> {
@@ -271,6 +301,8 @@ impl<'a> Controller<'a> {
             consent_ns: 0,
             control: Control::default(),
             errors: Vec::new(),
+            burst_apis: Vec::new(),
+            join_us: Vec::new(),
         }
     }
 
@@ -376,6 +408,17 @@ impl<'a> Controller<'a> {
         if self.scenario.addressing == Addressing::Stun {
             self.latch_setup(world, &joined)?;
         }
+        if let Some(w) = &self.scenario.webinar {
+            // Open the bursts' connections one after the other, before the bursts: opened all
+            // at once, some of them wait for seconds behind the others' (kept-alive) connections
+            // in the relay's HTTP server.
+            for _ in 0..w.connections {
+                let api = Api::new(&self.scenario.control, self.scenario.token.as_deref());
+                api.info()
+                    .context("opening a connection for the join bursts")?;
+                self.burst_apis.push(api);
+            }
+        }
         self.media = media.iter().flatten().next().copied();
         let Some(first) = self.media else {
             bail!("no participant joined at the start")
@@ -392,6 +435,23 @@ impl<'a> Controller<'a> {
     fn join(&mut self, p: usize) -> Result<(Window, Joined)> {
         let part = &self.plan.participants[p];
         let room = &self.plan.rooms[part.room as usize];
+        let body = self.join_body(p);
+        let start_ns = self.now();
+        let joined = self
+            .timed(|api| api.put_participant(&room.name, &part.name, &body))
+            .with_context(|| format!("adding participant {} to room {}", part.name, room.name))?;
+        Ok((
+            Window {
+                start_ns,
+                end_ns: self.now(),
+            },
+            joined,
+        ))
+    }
+
+    /// The body of participant `p`'s PUT: its tracks, subscription and (fixed) address.
+    fn join_body(&self, p: usize) -> Value {
+        let part = &self.plan.participants[p];
         let tracks: Vec<Value> = part
             .streams
             .iter()
@@ -414,17 +474,7 @@ impl<'a> Controller<'a> {
         if self.scenario.addressing == Addressing::Fixed {
             body["address"] = json!(self.addrs[p].to_string());
         }
-        let start_ns = self.now();
-        let joined = self
-            .timed(|api| api.put_participant(&room.name, &part.name, &body))
-            .with_context(|| format!("adding participant {} to room {}", part.name, room.name))?;
-        Ok((
-            Window {
-                start_ns,
-                end_ns: self.now(),
-            },
-            joined,
-        ))
+        body
     }
 
     /// Latches the participants present from the start, before the client threads run.
@@ -524,6 +574,7 @@ impl<'a> Controller<'a> {
                 })
             }
             Event::LiftRule(r) => self.lift(r, "loadgen churn", Some(world)),
+            Event::JoinBurst { first, count } => self.join_burst(first, count, world, shared),
         };
         if let Err(e) = result {
             self.note(format!("{e:#}"));
@@ -554,6 +605,159 @@ impl<'a> Controller<'a> {
                 let _ = self.stun_sockets[p].send_to(&request, relay);
             }
         }
+    }
+
+    /// Joins participants `first..first + count` at once over the webinar's connections, each
+    /// connection taking the next join when its last one returned, and times every call.
+    fn join_burst(
+        &mut self,
+        first: u32,
+        count: u32,
+        world: &mut World,
+        shared: &Shared,
+    ) -> Result<()> {
+        let connections = self.scenario.webinar.as_ref().map_or(1, |w| w.connections);
+        while self.burst_apis.len() < connections {
+            self.burst_apis.push(Api::new(
+                &self.scenario.control,
+                self.scenario.token.as_deref(),
+            ));
+        }
+        let jobs: Vec<(usize, String, String, Value)> = (first..first + count)
+            .map(|p| {
+                let p = p as usize;
+                let part = &self.plan.participants[p];
+                let room = self.plan.rooms[part.room as usize].name.clone();
+                (p, room, part.name.clone(), self.join_body(p))
+            })
+            .collect();
+        let start = self.start;
+        let now = || start.elapsed().as_nanos() as u64;
+        let started = now();
+        let next = AtomicUsize::new(0);
+        let apis = &self.burst_apis[..connections.min(jobs.len()).max(1)];
+        let results: Vec<(usize, Window, Result<Joined>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = apis
+                .iter()
+                .map(|api| {
+                    let (jobs, next) = (&jobs, &next);
+                    scope.spawn(move || {
+                        let mut out = Vec::new();
+                        while let Some((p, room, name, body)) =
+                            jobs.get(next.fetch_add(1, Ordering::Relaxed))
+                        {
+                            let start_ns = now();
+                            let r = api.put_participant(room, name, body);
+                            out.push((
+                                *p,
+                                Window {
+                                    start_ns,
+                                    end_ns: now(),
+                                },
+                                r,
+                            ));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("join threads do not panic"))
+                .collect()
+        });
+        let mut us = Vec::with_capacity(results.len());
+        let mut joined = Vec::with_capacity(results.len());
+        let mut failed = 0;
+        let mut last_end = started;
+        for (p, window, r) in results {
+            let call_us = (window.end_ns - window.start_ns) / 1_000;
+            us.push(call_us);
+            last_end = last_end.max(window.end_ns);
+            self.control.calls += 1;
+            self.control.slowest_call_ms = self
+                .control
+                .slowest_call_ms
+                .max((call_us as f64 / 100.0).round() / 10.0);
+            match r {
+                Ok(j) => joined.push((p, window, j)),
+                Err(e) => {
+                    failed += 1;
+                    self.control.failed += 1;
+                    self.note(format!("{e:#}"));
+                }
+            }
+        }
+        if self.scenario.addressing == Addressing::Stun {
+            self.latch_burst(&joined, shared)?;
+        }
+        let latched_ns = self.now();
+        for (p, mut window, j) in joined.iter().cloned() {
+            if self.scenario.addressing == Addressing::Stun {
+                // Until its address is latched, packets to it may go either way.
+                window.end_ns = latched_ns;
+                if let Some(ice) = &j.ice {
+                    self.consent[p] = Some((j.media_address, ice.clone()));
+                }
+            }
+            world.presence[p].set(window, true);
+            shared.active[p].store(true, Ordering::Relaxed);
+            self.control.joins += 1;
+        }
+        self.join_us.extend_from_slice(&us);
+        let send_from_ns = shared.send_from_ns;
+        self.control.join_bursts.push(Burst {
+            at_s: (started.saturating_sub(send_from_ns) as f64 / 1e6).round() / 1e3,
+            joins: joined.len() as u64,
+            failed,
+            span_ms: ((last_end - started) as f64 / 1e5).round() / 10.0,
+            latency_ms: JoinLatency::of(&mut us).unwrap_or_default(),
+        });
+        Ok(())
+    }
+
+    /// Latches the participants of a burst with STUN: the client threads see the Binding
+    /// successes of the participants they read; the controller reads those of the others from
+    /// its clones of their sockets (nobody else reads them). Returns when all are latched.
+    fn latch_burst(&self, joined: &[(usize, Window, Joined)], shared: &Shared) -> Result<()> {
+        let mut pending = Vec::with_capacity(joined.len());
+        for (p, _, j) in joined {
+            let ice = j
+                .ice
+                .as_ref()
+                .with_context(|| format!("participant {p}: no ICE credentials"))?;
+            let request = stun::binding_request(ice, &format!("lg{p}"))?;
+            shared.latched[*p].store(false, Ordering::Relaxed);
+            pending.push((*p, j.media_address, request));
+        }
+        let deadline = Instant::now() + LATCH_TIMEOUT;
+        let mut buf = [0u8; 2048];
+        while !pending.is_empty() && Instant::now() < deadline {
+            for (p, relay, request) in &pending {
+                let _ = self.stun_sockets[*p].send_to(request, relay);
+            }
+            let resend = Instant::now() + stun::RESEND;
+            while !pending.is_empty() && Instant::now() < resend {
+                pending.retain(|(p, _, _)| {
+                    if self.plan.participants[*p].read {
+                        return !shared.latched[*p].load(Ordering::Relaxed);
+                    }
+                    let mut latched = false;
+                    while let Ok(n) = self.stun_sockets[*p].recv(&mut buf) {
+                        latched |= stun::is_binding_success(&buf[..n]);
+                    }
+                    !latched
+                });
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if !pending.is_empty() {
+            bail!(
+                "{} participants of a burst got no STUN Binding success within {LATCH_TIMEOUT:?}",
+                pending.len()
+            );
+        }
+        Ok(())
     }
 
     fn lift(&mut self, r: usize, reason: &str, world: Option<&mut World>) -> Result<()> {
@@ -648,6 +852,8 @@ fn bind(n: usize) -> Result<Vec<UdpSocket>> {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
             crate::io::size_buffers(&s, SOCKET_BUFFER);
             s.set_nonblocking(true)?;
+            // Best effort: without timestamps only the split of latency is missing.
+            let _ = crate::io::timestamp_arrivals(std::os::fd::AsRawFd::as_raw_fd(&s));
             s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
             Ok(s.into())
         })
@@ -749,6 +955,8 @@ const CONSENT_INTERVAL: Duration = Duration::from_secs(5);
 const LATCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Requested kernel buffer per client socket (capped by rmem_max / wmem_max).
 const SOCKET_BUFFER: usize = 1 << 20;
+/// Receive buffer of a socket nobody reads (the kernel's minimum is about 2 KiB).
+const SINK_BUFFER: usize = 8 << 10;
 
 #[cfg(test)]
 mod tests {

@@ -68,6 +68,8 @@ pub struct RoomClass {
     pub video_bitrate: u64,
     /// Audio silence suppression (DTX).
     pub dtx: bool,
+    /// Audio packet length in bytes of RTP, smallest and largest (absent: 60 to 160).
+    pub audio_len: Option<[u16; 2]>,
 }
 
 impl Default for RoomClass {
@@ -82,6 +84,7 @@ impl Default for RoomClass {
             video_fps: 30,
             video_bitrate: 1_000_000,
             dtx: false,
+            audio_len: None,
         }
     }
 }
@@ -98,6 +101,59 @@ pub struct Churn {
     pub rules_per_min: f64,
     /// Seconds a rule stays before it is lifted.
     pub rule_hold: f64,
+}
+
+/// A webinar: one room, one publisher sending audio and video, and listeners who join while
+/// it sends, in bursts, through the control API (relay only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webinar {
+    /// Listeners: they send nothing and receive the publisher's audio and video.
+    pub listeners: u32,
+    /// Joins per second over the bursts.
+    pub join_rate: f64,
+    /// Listeners per burst: a burst of `burst` joins starts every `burst / join_rate` seconds.
+    pub burst: u32,
+    /// API connections that make a burst's joins at once, as a signaling server's workers do.
+    pub connections: usize,
+    /// Listeners whose copies loadgen reads (spread over the join order); the others are
+    /// registered by address and never read, so their copies cost the relay its full send path
+    /// and loadgen nothing (the kernel drops them at the full socket). 0: read every listener.
+    pub read: u32,
+    /// Seconds after the start of sending at which the first burst starts.
+    pub first_burst: f64,
+}
+
+impl Default for Webinar {
+    fn default() -> Self {
+        Self {
+            listeners: 100,
+            join_rate: 1_000.0,
+            burst: 100,
+            connections: 8,
+            read: 0,
+            first_burst: 0.2,
+        }
+    }
+}
+
+impl Webinar {
+    /// Nanoseconds between the starts of two bursts.
+    pub fn burst_interval_ns(&self) -> u64 {
+        (f64::from(self.burst.max(1)) / self.join_rate * 1e9) as u64
+    }
+
+    /// Whether listener `i` (0-based, in join order) is read by loadgen.
+    pub fn reads(&self, i: u32) -> bool {
+        let read = if self.read == 0 {
+            self.listeners
+        } else {
+            self.read.min(self.listeners)
+        };
+        // Spread evenly over the join order: early, middle and late joiners alike.
+        u64::from(i) * u64::from(read) / u64::from(self.listeners.max(1))
+            != (u64::from(i) + 1) * u64::from(read) / u64::from(self.listeners.max(1))
+    }
 }
 
 /// A whole run.
@@ -139,6 +195,10 @@ pub struct Scenario {
     pub room: Vec<RoomClass>,
     /// Changes during the run.
     pub churn: Churn,
+    /// A webinar instead of `rooms` × `room` classes: one room whose publisher sends audio and
+    /// video (with the first room class's video and audio settings) while listeners join in
+    /// bursts.
+    pub webinar: Option<Webinar>,
 }
 
 impl Default for Scenario {
@@ -161,6 +221,7 @@ impl Default for Scenario {
             rooms: 1,
             room: vec![RoomClass::default()],
             churn: Churn::default(),
+            webinar: None,
         }
     }
 }
@@ -207,6 +268,36 @@ impl Scenario {
             bail!("threads must be between 1 and 64");
         }
         let churn = self.churn.leaves_per_min > 0.0 || self.churn.rules_per_min > 0.0;
+        for c in &self.room {
+            if let Some([lo, hi]) = c.audio_len
+                && (usize::from(lo) < crate::rtp::MIN_LEN
+                    || lo > hi
+                    || usize::from(hi) > crate::rtp::MAX_LEN)
+            {
+                bail!(
+                    "audio_len must be {} <= min <= max <= {} bytes",
+                    crate::rtp::MIN_LEN,
+                    crate::rtp::MAX_LEN
+                );
+            }
+        }
+        if let Some(w) = &self.webinar {
+            if self.target != Target::Relay {
+                bail!("a webinar joins listeners through the relay's control API: target relay");
+            }
+            if w.listeners == 0 || w.burst == 0 || w.join_rate.is_nan() || w.join_rate <= 0.0 {
+                bail!("a webinar needs listeners >= 1, burst >= 1 and join_rate > 0");
+            }
+            if w.connections == 0 || w.connections > 256 {
+                bail!("webinar connections must be between 1 and 256");
+            }
+            if w.first_burst.is_nan() || w.first_burst < 0.0 || w.first_burst >= self.duration {
+                bail!("the first burst must start within the duration");
+            }
+            if churn || self.ramp_up > 0.0 {
+                bail!("a webinar's listeners join in bursts: no churn or ramp-up with it");
+            }
+        }
         match self.target {
             Target::Relay => {}
             Target::Direct if churn || self.ramp_up > 0.0 => {
@@ -232,6 +323,12 @@ impl Scenario {
     /// Every room, participant, stream and scheduled change of the run.
     pub(crate) fn plan(&self) -> Plan {
         let mut rng = Rng::new(self.seed);
+        if let Some(w) = &self.webinar {
+            let mut plan = self.plan_webinar(w);
+            self.scale(&mut plan);
+            self.schedule(&mut plan, &mut rng);
+            return plan;
+        }
         let mut plan = Plan::default();
         let total_weight: f64 = self.room.iter().map(|c| c.weight).sum();
         let mut profiles: HashMap<(usize, Kind), Profile> = HashMap::new();
@@ -278,7 +375,12 @@ impl Scenario {
                     let profile = *profiles.entry((class_index, kind)).or_insert_with(|| {
                         let mut p = Profile::of(kind);
                         match kind {
-                            Kind::Audio => p.dtx = class.dtx,
+                            Kind::Audio => {
+                                p.dtx = class.dtx;
+                                if let Some([lo, hi]) = class.audio_len {
+                                    p.len = (lo, hi);
+                                }
+                            }
                             Kind::Video => p = Profile::video(class.video_fps, class.video_bitrate),
                             Kind::Screen => {}
                         }
@@ -318,10 +420,80 @@ impl Scenario {
                     streams,
                     subscribe,
                     join_ns: 0,
+                    read: true,
                 });
             }
             plan.rooms.push(room);
         }
+        self.scale(&mut plan);
+        self.schedule(&mut plan, &mut rng);
+        plan
+    }
+
+    /// The webinar's room: participant 0 publishes audio and video, the listeners join in
+    /// bursts during the run.
+    fn plan_webinar(&self, w: &Webinar) -> Plan {
+        let class = self.room.first().cloned().unwrap_or_default();
+        let mut plan = Plan::default();
+        let mut audio = Profile::of(Kind::Audio);
+        audio.dtx = class.dtx;
+        if let Some([lo, hi]) = class.audio_len {
+            audio.len = (lo, hi);
+        }
+        let video = Profile::video(class.video_fps, class.video_bitrate);
+        let mut streams = Vec::new();
+        for profile in [audio, video] {
+            let profile = match self.stream_rate {
+                Some(pps) => profile.with_pps(pps),
+                None => profile,
+            };
+            let id = plan.streams.len() as u32;
+            plan.streams.push(StreamPlan {
+                participant: 0,
+                profile,
+                ssrc: SSRC_BASE + id,
+            });
+            streams.push(id);
+        }
+        plan.participants.push(ParticipantPlan {
+            name: "p0".into(),
+            room: 0,
+            streams,
+            subscribe: Subscribe::List(Vec::new()),
+            join_ns: 0,
+            read: true,
+        });
+        let first_ns = (w.first_burst * 1e9) as u64;
+        let interval = w.burst_interval_ns();
+        for i in 0..w.listeners {
+            let burst = i / w.burst;
+            plan.participants.push(ParticipantPlan {
+                name: format!("p{}", i + 1),
+                room: 0,
+                streams: Vec::new(),
+                subscribe: Subscribe::All,
+                // Never 0: listeners join during the run, never in the set-up.
+                join_ns: (first_ns + u64::from(burst) * interval).max(1),
+                read: w.reads(i),
+            });
+        }
+        for burst in 0..w.listeners.div_ceil(w.burst) {
+            let first = 1 + burst * w.burst;
+            let count = w.burst.min(w.listeners + 1 - first);
+            plan.events.push((
+                (first_ns + u64::from(burst) * interval).max(1),
+                Event::JoinBurst { first, count },
+            ));
+        }
+        plan.rooms.push(RoomPlan {
+            name: "lg-r0".into(),
+            members: (0..=w.listeners).collect(),
+        });
+        plan
+    }
+
+    /// Scales every stream to the total `rate`, if one is set.
+    fn scale(&self, plan: &mut Plan) {
         if let Some(total) = self.rate {
             let nominal: f64 = plan.streams.iter().map(|s| s.profile.nominal_pps()).sum();
             if nominal > 0.0 {
@@ -342,18 +514,18 @@ impl Scenario {
                 }
             }
         }
-        self.schedule(&mut plan, &mut rng);
-        plan
     }
 
     fn schedule(&self, plan: &mut Plan, rng: &mut Rng) {
         let n = plan.participants.len();
         let duration_ns = (self.duration * 1e9) as u64;
         let ramp_ns = (self.ramp_up * 1e9) as u64;
-        for (i, p) in plan.participants.iter_mut().enumerate() {
-            p.join_ns = ramp_ns * i as u64 / n as u64;
-            if p.join_ns > 0 {
-                plan.events.push((p.join_ns, Event::Join(i as u32)));
+        if self.webinar.is_none() {
+            for (i, p) in plan.participants.iter_mut().enumerate() {
+                p.join_ns = ramp_ns * i as u64 / n as u64;
+                if p.join_ns > 0 {
+                    plan.events.push((p.join_ns, Event::Join(i as u32)));
+                }
             }
         }
         let c = &self.churn;
@@ -429,6 +601,8 @@ pub(crate) struct ParticipantPlan {
     pub(crate) subscribe: Subscribe,
     /// When it first joins, ns after the send phase starts (0: during setup).
     pub(crate) join_ns: u64,
+    /// loadgen reads its socket (otherwise it is a sink: registered, never read, not counted).
+    pub(crate) read: bool,
 }
 
 #[derive(Debug)]
@@ -451,6 +625,11 @@ pub(crate) enum Event {
     Leave(u32),
     AddRule(usize),
     LiftRule(usize),
+    /// Participants `first..first + count` join at once (a webinar's burst).
+    JoinBurst {
+        first: u32,
+        count: u32,
+    },
 }
 
 /// SSRCs are the stream id plus this, so they are unique in every room.

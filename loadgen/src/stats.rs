@@ -214,6 +214,9 @@ pub fn account(world: &World, send_us: &[Vec<u32>], received: &[StreamMap]) -> [
     }
     let empty = RecvStream::default();
     for (r, seen) in received.iter().enumerate() {
+        if world.unread.get(r).copied().unwrap_or(false) {
+            continue;
+        }
         let room = world.room.get(r).copied();
         let mut streams: Vec<u32> = seen.keys().copied().collect();
         if let Some(list) = room.and_then(|room| by_room.get(&room)) {
@@ -353,6 +356,7 @@ mod tests {
             presence,
             streams: (0..4).map(|p| (p, Kind::Audio)).collect(),
             rules: Vec::new(),
+            unread: Vec::new(),
         };
         let log = (0..100).map(|i| i * 1_000).collect();
         (world, vec![log; 4])

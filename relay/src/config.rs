@@ -120,6 +120,15 @@ pub struct ServeArgs {
     /// 0 never shares [default: 128].
     #[arg(long, env = "RELAY_HANDOFF_MIN_MEMBERS")]
     pub handoff_min_members: Option<usize>,
+    /// The most an idle worker keeps polling its socket before it sleeps, in µs; the window
+    /// adapts to the gaps between datagrams, and 0 sleeps at once [default: 0].
+    #[arg(long, env = "RELAY_IDLE_POLL_US")]
+    pub idle_poll_us: Option<u64>,
+    /// Scheduling of the worker threads: normal, nice:N (-20 to 19) or fifo:N (SCHED_FIFO,
+    /// 1 to 99); below nice 0 and fifo need CAP_SYS_NICE or RLIMIT_NICE / RLIMIT_RTPRIO
+    /// [default: normal].
+    #[arg(long, env = "RELAY_WORKER_PRIORITY")]
+    pub worker_priority: Option<String>,
     /// Most rooms at once [default: 10000].
     #[arg(long, env = "RELAY_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
@@ -145,6 +154,22 @@ pub struct ServeArgs {
     /// Events kept for /v1/events streams to resume from [default: 10000].
     #[arg(long, env = "RELAY_EVENT_HISTORY")]
     pub event_history: Option<usize>,
+    /// etcd client URLs (`http://host:2379`), separated by commas: turns fleet mode on.
+    /// Without it the relay runs alone and needs no etcd.
+    #[arg(long, env = "RELAY_ETCD")]
+    pub etcd: Option<String>,
+    /// This relay's name in the fleet, unique, 1 to 64 of [A-Za-z0-9._-] [default: the
+    /// hostname].
+    #[arg(long, env = "RELAY_NODE")]
+    pub node: Option<String>,
+    /// UDP address for relay-to-relay (trunk) traffic, as peers reach it [default: the media
+    /// IP (or --advertise) and port 40001].
+    #[arg(long, env = "RELAY_TRUNK")]
+    pub trunk: Option<SocketAddr>,
+    /// Where this relay runs, for rules limited with `relays_in` and for placement: an
+    /// ISO 3166-1 alpha-2 code or another short code of [A-Z0-9-] [default: no region].
+    #[arg(long, env = "RELAY_REGION")]
+    pub region: Option<String>,
     /// Log filter, in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "RELAY_LOG")]
     pub log: Option<String>,
@@ -209,13 +234,86 @@ pub struct Config {
     pub busy_poll: bool,
     /// Smallest room whose fan-out is shared among workers (0: never).
     pub handoff_min_members: usize,
+    /// The most an idle worker polls before it sleeps.
+    pub idle_poll: std::time::Duration,
+    /// Scheduling of the worker threads.
+    pub worker_priority: crate::io::WorkerPriority,
     /// API limits.
     pub limits: Limits,
     /// Log filter.
     pub log: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Fleet mode (`--etcd`), if on.
+    pub fleet: Option<FleetSettings>,
 }
+
+/// How this relay joins a fleet (`--etcd`, `--node`, `--trunk`, `--region`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetSettings {
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// This relay's unique name.
+    pub node: String,
+    /// Its trunk address.
+    pub trunk: SocketAddr,
+    /// Its region code (may be empty: none).
+    pub region: String,
+}
+
+/// Resolves the fleet flags: `None` without `--etcd`.
+fn fleet_settings(
+    args: &ServeArgs,
+    media: SocketAddr,
+    advertise: Option<std::net::IpAddr>,
+) -> anyhow::Result<Option<FleetSettings>> {
+    let endpoints: Vec<String> = split_tokens(args.etcd.as_deref());
+    if endpoints.is_empty() {
+        if args.node.is_some() || args.trunk.is_some() || args.region.is_some() {
+            bail!("--node, --trunk and --region need --etcd (fleet mode)");
+        }
+        return Ok(None);
+    }
+    for e in &endpoints {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            bail!("--etcd {e:?}: expected http://host:port");
+        }
+    }
+    let node = match &args.node {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the hostname for --node")?
+            .trim()
+            .to_owned(),
+    };
+    if !crate::fleet::keys::valid_node_name(&node) {
+        bail!("--node {node:?}: expected 1 to 64 of [A-Za-z0-9._-]");
+    }
+    let region = args.region.clone().unwrap_or_default();
+    if !valid_region(&region) {
+        bail!("--region {region:?}: expected up to 16 of [A-Z0-9-], e.g. CN");
+    }
+    let trunk = args
+        .trunk
+        .unwrap_or_else(|| SocketAddr::new(advertise.unwrap_or(media.ip()), DEFAULT_TRUNK_PORT));
+    Ok(Some(FleetSettings {
+        endpoints,
+        node,
+        trunk,
+        region,
+    }))
+}
+
+/// A region code: up to 16 of `[A-Z0-9-]` (empty: none).
+pub fn valid_region(region: &str) -> bool {
+    region.len() <= 16
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The trunk port when `--trunk` is not given.
+pub const DEFAULT_TRUNK_PORT: u16 = 40001;
 
 /// Where control tokens come from: a flag or the environment (fixed for the process's life),
 /// the config file and the token file (both read again on SIGHUP).
@@ -318,6 +416,8 @@ impl ServeArgs {
             gso: self.gso.or(other.gso),
             busy_poll: self.busy_poll.or(other.busy_poll),
             handoff_min_members: self.handoff_min_members.or(other.handoff_min_members),
+            idle_poll_us: self.idle_poll_us.or(other.idle_poll_us),
+            worker_priority: self.worker_priority.or(other.worker_priority),
             max_rooms: self.max_rooms.or(other.max_rooms),
             max_participants: self.max_participants.or(other.max_participants),
             max_tracks: self.max_tracks.or(other.max_tracks),
@@ -326,6 +426,10 @@ impl ServeArgs {
             event_history: self.event_history.or(other.event_history),
             webhook: self.webhook.or(other.webhook),
             webhook_secret: self.webhook_secret.or(other.webhook_secret),
+            etcd: self.etcd.or(other.etcd),
+            node: self.node.or(other.node),
+            trunk: self.trunk.or(other.trunk),
+            region: self.region.or(other.region),
             log: self.log.or(other.log),
             log_format: self.log_format.or(other.log_format),
         }
@@ -379,10 +483,12 @@ impl ServeArgs {
             latch_timeout: std::time::Duration::from_secs(args.latch_timeout.unwrap_or(30).max(1)),
             event_history: args.event_history.unwrap_or(10_000).clamp(16, 1_000_000),
         };
+        let media = args
+            .media
+            .unwrap_or_else(|| "0.0.0.0:40000".parse().expect("valid literal"));
+        let fleet = fleet_settings(&args, media, args.advertise)?;
         Ok(Config {
-            media: args
-                .media
-                .unwrap_or_else(|| "0.0.0.0:40000".parse().expect("valid literal")),
+            media,
             control,
             data_dir: args
                 .data_dir
@@ -416,9 +522,20 @@ impl ServeArgs {
             handoff_min_members: args
                 .handoff_min_members
                 .unwrap_or(crate::io::DEFAULT_HANDOFF_MIN_MEMBERS),
+            idle_poll: args.idle_poll_us.map_or(
+                crate::io::DEFAULT_IDLE_SPIN,
+                std::time::Duration::from_micros,
+            ),
+            worker_priority: match args.worker_priority.as_deref() {
+                None => crate::io::WorkerPriority::default(),
+                Some(p) => p
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--worker-priority {e}"))?,
+            },
             limits,
             log: args.log.unwrap_or_else(|| "info".into()),
             log_format: args.log_format.unwrap_or_default(),
+            fleet,
         })
     }
 }
@@ -506,6 +623,38 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("xml"), "{err:#}");
+    }
+
+    #[test]
+    fn fleet_flags() {
+        assert_eq!(ServeArgs::default().resolve().unwrap().fleet, None);
+        let lone = ServeArgs {
+            region: Some("CN".into()),
+            ..Default::default()
+        };
+        assert!(lone.resolve().is_err(), "--region without --etcd");
+        let args = ServeArgs {
+            etcd: Some("http://127.0.0.1:2379, http://127.0.0.2:2379".into()),
+            node: Some("a-1".into()),
+            region: Some("HK".into()),
+            media: Some("10.0.0.1:5000".parse().unwrap()),
+            ..Default::default()
+        };
+        let f = args.clone().resolve().unwrap().fleet.unwrap();
+        assert_eq!(f.endpoints.len(), 2);
+        assert_eq!(f.node, "a-1");
+        assert_eq!(f.region, "HK");
+        assert_eq!(f.trunk.to_string(), "10.0.0.1:40001");
+        let bad = ServeArgs {
+            node: Some("a/b".into()),
+            ..args.clone()
+        };
+        assert!(bad.resolve().is_err());
+        let bad = ServeArgs {
+            region: Some("cn".into()),
+            ..args
+        };
+        assert!(bad.resolve().is_err());
     }
 
     #[test]

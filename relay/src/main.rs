@@ -10,7 +10,7 @@ use clap::Parser;
 use mimalloc::MiMalloc;
 
 use relay::config::{AuditAction, Cli, Command, Config, LogFormat};
-use relay::control::{Control, ControlConfig};
+use relay::control::{Control, ControlConfig, FleetSetup};
 use relay::io::{DataPlane, DataPlaneConfig};
 
 #[global_allocator]
@@ -53,6 +53,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
+    // Fleet mode: the workers hold the fleet's status from their start, so they forward nothing
+    // until the relay has joined and applied every rule up to its join.
+    let fence = config
+        .fleet
+        .as_ref()
+        .map(|_| Arc::new(relay::fleet::Status::new()));
     let plane = DataPlane::start(&DataPlaneConfig {
         media: config.media,
         workers: config.workers,
@@ -65,6 +71,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         gso: config.gso,
         busy_poll: config.busy_poll,
         handoff_min_members: config.handoff_min_members,
+        fence: fence.clone(),
+        idle_spin: config.idle_poll,
+        worker_priority: config.worker_priority,
     })
     .with_context(|| format!("starting the data plane on {}", config.media))?;
     let plane = Arc::new(plane);
@@ -80,6 +89,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
             geoip: config.geoip.clone(),
             advertise: config.advertise,
             webhook: config.webhook.clone(),
+            fleet: config
+                .fleet
+                .clone()
+                .zip(fence)
+                .map(|(settings, status)| FleetSetup { settings, status }),
+            data_dir: config.data_dir.clone(),
         },
         store,
         plane.clone(),

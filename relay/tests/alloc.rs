@@ -3,9 +3,12 @@
 //!
 //! The rooms cover what a packet can walk through: a room of 2, a room of 50, and a room of 130
 //! over three chunks where some members subscribe selectively (a publisher's listener list that
-//! crosses chunks), with RTP, sender reports, receiver feedback and encrypted SRTCP. The room
-//! of 130 is large enough that its fan-out is shared between the two workers (`io::handoff`),
-//! so hand-offs and the sends of a handed-off share are covered too.
+//! crosses chunks), a room of 10 with a receive rule and a send rule in force, with RTP, sender
+//! reports, receiver feedback and encrypted SRTCP; and a `plain_legs` room with WebRTC legs keyed
+//! as DTLS would key them: SRTP unprotected on ingress, sealed per WebRTC receiver on egress,
+//! SRTCP both ways, plain to WebRTC and WebRTC to plain. The room of 130 is large enough that its
+//! fan-out is shared between the two workers (`io::handoff`), so hand-offs and the sends of a
+//! handed-off share (routed with the peer's own table) are covered too.
 
 mod common;
 
@@ -92,7 +95,10 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
     let plane = start(backend, |c| {
         c.workers = 2;
         c.gso = gso;
-        c.handoff_min_members = 100;
+        // With GSO off, every room of 3 or more shares its fan-out, the WebRTC room too: a
+        // plain member's packet that arrives at worker 1 is handed to worker 0 (the only chunk's
+        // worker), which seals the browsers' copies. With GSO on, only the large room shares.
+        c.handoff_min_members = if gso { 100 } else { 3 };
     });
     let small = clients(2);
     let big = clients(50);
@@ -108,6 +114,27 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         &large.iter().map(addr).collect::<Vec<_>>(),
         |i| (i % 7 == 3).then(|| vec![0, 70, 129]),
     );
+    // A room with rules in force: member 2 may not receive video, member 5 may not send it.
+    let ruled = clients(10);
+    let mut rules = relay::rules::RuleSet::new();
+    for (id, who, direction) in [(1, "m2", "receive"), (2, "m5", "send")] {
+        let spec = format!(
+            r#"{{"match": {{"participants": [{{"room": "room-5", "participant": "{who}"}}]}},
+                "direction": "{direction}", "media": "video",
+                "basis": {{"authority": "A", "reference": "1", "jurisdiction": "US"}},
+                "expires_at": "2099-01-01T00:00:00Z"}}"#
+        );
+        let rule = relay::rules::compile(&relay::rules::parse(spec.as_bytes()).unwrap()).unwrap();
+        rules.insert(relay::rules::RuleId(id), rule);
+    }
+    install_ruled(
+        &plane,
+        5,
+        5000,
+        &ruled.iter().map(addr).collect::<Vec<_>>(),
+        |_| None,
+        &rules,
+    );
     // The counter sees worker threads: setting up and applying rooms allocates there.
     assert!(
         WORKER_ALLOCS.load(Ordering::Relaxed) > 0,
@@ -117,9 +144,31 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         relay::packet::rtcp::classify(&srtcp(3000)),
         Ok(relay::packet::rtcp::Route::Encrypted { .. })
     ));
+    let web = clients(3);
+    let (mut browser, mut receiving) = install_webrtc(&plane, 4, &web);
     let to = plane.local_addr();
+    // Before counting: one packet end to end, to see the WebRTC paths do what they should. The
+    // other browser decrypts exactly what the first sent; the plain member gets it clear.
+    let clear = rtp(4000, 1, 800);
+    let mut sealed = [0u8; 1500];
+    let n = browser.protect_rtp(&clear, &mut sealed).unwrap();
+    web[0].send_to(&sealed[..n], to).unwrap();
+    let got = recv_n(&web[1], 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "the WebRTC receiver got no sealed copy");
+    let mut copy = got[0].clone();
+    let len = receiving.unprotect_rtp(&mut copy).unwrap();
+    assert_eq!(
+        copy[..len],
+        clear[..],
+        "header and payload unchanged through the relay"
+    );
+    assert_eq!(
+        recv_n(&web[2], 1, Duration::from_secs(5)),
+        vec![clear.clone()]
+    );
+    let web_out = std::cell::Cell::new(0usize);
     // One round: audio-like singles in the small room, video-like bursts in both rooms.
-    let mut seq = 0u16;
+    let mut seq = 2u16;
     let mut round = || {
         for _ in 0..20 {
             seq = seq.wrapping_add(1);
@@ -142,7 +191,31 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         large[129].send_to(&sender_report(3129, 3000), to).unwrap();
         large[10].send_to(&pli(3010, 3070), to).unwrap();
         large[0].send_to(&srtcp(3000), to).unwrap();
-        for s in small.iter().chain(&big).chain(&large) {
+        // WebRTC: the browser's SRTP and SRTCP in, sealed copies out to the other browser, a
+        // clear copy to the plain member; the plain member's RTP sealed for both browsers.
+        let mut sealed = [0u8; 1500];
+        let n = browser
+            .protect_rtp(&rtp(4000, seq, 1000), &mut sealed)
+            .unwrap();
+        web[0].send_to(&sealed[..n], to).unwrap();
+        let n = browser
+            .protect_rtcp(&sender_report(4000, 4002), &mut sealed)
+            .unwrap();
+        web[0].send_to(&sealed[..n], to).unwrap();
+        web[2]
+            .send_to(&rtp(4002, seq.wrapping_add(2), 600), to)
+            .unwrap();
+        web_out.set(web_out.get() + discard(&web[1]) + discard(&web[2]));
+        // The ruled room: one copy blocked at a receiver, one packet blocked at its sender.
+        ruled[0].send_to(&rtp(5000, seq, 300), to).unwrap();
+        ruled[5].send_to(&rtp(5005, seq, 300), to).unwrap();
+        for s in small
+            .iter()
+            .chain(&big)
+            .chain(&large)
+            .chain(&web)
+            .chain(&ruled)
+        {
             discard(s);
         }
     };
@@ -162,12 +235,19 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
     std::thread::sleep(Duration::from_millis(50));
     let forwarded = out() - start_out;
     let allocs = WORKER_ALLOCS.load(Ordering::Relaxed) - before;
-    eprintln!("{backend:?} gso={gso}: {forwarded} packets forwarded, {allocs} worker allocations");
+    eprintln!(
+        "{backend:?} gso={gso}: {forwarded} packets forwarded ({} WebRTC copies received), \
+         {allocs} worker allocations",
+        web_out.get()
+    );
     assert!(
         forwarded >= TARGET,
         "{backend:?}: only {forwarded} forwarded"
     );
     assert!(sum(&plane, |s| &s.packets_in) > 0);
+    let rule_drops = sum(&plane, |s| &s.drops[relay::route::DropReason::Rule.index()]);
+    assert!(rule_drops > 0, "the send rule dropped nothing");
+    assert!(web_out.get() > 100, "WebRTC copies: {}", web_out.get());
     let handed = sum(&plane, |s| &s.handoff_out);
     assert!(
         handed > 0,
@@ -180,6 +260,96 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         allocs, 0,
         "{backend:?} gso={gso}: workers allocated while forwarding"
     );
+}
+
+/// Installs a `plain_legs` room `id`: member 0 a WebRTC publisher at `socks[0]` (SSRC 4000),
+/// member 1 a WebRTC receiver whose subscribe leg is `socks[1]`, member 2 a plain member at
+/// `socks[2]` (SSRC 4002). Every leg is keyed from one keying material, as DTLS would key it.
+/// Returns the publishing browser's own send state.
+fn install_webrtc(
+    plane: &relay::io::DataPlane,
+    id: u32,
+    socks: &[std::net::UdpSocket],
+) -> (relay::srtp::Egress, relay::srtp::Ingress) {
+    use std::sync::Arc;
+
+    use relay::packet::rtp::Ssrc;
+    use relay::route::{
+        Legs, MediaKind, Participant, ParticipantCounters, RoomId, Session, SrtpLeg, Update,
+    };
+    use relay::srtp::{Egress, Keys, Profile, split_keying_material};
+
+    let profile = Profile::from_id(0x0007).unwrap();
+    let keys = split_keying_material(profile, &[7u8; 56]).unwrap();
+    let session = |id: u64| Session {
+        id,
+        fingerprints: None,
+        srtp: Some(Arc::new(SrtpLeg {
+            remote: keys.remote.clone(),
+            egress: Egress::new(Keys::new(&keys.local).unwrap()),
+        })),
+    };
+    let addr = |i: usize| socks[i].local_addr().unwrap();
+    let mut publisher = Legs::new(Some(session(41)), None, None, None);
+    publisher.plain_legs = true;
+    let mut receiver = Legs::new(None, Some(session(42)), None, Some(addr(1)));
+    receiver.plain_legs = true;
+    let counters = || Arc::new(ParticipantCounters::new(plane.workers()));
+    let participants = vec![
+        Participant {
+            id: "w0",
+            slot: 0,
+            region: None,
+            addr: Some(addr(0)),
+            tracks: vec![(Ssrc(4000), MediaKind::Video)],
+            subscribe: None,
+            counters: counters(),
+            ice: None,
+            webrtc: Some(Arc::new(publisher)),
+        },
+        Participant {
+            id: "w1",
+            slot: 1,
+            region: None,
+            addr: None,
+            tracks: vec![],
+            subscribe: None,
+            counters: counters(),
+            ice: None,
+            webrtc: Some(Arc::new(receiver)),
+        },
+        Participant {
+            id: "p2",
+            slot: 2,
+            region: None,
+            addr: Some(addr(2)),
+            tracks: vec![(Ssrc(4002), MediaKind::Video)],
+            subscribe: None,
+            counters: counters(),
+            ice: None,
+            webrtc: None,
+        },
+    ];
+    let compiled = relay::route::compile_all(
+        "webrtc",
+        &participants,
+        &relay::rules::RuleSet::new(),
+        |_| None,
+    )
+    .unwrap();
+    plane
+        .publish(vec![Update::Room {
+            id: RoomId(id),
+            room: compiled.room,
+            slots: compiled.slots,
+        }])
+        .unwrap();
+    // The browsers: one seals with what the relay unprotects with, the other opens what the
+    // relay seals.
+    (
+        Egress::new(Keys::new(&keys.remote).unwrap()),
+        relay::srtp::Ingress::new(Keys::new(&keys.local).unwrap()),
+    )
 }
 
 /// An RTCP SR from `sender` with one report block about `about`.

@@ -1,5 +1,6 @@
 //! The data plane in-process on loopback, on both backends: GSO bursts come out byte-identical,
-//! the io_uring receive survives running out of buffers, and idle workers wake for changes.
+//! the io_uring receive survives running out of buffers, idle workers wake for changes, and a
+//! fenced data plane (fleet mode) forwards nothing.
 
 mod common;
 
@@ -223,5 +224,36 @@ fn refuse_gso(addr: std::net::SocketAddr) {
         assert_eq!(r, 0);
         found += 1;
     }
-    assert_eq!(found, 1, "the worker socket");
+    // One socket, two descriptors: the worker's and the DTLS thread's clone that sends flights
+    // (`DataPlane::dtls_socket`); the option is the socket's, set through either.
+    assert_eq!(found, 2, "the worker socket and its clone");
+}
+
+/// In fleet mode a fenced relay forwards nothing, on both backends: every datagram counts as
+/// drop reason `fenced` (the status says fenced until the relay has joined and caught up).
+#[test]
+fn a_fenced_data_plane_forwards_nothing() {
+    for backend in BACKENDS {
+        let status = std::sync::Arc::new(relay::fleet::Status::new());
+        assert!(status.fenced());
+        let plane = start(backend, |c| c.fence = Some(status.clone()));
+        let socks = clients(2);
+        let addrs: Vec<_> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
+        install(&plane, 1, 100, &addrs);
+        for seq in 0..10 {
+            socks[0]
+                .send_to(&rtp(100, seq, 200), plane.local_addr())
+                .unwrap();
+        }
+        let fenced = relay::route::DropReason::Fenced.index();
+        assert!(
+            wait_until(PATIENT, || sum(&plane, |s| &s.drops[fenced]) == 10),
+            "{backend:?}"
+        );
+        assert!(
+            recv_n(&socks[1], 1, Duration::from_millis(200)).is_empty(),
+            "{backend:?}"
+        );
+        assert_eq!(sum(&plane, |s| &s.packets_out), 0, "{backend:?}");
+    }
 }

@@ -48,6 +48,12 @@ window.peerOp = async (req) => {
         });
       }
       if (r.type === 'outbound-rtp') out.packetsSent = (out.packetsSent || 0) + r.packetsSent;
+      if (r.type === 'inbound-rtp') {
+        out.packetsReceived = (out.packetsReceived || 0) + r.packetsReceived;
+        out.packetsLost = (out.packetsLost || 0) + r.packetsLost;
+        if (r.kind === 'video') out.framesDecoded = (out.framesDecoded || 0) + (r.framesDecoded || 0);
+        if (r.kind === 'audio') out.audioPacketsReceived = (out.audioPacketsReceived || 0) + r.packetsReceived;
+      }
       if (r.type === 'local-candidate' || r.type === 'remote-candidate') {
         (out[r.type] = out[r.type] || []).push(`${r.address}:${r.port} ${r.candidateType}`);
       }

@@ -1,22 +1,39 @@
 //! A large room's fan-out shared between two workers (`--workers 2`): every receiver gets every
-//! packet of every publisher once, in the order it was sent, whichever worker sent its copy.
-//! Run once per backend (`RELAY_TEST_BACKEND=mmsg|io_uring`, tests/run.sh).
+//! packet of every publisher at most once and in the order it was sent, whichever worker sent
+//! its copy; every copy that did not arrive is accounted for (a refused hand-off, a send the
+//! kernel refused, a receiver's full socket). Once at 2,400 packets/s in (480,000 copies/s out),
+//! where nothing may be lost unless the relay or the kernel counted it, and once as fast as the
+//! test can send (bursts past what two cores fan out), where refused hand-offs are expected and
+//! order must still hold. Run once per backend (`RELAY_TEST_BACKEND=mmsg|io_uring`,
+//! tests/run.sh).
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use e2e::{Client, Options, Relay, rtcp_sr, rtp};
 
 const PUBLISHERS: usize = 4;
 const RECEIVERS: usize = 200;
-const ROUNDS: u16 = 60;
+const ROUNDS: u16 = 100;
 /// Per round and publisher: one audio packet, a video frame of this many packets sent back to
 /// back (a GSO run on the relay), and a sender report.
 const FRAME: u16 = 4;
 
 #[test]
-fn a_shared_fan_out_keeps_every_receivers_order_and_loses_nothing() {
+fn a_shared_fan_out_keeps_every_receivers_order_at_2400_packets_per_second() {
+    // Between two rounds: 24 packets in per 10 ms.
+    shared_fan_out(Duration::from_millis(10));
+}
+
+#[test]
+fn a_shared_fan_out_keeps_every_receivers_order_when_overloaded() {
+    shared_fan_out(Duration::ZERO);
+}
+
+/// Sends `ROUNDS` rounds, one every `pace`, and checks what the receivers got.
+fn shared_fan_out(pace: Duration) {
     let relay = Relay::start_with(Options {
         args: ["--workers", "2", "--handoff-min-members", "64"]
             .map(String::from)
@@ -30,6 +47,7 @@ fn a_shared_fan_out_keeps_every_receivers_order_and_loses_nothing() {
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0").expect("bind receiver");
             s.set_nonblocking(true).expect("nonblocking");
+            big_buffer(&s);
             s
         })
         .collect();
@@ -57,6 +75,7 @@ fn a_shared_fan_out_keeps_every_receivers_order_and_loses_nothing() {
         disorder: Vec::new(),
     };
     let mut video_seq = [0u16; PUBLISHERS];
+    let start = Instant::now();
     for round in 0..ROUNDS {
         for (i, p) in publishers.iter().enumerate() {
             let (audio, video) = ssrcs(i);
@@ -67,43 +86,111 @@ fn a_shared_fan_out_keeps_every_receivers_order_and_loses_nothing() {
             }
             p.send(relay.media, &rtcp_sr(video));
         }
-        // Paced, so that the receivers' buffers hold what arrives between two reads.
-        std::thread::sleep(Duration::from_millis(50));
+        let next = start + pace * u32::from(round + 1);
         seen.check(&receivers);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
+    let elapsed = start.elapsed();
+    // The rest arrives, or stops arriving (for a second) when some copies were lost.
     let deadline = Instant::now() + Duration::from_secs(10);
     let want = u64::from(ROUNDS) * u64::from(1 + FRAME) * PUBLISHERS as u64;
-    while Instant::now() < deadline && seen.got.iter().any(|&g| g < want) {
+    let mut last_news = Instant::now();
+    while Instant::now() < deadline
+        && seen.got.iter().any(|&g| g < want)
+        && last_news.elapsed() < Duration::from_secs(1)
+    {
         std::thread::sleep(Duration::from_millis(5));
+        let before: u64 = seen.got.iter().sum();
         seen.check(&receivers);
+        if seen.got.iter().sum::<u64>() > before {
+            last_news = Instant::now();
+        }
     }
-    // A refused hand-off (the peer far behind) is sent by the receiving worker and may overtake
-    // the copies still queued: the load here must never get there.
-    assert_eq!(
-        relay.metric("relay_handoff_full_total"),
-        0,
-        "a hand-off was refused"
-    );
+    // Order holds whatever the load: a refused hand-off drops that share, it is never sent by
+    // the receiving worker ahead of copies still queued on the peer.
     let disorder = &seen.disorder;
     assert!(
         disorder.is_empty(),
         "out of order (receiver, ssrc, previous, got): {disorder:?}"
     );
-    let short: Vec<(usize, u64)> = seen
-        .got
-        .iter()
-        .enumerate()
-        .filter(|(_, g)| **g != want)
-        .map(|(i, g)| (i, *g))
-        .take(10)
-        .collect();
     assert!(
-        short.is_empty(),
-        "receivers that did not get {want}: {short:?}"
+        seen.got.iter().all(|&g| g <= want),
+        "a receiver got a copy twice"
     );
     let handed = relay.metric("relay_handoff_out_total");
     assert!(handed > 0, "no fan-out was shared");
     assert_eq!(relay.metric("relay_handoff_in_total"), handed);
+    // Every copy that did not arrive is accounted for. A refused share is at most every
+    // receiver; sender reports count in the relay's figures but not in `got`.
+    let refused = relay.metric("relay_handoff_full_total");
+    let send_errors = relay.metric("relay_send_errors_total");
+    let socket_drops = receive_drops(&receivers);
+    let missing: u64 = seen.got.iter().map(|&g| want - g).sum();
+    eprintln!(
+        "{} packets sent in {elapsed:?}: {missing} copies missing; {refused} hand-offs refused, \
+         {send_errors} sends refused, {socket_drops} dropped at the receivers' sockets",
+        u64::from(ROUNDS) * (2 + u64::from(FRAME)) * PUBLISHERS as u64
+    );
+    assert!(
+        missing <= refused * RECEIVERS as u64 + send_errors + socket_drops,
+        "{missing} copies missing, more than the refusals and drops account for"
+    );
+    if refused + send_errors + socket_drops == 0 {
+        let short: Vec<(usize, u64)> = seen
+            .got
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| **g != want)
+            .map(|(i, g)| (i, *g))
+            .take(10)
+            .collect();
+        assert!(
+            short.is_empty(),
+            "receivers that did not get {want}: {short:?}"
+        );
+    }
+}
+
+/// A receive buffer that holds a whole test's worth of copies, so that a test thread that falls
+/// behind the relay (other work on the machine) delays reads but loses nothing.
+fn big_buffer(s: &UdpSocket) {
+    let size: libc::c_int = 8 << 20;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt on an open socket with a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+/// Datagrams the kernel dropped at these sockets (the `drops` column of /proc/net/udp).
+fn receive_drops(sockets: &[UdpSocket]) -> u64 {
+    let ports: Vec<String> = sockets
+        .iter()
+        .map(|s| format!("0100007F:{:04X}", s.local_addr().unwrap().port()))
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/udp").expect("read /proc/net/udp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local = *f.get(1)?;
+            ports
+                .iter()
+                .any(|p| p == local)
+                .then(|| f.last()?.parse::<u64>().ok())?
+        })
+        .sum()
 }
 
 /// The audio and video SSRCs of publisher `i`.
@@ -112,7 +199,7 @@ fn ssrcs(i: usize) -> (u32, u32) {
 }
 
 /// What the receivers got: per receiver and SSRC the last sequence number, counts, and the
-/// first packets that arrived out of order.
+/// first packets that arrived out of order (at or before the last one received).
 struct Seen {
     last: Vec<HashMap<u32, u16>>,
     got: Vec<u64>,
@@ -134,8 +221,10 @@ impl Seen {
                 let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
                 self.got[i] += 1;
                 let prev = self.last[i].insert(ssrc, seq);
+                // Forward jumps are copies lost (accounted for below); a sequence number at or
+                // before the last one is a copy out of order or twice.
                 let expected = prev.map_or(0, |s| s.wrapping_add(1));
-                if seq != expected && self.disorder.len() < 10 {
+                if (seq.wrapping_sub(expected) as i16) < 0 && self.disorder.len() < 10 {
                     self.disorder.push((i, ssrc, prev, seq));
                 }
             }

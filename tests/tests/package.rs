@@ -530,7 +530,7 @@ fn help_flags(help: &str) -> BTreeMap<String, Option<String>> {
         if let Some(after) = trimmed.split_once("[default: ").map(|(_, a)| a)
             && flags[flag].is_none()
         {
-            let value = after.split([']', ',']).next().unwrap_or("").trim();
+            let value = after.split([']', ',', ';']).next().unwrap_or("").trim();
             // "one per available core", "the bound address": no literal value.
             if !value.contains(' ') {
                 flags.insert(flag.clone(), Some(value.to_owned()));

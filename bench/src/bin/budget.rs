@@ -12,9 +12,12 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use bench::budget::measure::{self, Point};
-use bench::budget::output::{self, Added, LoadPoint, RunResult, ScenarioResult, SystemResult};
+use bench::budget::output::{
+    self, Added, LoadPoint, RunResult, ScenarioResult, SystemResult, WebinarResult,
+};
 use bench::budget::procs::{self, Relay, Rtpengine};
-use bench::budget::spec::{Budgets, ScenarioSpec};
+use bench::budget::side;
+use bench::budget::spec::{Budgets, ScenarioSpec, SideBySide, WebinarSpec};
 
 /// Shares of the knee where latency is measured.
 const FRACTIONS: [f64; 3] = [0.25, 0.5, 0.8];
@@ -91,13 +94,26 @@ fn run(args: &Args) -> Result<bool> {
     let text = std::fs::read_to_string(&args.budgets)
         .with_context(|| format!("reading {}", args.budgets.display()))?;
     let budgets = Budgets::from_toml(&text).context("budgets file")?;
+    let picked = |name: &String| args.only.is_empty() || args.only.contains(name);
     let scenarios: Vec<ScenarioSpec> = budgets
         .scenario
         .iter()
-        .filter(|s| args.only.is_empty() || args.only.contains(&s.name))
+        .filter(|s| picked(&s.name))
         .cloned()
         .collect();
-    if scenarios.is_empty() {
+    let sides: Vec<SideBySide> = budgets
+        .side_by_side
+        .iter()
+        .filter(|s| picked(&s.name))
+        .cloned()
+        .collect();
+    let webinars: Vec<WebinarSpec> = budgets
+        .webinar
+        .iter()
+        .filter(|s| picked(&s.name))
+        .cloned()
+        .collect();
+    if scenarios.is_empty() && sides.is_empty() && webinars.is_empty() {
         bail!("no scenario selected");
     }
     // Core 0 for the system under test, core 1 for loadgen (this thread and all it starts).
@@ -124,7 +140,7 @@ fn run(args: &Args) -> Result<bool> {
         Ok(relay)
     };
     if args.smoke {
-        return smoke(start, &budgets, &scenarios);
+        return smoke(start, &budgets, &scenarios, &sides, &webinars);
     }
 
     let rtpengine_bin = procs::find_rtpengine();
@@ -165,7 +181,9 @@ fn run(args: &Args) -> Result<bool> {
         let mut relay = start(&spec.relay_args)?;
         eprintln!("   relay knee search");
         let sweep = measure::find_knee(search, |m| {
-            measure::relay_point(&mut relay, spec, m, secs, limit)
+            measure::bounded(spec, search, m, || {
+                measure::relay_point(&mut relay, spec, m, secs, limit)
+            })
         })?;
         let latency = latency_points(&sweep, spec, secs, limit, |m| {
             measure::relay_point(&mut relay, spec, m, secs, limit)
@@ -179,7 +197,9 @@ fn run(args: &Args) -> Result<bool> {
             eprintln!("   rtpengine knee search");
             let mut engine = Rtpengine::start(bin, args.rtpengine_config.as_deref(), sut_core)?;
             let sweep = measure::find_knee(search, |m| {
-                measure::rtpengine_point(&mut engine, spec, m, secs, limit)
+                measure::bounded(spec, search, m, || {
+                    measure::rtpengine_point(&mut engine, spec, m, secs, limit)
+                })
             })?;
             let latency = latency_points(&sweep, spec, secs, limit, |m| {
                 measure::rtpengine_point(&mut engine, spec, m, secs, limit)
@@ -207,11 +227,52 @@ fn run(args: &Args) -> Result<bool> {
             checks,
         });
     }
+    let mut side_results = Vec::new();
+    for sb in &sides {
+        eprintln!("== {}: {}", sb.name, sb.about);
+        let mut relay = start(&sb.relay_args)?;
+        let mut engine = match (&rtpengine_bin, use_rtpengine) {
+            (Some(bin), true) => Some(Rtpengine::start(
+                bin,
+                args.rtpengine_config.as_deref(),
+                sut_core,
+            )?),
+            _ => None,
+        };
+        let note = engine.is_none().then(|| rtpengine_status.clone());
+        let result = side::run(sb, search, &mut relay, engine.as_mut(), note)?;
+        relay.proc.check_alive()?;
+        relay.proc.stop();
+        if let Some(e) = &mut engine {
+            e.proc.check_alive()?;
+            e.proc.stop();
+        }
+        side_results.push(result);
+    }
+    let mut webinar_results = Vec::new();
+    for w in &webinars {
+        eprintln!("== {}: {}", w.name, w.about);
+        let mut relay = start(&w.relay_args)?;
+        let run = measure::webinar_point(&mut relay, w, w.listeners, w.seconds, limit)?;
+        eprintln!("    {}", webinar_line(&run));
+        relay.proc.check_alive()?;
+        relay.proc.stop();
+        webinar_results.push(WebinarResult {
+            spec: w.clone(),
+            relay_backend: relay.backend.clone(),
+            checks: output::webinar_checks(w, &run),
+            run,
+        });
+    }
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let (date, time) = output::utc(now);
     let comparisons = output::comparisons(&budgets.compare, &results);
     let pass = results.iter().all(|s| s.checks.iter().all(|c| c.pass))
-        && comparisons.iter().all(|c| c.check.pass);
+        && comparisons.iter().all(|c| c.check.pass)
+        && side_results.iter().all(|s| s.checks.iter().all(|c| c.pass))
+        && webinar_results
+            .iter()
+            .all(|s| s.checks.iter().all(|c| c.pass));
     let run = RunResult {
         date: format!("{date}T{time}"),
         // The command as one reruns it, without this machine's paths.
@@ -220,6 +281,8 @@ fn run(args: &Args) -> Result<bool> {
         rtpengine: rtpengine_status,
         scenarios: results,
         comparisons,
+        side_by_side: side_results,
+        webinars: webinar_results,
         pass,
     };
     let table = output::table(&run);
@@ -269,14 +332,31 @@ fn latency_points(
     Ok(out)
 }
 
+/// One line about a webinar, for progress output.
+fn webinar_line(w: &measure::WebinarPoint) -> String {
+    format!(
+        "{} of {} joined in {} bursts, join p50 {:.2} ms p99 {:.2} ms; {}",
+        w.joined,
+        w.listeners,
+        w.bursts.len(),
+        w.join_ms.map_or(0.0, |j| j.p50),
+        w.join_ms.map_or(0.0, |j| j.p99),
+        measure::line(&w.media)
+    )
+}
+
 /// One low-load run per scenario, each with a fresh relay: no misdelivery, no loss, no crash.
+/// Side-by-side scenarios run the relay's half; webinars run with few listeners.
 fn smoke(
     start: impl Fn(&[String]) -> Result<Relay>,
     budgets: &Budgets,
     scenarios: &[ScenarioSpec],
+    sides: &[SideBySide],
+    webinars: &[WebinarSpec],
 ) -> Result<bool> {
     let mut pass = true;
-    for spec in scenarios {
+    let side_specs: Vec<ScenarioSpec> = sides.iter().map(SideBySide::scenario).collect();
+    for spec in scenarios.iter().chain(&side_specs) {
         let mut relay = start(&spec.relay_args)?;
         let p = measure::relay_point(
             &mut relay,
@@ -295,6 +375,35 @@ fn smoke(
         );
         if !ok {
             for e in &p.errors {
+                println!("  loadgen: {e}");
+            }
+        }
+        pass &= ok;
+        relay.proc.check_alive()?;
+        relay.proc.stop();
+    }
+    for w in webinars {
+        let mut relay = start(&w.relay_args)?;
+        let run = measure::webinar_point(
+            &mut relay,
+            w,
+            w.smoke_listeners,
+            w.smoke_seconds,
+            budgets.search.loss_limit,
+        )?;
+        let m = &run.media;
+        let ok = run.joined == u64::from(run.listeners)
+            && m.misdelivered == 0
+            && m.sampled_loss == 0.0
+            && m.latency_us.p50 > 0;
+        println!(
+            "smoke {:<24} {} {}",
+            w.name,
+            webinar_line(&run),
+            if ok { "PASS" } else { "FAIL" }
+        );
+        if !ok {
+            for e in &m.errors {
                 println!("  loadgen: {e}");
             }
         }

@@ -7,8 +7,11 @@ use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 use serde::Serialize;
 
-use super::measure::{BlastFloor, HopFloor, Point, Sweep};
-use super::spec::{Budget, Compare, ScenarioSpec};
+use super::core::CoreUse;
+pub use super::measure::Added;
+use super::measure::{BlastFloor, HopFloor, Point, Sweep, WebinarPoint};
+use super::side::{self, SideResult};
+use super::spec::{Budget, Compare, ScenarioSpec, WebinarSpec};
 
 /// Latency at a share of the knee, with the direct path at the same load.
 #[derive(Debug, Clone, Serialize)]
@@ -21,30 +24,6 @@ pub struct LoadPoint {
     pub direct: Point,
     /// Measured minus direct, µs.
     pub added_us: Added,
-}
-
-/// Added latency, µs (negative when noise puts the direct path above).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Added {
-    /// Median.
-    pub p50: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// 99.9th percentile.
-    pub p999: f64,
-}
-
-impl Added {
-    /// `measured` minus `direct`.
-    pub fn of(measured: &Point, direct: &Point) -> Self {
-        let d = |a: u64, b: u64| a as f64 - b as f64;
-        let (m, f) = (&measured.latency_us, &direct.latency_us);
-        Self {
-            p50: d(m.p50, f.p50),
-            p99: d(m.p99, f.p99),
-            p999: d(m.p999, f.p999),
-        }
-    }
 }
 
 /// One system's results in one scenario.
@@ -81,7 +60,8 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: &str, value: Option<f64>, op: &'static str, limit: f64) -> Self {
+    /// A check of `value` against `limit` with `op` (`<=` or `>=`); an absent value fails.
+    pub fn new(name: &str, value: Option<f64>, op: &'static str, limit: f64) -> Self {
         let pass = value.is_some_and(|v| if op == "<=" { v <= limit } else { v >= limit });
         Self {
             name: name.to_owned(),
@@ -229,6 +209,64 @@ pub fn comparisons(compare: &[Compare], results: &[ScenarioResult]) -> Vec<Compa
         .collect()
 }
 
+/// A webinar's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebinarResult {
+    /// As configured.
+    pub spec: WebinarSpec,
+    /// The relay's backend.
+    pub relay_backend: String,
+    /// What the run measured.
+    pub run: WebinarPoint,
+    /// The checks.
+    pub checks: Vec<Check>,
+}
+
+/// Checks a webinar run against its budget.
+pub fn webinar_checks(spec: &WebinarSpec, w: &WebinarPoint) -> Vec<Check> {
+    let b = &spec.budget;
+    let mut out = Vec::new();
+    if b.all_joined {
+        out.push(Check::new(
+            "listeners joined / asked",
+            Some(w.joined as f64 / f64::from(w.listeners.max(1))),
+            ">=",
+            1.0,
+        ));
+    }
+    out.push(Check::new(
+        "join p99 ms",
+        w.join_ms.map(|j| j.p99),
+        "<=",
+        b.join_p99_ms,
+    ));
+    out.push(Check::new(
+        "(issue 12) join p50, last burst / first burst",
+        w.join_growth(),
+        "<=",
+        b.join_growth,
+    ));
+    out.push(Check::new(
+        "media loss at read listeners",
+        Some(w.media.sampled_loss),
+        "<=",
+        b.loss,
+    ));
+    out.push(Check::new(
+        "media p99 us",
+        Some(w.media.latency_us.p99 as f64),
+        "<=",
+        b.media_p99_us,
+    ));
+    out.push(Check::new(
+        "misdelivered",
+        Some(w.media.misdelivered as f64),
+        "<=",
+        0.0,
+    ));
+    out
+}
+
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
@@ -244,6 +282,10 @@ pub struct RunResult {
     pub scenarios: Vec<ScenarioResult>,
     /// Scenario against scenario.
     pub comparisons: Vec<Comparison>,
+    /// The relay and rtpengine at the same rates.
+    pub side_by_side: Vec<SideResult>,
+    /// Webinars.
+    pub webinars: Vec<WebinarResult>,
     /// Every budget met.
     pub pass: bool,
 }
@@ -252,14 +294,16 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
-/// The Markdown table of the run and its checks.
-pub fn table(run: &RunResult) -> String {
-    let mut s = String::new();
+/// The knee-search scenarios' table and their checks.
+fn scenario_tables(s: &mut String, run: &RunResult) {
     let _ = writeln!(
         s,
-        "| scenario | system | knee egress pkt/s | limited by | blast pkt/s | added p50 @50% us | one hop p50 us | added p99.9 @50% us | added p99 @80% us | CPU ns/pkt @80% | blast CPU ns/pkt |"
+        "| scenario | system | knee egress pkt/s | ended by | limited by | blast pkt/s | added p50 @50% us | one hop p50 us | added p99.9 @50% us | added p99 @80% us | core @80% | CPU ns/pkt @80%: process / core | blast CPU ns/pkt |"
     );
-    let _ = writeln!(s, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|"
+    );
     for sc in &run.scenarios {
         let mut row = |name: &str, r: &SystemResult| {
             let knee = r.sweep.knee_point().map(|k| k.egress_pps);
@@ -270,19 +314,23 @@ pub fn table(run: &RunResult) -> String {
             };
             let a50 = r.at(0.5);
             let a80 = r.at(0.8);
+            let core = a80.and_then(|l| l.measured.core);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} |",
+                "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} / {} | {:.0} |",
                 sc.spec.name,
                 name,
                 opt(knee, 0),
+                side::ended_by(&r.sweep),
                 limited,
                 sc.blast.pps,
                 opt(a50.map(|l| l.added_us.p50), 0),
                 opt(Some(sc.hop.hop_p50_us), 0),
                 opt(a50.map(|l| l.added_us.p999), 0),
                 opt(a80.map(|l| l.added_us.p99), 0),
+                core_cell(core.as_ref()),
                 opt(a80.and_then(|l| l.measured.cpu_ns_per_packet), 0),
+                opt(core.and_then(|c| c.busy_ns_per_packet), 0),
                 sc.blast.cpu_ns_per_packet
             );
         };
@@ -311,6 +359,20 @@ pub fn table(run: &RunResult) -> String {
             let _ = writeln!(s, "| {} | rtpengine | {note} | | |", sc.spec.name);
         }
     }
+}
+
+/// The Markdown tables of the run and their checks.
+pub fn table(run: &RunResult) -> String {
+    let mut s = String::new();
+    if !run.scenarios.is_empty() {
+        scenario_tables(&mut s, run);
+    }
+    for sb in &run.side_by_side {
+        side_table(&mut s, sb);
+    }
+    for w in &run.webinars {
+        webinar_table(&mut s, w);
+    }
     if !run.comparisons.is_empty() {
         let _ = writeln!(s);
         let _ = writeln!(s, "| comparison | knee egress ratio | limit | |");
@@ -330,6 +392,136 @@ pub fn table(run: &RunResult) -> String {
         }
     }
     s
+}
+
+/// "busy% (process%, ksoftirqd%, softirq%, other%, run-queue wait%)" of a core.
+fn core_cell(c: Option<&CoreUse>) -> String {
+    c.map_or("-".into(), |c| {
+        format!(
+            "{:.0}% (proc {:.0}%, ksoftirqd {:.1}%, softirq {:.0}%, other {:.0}%, waited {:.1}%)",
+            c.busy * 100.0,
+            c.process * 100.0,
+            c.ksoftirqd * 100.0,
+            c.softirq * 100.0,
+            c.other * 100.0,
+            c.runqueue_wait * 100.0
+        )
+    })
+}
+
+fn checks_rows(s: &mut String, name: &str, checks: &[Check]) {
+    for c in checks {
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} {} | {} |",
+            c.name,
+            opt(c.value, 2),
+            c.op,
+            c.limit,
+            if c.pass { "ok" } else { "**MISSED**" }
+        );
+    }
+}
+
+/// The side-by-side table: every rate with both systems' added latency, then the checks.
+fn side_table(s: &mut String, sb: &SideResult) {
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{}: {} (relay {}, rtpengine alternating point by point)",
+        sb.spec.name, sb.spec.about, sb.relay_backend
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| offered pkt/s | direct p50 / p99 us | relay added p50 / p99 us | relay | relay core | rtpengine added p50 / p99 us | rtpengine | rtpengine core |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---|---|---:|---|---|");
+    let mut steps: Vec<_> = sb.steps.iter().collect();
+    steps.sort_by(|a, b| a.requested_pps.total_cmp(&b.requested_pps));
+    let cell = |p: Option<&Point>| -> (String, String, String) {
+        match p {
+            None => ("-".into(), "-".into(), "-".into()),
+            Some(p) => (
+                p.added_us
+                    .map_or("-".into(), |a| format!("{:.0} / {:.0}", a.p50, a.p99)),
+                match (p.ok, p.bound) {
+                    (true, _) => "ok".into(),
+                    (false, Some(b)) => format!("fail ({})", b.name()),
+                    (false, None) => "fail".into(),
+                },
+                core_cell(p.core.as_ref()),
+            ),
+        }
+    };
+    for st in steps {
+        let (ra, rv, rc) = cell(st.relay.as_ref());
+        let (ea, ev, ec) = cell(st.rtpengine.as_ref());
+        let _ = writeln!(
+            s,
+            "| {:.0} | {} / {} | {ra} | {rv} | {rc} | {ea} | {ev} | {ec} |",
+            st.requested_pps, st.direct.latency_us.p50, st.direct.latency_us.p99
+        );
+    }
+    let _ = writeln!(s);
+    let knee = |w: Option<&Sweep>| {
+        w.map_or("-".into(), |w| {
+            format!(
+                "{} pkt/s (ended by {})",
+                opt(w.knee_point().map(|k| k.egress_pps), 0),
+                side::ended_by(w)
+            )
+        })
+    };
+    let _ = writeln!(
+        s,
+        "latency-bounded knee: relay {}, rtpengine {}",
+        knee(Some(&sb.relay)),
+        knee(sb.rtpengine.as_ref())
+    );
+    if let Some(note) = &sb.rtpengine_note {
+        let _ = writeln!(s, "rtpengine: {note}");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| scenario | budget | value | limit | |");
+    let _ = writeln!(s, "|---|---|---:|---:|---|");
+    checks_rows(s, &sb.spec.name, &sb.checks);
+}
+
+/// The webinar table: joins per burst, media, checks.
+fn webinar_table(s: &mut String, w: &WebinarResult) {
+    let r = &w.run;
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{}: {} (relay {}): {} of {} listeners joined in {} bursts, join p50 {} ms, p99 {} ms; media p50 {} us, p99 {} us, loss {:.4}%, core {}",
+        w.spec.name,
+        w.spec.about,
+        w.relay_backend,
+        r.joined,
+        r.listeners,
+        r.bursts.len(),
+        opt(r.join_ms.map(|j| j.p50), 2),
+        opt(r.join_ms.map(|j| j.p99), 2),
+        r.media.latency_us.p50,
+        r.media.latency_us.p99,
+        r.media.sampled_loss * 100.0,
+        core_cell(r.media.core.as_ref())
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| burst at s | joins | span ms | p50 ms | p99 ms |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
+    for b in &r.bursts {
+        let _ = writeln!(
+            s,
+            "| {:.2} | {} | {:.1} | {:.2} | {:.2} |",
+            b.at_s, b.joins, b.span_ms, b.latency_ms.p50, b.latency_ms.p99
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| scenario | budget | value | limit | |");
+    let _ = writeln!(s, "|---|---|---:|---:|---|");
+    checks_rows(s, &w.spec.name, &w.checks);
 }
 
 /// Latency (p50 and p99, log scale) against egress for every system and scenario.
@@ -360,6 +552,39 @@ pub fn plot(run: &RunResult, path: &Path) -> Result<()> {
                     })
                     .collect();
                 series.push((format!("{} {name} {q}", sc.spec.name), line));
+            }
+        }
+    }
+    for sb in &run.side_by_side {
+        let mut systems: Vec<(&str, Vec<&Point>)> = vec![(
+            "relay",
+            sb.steps.iter().filter_map(|st| st.relay.as_ref()).collect(),
+        )];
+        if sb.rtpengine.is_some() {
+            systems.push((
+                "rtpengine",
+                sb.steps
+                    .iter()
+                    .filter_map(|st| st.rtpengine.as_ref())
+                    .collect(),
+            ));
+        }
+        for (name, mut pts) in systems {
+            pts.retain(|p| p.egress_pps > 0.0 && p.latency_us.p50 > 0);
+            pts.sort_by(|a, b| a.egress_pps.total_cmp(&b.egress_pps));
+            for (q, pick) in [("p50", 0), ("p99", 1)] {
+                let line = pts
+                    .iter()
+                    .map(|p| {
+                        let l = if pick == 0 {
+                            p.latency_us.p50
+                        } else {
+                            p.latency_us.p99
+                        };
+                        (p.egress_pps / 1000.0, l as f64)
+                    })
+                    .collect();
+                series.push((format!("{} {name} {q}", sb.spec.name), line));
             }
         }
     }

@@ -230,6 +230,8 @@ pub struct Relay {
     pub control: SocketAddr,
     /// The backend it runs (from its ready line).
     pub backend: String,
+    /// The core it is pinned to.
+    pub core: Option<usize>,
     _dir: tempfile::TempDir,
 }
 
@@ -259,6 +261,7 @@ impl Relay {
                 .find_map(|w| w.strip_prefix("backend="))
                 .unwrap_or("?")
                 .to_owned(),
+            core,
             proc,
             _dir: dir,
         })
@@ -271,6 +274,8 @@ pub struct Rtpengine {
     pub proc: Proc,
     /// Its ng control address.
     pub ng: SocketAddr,
+    /// The core it is pinned to.
+    pub core: Option<usize>,
     _dir: tempfile::TempDir,
 }
 
@@ -361,6 +366,7 @@ impl Rtpengine {
         Ok(Self {
             proc,
             ng,
+            core,
             _dir: dir,
         })
     }

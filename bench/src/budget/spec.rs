@@ -9,11 +9,139 @@ use serde::{Deserialize, Serialize};
 pub struct Budgets {
     /// How the knee search steps.
     pub search: Search,
-    /// Scenarios, run in order.
+    /// Scenarios, run in order (a file may hold only side-by-side or webinar runs).
+    #[serde(default)]
     pub scenario: Vec<ScenarioSpec>,
     /// Knee egress of one scenario against another's (GSO on/off, one backend against the other).
     #[serde(default)]
     pub compare: Vec<Compare>,
+    /// The relay and rtpengine at the same offered rates, point by point.
+    #[serde(default)]
+    pub side_by_side: Vec<SideBySide>,
+    /// One publisher, listeners joining in bursts through the control API.
+    #[serde(default)]
+    pub webinar: Vec<WebinarSpec>,
+}
+
+/// The relay and rtpengine on the same core at the same offered rates, alternating point by
+/// point (the host's speed drifts; one whole sweep after the other would compare two hosts).
+/// Calls of two, one sender each, every packet read by loadgen.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SideBySide {
+    /// Name used in tables and JSON.
+    pub name: String,
+    /// What it stands for, one line.
+    pub about: String,
+    /// Calls (rooms of two); one participant of each sends.
+    pub calls: u32,
+    /// RTP length of every packet, bytes.
+    pub packet_len: u16,
+    /// Offered packets per second of the first step.
+    pub rate: f64,
+    /// Each step offers this many times the previous one (finer than the knee search's, so
+    /// that the comparison sees more rates).
+    pub step_factor: f64,
+    /// Offered rate of the smoke run.
+    pub smoke_rate: f64,
+    /// Relay flags beyond the runner's own.
+    #[serde(default)]
+    pub relay_args: Vec<String>,
+    /// The checks.
+    pub budget: SideBySideBudget,
+}
+
+/// Checks of a side-by-side run.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SideBySideBudget {
+    /// At every offered rate up to rtpengine's latency-bounded knee, the relay's added p50 and
+    /// p99 are at most rtpengine's.
+    pub latency_le_rtpengine: bool,
+    /// The relay's latency-bounded knee at least this many times rtpengine's.
+    pub knee_vs_rtpengine: f64,
+    /// A window at 80% of the relay's latency-bounded knee: loss at most this share.
+    pub loss_at_80: f64,
+    /// The same window: added p99 at most this, µs.
+    pub p99_added_at_80_us: f64,
+}
+
+impl SideBySide {
+    /// The scenario loadgen plays at every point.
+    pub fn scenario(&self) -> ScenarioSpec {
+        ScenarioSpec {
+            name: self.name.clone(),
+            about: self.about.clone(),
+            media: Media::Audio,
+            rooms: self.calls,
+            size: 2,
+            senders: 1,
+            sinks: 0,
+            step: Step::Rate,
+            rate: Some(self.rate),
+            video_fps: None,
+            video_bitrate: None,
+            audio_len: Some(self.packet_len),
+            smoke_mult: self.smoke_rate / self.rate,
+            rtpengine: true,
+            relay_args: self.relay_args.clone(),
+            loadgen_spin: false,
+            budget: Budget::default(),
+        }
+    }
+}
+
+/// A webinar: one publisher with audio and video in one room; listeners join in bursts through
+/// the control API while it sends (loadgen's webinar).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebinarSpec {
+    /// Name used in tables and JSON.
+    pub name: String,
+    /// What it stands for, one line.
+    pub about: String,
+    /// Listeners.
+    pub listeners: u32,
+    /// Joins per second.
+    pub join_rate: f64,
+    /// Listeners per burst.
+    pub burst: u32,
+    /// API connections making a burst's joins at once.
+    pub connections: usize,
+    /// Listeners loadgen reads (the rest are registered and never read).
+    pub read: u32,
+    /// Seconds of sending (the bursts take listeners / join_rate of them at least).
+    pub seconds: f64,
+    /// Video frames per second and bitrate of the publisher.
+    pub video_fps: u32,
+    /// Video bitrate, bit/s.
+    pub video_bitrate: u64,
+    /// Listeners and seconds of the smoke run.
+    pub smoke_listeners: u32,
+    /// Seconds of the smoke run.
+    pub smoke_seconds: f64,
+    /// Relay flags beyond the runner's own (`--max-participants` at least the listeners).
+    #[serde(default)]
+    pub relay_args: Vec<String>,
+    /// The checks.
+    pub budget: WebinarBudget,
+}
+
+/// Checks of a webinar run.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebinarBudget {
+    /// Every listener joined before the end of the run.
+    pub all_joined: bool,
+    /// p99 of the join calls, ms, at most.
+    pub join_p99_ms: f64,
+    /// p50 of the last burst's joins over the first burst's, at most (a join into a large room
+    /// costs at most this many times a join into a small one).
+    pub join_growth: f64,
+    /// Loss at the listeners loadgen reads, at most this share.
+    pub loss: f64,
+    /// p99 of the media's one-way latency at the read listeners, µs, at most.
+    pub media_p99_us: f64,
 }
 
 /// A ratio of two scenarios' knee egress.
@@ -47,6 +175,10 @@ pub struct Search {
     /// Steps between the last pass and the first failure, each halving the gap (geometrically).
     #[serde(default = "default_refine_steps")]
     pub refine_steps: u32,
+    /// Added p99 (the system's p99 minus the direct path's at the same load), µs, above which
+    /// a step fails: the knee is the highest load with less than `loss_limit` loss and at most
+    /// this added p99.
+    pub p99_added_limit_us: f64,
 }
 
 fn default_refine_steps() -> u32 {
@@ -101,6 +233,9 @@ pub struct ScenarioSpec {
     pub video_fps: Option<u32>,
     /// Video bitrate, bit/s (`media = "video"`).
     pub video_bitrate: Option<u64>,
+    /// RTP length of every audio packet, bytes (absent: loadgen's 60 to 160).
+    #[serde(default)]
+    pub audio_len: Option<u16>,
     /// Load multiplier of the smoke run.
     pub smoke_mult: f64,
     /// Compare with rtpengine (rtpengine carries audio only).
@@ -118,7 +253,7 @@ pub struct ScenarioSpec {
 }
 
 /// Budgets of one scenario. Ratios are to floors measured in the same run.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
     /// Egress at the knee, at least this share of the raw kernel send rate to as many sockets.
@@ -158,8 +293,37 @@ impl Budgets {
     pub fn from_toml(text: &str) -> Result<Self> {
         let b: Self = toml::from_str(text)?;
         let s = &b.search;
-        if !(s.step_seconds > 0.0 && s.step_factor > 1.0 && s.max_steps > 0 && s.loss_limit > 0.0) {
-            bail!("search: step_seconds > 0, step_factor > 1, max_steps > 0, loss_limit > 0");
+        if !(s.step_seconds > 0.0
+            && s.step_factor > 1.0
+            && s.max_steps > 0
+            && s.loss_limit > 0.0
+            && s.p99_added_limit_us > 0.0)
+        {
+            bail!(
+                "search: step_seconds > 0, step_factor > 1, max_steps > 0, loss_limit > 0, \
+                 p99_added_limit_us > 0"
+            );
+        }
+        for sb in &b.side_by_side {
+            if sb.calls == 0 || !(sb.rate > 0.0 && sb.smoke_rate > 0.0 && sb.step_factor > 1.0) {
+                bail!(
+                    "{}: calls >= 1, rate > 0, smoke_rate > 0, step_factor > 1",
+                    sb.name
+                );
+            }
+        }
+        for w in &b.webinar {
+            if w.listeners == 0
+                || w.burst == 0
+                || w.join_rate.is_nan()
+                || w.join_rate <= 0.0
+                || w.smoke_listeners == 0
+            {
+                bail!(
+                    "{}: listeners, burst, join_rate and smoke_listeners > 0",
+                    w.name
+                );
+            }
         }
         for sc in &b.scenario {
             // loadgen must read at least one receiver of every packet.
@@ -210,6 +374,17 @@ mod tests {
             .unwrap();
         assert_eq!(f.fanout(), 16);
         assert!(f.sinks > f.played());
+    }
+
+    #[test]
+    fn issue_12_sections_parse() {
+        let b = Budgets::from_toml(include_str!("../../budgets.toml")).unwrap();
+        let sb = b.side_by_side.first().unwrap();
+        let sc = sb.scenario();
+        assert_eq!((sc.rooms, sc.size, sc.senders, sc.sinks), (100, 2, 1, 0));
+        assert_eq!(sc.audio_len, Some(200));
+        assert!(b.webinar.first().unwrap().listeners >= 2000);
+        assert!(b.search.p99_added_limit_us > 0.0);
     }
 
     #[test]

@@ -104,6 +104,48 @@ impl SubscribeBody {
     pub const ALL: Self = Self::All(AllTag::All);
 }
 
+/// Body of `PUT /v1/rooms/{room}` (optional).
+#[derive(Debug, Default, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoomBody {
+    /// Whether media from WebRTC participants may reach plain RTP participants, decrypted.
+    /// Set when the room is created; `false` when absent. See docs/API.md for why it is off by
+    /// default.
+    pub plain_legs: Option<bool>,
+}
+
+/// Body of `POST /v1/rooms/{room}/participants/{participant}/webrtc/publish`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebrtcPublishBody {
+    /// The client's SDP offer (its publishing peer connection).
+    pub sdp: String,
+    /// ISO 3166-1 alpha-2 region given by signaling.
+    #[schema(example = "HK")]
+    pub region: Option<String>,
+    /// What the participant receives; kept as it was when absent (`"all"` for a newcomer).
+    pub subscribe: Option<SubscribeBody>,
+}
+
+/// Body of `POST /v1/rooms/{room}/participants/{participant}/webrtc/subscribe`: `{}`, or the
+/// participant's region and subscription when the call creates it.
+#[derive(Debug, Default, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebrtcSubscribeBody {
+    /// ISO 3166-1 alpha-2 region given by signaling.
+    pub region: Option<String>,
+    /// What the participant receives; kept as it was when absent (`"all"` for a newcomer).
+    pub subscribe: Option<SubscribeBody>,
+}
+
+/// Body of `PUT /v1/rooms/{room}/participants/{participant}/webrtc/subscribe`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebrtcAnswerBody {
+    /// The client's SDP answer to the relay's subscribe offer.
+    pub sdp: String,
+}
+
 /// Body of `DELETE /v1/rules/{id}`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

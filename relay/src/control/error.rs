@@ -77,6 +77,7 @@ codes! {
     InvalidExpiry = "invalid_expiry", 400, Caller;
     Expired = "expired", 400, Caller;
     InvalidReason = "invalid_reason", 400, Caller;
+    InvalidSdp = "invalid_sdp", 400, Caller;
     Unauthorized = "unauthorized", 401, Caller;
     NotFound = "not_found", 404, Caller;
     NoSuchEndpoint = "no_such_endpoint", 404, Caller;
@@ -86,6 +87,12 @@ codes! {
     AddressInUse = "address_in_use", 409, Caller;
     UfragInUse = "ufrag_in_use", 409, Caller;
     RuleNotActive = "rule_not_active", 409, Caller;
+    WrongNode = "wrong_node", 409, Caller;
+    InvalidRelaysIn = "invalid_relays_in", 400, Caller;
+    CodecMismatch = "codec_mismatch", 409, Caller;
+    NothingToReceive = "nothing_to_receive", 409, Caller;
+    NoOffer = "no_offer", 409, Caller;
+    PlainLegsFixed = "plain_legs_fixed", 409, Caller;
     TooManyRooms = "too_many_rooms", 409, Operator;
     RoomFull = "room_full", 409, Operator;
     EventsGone = "events_gone", 410, Caller;
@@ -98,6 +105,8 @@ codes! {
     WorkersUnavailable = "workers_unavailable", 503, Relay;
     Unhealthy = "unhealthy", 503, Relay;
     NotReady = "not_ready", 503, Relay;
+    Fenced = "fenced", 503, Relay;
+    FleetUnavailable = "fleet_unavailable", 503, Relay;
 }
 
 /// An API error: a code and a message for people.

@@ -60,11 +60,14 @@ pub const KINDS: &[&str] = &[
     "participant_left",
     "participant_latched",
     "participant_unlatched",
+    "subscription_changed",
     "rule_added",
     "rule_lifted",
     "rule_expired",
     "drain_started",
     "drain_stopped",
+    "node_joined",
+    "node_lost",
 ];
 
 /// The bounded history of published events.

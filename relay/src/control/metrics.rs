@@ -55,7 +55,7 @@ pub(super) fn render(shared: &Shared) -> String {
         ),
         (
             "handoff_full",
-            "Fan-out shares sent locally because the hand-off ring was full.",
+            "Fan-out shares dropped because the peer's hand-off ring was full (or no buffer could be lent).",
             |s| WorkerStats::get(&s.handoff_full),
         ),
         (
@@ -204,6 +204,14 @@ fn control(shared: &Shared, out: &mut String) {
         "# HELP relay_events_dropped_total Events streams missed because they fell behind the history.\n# TYPE relay_events_dropped_total counter\nrelay_events_dropped_total {}",
         shared.events.missed()
     );
+    if let Some(fleet) = &shared.fleet {
+        let _ = writeln!(
+            out,
+            "# HELP relay_fleet_fenced 1 while this relay is fenced from its fleet and forwards nothing.\n# TYPE relay_fleet_fenced gauge\nrelay_fleet_fenced {}\n# HELP relay_fleet_nodes Live relays of the fleet, this one included.\n# TYPE relay_fleet_nodes gauge\nrelay_fleet_nodes {}",
+            u8::from(fleet.fenced()),
+            shared.gauges.fleet_nodes.load(Ordering::Relaxed)
+        );
+    }
     let hook = &shared.webhook;
     let _ = writeln!(
         out,

@@ -17,6 +17,7 @@
 
 pub mod body;
 pub mod core;
+pub mod dtls;
 pub mod error;
 pub mod event;
 mod geoip;
@@ -62,6 +63,19 @@ pub struct ControlConfig {
     pub advertise: Option<std::net::IpAddr>,
     /// Where events are also POSTed, signed.
     pub webhook: Option<webhook::WebhookConfig>,
+    /// Fleet mode: how to join, and the status the workers read.
+    pub fleet: Option<FleetSetup>,
+    /// The data directory (the fleet's audit chain is mirrored in its `fleet/`).
+    pub data_dir: PathBuf,
+}
+
+/// What the control plane needs to join a fleet.
+#[derive(Clone, Debug)]
+pub struct FleetSetup {
+    /// The `--etcd`, `--node`, `--trunk` and `--region` settings.
+    pub settings: crate::config::FleetSettings,
+    /// The status the data plane was started with ([`crate::io::DataPlaneConfig::fence`]).
+    pub status: Arc<crate::fleet::Status>,
 }
 
 /// The running control plane.
@@ -108,10 +122,23 @@ impl Control {
             rules: Mutex::new(Arc::new(Vec::new())),
             http: http::Stats::default(),
             webhook: webhook::WebhookStats::default(),
+            fleet: config.fleet.as_ref().map(|f| f.status.clone()),
         });
         let latches = plane.latches().clone();
-        let owner = Owner::start(store, plane, shared.clone(), config.limits, config.geoip)?;
-        let (owner_tx, handle) = owner::spawn(owner, latches)?;
+        let dtls_inbound = plane.dtls_inbound().clone();
+        let dtls_socket = plane.dtls_socket()?;
+        let mut owner = Owner::start(store, plane, shared.clone(), config.limits, config.geoip)?;
+        let (report_tx, reports) = crossbeam_channel::bounded(DTLS_REPORTS);
+        let (order_tx, orders) = crossbeam_channel::bounded(DTLS_REPORTS);
+        owner.set_dtls_orders(order_tx);
+        dtls::spawn(
+            owner.certificate(),
+            dtls_inbound,
+            orders,
+            dtls_socket,
+            report_tx,
+        )?;
+        let (owner_tx, handle) = owner::spawn(owner, latches, reports)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("control-http")
@@ -124,6 +151,21 @@ impl Control {
             shared.clone(),
             owner_tx.clone(),
         )?];
+        let _ = owner_tx.send(Request::Control(servers[0].addr));
+        if let Some(setup) = &config.fleet {
+            // Joins while the API already answers (`/readyz` says `fenced`); the relay forwards
+            // nothing until the control thread has applied the fleet's rules and acked.
+            let link = owner::fleet::join(
+                &setup.settings,
+                setup.status.clone(),
+                servers[0].addr,
+                &config.data_dir,
+                owner_tx.clone(),
+            )?;
+            owner_tx
+                .send(Request::Fleet(Box::new(link)))
+                .map_err(|_| anyhow::anyhow!("the control thread stopped"))?;
+        }
         let (webhook_stop, stop_rx) = tokio::sync::watch::channel(false);
         if let Some(hook) = config.webhook {
             runtime.spawn(webhook::run(hook, shared.clone(), stop_rx));
@@ -195,6 +237,8 @@ pub struct Shared {
     rules: Mutex<Arc<Vec<view::RuleMetric>>>,
     pub(crate) http: http::Stats,
     pub(crate) webhook: webhook::WebhookStats,
+    /// Fleet mode: the fencing status (`/readyz`, `relay_fleet_fenced`).
+    pub(crate) fleet: Option<Arc<crate::fleet::Status>>,
 }
 
 /// What does not change while the relay runs.
@@ -215,6 +259,8 @@ pub(crate) struct Gauges {
     pub(crate) latches: AtomicU64,
     /// 1 when the audit chain verified at its last check, 0 when it did not, -1 not yet checked.
     pub(crate) audit_valid: AtomicI64,
+    /// Live relays of the fleet, this one included (fleet mode).
+    pub(crate) fleet_nodes: AtomicU64,
 }
 
 /// Whether the relay takes new work.
@@ -283,6 +329,9 @@ fn boot_id() -> String {
 
 /// Fresh relay-side ICE credentials from the OS-seeded CSPRNG (RFC 8445 §5.3: ufrag ≥ 24 bits,
 /// pwd ≥ 128 bits of randomness).
+/// DTLS state changes waiting for the control thread.
+const DTLS_REPORTS: usize = 4096;
+
 pub(crate) fn generate_ice() -> body::IceBody {
     use rand::Rng;
     const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::core::{Command, Core, Now, Restore};
+use super::core::{Command, Core, DtlsReport, LocalIdentity, Now, Restore};
 use super::error::{ApiError, Code};
 use super::event::Event;
 use super::geoip::Geoip;
@@ -24,6 +24,8 @@ use super::{Readiness, Shared};
 use crate::io::DataPlane;
 use crate::route::Latch;
 use crate::store::{Store, StoreError};
+
+pub mod fleet;
 
 /// The answer to a request: status and JSON body, or an error.
 pub type Answer = Result<(u16, Value), ApiError>;
@@ -45,6 +47,19 @@ pub enum Request {
     Transparency(oneshot::Sender<Answer>),
     /// SIGHUP: reopen the GeoIP database (if any) and attribute regions again.
     Reload,
+    /// Fleet mode: the link to the fleet, joined; apply its rules and ack to lift the fence.
+    Fleet(Box<fleet::FleetLink>),
+    /// Fleet mode: a step of fleet call `id` came back from the fleet thread.
+    FleetStep(u64, Box<fleet::Step>),
+    /// The API's bound address, once known.
+    Control(std::net::SocketAddr),
+    /// `POST /v1/placements`.
+    Placement {
+        /// The region asked for.
+        region: Option<String>,
+        /// The answer.
+        reply: oneshot::Sender<Answer>,
+    },
     /// Save counters, audit the shutdown and stop.
     Stop,
 }
@@ -58,6 +73,13 @@ pub struct Owner {
     geoip: Option<Geoip>,
     geoip_path: Option<std::path::PathBuf>,
     last_verify: Instant,
+    /// Fleet mode: the link to etcd and the rule calls in progress.
+    fleet: Option<Box<fleet::FleetLink>>,
+    /// The API's address (placements name it when the relay runs alone).
+    control: std::net::SocketAddr,
+    certificate: crate::dtls::Certificate,
+    /// Fingerprints for handshakes the DTLS thread already runs.
+    dtls_orders: Option<Sender<super::dtls::Order>>,
 }
 
 /// How often housekeeping runs: rule expiry takes effect within a second.
@@ -87,7 +109,7 @@ impl Owner {
             participants: store.participants().map_err(store_err)?,
         };
         let geoip = geoip_path.as_deref().map(Geoip::open).transpose()?;
-        let core = Core::new(
+        let mut core = Core::new(
             limits,
             plane.workers(),
             shared.info.media_address,
@@ -95,6 +117,13 @@ impl Owner {
             now,
         )
         .map_err(|e| anyhow::anyhow!("restoring the state: {e}"))?;
+        // One DTLS certificate per process (issue 13): its fingerprint goes in every answer.
+        let certificate = crate::dtls::Certificate::generate(&mut rand::thread_rng())
+            .map_err(|e| anyhow::anyhow!("generating the DTLS certificate: {e}"))?;
+        core.set_identity(LocalIdentity {
+            fingerprint: certificate.fingerprint().clone(),
+            addresses: vec![shared.info.media_address],
+        });
         let mut owner = Self {
             core,
             store,
@@ -103,6 +132,10 @@ impl Owner {
             geoip,
             geoip_path,
             last_verify: Instant::now(),
+            fleet: None,
+            control: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            certificate,
+            dtls_orders: None,
         };
         // Every room back in the workers before the API answers.
         owner
@@ -136,10 +169,30 @@ impl Owner {
         Ok(owner)
     }
 
-    /// Serves requests, latches and ticks until [`Request::Stop`] or until every sender is gone.
-    pub fn run(mut self, requests: Receiver<Request>, latches: Receiver<Latch>) {
+    /// Where fingerprints learnt late go to the DTLS thread.
+    pub fn set_dtls_orders(&mut self, orders: Sender<super::dtls::Order>) {
+        self.dtls_orders = Some(orders);
+    }
+
+    /// The process's DTLS certificate, for the DTLS thread.
+    pub fn certificate(&self) -> crate::dtls::Certificate {
+        self.certificate.clone()
+    }
+
+    /// Serves requests, latches, DTLS reports and ticks until [`Request::Stop`] or until every
+    /// sender is gone.
+    pub fn run(
+        mut self,
+        requests: Receiver<Request>,
+        latches: Receiver<Latch>,
+        dtls: Receiver<DtlsReport>,
+    ) {
         let ticker = crossbeam_channel::tick(TICK);
         loop {
+            let fleet_events = self
+                .fleet
+                .as_ref()
+                .map_or_else(crossbeam_channel::never, |f| f.events());
             select! {
                 recv(requests) -> r => match r {
                     Ok(Request::Stop) | Err(_) => break,
@@ -152,7 +205,15 @@ impl Owner {
                         tracing::warn!(error = %e, "latching failed");
                     }
                 },
+                recv(dtls) -> d => if let Ok(report) = d
+                    && let Err(e) = self.run_command(Command::Dtls(report))
+                {
+                    tracing::warn!(error = %e, "recording a DTLS state failed");
+                },
                 recv(ticker) -> _ => self.tick(),
+                recv(fleet_events) -> e => if let Ok(event) = e {
+                    self.fleet_event(event);
+                },
             }
         }
         self.close();
@@ -160,6 +221,26 @@ impl Owner {
 
     fn request(&mut self, r: Request) {
         match r {
+            Request::Core(cmd, reply) if self.fleet.is_some() && fleet::is_rule_change(&cmd) => {
+                self.fleet_rule_change(*cmd, reply);
+            }
+            Request::Fleet(link) => self.fleet_attach(link),
+            Request::Control(addr) => self.control = addr,
+            Request::FleetStep(id, step) => self.fleet_step(id, *step),
+            Request::Placement { region, reply } => {
+                let _ = reply.send(self.placement(region.as_deref()));
+            }
+            Request::Core(cmd, reply) if self.fleet.is_some() => {
+                let answer = match (self.fleet_wrong_node(&cmd), *cmd) {
+                    (Some(e), _) => Err(e),
+                    (None, Command::GetRoom { room }) => {
+                        let local = self.run_command(Command::GetRoom { room: room.clone() });
+                        self.fleet_room(&room, local)
+                    }
+                    (None, cmd) => self.run_command(cmd),
+                };
+                let _ = reply.send(answer);
+            }
             Request::Core(cmd, reply) => {
                 let answer = self.run_command(*cmd);
                 // The client may have gone; nothing to do about it.
@@ -178,20 +259,28 @@ impl Owner {
                 let _ = reply.send(answer);
             }
             Request::Transparency(reply) => {
-                let answer = self
-                    .store
-                    .transparency(&self.core.rule_counters())
-                    .map_err(|e| ApiError::from_store(&e))
-                    .and_then(|t| {
-                        serde_json::to_value(t)
-                            .map(|v| (200, v))
-                            .map_err(|e| ApiError::new(Code::Internal, e.to_string()))
-                    });
-                let _ = reply.send(answer);
+                let answer = self.transparency();
+                if self.fleet.is_some() {
+                    self.fleet_transparency(reply, answer);
+                } else {
+                    let _ = reply.send(answer);
+                }
             }
             Request::Reload => self.reload(),
             Request::Stop => {}
         }
+    }
+
+    /// This relay's transparency report.
+    fn transparency(&self) -> Answer {
+        self.store
+            .transparency(&self.core.rule_counters())
+            .map_err(|e| ApiError::from_store(&e))
+            .and_then(|t| {
+                serde_json::to_value(t)
+                    .map(|v| (200, v))
+                    .map_err(|e| ApiError::new(Code::Internal, e.to_string()))
+            })
     }
 
     /// Runs one command through the core and carries out what it changed.
@@ -224,6 +313,16 @@ impl Owner {
             return Err(e);
         }
         self.core.commit();
+        if let Some(orders) = &self.dtls_orders {
+            for (session, fingerprints) in outcome.fingerprints {
+                // Bounded: if the DTLS thread is that far behind, the handshake times out and
+                // the client tries again.
+                let _ = orders.try_send(super::dtls::Order::Fingerprints {
+                    session,
+                    fingerprints,
+                });
+            }
+        }
         let had_events = !outcome.events.is_empty();
         for event in outcome.events {
             if event.kind == "participant_latched" {
@@ -268,6 +367,7 @@ impl Owner {
         if let Err(e) = self.run_command(Command::Tick) {
             tracing::error!(error = %e, "housekeeping failed; retrying");
         }
+        self.fleet_tick();
         if self.last_verify.elapsed() >= VERIFY_EVERY {
             self.verify_audit();
         }
@@ -314,6 +414,7 @@ impl Owner {
             "{}",
             event.kind.replace('_', " ")
         );
+        self.fleet_publish(&event);
         self.shared.events.publish(event, SystemTime::now());
     }
 
@@ -348,6 +449,10 @@ impl Owner {
         {
             tracing::error!(error = %e, "recording the shutdown failed");
         }
+        if let Some(link) = self.fleet.take() {
+            // Peers see this relay go at once instead of after its lease's TTL.
+            link.stop();
+        }
     }
 }
 
@@ -355,11 +460,12 @@ impl Owner {
 pub fn spawn(
     owner: Owner,
     latches: Receiver<Latch>,
+    dtls: Receiver<DtlsReport>,
 ) -> std::io::Result<(Sender<Request>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(REQUEST_QUEUE);
     let handle = std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || owner.run(rx, latches))?;
+        .spawn(move || owner.run(rx, latches, dtls))?;
     Ok((tx, handle))
 }
 

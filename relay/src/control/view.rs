@@ -42,8 +42,50 @@ pub struct Participant {
     pub tracks: Vec<TrackBody>,
     /// What it receives.
     pub subscribe: SubscribeBody,
+    /// `"webrtc"` (joined with the `webrtc/publish` or `webrtc/subscribe` exchanges) or `"rtp"`.
+    #[schema(example = "webrtc")]
+    pub transport: String,
+    /// WebRTC only: the DTLS state over its legs, `new`, `connecting`, `connected` (every leg
+    /// it has) or `failed` (any leg).
+    #[schema(example = "connected")]
+    pub dtls: Option<String>,
+    /// WebRTC only: the SRTP protection profile negotiated (RFC 5764 name), once connected.
+    #[schema(example = "SRTP_AEAD_AES_128_GCM")]
+    pub srtp_profile: Option<String>,
+    /// WebRTC only: each leg (`publish`, `subscribe`) on its own.
+    pub legs: Option<Vec<Leg>>,
     /// Its counters.
     pub counters: ParticipantCounters,
+}
+
+/// One leg of a WebRTC participant: one of its peer connections.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Leg {
+    /// `publish` or `subscribe`.
+    #[schema(example = "publish")]
+    pub leg: String,
+    /// Whether the relay has latched its address (ICE nominated a pair).
+    pub latched: bool,
+    /// `new`, `connecting`, `connected` or `failed`.
+    #[schema(example = "connected")]
+    pub dtls: String,
+    /// The SRTP protection profile, once connected.
+    pub srtp_profile: Option<String>,
+    /// Why DTLS failed, when it did.
+    pub dtls_failure: Option<String>,
+}
+
+/// One codec of a room's table: the payload type numbers every participant uses.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Codec {
+    /// `opus`, `VP8` or `H264`.
+    #[schema(example = "VP8")]
+    pub codec: String,
+    /// Its payload type number.
+    #[schema(example = 96)]
+    pub pt: u8,
+    /// Its RTX payload type number (video).
+    pub rtx: Option<u8>,
 }
 
 /// Counters of one participant.
@@ -64,6 +106,10 @@ pub struct Room {
     pub room: String,
     /// When it was created (RFC 3339).
     pub created_at: String,
+    /// Whether media from WebRTC participants reaches plain RTP participants (decrypted).
+    pub plain_legs: bool,
+    /// The room's payload type numbers, fixed by the first WebRTC offer of each codec.
+    pub codecs: Vec<Codec>,
     /// Its participants, by id.
     pub participants: Vec<Participant>,
     /// Summed counters of its participants.

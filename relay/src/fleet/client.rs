@@ -55,6 +55,14 @@ impl Fleet {
     /// previous life of this node has not expired yet. The relay stays fenced until
     /// [`Fleet::ack`] of [`Fleet::joined_at`]. Drain the event receiver: it is unbounded.
     pub fn start(config: Config) -> Result<(Self, Receiver<Event>), FleetError> {
+        Self::start_with(config, Arc::new(Status::new()))
+    }
+
+    /// [`Fleet::start`] writing into a [`Status`] made beforehand (the one the workers read).
+    pub fn start_with(
+        config: Config,
+        status: Arc<Status>,
+    ) -> Result<(Self, Receiver<Event>), FleetError> {
         config.check()?;
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
@@ -74,7 +82,7 @@ impl Fleet {
                         return;
                     }
                 };
-                rt.block_on(run(config, events_tx, jobs_rx, ready_tx));
+                rt.block_on(run(config, status, events_tx, jobs_rx, ready_tx));
             })
             .map_err(|e| FleetError::Unavailable(format!("cannot spawn the fleet thread: {e}")))?;
         match ready_rx.recv() {
@@ -182,6 +190,67 @@ impl Fleet {
         self.block(move |s| async move { ops::rules(&s, revision).await })
     }
 
+    /// [`Fleet::rules`] without waiting.
+    pub fn rules_then(
+        &self,
+        revision: Option<i64>,
+        done: impl FnOnce(Result<Rules, FleetError>) + Send + 'static,
+    ) {
+        self.submit(move |s| async move { ops::rules(&s, revision).await }, done);
+    }
+
+    /// [`Fleet::audit_entries`] without waiting.
+    pub fn audit_entries_then(
+        &self,
+        done: impl FnOnce(Result<Vec<AuditEntry>, FleetError>) + Send + 'static,
+    ) {
+        self.submit(|s| async move { ops::audit_entries(&s).await }, done);
+    }
+
+    /// Puts `key` (a full key, from [`Fleet::keys`]) under this node's lease, without waiting.
+    pub fn put_leased_then(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        done: impl FnOnce(Result<(), FleetError>) + Send + 'static,
+    ) {
+        self.submit(
+            move |s| async move { ops::put_leased(&s, &key, &value).await },
+            done,
+        );
+    }
+
+    /// Deletes `key`, without waiting.
+    pub fn delete_then(
+        &self,
+        key: String,
+        done: impl FnOnce(Result<(), FleetError>) + Send + 'static,
+    ) {
+        self.submit(move |s| async move { ops::delete(&s, &key).await }, done);
+    }
+
+    /// Every key under `prefix` with its value, without waiting.
+    pub fn get_prefix_then(
+        &self,
+        prefix: String,
+        done: impl FnOnce(Result<Vec<(String, Vec<u8>)>, FleetError>) + Send + 'static,
+    ) {
+        self.submit(
+            move |s| async move { ops::get_prefix(&s, &prefix).await },
+            done,
+        );
+    }
+
+    /// The key layout in use.
+    pub fn keys(&self) -> Keys {
+        self.shared.keys.clone()
+    }
+
+    /// The lease TTL.
+    pub fn ttl(&self) -> Duration {
+        self.shared.config.ttl
+    }
+
     /// The fleet's audit chain as stored in etcd, oldest first: mirror it with
     /// [`crate::store::Store::mirror`] and check it with [`crate::store::Store::verify`].
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>, FleetError> {
@@ -191,6 +260,15 @@ impl Fleet {
     /// Updates this node's load in its registration.
     pub fn set_load(&self, load: u32) -> Result<(), FleetError> {
         self.block(move |s| async move { ops::set_load(&s, load).await })
+    }
+
+    /// [`Fleet::set_load`] without waiting.
+    pub fn set_load_then(
+        &self,
+        load: u32,
+        done: impl FnOnce(Result<(), FleetError>) + Send + 'static,
+    ) {
+        self.submit(move |s| async move { ops::set_load(&s, load).await }, done);
     }
 
     /// Leaves the fleet: revokes the lease (peers see [`Event::NodeLost`] at once) and stops
@@ -354,6 +432,7 @@ impl Shared {
 
 async fn run(
     config: Config,
+    status: Arc<Status>,
     events: Sender<Event>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     ready: std::sync::mpsc::Sender<Result<Arc<Shared>, FleetError>>,
@@ -394,7 +473,7 @@ async fn run(
         config,
         clients,
         current: AtomicUsize::new(0),
-        status: Arc::new(Status::new()),
+        status,
         lease: AtomicI64::new(0),
         me: Mutex::new(me),
         nodes: Mutex::new(BTreeMap::new()),
@@ -422,7 +501,24 @@ async fn run(
     shared.tick();
     tokio::spawn(keepalive(shared.clone()));
     tokio::spawn(watch_nodes(shared.clone(), revision));
-    tokio::spawn(watch_rules(shared.clone(), shared.status.joined_at()));
+    tokio::spawn(watch_prefix(
+        shared.clone(),
+        shared.keys.rules(),
+        shared.status.joined_at(),
+        || Event::RulesResync,
+        |key, value, revision| Event::Rule {
+            key,
+            value,
+            revision,
+        },
+    ));
+    tokio::spawn(watch_prefix(
+        shared.clone(),
+        shared.keys.participants(),
+        revision,
+        || Event::ParticipantsResync,
+        |key, value, _| Event::Participant { key, value },
+    ));
     tokio::spawn(fence_tick(shared.clone()));
     if ready.send(Ok(shared.clone())).is_err() {
         return;
@@ -647,16 +743,23 @@ async fn watch_nodes(shared: Arc<Shared>, mut revision: i64) {
     }
 }
 
-/// Watches `rules/` from `revision + 1` and sends every change, in order, as
-/// [`Event::Rule`]; resumes after a break from the last revision sent.
-async fn watch_rules(shared: Arc<Shared>, mut revision: i64) {
+/// Watches `prefix` from `revision + 1` and sends every change, in order, as `change(key,
+/// value, revision)` (`None` for a delete); after a compaction or a cancelled watch, `resync`.
+/// Resumes after a break from the last revision sent.
+async fn watch_prefix(
+    shared: Arc<Shared>,
+    prefix: String,
+    mut revision: i64,
+    resync: fn() -> Event,
+    change: fn(String, Option<Vec<u8>>, i64) -> Event,
+) {
     loop {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
         let mut client = shared.client();
         let Ok(mut stream) = shared
-            .timed(client.watch(shared.keys.rules(), Some(options)))
+            .timed(client.watch(prefix.as_str(), Some(options)))
             .await
         else {
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -667,7 +770,7 @@ async fn watch_rules(shared: Arc<Shared>, mut revision: i64) {
                 break;
             };
             if resp.compact_revision() > 0 || resp.canceled() {
-                let _ = shared.events.send(Event::RulesResync);
+                let _ = shared.events.send(resync());
                 revision = revision.max(resp.compact_revision() - 1);
                 break;
             }
@@ -679,11 +782,9 @@ async fn watch_rules(shared: Arc<Shared>, mut revision: i64) {
                     EventType::Put => Some(kv.value().to_vec()),
                     EventType::Delete => None,
                 };
-                let _ = shared.events.send(Event::Rule {
-                    key: key.to_owned(),
-                    value,
-                    revision: kv.mod_revision(),
-                });
+                let _ = shared
+                    .events
+                    .send(change(key.to_owned(), value, kv.mod_revision()));
             }
         }
     }

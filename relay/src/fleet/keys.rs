@@ -13,8 +13,10 @@
 //! | `audit/head` | `{"seq": N, "hash": "..."}`: the fleet chain's last entry | none | every audit append |
 //! | `audit/entries/{seq}` | an [`crate::store::AuditEntry`] as JSON; seq zero-padded to 20 digits so keys sort by seq | none | every audit append |
 //! | `rules/{id}` | the caller's rule record | none | the rule calls, in the audit append's transaction |
+//! | `participants/{room}/{participant}` | where a participant lives: node, region, tracks (kinds and SSRCs); never an address | the node's | the node it was added on |
+//! | `reports/{node}` | the node's rule counters for the fleet transparency report (JSON) | the node's | the node, every 10 s and after installing a rule |
 //!
-//! A node's death deletes its leased keys (`nodes/`, `acks/`) when its lease expires; rules,
+//! A node's death deletes its leased keys (`nodes/`, `acks/`, `participants/`, `reports/`) when its lease expires; rules,
 //! the audit chain and node numbers stay.
 
 #![deny(unsafe_code)]
@@ -96,6 +98,36 @@ impl Keys {
         format!("{}rules/{id:020}", self.prefix)
     }
 
+    /// Prefix of the participants.
+    pub fn participants(&self) -> String {
+        format!("{}participants/", self.prefix)
+    }
+
+    /// One participant.
+    pub fn participant(&self, room: &str, participant: &str) -> String {
+        format!("{}participants/{room}/{participant}", self.prefix)
+    }
+
+    /// The room and participant a key under `participants/` names.
+    pub fn participant_of<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
+        let rest = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("participants/")?;
+        let (room, participant) = rest.split_once('/')?;
+        (!room.is_empty() && !participant.is_empty() && !participant.contains('/'))
+            .then_some((room, participant))
+    }
+
+    /// Prefix of the nodes' transparency reports.
+    pub fn reports(&self) -> String {
+        format!("{}reports/", self.prefix)
+    }
+
+    /// One node's transparency report.
+    pub fn report(&self, node: &str) -> String {
+        format!("{}reports/{node}", self.prefix)
+    }
+
     /// The node name a key under `nodes/` or `acks/` names, if it is one.
     pub fn node_of<'k>(&self, key: &'k str) -> Option<&'k str> {
         let rest = key.strip_prefix(self.prefix.as_str())?;
@@ -131,6 +163,12 @@ mod tests {
             "/relay/v1/audit/entries/00000000000000000007"
         );
         assert_eq!(k.rule(12), "/relay/v1/rules/00000000000000000012");
+        assert_eq!(k.report("a"), "/relay/v1/reports/a");
+        assert_eq!(k.participant("r", "p"), "/relay/v1/participants/r/p");
+        assert_eq!(k.participant_of(&k.participant("r", "p")), Some(("r", "p")));
+        assert_eq!(k.participant_of("/relay/v1/participants/r"), None);
+        assert_eq!(k.participant_of("/relay/v1/participants/r/p/x"), None);
+        assert!(k.report("a").starts_with(&k.reports()));
         assert!(k.audit_entry(9) < k.audit_entry(10), "entries sort by seq");
         assert!(k.node("a").starts_with(&k.nodes()));
         assert!(k.audit_entry(1).starts_with(&k.audit_entries()));

@@ -136,6 +136,15 @@ pub enum Event {
     /// The rule watch fell behind a compaction: read every rule afresh with
     /// [`Fleet::rules`] and apply that.
     RulesResync,
+    /// A key under `participants/` changed (from the revision the node list was read at on).
+    Participant {
+        /// The full key.
+        key: String,
+        /// The new value; `None` when deleted (removed, or its node's lease ended).
+        value: Option<Vec<u8>>,
+    },
+    /// The participant watch fell behind a compaction: read `participants/` afresh.
+    ParticipantsResync,
 }
 
 /// What [`Fleet::append`] writes besides the audit entry, built for the entry's seq (the
@@ -273,8 +282,16 @@ impl NodeInfo {
     }
 }
 
+impl Default for Status {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Status {
-    fn new() -> Self {
+    /// A status that says fenced until a fleet started with it ([`Fleet::start_with`]) has
+    /// joined and caught up. Made before the fleet so the workers can hold it from their start.
+    pub fn new() -> Self {
         Self {
             fenced: AtomicBool::new(true),
             joined_at: AtomicI64::new(0),

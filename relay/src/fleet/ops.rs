@@ -315,6 +315,47 @@ pub(super) async fn fence_node(shared: &Shared, node: &str) -> Result<(), FleetE
     Ok(())
 }
 
+/// Puts `key` under this node's lease (it goes when the node goes).
+pub(super) async fn put_leased(shared: &Shared, key: &str, value: &[u8]) -> Result<(), FleetError> {
+    retry(shared, any_failure, || async {
+        let options = PutOptions::new().with_lease(shared.lease());
+        let mut client = shared.client();
+        shared
+            .timed(client.put(key, value, Some(options)))
+            .await
+            .map(|_| ())
+    })
+    .await
+}
+
+/// Deletes `key`.
+pub(super) async fn delete(shared: &Shared, key: &str) -> Result<(), FleetError> {
+    retry(shared, any_failure, || async {
+        let mut client = shared.client();
+        shared.timed(client.delete(key, None)).await.map(|_| ())
+    })
+    .await
+}
+
+/// Every key under `prefix`, with its value, in key order.
+pub(super) async fn get_prefix(
+    shared: &Shared,
+    prefix: &str,
+) -> Result<Vec<(String, Vec<u8>)>, FleetError> {
+    retry(shared, any_failure, || async {
+        let mut client = shared.client();
+        let resp = shared
+            .timed(client.get(prefix, Some(GetOptions::new().with_prefix())))
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| Some((kv.key_str().ok()?.to_owned(), kv.value().to_vec())))
+            .collect())
+    })
+    .await
+}
+
 /// Rewrites this node's registration with a new load, only while it is still under the
 /// current lease (never resurrecting a registration that expired).
 pub(super) async fn set_load(shared: &Shared, load: u32) -> Result<(), FleetError> {

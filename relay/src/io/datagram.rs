@@ -5,15 +5,23 @@
 //! of a datagram (the routing decision, the verdict counters, STUN answers and latch requests)
 //! lives here and nowhere else; the backends only move bytes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
 use socket2::SockAddr;
 
 use super::SLOT_SIZE;
+use super::srtp_state::SrtpState;
 use super::stats::BatchCounts;
-use crate::route::{DropReason, Hot, Latch, Share, Sink, StunAction, StunGuard, Table, Verdict};
+use crate::fleet::Status;
+use crate::packet::demux;
+use crate::route::{
+    DropReason, Hot, Latch, Legs, Share, Sink, StunAction, StunGuard, Table, Update, Verdict,
+};
+use crate::srtp::Egress;
 
 /// Room for a STUN response: header, XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT, or an
 /// error with a short reason, all well under this.
@@ -30,22 +38,34 @@ pub(crate) trait Output {
         reason = "the STUN handler calls it from `Datapath::handle`"
     )]
     fn reply(&mut self, dest: &SockAddr, bytes: &[u8]);
+    /// Queues a datagram that `write` makes in a free slot of the plan (an SRTP copy sealed
+    /// straight into it), returning its length or `None` to send nothing.
+    fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>);
     /// Hands the datagram being handled to worker `to` for its share of `hot`'s fan-out
-    /// (`io::handoff`). Returns false when it could not: the caller sends that share itself.
-    fn hand_off(&mut self, to: usize, hot: &Hot<'_>) -> bool;
+    /// (`io::handoff`). Returns false, counted, when it could not: that share is dropped.
+    fn hand_off(&mut self, to: usize, hot: &Hot) -> bool;
 }
 
-/// The [`Sink`] of the routing decision, over a backend's [`Output`].
-struct Fwd<'a, O>(&'a mut O);
+/// The [`Sink`] of the routing decision over a backend's [`Output`]: plain receivers get the
+/// datagram unchanged, WebRTC receivers a copy sealed for their leg.
+struct Fwd<'a, O> {
+    out: &'a mut O,
+    packet: &'a [u8],
+    egress: &'a mut HashMap<u64, Egress>,
+    counts: &'a mut BatchCounts,
+}
 
 impl<O: Output> Sink for Fwd<'_, O> {
     #[inline]
-    fn forward(&mut self, dest: &SockAddr) {
-        self.0.forward(dest);
+    fn forward(&mut self, dest: &SockAddr, legs: Option<&Arc<Legs>>) {
+        match legs {
+            None => self.out.forward(dest),
+            Some(l) => seal(l, dest, self.packet, self.egress, self.counts, self.out),
+        }
     }
 
-    fn hand_off(&mut self, to: usize, hot: &Hot<'_>) -> bool {
-        self.0.hand_off(to, hot)
+    fn hand_off(&mut self, to: usize, hot: &Hot) -> bool {
+        self.out.hand_off(to, hot)
     }
 }
 
@@ -53,7 +73,8 @@ impl<O: Output> Sink for Fwd<'_, O> {
 pub(crate) struct Datapath {
     /// The worker index, which selects the counter cells it writes.
     pub(crate) worker: usize,
-    /// How this worker shares large fan-outs with the others.
+    /// How this worker shares large fan-outs with the others (`keep` set by the backend per
+    /// batch).
     pub(crate) share: Share,
     /// The worker's own routing table, changed only between batches.
     pub(crate) table: Table,
@@ -63,14 +84,26 @@ pub(crate) struct Datapath {
     guard: StunGuard,
     /// Latch requests to the control thread.
     latches: Sender<Latch>,
+    /// DTLS datagrams of WebRTC legs to the DTLS thread.
+    dtls: Sender<super::dtls::Inbound>,
     /// Milliseconds since the worker started, read once per batch (STUN rate limits).
     now_ms: u64,
     start: Instant,
     reply: [u8; STUN_REPLY_SIZE],
+    /// SRTP state of the WebRTC legs this worker serves.
+    srtp: SrtpState,
+    /// The fleet's fencing status (fleet mode only), read once per batch into `fenced`.
+    fence: Option<Arc<Status>>,
+    fenced: bool,
 }
 
 impl Datapath {
-    pub(crate) fn new(worker: usize, latches: Sender<Latch>) -> Self {
+    pub(crate) fn new(
+        worker: usize,
+        latches: Sender<Latch>,
+        dtls: Sender<super::dtls::Inbound>,
+        fence: Option<Arc<Status>>,
+    ) -> Self {
         Self {
             worker,
             share: Share::alone(worker),
@@ -78,15 +111,33 @@ impl Datapath {
             counts: BatchCounts::default(),
             guard: StunGuard::new(),
             latches,
+            dtls,
             now_ms: 1,
             start: Instant::now(),
             reply: [0; STUN_REPLY_SIZE],
+            srtp: SrtpState::new(),
+            fenced: fence.is_some(),
+            fence,
         }
+    }
+
+    /// Applies a routing update, and creates or drops the SRTP state of the legs it changes.
+    pub(crate) fn apply(&mut self, update: Update) {
+        let before = SrtpState::sessions(&self.table, &update);
+        let after_key = match &update {
+            Update::Room { .. } => Some(update.clone()),
+            Update::RemoveRoom(_) => None,
+        };
+        self.table.apply(update);
+        let now = after_key.map_or_else(Vec::new, |u| SrtpState::sessions(&self.table, &u));
+        self.srtp.settle(before, now);
     }
 
     /// Reads the clock for the batch that starts: one read per batch, never per datagram.
     pub(crate) fn begin_batch(&mut self) {
         self.now_ms = self.start.elapsed().as_millis() as u64 + 1;
+        // One atomic load per batch: a fenced relay forwards nothing from the next batch on.
+        self.fenced = self.fence.as_ref().is_some_and(|f| f.fenced());
     }
 
     /// Handles one datagram: routes it, queues its sends on `out`, and counts the outcome.
@@ -104,14 +155,27 @@ impl Datapath {
         self.counts.packets_in += 1;
         self.counts.bytes_in += bytes.len() as u64;
         let verdict = match src {
+            _ if self.fenced => Verdict::Drop(DropReason::Fenced),
             _ if truncated || bytes.len() > SLOT_SIZE => Verdict::Drop(DropReason::Oversize),
             None => Verdict::Drop(DropReason::UnknownSource),
-            Some(src) => self
-                .table
-                .route_shared(self.share, &src, bytes, &mut Fwd(out)),
+            Some(src) => self.route(&src, bytes, out),
         };
         match verdict {
             Verdict::Forward(_) => {}
+            Verdict::Dtls => {
+                // Handshake traffic only: a copy per datagram, never per media packet.
+                let leg = src.and_then(|s| Some((s, self.table.dtls_leg(&s)?)));
+                if let Some((src, leg)) = leg {
+                    let inbound = super::dtls::Inbound {
+                        leg,
+                        src,
+                        bytes: bytes.to_vec(),
+                    };
+                    if self.dtls.try_send(inbound).is_err() {
+                        self.counts.drops[DropReason::DtlsQueueFull.index()] += 1;
+                    }
+                }
+            }
             Verdict::Stun => {
                 let Some(src) = src else {
                     return;
@@ -138,5 +202,128 @@ impl Datapath {
             }
             Verdict::Drop(reason) => self.counts.drops[reason.index()] += 1,
         }
+    }
+
+    /// Routes RTP and RTCP: a plain sender's datagram goes out unchanged (zero-copy) to plain
+    /// receivers; a WebRTC leg's is unprotected first; each WebRTC receiver gets a copy sealed
+    /// for its leg in a slot of the plan.
+    #[inline]
+    fn route(&mut self, src: &SocketAddr, bytes: &[u8], out: &mut impl Output) -> Verdict {
+        let Self {
+            worker,
+            share,
+            table,
+            counts,
+            srtp,
+            ..
+        } = self;
+        let SrtpState {
+            ingress,
+            egress,
+            scratch,
+        } = srtp;
+        let kind = demux::classify(bytes);
+        let media = matches!(kind, demux::Kind::Rtp | demux::Kind::Rtcp);
+        let from_webrtc = if media {
+            table.webrtc_source(src)
+        } else {
+            None
+        };
+        let Some((legs, session)) = from_webrtc else {
+            let mut sink = Fwd {
+                out,
+                packet: bytes,
+                egress,
+                counts,
+            };
+            return table.route_shared(*share, src, bytes, &mut sink);
+        };
+        // A WebRTC sender's clear copy lives in the scratch buffer, which the next datagram
+        // overwrites: its fan-out is never handed off (`route_legs` shares nothing), and so
+        // each of its receivers is served by this worker alone.
+        // A WebRTC leg: unprotect a copy in the worker's scratch buffer, then route it clear.
+        let plain_legs = legs.plain_legs;
+        let Some(ing) = ingress.get_mut(&session.id) else {
+            return Verdict::Drop(DropReason::Srtp);
+        };
+        let n = bytes.len();
+        let Some(buf) = scratch.get_mut(..n) else {
+            return Verdict::Drop(DropReason::Oversize);
+        };
+        buf.copy_from_slice(bytes);
+        let clear = match kind {
+            demux::Kind::Rtp => ing.unprotect_rtp(buf),
+            _ => ing.unprotect_rtcp(buf),
+        };
+        let Ok(len) = clear else {
+            return Verdict::Drop(DropReason::Srtp);
+        };
+        let clear = &scratch[..len];
+        table.route_legs(*worker, src, clear, |dest, legs| match legs {
+            Some(l) => seal(l, dest, clear, egress, counts, out),
+            None if plain_legs => out.reply(dest, clear),
+            None => counts.drops[DropReason::PlainLegs.index()] += 1,
+        })
+    }
+}
+
+impl Datapath {
+    /// Sends this worker's share of a packet another worker handed it (`io::handoff`): the
+    /// payload `bytes` is that worker's buffer, the routing this worker's own table (its rules,
+    /// its fence). Counts a drop per job that sends nothing for a reason.
+    #[inline]
+    pub(crate) fn handle_hot(&mut self, hot: &Hot, bytes: &[u8], out: &mut impl Output) {
+        if self.fenced {
+            self.counts.drops[DropReason::Fenced.index()] += 1;
+            return;
+        }
+        let Self {
+            share,
+            table,
+            counts,
+            srtp,
+            ..
+        } = self;
+        let egress = &mut srtp.egress;
+        let verdict = table.route_hot(*share, hot, |dest, legs| match legs {
+            None => out.forward(dest),
+            Some(l) => seal(l, dest, bytes, egress, counts, out),
+        });
+        if let Verdict::Drop(reason) = verdict {
+            counts.drops[reason.index()] += 1;
+        }
+    }
+}
+
+/// Seals a copy of the clear `packet` for the WebRTC leg at `dest` into a slot of the plan. A
+/// leg whose DTLS has not connected yet gets nothing.
+#[inline]
+fn seal(
+    legs: &Legs,
+    dest: &SockAddr,
+    packet: &[u8],
+    egress: &mut HashMap<u64, Egress>,
+    counts: &mut BatchCounts,
+    out: &mut impl Output,
+) {
+    let Some(session) = dest.as_socket().and_then(|a| legs.session_at(&a)) else {
+        return;
+    };
+    let Some(e) = egress.get_mut(&session.id) else {
+        return;
+    };
+    let rtcp = demux::classify(packet) == demux::Kind::Rtcp;
+    let mut failed = false;
+    out.reply_with(dest, &mut |slot| {
+        let sealed = if rtcp {
+            e.protect_rtcp(packet, slot)
+        } else {
+            e.protect_rtp(packet, slot)
+        };
+        failed = sealed.is_err();
+        sealed.ok()
+    });
+    if failed {
+        counts.drops[DropReason::SrtpEgress.index()] += 1;
     }
 }

@@ -2,22 +2,26 @@
 //!
 //! In a room large enough to share (`route::Share`), the worker that received a packet sends the
 //! receivers of its own chunks and pushes one [`Job`] per other worker onto a lock-free
-//! single-producer single-consumer [`Ring`] (one per ordered worker pair). A job carries the room
-//! snapshot the packet was routed with (`Arc<Room>`), the sender's slot and kind, a pointer to the
-//! payload in the receiving worker's buffer (no copy) and a pointer to that buffer's *lease*: an
-//! atomic count of jobs not yet done with it. The peer sends its share from the same bytes and
+//! single-producer single-consumer [`Ring`] (one per ordered worker pair). A job carries what the
+//! peer routes its share with ([`Hot`]: room, sender's slot and SSRC; the peer uses its own
+//! snapshot of the room), a pointer to the payload in the receiving worker's buffer (no copy) and
+//! a pointer to that buffer's *lease*: an atomic count of jobs not yet done with it. The peer sends its share from the same bytes and
 //! decrements the lease once its sends no longer read them (after `sendmmsg` returned; with
 //! io_uring, after the last send completed). The owner reuses the buffer (mmsg: the receive batch;
 //! io_uring: the provided buffer, put back on the ring) only when its lease is zero.
 //!
-//! A full ring refuses the job: the receiving worker sends that share itself (counted as
-//! `handoff_full`), it never waits. After pushing, the receiving worker writes each peer's eventfd
+//! A full ring refuses the job, and so does a buffer that cannot be leased: that share of the
+//! packet is dropped and counted (`handoff_full`); the receiving worker never waits and never
+//! sends it itself, since a later local send would overtake copies still queued on the peer.
+//! Each ring also counts the jobs whose sends its consumer has issued ([`Handoff::issued`]), so
+//! that a producer knows when none of its jobs is still queued ([`Handoff::pending`]). After pushing, the receiving worker writes each peer's eventfd
 //! once per batch, the one that control updates use, so an idle peer wakes at once.
 //!
-//! Calling order, per worker: [`Handoff::offer`] while routing a batch, [`Handoff::wake`] once
-//! the batch is routed, [`Handoff::take`] each turn to collect jobs for this worker, then
-//! [`Job::done`] for each once its sends are out. At exit, [`Handoff::close`] before the
-//! worker's buffers are freed.
+//! Calling order, per worker: [`Handoff::pending`] before routing a batch (it sets
+//! `Share::keep`), [`Handoff::offer`] while routing it, [`Handoff::wake`] once it is routed,
+//! [`Handoff::take`] each turn to collect jobs for this worker, [`Handoff::issued`] once their
+//! sends are issued, then [`Job::done`] for each once its sends no longer read the buffer. At
+//! exit, [`Handoff::close`] before the worker's buffers are freed.
 
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
@@ -29,12 +33,17 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 
 use super::socket;
-use crate::route::{Hot, MediaKind, Room, Share};
+use crate::route::{Hot, Share};
 
 /// Jobs one ring holds: four full receive batches of lag behind one peer.
 pub(crate) const RING_JOBS: usize = 256;
 /// Most jobs a worker takes from its rings in one turn.
 pub(crate) const JOBS_PER_TURN: usize = 64;
+/// Copies a worker plans in one turn, for jobs and (io_uring) for received datagrams each, before
+/// it looks at its socket, its completions and its rings again: a fan-out of thousands cannot
+/// hold the worker for more than about this many sends (plus one packet's fan-out, which is
+/// never split). About 1-4 ms of sends on the machines measured (docs/ARCHITECTURE.md).
+pub(crate) const SENDS_PER_TURN: usize = 4096;
 /// Default smallest room whose fan-out is shared (docs/ARCHITECTURE.md, "One hot publisher").
 pub const DEFAULT_MIN_MEMBERS: usize = 128;
 /// How long a worker at exit waits for its peers to let go of its buffers.
@@ -42,10 +51,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One packet's share of a fan-out, for another worker to send.
 pub(crate) struct Job {
-    /// The snapshot the packet was routed with.
-    pub(crate) room: Arc<Room>,
-    pub(crate) slot: u16,
-    pub(crate) kind: MediaKind,
+    /// What the peer routes its share with.
+    pub(crate) hot: Hot,
     /// The payload, in the receiving worker's buffer, valid while the lease is held.
     bytes: *const u8,
     len: usize,
@@ -68,6 +75,13 @@ impl Job {
     /// The payload's length.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The payload.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the owner keeps the buffer and does not write it while this job's lease is
+        // held (`Handoff::offer` took it, `Job::done` or the io_uring `Held` releases it).
+        unsafe { std::slice::from_raw_parts(self.bytes, self.len) }
     }
 
     /// The buffer's lease, to release later (io_uring: when the last send completes).
@@ -99,6 +113,9 @@ pub(crate) struct Ring {
     head: CachePadded<AtomicUsize>,
     /// Next slot to write; written by the producer.
     tail: CachePadded<AtomicUsize>,
+    /// Jobs whose sends the consumer has issued (a count from the start, like `head`): equal
+    /// to `tail` when none of the producer's jobs is still waiting to be sent.
+    done: CachePadded<AtomicUsize>,
     slots: Box<[UnsafeCell<MaybeUninit<Job>>]>,
 }
 
@@ -114,6 +131,7 @@ impl Ring {
         Self {
             head: CachePadded::new(AtomicUsize::new(0)),
             tail: CachePadded::new(AtomicUsize::new(0)),
+            done: CachePadded::new(AtomicUsize::new(0)),
             slots: (0..capacity)
                 .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
                 .collect(),
@@ -147,16 +165,6 @@ impl Ring {
         let job = unsafe { (*slot.get()).assume_init_read() };
         self.head.store(head.wrapping_add(1), Ordering::Release);
         Some(job)
-    }
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        // Jobs left at the very end: drop their room references; the buffers are gone with
-        // their workers, so the leases are not touched.
-        while let Some(job) = self.pop() {
-            drop(job.room);
-        }
     }
 }
 
@@ -198,7 +206,7 @@ impl Links {
 pub(crate) struct Counts {
     /// Jobs pushed to other workers.
     pub(crate) out: u64,
-    /// Jobs refused by a full ring (or no free buffer), sent here instead.
+    /// Jobs refused by a full ring (or no free buffer): that share of the packet is dropped.
     pub(crate) full: u64,
     /// Jobs taken from other workers.
     pub(crate) taken: u64,
@@ -214,6 +222,10 @@ pub(crate) struct Handoff {
     wake_all: bool,
     /// Origin of the next ring to read, so that no origin starves the others.
     next_from: usize,
+    /// Per peer, the jobs pushed to it.
+    pushed: Box<[usize]>,
+    /// Per peer, the jobs taken from it.
+    took: Box<[usize]>,
     pub(crate) counts: Counts,
 }
 
@@ -224,13 +236,17 @@ impl Handoff {
             worker,
             workers: links.workers,
             min_members,
+            keep: false,
         };
+        let workers = links.workers;
         Self {
             links,
             share,
             to_wake: 0,
             wake_all: false,
             next_from: 0,
+            pushed: vec![0; workers].into_boxed_slice(),
+            took: vec![0; workers].into_boxed_slice(),
             counts: Counts::default(),
         }
     }
@@ -245,9 +261,32 @@ impl Handoff {
         self.share.workers > 1 && self.share.min_members > 0
     }
 
+    /// Whether any peer still has jobs from this worker whose sends it has not issued: while
+    /// so, `Share::keep` holds rooms shared (`route::share`). One load per peer.
+    pub(crate) fn pending(&self) -> bool {
+        let me = self.share.worker;
+        (0..self.share.workers)
+            .filter(|&to| to != me)
+            .any(|to| self.links.ring(me, to).done.load(Ordering::Acquire) != self.pushed[to])
+    }
+
+    /// Says that the sends of every job taken so far are issued (in the socket's queue, or
+    /// submitted to io_uring): their copies can no longer be overtaken by the owner's later
+    /// sends. One store per peer that handed jobs over since the last call.
+    pub(crate) fn issued(&mut self) {
+        let me = self.share.worker;
+        for from in (0..self.share.workers).filter(|&f| f != me) {
+            let done = &self.links.ring(from, me).done;
+            if done.load(Ordering::Relaxed) != self.took[from] {
+                done.store(self.took[from], Ordering::Release);
+            }
+        }
+    }
+
     /// Pushes `hot`'s share for worker `to`, with the payload `bytes` in this worker's buffer
-    /// `buffer` (an index of its leases). Returns false, counted, when the ring is full.
-    pub(crate) fn offer(&mut self, to: usize, hot: &Hot<'_>, bytes: &[u8], buffer: usize) -> bool {
+    /// `buffer` (an index of its leases). Returns false, counted, when the ring is full: that
+    /// share is dropped.
+    pub(crate) fn offer(&mut self, to: usize, hot: &Hot, bytes: &[u8], buffer: usize) -> bool {
         let me = self.share.worker;
         let Some(lease) = self.links.leases[me].get(buffer) else {
             self.counts.full += 1;
@@ -255,15 +294,14 @@ impl Handoff {
         };
         lease.fetch_add(1, Ordering::Relaxed);
         let job = Job {
-            room: hot.room.clone(),
-            slot: hot.slot,
-            kind: hot.kind,
+            hot: *hot,
             bytes: bytes.as_ptr(),
             len: bytes.len(),
             lease: lease as *const AtomicU32,
         };
         match self.links.ring(me, to).push(job) {
             Ok(()) => {
+                self.pushed[to] = self.pushed[to].wrapping_add(1);
                 if to < 64 {
                     self.to_wake |= 1 << to;
                 } else {
@@ -272,13 +310,17 @@ impl Handoff {
                 self.counts.out += 1;
                 true
             }
-            Err(job) => {
-                drop(job.room);
+            Err(_) => {
                 lease.fetch_sub(1, Ordering::Relaxed);
                 self.counts.full += 1;
                 false
             }
         }
+    }
+
+    /// Counts a share that could not be offered (its buffer cannot be leased): dropped.
+    pub(crate) fn refuse(&mut self) {
+        self.counts.full += 1;
     }
 
     /// Whether buffer `buffer` of this worker is free of jobs (Acquire: their sends are done).
@@ -320,6 +362,7 @@ impl Handoff {
             {
                 Some(job) => {
                     into.push(job);
+                    self.took[from] = self.took[from].wrapping_add(1);
                     idle = 0;
                 }
                 None => idle += 1,
@@ -370,6 +413,7 @@ impl Handoff {
                 return;
             }
             jobs.drain(..).for_each(Job::done);
+            self.issued();
         }
     }
 }
@@ -430,9 +474,11 @@ mod tests {
 
     fn job(lease: &AtomicU32, n: u8) -> Job {
         Job {
-            room: Arc::new(Room::empty()),
-            slot: u16::from(n),
-            kind: MediaKind::Audio,
+            hot: Hot {
+                room: crate::route::RoomId(1),
+                slot: u16::from(n),
+                ssrc: crate::packet::rtp::Ssrc(7),
+            },
             bytes: std::ptr::null(),
             len: 0,
             lease,
@@ -453,9 +499,63 @@ mod tests {
         }
         assert!(ring.push(job(&lease, 9)).is_err());
         for n in 0..4u8 {
-            assert_eq!(ring.pop().map(|j| j.slot), Some(u16::from(n)));
+            assert_eq!(ring.pop().map(|j| j.hot.slot), Some(u16::from(n)));
         }
         assert!(ring.pop().is_none());
+    }
+
+    fn hot(slot: u16) -> Hot {
+        Hot {
+            room: crate::route::RoomId(1),
+            slot,
+            ssrc: crate::packet::rtp::Ssrc(7),
+        }
+    }
+
+    #[test]
+    fn a_producer_knows_when_its_jobs_are_issued_and_a_full_ring_drops() {
+        let wakes = (0..2)
+            .map(|_| socket::eventfd().map(Arc::new))
+            .collect::<std::io::Result<Vec<_>>>()
+            .unwrap();
+        let links = Arc::new(Links::new(wakes, 4));
+        let (mut a, mut b) = (Handoff::new(links.clone(), 0, 1), Handoff::new(links, 1, 1));
+        let bytes = [1u8; 8];
+        assert!(!a.pending());
+        assert!(a.offer(1, &hot(1), &bytes, 0));
+        assert!(a.pending() && !a.unleased(0));
+        let mut jobs = Vec::new();
+        b.take(&mut jobs, JOBS_PER_TURN);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].bytes(), &bytes);
+        // Taken is not sent: the producer must keep the split until the sends are issued.
+        assert!(a.pending());
+        b.issued();
+        assert!(!a.pending());
+        assert!(!a.unleased(0));
+        jobs.pop().unwrap().done();
+        assert!(a.unleased(0));
+        // A full ring refuses, counted, and leaves the lease as it was.
+        for n in 0..RING_JOBS {
+            assert!(a.offer(1, &hot(n as u16), &bytes, 1));
+        }
+        assert!(!a.offer(1, &hot(0), &bytes, 1));
+        assert_eq!(a.counts.full, 1);
+        assert_eq!(links_lease(&b, 0, 1), RING_JOBS as u32);
+        // No lease counter for the buffer: refused too.
+        assert!(!a.offer(1, &hot(0), &bytes, 99));
+        assert_eq!(a.counts.full, 2);
+        b.take(&mut jobs, RING_JOBS);
+        assert_eq!(jobs.len(), JOBS_PER_TURN.max(RING_JOBS));
+        let slots: Vec<u16> = jobs.iter().map(|j| j.hot.slot).collect();
+        assert_eq!(slots, (0..RING_JOBS as u16).collect::<Vec<_>>(), "FIFO");
+        jobs.drain(..).for_each(Job::done);
+        b.issued();
+        assert!(!a.pending() && a.unleased(1));
+    }
+
+    fn links_lease(h: &Handoff, worker: usize, buffer: usize) -> u32 {
+        h.links.leases[worker][buffer].load(Ordering::Acquire)
     }
 
     #[test]
@@ -468,7 +568,7 @@ mod tests {
                 let mut next = 0u32;
                 while next < 100_000 {
                     if let Some(j) = ring.pop() {
-                        assert_eq!(u32::from(j.slot), next % 65_536);
+                        assert_eq!(u32::from(j.hot.slot), next % 65_536);
                         next += 1;
                     }
                 }
@@ -477,7 +577,7 @@ mod tests {
         let mut n = 0u32;
         while n < 100_000 {
             let mut j = job(lease, 0);
-            j.slot = (n % 65_536) as u16;
+            j.hot.slot = (n % 65_536) as u16;
             if ring.push(j).is_ok() {
                 n += 1;
             }

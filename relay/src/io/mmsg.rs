@@ -4,18 +4,24 @@
 //! iovec, which points into the receive slot: one buffer, N sends, no copy. A GSO run points at
 //! the consecutive iovecs of its datagrams, and the kernel cuts the concatenation at the segment
 //! size. The queue is flushed before the next receive overwrites the slots.
+//!
+//! A worker that shares fan-outs (`io::handoff`) receives into a pool of slots, so that a slot
+//! other workers still send from is not overwritten, and each turn sends its share of the jobs
+//! other workers handed it, up to [`SENDS_PER_TURN`] copies, before it receives again.
 
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr;
+use std::time::Instant;
 
 use socket2::SockAddr;
 
 use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
-use super::handoff::{Handoff, JOBS_PER_TURN, Job};
+use super::handoff::{Handoff, JOBS_PER_TURN, Job, SENDS_PER_TURN};
+use super::idle::IdleSpin;
 use super::plan::{Plan, REPLY_SLOTS, What};
 use super::send::{self, SEGMENT_CMSG_SPACE, SegmentCmsg, Sent};
 use super::socket;
@@ -33,7 +39,7 @@ pub(crate) const BATCHES: usize = 8;
 pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<()> {
     let fd = w.socket.as_raw_fd();
     let gso = w.settings.gso && send::gso_supported(fd);
-    let mut path = Datapath::new(w.index, w.latches.clone());
+    let mut path = Datapath::new(w.index, w.latches.clone(), w.dtls.clone(), w.fence.clone());
     let mut handoff = w.handoff();
     path.share = handoff.share();
     let pool = if handoff.active() { BATCHES } else { 1 };
@@ -67,23 +73,33 @@ fn serve(
     queue: &mut SendQueue,
     jobs: &mut Jobs,
 ) -> io::Result<()> {
+    let mut spin = IdleSpin::new(w.settings.idle_spin);
+    // When the socket last ran dry, while it stays dry.
+    let mut dry_since: Option<Instant> = None;
     loop {
-        if !w.apply_messages(&mut path.table) {
+        if !w.apply_messages(path) {
             return Ok(());
         }
-        let served = jobs.serve(handoff, queue, fd, w.index);
+        let served = jobs.serve(path, handoff, queue, fd);
         let n = batch.recv(fd, |slot| handoff.unleased(slot))?;
         if n == 0 {
             if served {
                 publish(w, path, queue, handoff);
-            } else if w.settings.busy_poll {
+                continue;
+            }
+            let dry = *dry_since.get_or_insert_with(Instant::now);
+            if w.settings.busy_poll || spin.keep_polling(dry.elapsed()) {
                 std::hint::spin_loop();
             } else {
                 wait(fd, w.wake.as_raw_fd())?;
+                spin.slept(dry.elapsed());
+                dry_since = None;
             }
             continue;
         }
+        dry_since = None;
         path.begin_batch();
+        path.share.keep = handoff.pending();
         for k in 0..n {
             let (src, bytes, truncated) = batch.datagram(k);
             queue.plan.begin(k as u32, bytes.len());
@@ -94,6 +110,7 @@ fn serve(
                 handoff,
                 bytes,
                 lease: batch.lease(k),
+                sends: 0,
             };
             path.handle(src, bytes, truncated, &mut out);
         }
@@ -136,24 +153,28 @@ impl Jobs {
         }
     }
 
-    /// Sends this worker's share of the jobs waiting for it, then releases them. Returns
-    /// whether there were any.
+    /// Sends this worker's share of the jobs waiting for it, one job at a time until
+    /// [`JOBS_PER_TURN`] jobs or [`SENDS_PER_TURN`] copies, then releases them. Returns whether
+    /// there were any.
     fn serve(
         &mut self,
+        path: &mut Datapath,
         handoff: &mut Handoff,
         queue: &mut SendQueue,
         fd: RawFd,
-        me: usize,
     ) -> bool {
-        handoff.take(&mut self.jobs, JOBS_PER_TURN);
-        if self.jobs.is_empty() {
-            return false;
-        }
-        let workers = handoff.share().workers;
-        for (iov, job) in self.iovs.iter_mut().zip(&self.jobs) {
-            *iov = job.iovec();
-        }
-        for (k, job) in self.jobs.iter().enumerate() {
+        let mut sends = 0;
+        while sends < SENDS_PER_TURN && self.jobs.len() < JOBS_PER_TURN {
+            let k = self.jobs.len();
+            handoff.take(&mut self.jobs, 1);
+            let Some(job) = self.jobs.get(k) else {
+                break;
+            };
+            if k == 0 {
+                // The fence and the clock, once per turn that serves jobs.
+                path.begin_batch();
+            }
+            self.iovs[k] = job.iovec();
             queue.plan.begin(k as u32, job.len());
             let mut out = Out {
                 queue,
@@ -162,11 +183,16 @@ impl Jobs {
                 handoff,
                 bytes: &[],
                 lease: None,
+                sends: 0,
             };
-            job.room
-                .each_in_share(me, me, workers, job.slot, job.kind, |d| out.forward(d));
+            path.handle_hot(&job.hot, job.bytes(), &mut out);
+            sends += out.sends;
+        }
+        if self.jobs.is_empty() {
+            return false;
         }
         queue.flush(fd, &self.iovs);
+        handoff.issued();
         self.jobs.drain(..).for_each(Job::done);
         true
     }
@@ -182,10 +208,13 @@ struct Out<'a> {
     /// The datagram being handled, and the lease of its slot if it may be handed off.
     bytes: &'a [u8],
     lease: Option<usize>,
+    /// Copies planned through this output.
+    sends: usize,
 }
 
 impl Output for Out<'_> {
     fn forward(&mut self, dest: &SockAddr) {
+        self.sends += 1;
         if !self.queue.plan.push(dest) {
             self.queue.flush(self.fd, self.iovs);
             let planned = self.queue.plan.push(dest);
@@ -194,6 +223,7 @@ impl Output for Out<'_> {
     }
 
     fn reply(&mut self, dest: &SockAddr, bytes: &[u8]) {
+        self.sends += 1;
         if !self.queue.plan.push_reply(dest, bytes) {
             self.queue.flush(self.fd, self.iovs);
             let planned = self.queue.plan.push_reply(dest, bytes);
@@ -201,11 +231,20 @@ impl Output for Out<'_> {
         }
     }
 
-    fn hand_off(&mut self, to: usize, hot: &Hot<'_>) -> bool {
+    fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>) {
+        self.sends += 1;
+        if !self.queue.plan.push_reply_with(dest, &mut *write) {
+            self.queue.flush(self.fd, self.iovs);
+            let planned = self.queue.plan.push_reply_with(dest, write);
+            debug_assert!(planned, "an empty plan takes a reply");
+        }
+    }
+
+    fn hand_off(&mut self, to: usize, hot: &Hot) -> bool {
         match self.lease {
             Some(lease) => self.handoff.offer(to, hot, self.bytes, lease),
             None => {
-                self.handoff.counts.full += 1;
+                self.handoff.refuse();
                 false
             }
         }

@@ -13,11 +13,15 @@
 //! packet to the other workers to send their share of the receivers ([`handoff`]).
 
 mod datagram;
+pub mod dtls;
 mod handoff;
+mod idle;
 mod mmsg;
 mod plan;
+mod sched;
 mod send;
 mod socket;
+mod srtp_state;
 mod stats;
 mod uring;
 mod worker;
@@ -32,6 +36,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 pub use handoff::DEFAULT_MIN_MEMBERS as DEFAULT_HANDOFF_MIN_MEMBERS;
+pub use sched::WorkerPriority;
 pub use stats::WorkerStats;
 
 use crate::config::BackendChoice;
@@ -84,6 +89,14 @@ pub struct DataPlaneConfig {
     /// Rooms of at least this many members share each packet's fan-out among all workers
     /// (`io::handoff`); 0 never shares.
     pub handoff_min_members: usize,
+    /// In fleet mode, the fleet's status: while it says fenced, workers forward nothing
+    /// (counted as drop reason `fenced`; read once per batch).
+    pub fence: Option<Arc<crate::fleet::Status>>,
+    /// The most an idle worker polls its socket before it sleeps (adaptive, see `io::idle`);
+    /// zero sleeps at once.
+    pub idle_spin: Duration,
+    /// How the kernel schedules the worker threads (`io::sched`).
+    pub worker_priority: WorkerPriority,
 }
 
 impl Default for DataPlaneConfig {
@@ -100,6 +113,9 @@ impl Default for DataPlaneConfig {
             gso: true,
             busy_poll: false,
             handoff_min_members: handoff::DEFAULT_MIN_MEMBERS,
+            fence: None,
+            idle_spin: DEFAULT_IDLE_SPIN,
+            worker_priority: WorkerPriority::Normal,
         }
     }
 }
@@ -112,6 +128,10 @@ pub struct DataPlane {
     latches: Receiver<Latch>,
     /// Time from sending a change to the last acknowledgement, per [`DataPlane::publish`].
     apply_duration: Histogram,
+    /// DTLS datagrams of WebRTC legs, for the DTLS thread.
+    dtls: Receiver<dtls::Inbound>,
+    /// A clone of a worker's socket, for DTLS flights.
+    dtls_socket: socket2::Socket,
 }
 
 struct WorkerHandle {
@@ -120,6 +140,9 @@ struct WorkerHandle {
     stats: Arc<WorkerStats>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
+
+/// How long an idle worker polls its socket at most before it sleeps (`io::idle`).
+pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_micros(0);
 
 /// The largest datagram a worker forwards; larger ones are counted as oversize and dropped.
 pub const SLOT_SIZE: usize = 2048;
@@ -146,15 +169,23 @@ impl DataPlane {
             gso: config.gso,
             busy_poll: config.busy_poll,
             handoff_min_members: config.handoff_min_members,
+            idle_spin: config.idle_spin,
         };
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let (latch_tx, latches) = crossbeam_channel::bounded(LATCH_QUEUE);
+        let (dtls_tx, dtls) = crossbeam_channel::bounded(dtls::QUEUE);
+        let dtls_socket = sockets
+            .first()
+            .ok_or_else(|| io::Error::other("no worker socket"))?
+            .try_clone()?;
         let mut plane = Self {
             workers: Vec::with_capacity(workers),
             local_addr,
             backend,
             latches,
             apply_duration: Histogram::new(APPLY_BUCKETS),
+            dtls,
+            dtls_socket,
         };
         let wakes = (0..workers)
             .map(|_| socket::eventfd().map(Arc::new))
@@ -175,14 +206,29 @@ impl DataPlane {
                 settings,
                 latches: latch_tx.clone(),
                 links: links.clone(),
+                fence: config.fence.clone(),
+                dtls: dtls_tx.clone(),
             };
             let pin = config.pin.then_some(index % cores);
             let ready = ready_tx.clone();
+            let priority = config.worker_priority;
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
                     if let Some(core) = pin {
                         socket::pin_to_core(core);
+                    }
+                    if let Err(e) = sched::apply(priority) {
+                        let e = io::Error::new(
+                            e.kind(),
+                            format!(
+                                "--worker-priority {priority}: {e} (below nice 0 and fifo need \
+                                 CAP_SYS_NICE, or in the unit LimitNICE= / LimitRTPRIO= \
+                                 and RestrictRealtime=no)"
+                            ),
+                        );
+                        let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        return Err(e);
                     }
                     let result = worker.run(backend, |r| {
                         let _ = ready.send(r);
@@ -226,6 +272,16 @@ impl DataPlane {
     }
 
     /// The number of workers.
+    /// DTLS datagrams from WebRTC legs, for the DTLS thread.
+    pub fn dtls_inbound(&self) -> &Receiver<dtls::Inbound> {
+        &self.dtls
+    }
+
+    /// A socket that sends from the media address (a clone of a worker's), for DTLS flights.
+    pub fn dtls_socket(&self) -> io::Result<socket2::Socket> {
+        self.dtls_socket.try_clone()
+    }
+
     pub fn workers(&self) -> usize {
         self.workers.len()
     }

@@ -21,9 +21,10 @@ pub(crate) const MAX_GSO_BYTES: usize = 65_000;
 /// Largest segment joined into a run: a 1500-byte MTU less IPv6 and UDP headers, so that the
 /// kernel never refuses a run for a segment larger than the path allows.
 pub(crate) const MAX_GSO_SEGMENT: usize = 1452;
-/// Most replies queued in one plan, and the largest reply.
-pub(crate) const REPLY_SLOTS: usize = 16;
-pub(crate) const REPLY_SIZE: usize = 576;
+/// Most replies queued in one plan, and the largest reply. Replies are STUN answers and the
+/// SRTP copies sealed for WebRTC receivers, so a slot holds an MTU-size datagram.
+pub(crate) const REPLY_SLOTS: usize = 64;
+pub(crate) const REPLY_SIZE: usize = 1500;
 
 /// One planned send.
 #[derive(Clone, Copy, Debug)]
@@ -160,6 +161,32 @@ impl Plan {
             dest: ptr::null(),
             what: What::Reply(n as u16),
             bytes: bytes.len() as u32,
+        });
+        true
+    }
+
+    /// Plans a reply that `write` makes in place in a free slot (an SRTP copy sealed straight
+    /// into it) and returns its length, or `None` to send nothing. Returns false, calling
+    /// nothing, when the plan has no free slot: flush it, then push again.
+    pub(crate) fn push_reply_with(
+        &mut self,
+        dest: &SockAddr,
+        write: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> bool {
+        if self.is_full() || self.used_replies == REPLY_SLOTS {
+            return false;
+        }
+        let n = self.used_replies;
+        let Some(len) = write(&mut self.replies[n][..]).filter(|&l| l <= REPLY_SIZE) else {
+            return true;
+        };
+        self.reply_lens[n] = len as u16;
+        self.reply_dests[n] = dest.clone();
+        self.used_replies += 1;
+        self.entries.push(Entry {
+            dest: ptr::null(),
+            what: What::Reply(n as u16),
+            bytes: len as u32,
         });
         true
     }

@@ -30,8 +30,8 @@ pub struct WorkerStats {
     pub recv_rearms: AtomicU64,
     /// Packets whose fan-out share this worker handed to another worker (one per peer).
     pub handoff_out: AtomicU64,
-    /// Hand-offs refused (the peer's ring was full, or no receive batch was free): the share
-    /// was sent by this worker instead.
+    /// Hand-offs refused (the peer's ring was full, or no receive buffer could be lent): that
+    /// share of the packet was dropped, never sent by this worker (per-receiver order).
     pub handoff_full: AtomicU64,
     /// Hand-offs from other workers whose share this worker sent.
     pub handoff_in: AtomicU64,

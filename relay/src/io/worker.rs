@@ -14,7 +14,7 @@ use socket2::Socket;
 use super::Backend;
 use super::handoff::{Handoff, Links};
 use super::stats::WorkerStats;
-use crate::route::{Latch, Table, Update};
+use crate::route::{Latch, Update};
 
 /// A message from the control thread to a worker.
 #[derive(Debug)]
@@ -40,6 +40,8 @@ pub(crate) struct Settings {
     pub(crate) busy_poll: bool,
     /// Rooms of at least this many members share their fan-out among the workers.
     pub(crate) handoff_min_members: usize,
+    /// The most an idle worker polls before it sleeps.
+    pub(crate) idle_spin: std::time::Duration,
 }
 
 pub(crate) struct Worker {
@@ -53,6 +55,10 @@ pub(crate) struct Worker {
     pub(crate) latches: Sender<Latch>,
     /// The hand-off rings between workers (`io::handoff`).
     pub(crate) links: Arc<Links>,
+    /// The fleet's fencing status, in fleet mode.
+    pub(crate) fence: Option<Arc<crate::fleet::Status>>,
+    /// DTLS datagrams of WebRTC legs to the DTLS thread.
+    pub(crate) dtls: Sender<super::dtls::Inbound>,
 }
 
 impl Worker {
@@ -78,11 +84,11 @@ impl Worker {
     }
 
     /// Applies every pending message. Returns false on shutdown.
-    pub(crate) fn apply_messages(&self, table: &mut Table) -> bool {
+    pub(crate) fn apply_messages(&self, path: &mut super::datagram::Datapath) -> bool {
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 Message::Update(update, ack) => {
-                    table.apply(update);
+                    path.apply(update);
                     // The control thread may have given up waiting; nothing to do then.
                     let _ = ack.send(());
                 }

@@ -41,8 +41,10 @@ pub struct Participant<'a> {
     pub subscribe: Option<&'a [String]>,
     /// Its counters, kept across compilations.
     pub counters: Arc<ParticipantCounters>,
-    /// Relay-side ICE credentials.
+    /// Relay-side ICE credentials (a WebRTC participant's publish leg).
     pub ice: Option<Arc<Credentials>>,
+    /// Set for a WebRTC participant: its other legs ([`super::Legs`]).
+    pub webrtc: Option<Arc<super::Legs>>,
 }
 
 /// The room as it is now, as the compiler asks about it: by id, never as a whole.
@@ -210,6 +212,7 @@ pub fn compile<R: Roster + ?Sized>(
             only: plan.new_only.clone(),
             listeners,
             ice: p.ice.clone(),
+            webrtc: p.webrtc.clone(),
         };
         work.entries.insert(p.slot, Some(member));
     }
@@ -421,7 +424,7 @@ impl Work<'_> {
 
 /// Adds (`sign` 1) or takes away (-1) a member's part in the room-wide receive-rule groups.
 fn tally(groups: &mut [Vec<ReceiveGroup>; 2], m: Option<&Member>, sign: i8) {
-    let Some(m) = m.filter(|m| m.sockaddr.is_some() && m.only.is_none()) else {
+    let Some(m) = m.filter(|m| m.media_dest().is_some() && m.only.is_none()) else {
         return;
     };
     for (k, group) in groups.iter_mut().enumerate() {

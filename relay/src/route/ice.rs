@@ -39,6 +39,8 @@ pub struct Latch {
     pub participant: Arc<str>,
     /// The source address of the request.
     pub addr: SocketAddr,
+    /// The leg the request's ufrag names.
+    pub leg: super::Leg,
 }
 
 /// What to do with a STUN datagram.

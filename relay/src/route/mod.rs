@@ -23,6 +23,7 @@
 mod compile;
 mod counter;
 mod ice;
+mod leg;
 mod room;
 mod share;
 mod table;
@@ -30,6 +31,7 @@ mod table;
 pub use compile::{Change, Compiled, Participant, Roster, Slots, compile, compile_all};
 pub use counter::{Counter, ParticipantCounter, ParticipantCounters, RuleCounters};
 pub use ice::{Credentials, Latch, StunAction, StunGuard};
+pub use leg::{DtlsLeg, Leg, Legs, Session, SrtpLeg};
 pub use room::{Blocks, CHUNK, CompileError, MediaKind, Room};
 pub use share::{Hot, Share, Sink, sender_of};
 pub use table::{DropReason, RoomId, Table, Update, Verdict};

@@ -6,7 +6,7 @@
 //! whatever the size of the room. Nobody keeps a per-track list of receivers. Each chunk keeps
 //! bitmasks instead, and a packet's receivers are read off them at send time:
 //!
-//! - `all[kind]`: members with an address who subscribe to everybody and whom no rule keeps from
+//! - `all[kind]`: members with an address (for a WebRTC member: its subscribe leg's) who subscribe to everybody and whom no rule keeps from
 //!   media of that kind. A track's subscribe-all receivers are these bits, less the sender's own.
 //! - `present`: members with an address; `sends[kind]`: members with a track of that kind that no
 //!   rule stops at its sender (for SRTCP, which goes both ways).
@@ -25,6 +25,7 @@ use socket2::SockAddr;
 
 use super::counter::{ParticipantCounters, RuleCounters};
 use super::ice::Credentials;
+use super::leg::Legs;
 use crate::packet::rtp::Ssrc;
 
 /// Members per chunk: one `u64` bitmask each.
@@ -149,6 +150,8 @@ pub(crate) struct Member {
     /// Slots of the selective subscribers that list this member.
     pub(crate) listeners: SlotList,
     pub(crate) ice: Option<Arc<Credentials>>,
+    /// Set for a WebRTC participant: `addr` and `ice` are its publish leg, these its others.
+    pub(crate) webrtc: Option<Arc<Legs>>,
 }
 
 /// Up to [`CHUNK`] consecutive slots of a room and their bitmasks.
@@ -280,7 +283,7 @@ impl Room {
                 let i = mask.trailing_zeros() as usize;
                 mask &= mask - 1;
                 if let Some(Some(r)) = chunk.slots.get(i)
-                    && let Some(dest) = &r.sockaddr
+                    && let Some(dest) = r.media_dest()
                 {
                     emit(r, dest);
                     sent += 1;
@@ -297,7 +300,7 @@ impl Room {
         let k = kind.index();
         for (rule, n) in self.receive_blocked[k].iter() {
             let own = sender.only.is_none()
-                && sender.sockaddr.is_some()
+                && sender.media_dest().is_some()
                 && sender.blocks.receive[k]
                     .as_ref()
                     .is_some_and(|r| Arc::ptr_eq(r, rule));
@@ -409,6 +412,16 @@ impl Room {
 }
 
 impl Member {
+    /// Where media to this member goes: a WebRTC member's subscribe leg, or a plain member's
+    /// address.
+    #[inline]
+    pub(crate) fn media_dest(&self) -> Option<&SockAddr> {
+        match &self.webrtc {
+            Some(legs) => legs.subscribe_sockaddr.as_ref(),
+            None => self.sockaddr.as_ref(),
+        }
+    }
+
     #[inline]
     pub(crate) fn track(&self, ssrc: Ssrc) -> Option<&Track> {
         self.tracks.iter().find(|t| t.ssrc == ssrc)
@@ -429,7 +442,7 @@ impl Chunk {
                 continue;
             };
             let bit = 1u64 << i;
-            if m.sockaddr.is_some() {
+            if m.media_dest().is_some() {
                 chunk.present |= bit;
                 if m.only.is_none() {
                     for k in 0..2 {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use socket2::SockAddr;
 
 use super::ice::{self, Latch, StunAction, StunGuard};
+use super::leg::{DtlsLeg, Leg};
 use super::room::{Member, Room};
 use super::share::{Emit, Hot, Share, Sink};
 use crate::packet::rtp::Ssrc;
@@ -53,10 +54,21 @@ pub enum DropReason {
     MalformedRtp,
     /// RTCP that does not parse.
     MalformedRtcp,
-    /// A DTLS record: the relay does not terminate DTLS.
+    /// A DTLS record from anything but a latched WebRTC leg.
     Dtls,
     /// STUN that the relay does not answer.
     Stun,
+    /// DTLS from a WebRTC leg that the DTLS thread's queue had no room for.
+    DtlsQueueFull,
+    /// SRTP or SRTCP from a WebRTC leg that did not unprotect (forged, replayed, too old,
+    /// malformed) or came before the leg's keys: never forwarded.
+    Srtp,
+    /// A copy for a WebRTC receiver that could not be sealed (an index already sealed for that
+    /// leg, a full SSRC table): counted per copy.
+    SrtpEgress,
+    /// A copy of a WebRTC participant's media withheld from a plain receiver (the room has no
+    /// `plain_legs`): counted per copy.
+    PlainLegs,
     /// Neither RTP, RTCP, STUN nor DTLS (RFC 7983).
     NotMedia,
     /// Larger than a receive buffer.
@@ -73,17 +85,24 @@ pub enum DropReason {
     StunUnknownUser,
     /// A Binding request over its source's or the worker's rate of HMAC checks.
     StunRateLimited,
+    /// The relay is fenced from its fleet (lease lost or not caught up with the rules): it
+    /// forwards and answers nothing.
+    Fenced,
 }
 
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 19] = [
         Self::UnknownSource,
         Self::UndeclaredSsrc,
         Self::MalformedRtp,
         Self::MalformedRtcp,
         Self::Dtls,
         Self::Stun,
+        Self::DtlsQueueFull,
+        Self::Srtp,
+        Self::SrtpEgress,
+        Self::PlainLegs,
         Self::NotMedia,
         Self::Oversize,
         Self::Rule,
@@ -92,6 +111,7 @@ impl DropReason {
         Self::StunUnauthorized,
         Self::StunUnknownUser,
         Self::StunRateLimited,
+        Self::Fenced,
     ];
 
     /// A dense index for counter arrays.
@@ -107,6 +127,10 @@ impl DropReason {
             Self::MalformedRtp => "malformed_rtp",
             Self::MalformedRtcp => "malformed_rtcp",
             Self::Dtls => "dtls",
+            Self::DtlsQueueFull => "dtls_queue_full",
+            Self::Srtp => "srtp",
+            Self::SrtpEgress => "srtp_egress",
+            Self::PlainLegs => "plain_legs",
             Self::Stun => "stun",
             Self::NotMedia => "not_media",
             Self::Oversize => "oversize",
@@ -116,6 +140,7 @@ impl DropReason {
             Self::StunUnauthorized => "stun_unauthorized",
             Self::StunUnknownUser => "stun_unknown_user",
             Self::StunRateLimited => "stun_rate_limited",
+            Self::Fenced => "fenced",
         }
     }
 }
@@ -127,6 +152,8 @@ pub enum Verdict {
     Forward(usize),
     /// A STUN message for the caller to handle.
     Stun,
+    /// A DTLS datagram from a latched WebRTC leg, for the DTLS thread ([`Table::dtls_leg`]).
+    Dtls,
     /// Not forwarded.
     Drop(DropReason),
 }
@@ -142,8 +169,10 @@ pub struct Table {
     free: Vec<u32>,
     ids: HashMap<RoomId, u32>,
     // Keys come from the network: std's keyed SipHash resists collision floods.
-    by_addr: HashMap<SocketAddr, (u32, u16)>,
-    by_ufrag: HashMap<Box<[u8]>, (u32, u16)>,
+    by_addr: HashMap<SocketAddr, (u32, u16, Leg)>,
+    by_ufrag: HashMap<Box<[u8]>, (u32, u16, Leg)>,
+    /// WebRTC members indexed: while there are none, a media packet costs no second lookup.
+    webrtc_members: usize,
 }
 
 /// A room in a worker's table.
@@ -219,12 +248,15 @@ impl Table {
     }
 
     fn index(&mut self, index: u32, ssrcs: &mut Ssrcs, slot: u16, m: &Member) {
-        if let Some(addr) = m.addr {
-            self.by_addr.insert(addr, (index, slot));
-        }
-        if let Some(ice) = &m.ice {
-            self.by_ufrag
-                .insert(ice.ufrag.as_bytes().into(), (index, slot));
+        self.webrtc_members += usize::from(m.webrtc.is_some());
+        for (leg, addr, ice) in legs(m) {
+            if let Some(addr) = addr {
+                self.by_addr.insert(addr, (index, slot, leg));
+            }
+            if let Some(ice) = ice {
+                self.by_ufrag
+                    .insert(ice.ufrag.as_bytes().into(), (index, slot, leg));
+            }
         }
         for (t, track) in m.tracks.iter().enumerate() {
             ssrcs.insert(track.ssrc, (slot, t as u16));
@@ -234,15 +266,20 @@ impl Table {
     /// Removes what `m` in `slot` put in the indexes; entries that moved to another member or
     /// room since (an address taken over in the same round) stay.
     fn unindex(&mut self, index: u32, ssrcs: &mut Ssrcs, slot: u16, m: &Member) {
-        if let Some(addr) = m.addr
-            && self.by_addr.get(&addr) == Some(&(index, slot))
-        {
-            self.by_addr.remove(&addr);
-        }
-        if let Some(ice) = &m.ice
-            && self.by_ufrag.get(ice.ufrag.as_bytes()) == Some(&(index, slot))
-        {
-            self.by_ufrag.remove(ice.ufrag.as_bytes());
+        self.webrtc_members = self
+            .webrtc_members
+            .saturating_sub(usize::from(m.webrtc.is_some()));
+        for (leg, addr, ice) in legs(m) {
+            if let Some(addr) = addr
+                && self.by_addr.get(&addr) == Some(&(index, slot, leg))
+            {
+                self.by_addr.remove(&addr);
+            }
+            if let Some(ice) = ice
+                && self.by_ufrag.get(ice.ufrag.as_bytes()) == Some(&(index, slot, leg))
+            {
+                self.by_ufrag.remove(ice.ufrag.as_bytes());
+            }
         }
         for track in m.tracks.iter() {
             if ssrcs.get(&track.ssrc).is_some_and(|(s, _)| *s == slot) {
@@ -287,7 +324,7 @@ impl Table {
         let Some(username) = msg.username() else {
             return StunAction::Drop(DropReason::StunUnauthorized);
         };
-        let Some(&(index, slot)) = self.by_ufrag.get(ice::local_ufrag(username)) else {
+        let Some(&(index, slot, leg)) = self.by_ufrag.get(ice::local_ufrag(username)) else {
             return StunAction::Drop(DropReason::StunUnknownUser);
         };
         if !ice::allow(guard, now_ms, src) {
@@ -299,22 +336,45 @@ impl Table {
         let Some(member) = installed.room.member(slot) else {
             return StunAction::Drop(DropReason::StunUnknownUser);
         };
-        let Some(creds) = &member.ice else {
+        let Some((_, current, Some(creds))) = legs(member).find(|(l, _, _)| *l == leg) else {
             return StunAction::Drop(DropReason::StunUnknownUser);
         };
         match ice::answer(&msg, *src, creds.pwd.as_bytes(), out) {
             Ok(len) => {
                 member.counters.stun_ok().add(worker, 1);
-                let latch =
-                    (member.addr != Some(*src) && msg.ice_controlled().is_none()).then(|| Latch {
+                // A WebRTC leg binds only the pair the browser nominates (RFC 8445 §7.3.1.5);
+                // its other checks are answered (consent freshness) and change nothing.
+                let nominated = member.webrtc.is_none() || msg.use_candidate();
+                let latch = (current != Some(*src) && msg.ice_controlled().is_none() && nominated)
+                    .then(|| Latch {
                         room: installed.id,
                         participant: member.name.clone(),
                         addr: *src,
+                        leg,
                     });
                 StunAction::Reply { len, latch }
             }
             Err(reason) => StunAction::Drop(reason),
         }
+    }
+
+    /// The WebRTC leg whose latched address is `src`, with its DTLS session: where a DTLS
+    /// datagram from `src` belongs. `None` for any other source.
+    pub fn dtls_leg(&self, src: &SocketAddr) -> Option<DtlsLeg> {
+        let &(index, slot, leg) = self.by_addr.get(src)?;
+        let installed = self.installed(index)?;
+        let member = installed.room.member(slot)?;
+        let legs = member.webrtc.as_ref()?;
+        let session = match leg {
+            Leg::Main => legs.publish.clone(),
+            Leg::Subscribe => legs.subscribe.clone(),
+        }?;
+        Some(DtlsLeg {
+            room: installed.id,
+            participant: member.name.clone(),
+            leg,
+            session,
+        })
     }
 
     /// Decides where one datagram goes and calls `emit` once per destination.
@@ -326,7 +386,37 @@ impl Table {
         worker: usize,
         src: &SocketAddr,
         buf: &[u8],
-        emit: impl FnMut(&SockAddr),
+        mut emit: impl FnMut(&SockAddr),
+    ) -> Verdict {
+        self.route_legs(worker, src, buf, |d, _| emit(d))
+    }
+
+    /// The WebRTC legs of the member whose address is `src` (publish or subscribe leg), with
+    /// the leg's session: where media from `src` must be unprotected first.
+    #[inline]
+    pub fn webrtc_source(&self, src: &SocketAddr) -> Option<(&Arc<super::Legs>, &super::Session)> {
+        if self.webrtc_members == 0 {
+            return None;
+        }
+        let &(index, slot, leg) = self.by_addr.get(src)?;
+        let member = self.installed(index)?.room.member(slot)?;
+        let legs = member.webrtc.as_ref()?;
+        let session = match leg {
+            Leg::Main => legs.publish.as_ref(),
+            Leg::Subscribe => legs.subscribe.as_ref(),
+        }?;
+        Some((legs, session))
+    }
+
+    /// As [`Table::route`], and `emit` also gets the receiver's WebRTC legs (`None` for a plain
+    /// receiver): a WebRTC receiver gets an SRTP copy sealed for the leg at that address.
+    #[inline]
+    pub fn route_legs(
+        &self,
+        worker: usize,
+        src: &SocketAddr,
+        buf: &[u8],
+        emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
     ) -> Verdict {
         self.route_shared(Share::alone(worker), src, buf, &mut Emit(emit))
     }
@@ -347,10 +437,15 @@ impl Table {
         match kind {
             demux::Kind::Rtp | demux::Kind::Rtcp => {}
             demux::Kind::Stun => return Verdict::Stun,
-            demux::Kind::Dtls => return Verdict::Drop(DropReason::Dtls),
+            demux::Kind::Dtls => {
+                return match self.dtls_leg(src) {
+                    Some(_) => Verdict::Dtls,
+                    None => Verdict::Drop(DropReason::Dtls),
+                };
+            }
             demux::Kind::Other => return Verdict::Drop(DropReason::NotMedia),
         }
-        let Some(&(index, slot)) = self.by_addr.get(src) else {
+        let Some(&(index, slot, _leg)) = self.by_addr.get(src) else {
             return Verdict::Drop(DropReason::UnknownSource);
         };
         let Some(installed) = self.installed(index) else {
@@ -362,6 +457,7 @@ impl Table {
         member.counters.packets_in().add(worker, 1);
         member.counters.bytes_in().add(worker, buf.len() as u64);
         let from = Sender {
+            id: installed.id,
             room: &installed.room,
             slot,
             member,
@@ -376,6 +472,50 @@ impl Table {
         }
         verdict
     }
+
+    /// Routes worker `share.worker`'s share of a packet that another worker handed it
+    /// (`route::share`), with this worker's own snapshot of the room: a rule or a leave that
+    /// this worker applied since the hand-off applies to these copies too. Calls `emit` for each
+    /// receiver of this worker's chunks.
+    #[inline]
+    pub fn route_hot(
+        &self,
+        share: Share,
+        hot: &Hot,
+        mut emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+    ) -> Verdict {
+        let Some(room) = self.room(hot.room) else {
+            return Verdict::Drop(DropReason::UnknownSource);
+        };
+        let Some(member) = room.member(hot.slot) else {
+            return Verdict::Drop(DropReason::UnknownSource);
+        };
+        let Some(track) = member.track(hot.ssrc) else {
+            return Verdict::Drop(DropReason::UndeclaredSsrc);
+        };
+        if let Some(rule) = &track.send_block {
+            rule.dropped_send.add(share.worker, 1);
+            return Verdict::Drop(DropReason::Rule);
+        }
+        Verdict::Forward(room.each_in_share(
+            share.worker,
+            share.worker,
+            share.workers,
+            hot.slot,
+            track.kind,
+            |r, d| emit(d, r.webrtc.as_ref()),
+        ))
+    }
+}
+
+/// A member's legs: (which, address, relay-side credentials).
+fn legs(m: &Member) -> impl Iterator<Item = (Leg, Option<SocketAddr>, Option<&ice::Credentials>)> {
+    let main = (Leg::Main, m.addr, m.ice.as_deref());
+    let subscribe = m
+        .webrtc
+        .as_ref()
+        .map(|l| (Leg::Subscribe, l.subscribe_addr, l.subscribe_ice.as_deref()));
+    std::iter::once(main).chain(subscribe)
 }
 
 impl Installed {
@@ -390,7 +530,8 @@ impl Installed {
 
 /// The member a datagram came from.
 struct Sender<'r> {
-    room: &'r Arc<Room>,
+    id: RoomId,
+    room: &'r Room,
     slot: u16,
     member: &'r Member,
 }
@@ -421,22 +562,24 @@ fn fan_out(
     room.count_receive_blocked(worker, from.member, track.kind);
     if share.applies(room) {
         let hot = Hot {
-            room,
+            room: from.id,
             slot: from.slot,
-            kind: track.kind,
+            ssrc: track.ssrc,
         };
-        let mut sent = 0;
-        // Workers beyond the room's chunk count have no share: nothing to hand them.
+        // Workers beyond the room's chunk count have no share: nothing to hand them. A share
+        // a peer cannot take is dropped (counted by the sink), never sent here: its receivers
+        // are only ever sent by that peer, so that their order holds.
         for to in (0..share.workers.min(room.chunks())).filter(|&w| w != worker) {
-            if !sink.hand_off(to, &hot) {
-                sent += room.each_in_share(worker, to, share.workers, from.slot, track.kind, |d| {
-                    sink.forward(d)
-                });
-            }
+            sink.hand_off(to, &hot);
         }
-        sent += room.each_in_share(worker, worker, share.workers, from.slot, track.kind, |d| {
-            sink.forward(d)
-        });
+        let sent = room.each_in_share(
+            worker,
+            worker,
+            share.workers,
+            from.slot,
+            track.kind,
+            |r, d| sink.forward(d, r.webrtc.as_ref()),
+        );
         return Verdict::Forward(sent);
     }
     let sent = room.each_receiver(
@@ -445,7 +588,7 @@ fn fan_out(
         from.member,
         track.kind,
         0..room.chunks.len(),
-        |_, dest| sink.forward(dest),
+        |r, dest| sink.forward(dest, r.webrtc.as_ref()),
     );
     Verdict::Forward(sent)
 }
@@ -494,7 +637,7 @@ fn route_rtcp(
         rtcp::Route::Encrypted { .. } => Verdict::Forward(from.room.each_flow_peer(
             from.slot,
             from.member,
-            |d| sink.forward(d),
+            |d| sink.forward(d, None),
         )),
     }
 }
@@ -555,8 +698,10 @@ fn route_feedback(
     }
     let mut sent = 0;
     for &p in &targets[..n] {
-        if let Some(dest) = room.member(p).and_then(|m| m.sockaddr.as_ref()) {
-            sink.forward(dest);
+        if let Some(m) = room.member(p)
+            && let Some(dest) = m.sockaddr.as_ref()
+        {
+            sink.forward(dest, m.webrtc.as_ref());
             sent += 1;
         }
     }

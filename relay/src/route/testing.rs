@@ -686,6 +686,7 @@ impl Roster for ModelRoom {
             subscribe: p.only.as_deref(),
             counters: p.counters.clone(),
             ice: p.ice.clone(),
+            webrtc: None,
         })
     }
 

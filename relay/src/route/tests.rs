@@ -27,6 +27,7 @@ fn member<'a>(
         subscribe: None,
         counters: Arc::new(ParticipantCounters::new(1)),
         ice: None,
+        webrtc: None,
     }
 }
 
@@ -312,22 +313,45 @@ impl Roster for ListRoster<'_, '_> {
 /// `refuse`.
 struct Shares {
     local: Vec<SocketAddr>,
-    handed: Vec<(usize, u16, Arc<Room>)>,
+    handed: Vec<(usize, Hot)>,
     refuse: Option<usize>,
 }
 
+impl Shares {
+    fn new(refuse: Option<usize>) -> Self {
+        Self {
+            local: Vec::new(),
+            handed: Vec::new(),
+            refuse,
+        }
+    }
+}
+
 impl Sink for Shares {
-    fn forward(&mut self, dest: &socket2::SockAddr) {
+    fn forward(&mut self, dest: &socket2::SockAddr, _: Option<&Arc<crate::route::Legs>>) {
         self.local.push(dest.as_socket().unwrap());
     }
 
-    fn hand_off(&mut self, to: usize, hot: &Hot<'_>) -> bool {
+    fn hand_off(&mut self, to: usize, hot: &Hot) -> bool {
         if self.refuse == Some(to) {
             return false;
         }
-        self.handed.push((to, hot.slot, hot.room.clone()));
+        self.handed.push((to, *hot));
         true
     }
+}
+
+/// What worker `to` of `workers` sends of a hand-off, routed with its table `t`.
+fn serve_hot(t: &Table, to: usize, workers: usize, hot: &Hot) -> (Verdict, Vec<SocketAddr>) {
+    let share = Share {
+        worker: to,
+        workers,
+        min_members: 1,
+        keep: false,
+    };
+    let mut theirs = Vec::new();
+    let v = t.route_hot(share, hot, |d, _| theirs.push(d.as_socket().unwrap()));
+    (v, theirs)
 }
 
 #[test]
@@ -352,6 +376,7 @@ fn a_shared_fan_out_gives_each_receiver_to_one_worker_by_chunk() {
     let t = table_with(&everyone);
     let (_, mut whole) = route(&t, 1130, &rtp(130));
     assert_eq!(whole.len(), 298, "everybody but the sender and m11");
+    whole.sort();
     for workers in [2, 3] {
         let mut all = Vec::new();
         for me in 0..workers {
@@ -359,12 +384,9 @@ fn a_shared_fan_out_gives_each_receiver_to_one_worker_by_chunk() {
                 worker: me,
                 workers,
                 min_members: 300,
+                keep: false,
             };
-            let mut sink = Shares {
-                local: Vec::new(),
-                handed: Vec::new(),
-                refuse: None,
-            };
+            let mut sink = Shares::new(None);
             let v = t.route_shared(share, &addr(1130), &rtp(130), &mut sink);
             assert_eq!(v, Verdict::Forward(sink.local.len()));
             let peers: Vec<usize> = sink.handed.iter().map(|h| h.0).collect();
@@ -374,12 +396,11 @@ fn a_shared_fan_out_gives_each_receiver_to_one_worker_by_chunk() {
                 let slot = d.port() - 1000;
                 assert_eq!(sender_of(slot, workers), me, "slot {slot}");
             }
-            // Each worker's share, from the snapshot it was handed, is its chunks' receivers.
-            for (to, slot, room) in &sink.handed {
-                let mut theirs = Vec::new();
-                room.each_in_share(*to, *to, workers, *slot, MediaKind::Audio, |d| {
-                    theirs.push(d.as_socket().unwrap())
-                });
+            // Each worker's share, routed with its own table, is its chunks' receivers.
+            for (to, hot) in &sink.handed {
+                assert_eq!(hot.slot, 130);
+                let (v, theirs) = serve_hot(&t, *to, workers, hot);
+                assert_eq!(v, Verdict::Forward(theirs.len()));
                 assert!(
                     theirs
                         .iter()
@@ -394,36 +415,111 @@ fn a_shared_fan_out_gives_each_receiver_to_one_worker_by_chunk() {
             }
         }
         all.sort();
-        whole.sort();
         assert_eq!(
             all, whole,
             "the shares of {workers} workers tile the fan-out"
         );
     }
-    // A refused hand-off is sent locally; a room below the threshold is not shared.
-    let mut sink = Shares {
-        local: Vec::new(),
-        handed: Vec::new(),
-        refuse: Some(1),
-    };
+    // A refused hand-off is dropped, not sent locally: worker 1's receivers are only ever
+    // sent by worker 1, whatever happens to its ring.
     let share = Share {
         worker: 0,
         workers: 2,
         min_members: 300,
+        keep: false,
     };
-    t.route_shared(share, &addr(1130), &rtp(130), &mut sink);
-    sink.local.sort();
-    assert_eq!(sink.local, whole);
-    let mut sink = Shares {
-        local: Vec::new(),
-        handed: Vec::new(),
-        refuse: None,
-    };
-    let share = Share {
-        min_members: 301,
-        ..share
-    };
-    t.route_shared(share, &addr(1130), &rtp(130), &mut sink);
+    let mut sink = Shares::new(Some(1));
+    let v = t.route_shared(share, &addr(1130), &rtp(130), &mut sink);
+    assert_eq!(v, Verdict::Forward(sink.local.len()));
     assert!(sink.handed.is_empty());
-    assert_eq!(sink.local.len(), 298);
+    assert!(!sink.local.is_empty());
+    assert!(
+        sink.local
+            .iter()
+            .all(|d| sender_of(d.port() - 1000, 2) == 0)
+    );
+    // A room below the threshold is not shared, unless peers still have this worker's jobs
+    // and the room is at least half the threshold.
+    for (min_members, keep, shared) in [
+        (301, false, false),
+        (301, true, true),
+        (600, true, true),
+        (601, true, false),
+    ] {
+        let share = Share {
+            min_members,
+            keep,
+            ..share
+        };
+        let mut sink = Shares::new(None);
+        t.route_shared(share, &addr(1130), &rtp(130), &mut sink);
+        assert_eq!(!sink.handed.is_empty(), shared, "{min_members} {keep}");
+        if !shared {
+            assert_eq!(sink.local.len(), 298);
+        }
+    }
+}
+
+#[test]
+fn a_hand_off_is_routed_with_the_peers_table() {
+    let names: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    let everyone: Vec<Participant<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            member(
+                n,
+                i as u16,
+                Some(1000 + i as u16),
+                &[(i as u32, MediaKind::Audio)],
+            )
+        })
+        .collect();
+    let t = table_with(&everyone);
+    let share = Share {
+        worker: 0,
+        workers: 2,
+        min_members: 128,
+        keep: false,
+    };
+    let mut sink = Shares::new(None);
+    t.route_shared(share, &addr(1000), &rtp(0), &mut sink);
+    let [(1, hot)] = sink.handed[..] else {
+        panic!("one hand-off to worker 1: {:?}", sink.handed);
+    };
+    assert!(serve_hot(&t, 1, 2, &hot).1.len() > 60);
+    // The peer applied a send rule on the sender, or lost the room, before it served the job.
+    let mut rules = RuleSet::new();
+    let spec = serde_json::json!({
+        "match": {"participants": [{"room": "r", "participant": "m0"}]},
+        "direction": "send", "media": "audio",
+        "basis": {"authority": "A", "reference": "1", "jurisdiction": "US"},
+        "expires_at": "2099-01-01T00:00:00Z"});
+    let rule =
+        crate::rules::compile(&crate::rules::parse(spec.to_string().as_bytes()).unwrap()).unwrap();
+    rules.insert(crate::rules::RuleId(1), rule);
+    let send = Arc::new(RuleCounters::new(2));
+    let mut t2 = Table::new();
+    install(
+        &mut t2,
+        compile_all("r", &everyone, &rules, |_| Some(send.clone())).unwrap(),
+    );
+    assert_eq!(
+        serve_hot(&t2, 1, 2, &hot),
+        (Verdict::Drop(DropReason::Rule), Vec::new())
+    );
+    assert_eq!(send.dropped_send.sum(), 1);
+    assert_eq!(
+        serve_hot(&Table::new(), 1, 2, &hot).0,
+        Verdict::Drop(DropReason::UnknownSource)
+    );
+    // A different SSRC in the slot (another member took it) sends nothing.
+    let other = Hot {
+        ssrc: Ssrc(999),
+        ..hot
+    };
+    assert_eq!(
+        serve_hot(&t, 1, 2, &other).0,
+        Verdict::Drop(DropReason::UndeclaredSsrc)
+    );
 }

@@ -88,6 +88,11 @@ impl Codec {
         }
     }
 
+    /// The codec of an encoding name as [`Codec::name`] writes it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        CODECS.into_iter().find(|c| c.name() == name)
+    }
+
     /// Whether an offered payload type is this codec in a form the relay takes.
     pub fn matches(self, p: &Payload) -> bool {
         match self {
@@ -154,6 +159,25 @@ impl CodecTable {
     /// An empty table: a new room.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A table kept from before (a room restored from the database). `None` when two entries
+    /// name the same codec or the same number.
+    pub fn from_entries(entries: Vec<Entry>) -> Option<Self> {
+        for (i, e) in entries.iter().enumerate() {
+            let numbers = |x: &Entry| [Some(x.pt), x.rtx];
+            let clash = entries[..i].iter().any(|o| {
+                o.codec == e.codec
+                    || numbers(o)
+                        .iter()
+                        .flatten()
+                        .any(|n| numbers(e).contains(&Some(*n)))
+            });
+            if clash {
+                return None;
+            }
+        }
+        Some(Self { entries })
     }
 
     /// The room's entries, in the order the codecs arrived.

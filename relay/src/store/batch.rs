@@ -22,6 +22,8 @@ pub struct RoomRecord {
     pub room: String,
     /// When it was created (RFC 3339).
     pub created_at: String,
+    /// The control core's JSON of the room's own settings (codec table, `plain_legs`).
+    pub state: String,
 }
 
 /// A participant as the database keeps it: the control core's own JSON text, which holds no
@@ -137,11 +139,12 @@ impl Store {
     pub fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT room, created_at FROM rooms ORDER BY room")?;
+            .prepare("SELECT room, created_at, state FROM rooms ORDER BY room")?;
         let rows = stmt.query_map([], |r| {
             Ok(RoomRecord {
                 room: r.get(0)?,
                 created_at: r.get(1)?,
+                state: r.get(2)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -248,10 +251,11 @@ fn apply(conn: &Connection, op: &StoreOp) -> Result<(), StoreError> {
         }
         StoreOp::PutRoom(r) => {
             conn.prepare_cached(
-                "INSERT INTO rooms (room, created_at) VALUES (?1, ?2)
-                 ON CONFLICT (room) DO UPDATE SET created_at = excluded.created_at",
+                "INSERT INTO rooms (room, created_at, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (room) DO UPDATE SET created_at = excluded.created_at,
+                 state = excluded.state",
             )?
-            .execute((&r.room, &r.created_at))?;
+            .execute((&r.room, &r.created_at, &r.state))?;
         }
         StoreOp::DeleteRoom(room) => {
             conn.prepare_cached("DELETE FROM participants WHERE room = ?1")?

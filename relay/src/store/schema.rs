@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// The schema this build writes.
-pub(super) const VERSION: i64 = 2;
+pub(super) const VERSION: i64 = 3;
 
 /// Brings the database up to [`VERSION`], in one transaction.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -22,6 +22,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     if version < 2 {
         tx.execute_batch(V2)?;
+    }
+    if version < 3 {
+        tx.execute_batch(V3)?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;
@@ -96,4 +99,10 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+";
+
+/// Version 3: a room's own settings (its WebRTC codec table and `plain_legs`), as the control
+/// core's JSON; `{}` for rooms from before.
+const V3: &str = "
+ALTER TABLE rooms ADD COLUMN state TEXT NOT NULL DEFAULT '{}';
 ";

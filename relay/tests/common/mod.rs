@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use relay::config::BackendChoice;
 use relay::io::{DataPlane, DataPlaneConfig, WorkerStats};
 use relay::packet::rtp::Ssrc;
+use relay::route::RuleCounters;
 use relay::route::{MediaKind, Participant, ParticipantCounters, RoomId, Update, compile_all};
 use relay::rules::RuleSet;
 
@@ -44,6 +45,19 @@ pub fn install_with(
     addrs: &[SocketAddr],
     only: impl Fn(usize) -> Option<Vec<usize>>,
 ) {
+    install_ruled(plane, id, base, addrs, only, &RuleSet::new());
+}
+
+/// Like `install_with`, with `rules` compiled into the room (members are named `m0`, `m1`, ...
+/// in room `room-{id}`; each rule gets fresh counters).
+pub fn install_ruled(
+    plane: &DataPlane,
+    id: u32,
+    base: u32,
+    addrs: &[SocketAddr],
+    only: impl Fn(usize) -> Option<Vec<usize>>,
+    rules: &RuleSet,
+) {
     let names: Vec<String> = (0..addrs.len()).map(|i| format!("m{i}")).collect();
     let lists: Vec<Option<Vec<String>>> = (0..addrs.len())
         .map(|i| only(i).map(|l| l.into_iter().map(|m| format!("m{m}")).collect()))
@@ -60,14 +74,12 @@ pub fn install_with(
             subscribe: lists[i].as_deref(),
             counters: Arc::new(ParticipantCounters::new(plane.workers())),
             ice: None,
+            webrtc: None,
         })
         .collect();
-    let compiled = compile_all(
-        &format!("room-{id}"),
-        &participants,
-        &RuleSet::new(),
-        |_| None,
-    )
+    let compiled = compile_all(&format!("room-{id}"), &participants, rules, |_| {
+        Some(Arc::new(RuleCounters::new(plane.workers())))
+    })
     .expect("room compiles");
     plane
         .publish(vec![Update::Room {

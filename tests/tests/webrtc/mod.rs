@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a part
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -64,7 +65,10 @@ impl Peer {
         } else {
             &mut isolated
         };
+        // A process group of its own, so that dropping the peer also ends what it started (a
+        // browser outlives its parent's SIGKILL otherwise).
         let mut child = cmd
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -112,6 +116,10 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on the process group this peer's child leads (set at spawn).
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -27,9 +27,11 @@
 //! and copies one chunk of the room's snapshot.
 #![deny(unsafe_code)]
 
+mod fleet;
 mod participants;
 mod rooms;
 mod rulebook;
+mod webrtc;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -52,6 +54,7 @@ pub use participants::RegionSource;
 use rooms::RoomMeta;
 pub(crate) use rooms::RoomState;
 use rulebook::RuleBook;
+pub use webrtc::{DtlsReport, DtlsState, Fresh, LocalIdentity};
 
 /// The time of a call: the wall clock for what people read and rules expire by, the monotonic
 /// clock for durations.
@@ -82,6 +85,8 @@ pub enum Command {
     PutRoom {
         /// Room id.
         room: String,
+        /// `plain_legs` from the body, if given.
+        plain_legs: Option<bool>,
     },
     /// `DELETE /v1/rooms/{room}`.
     DeleteRoom {
@@ -132,6 +137,39 @@ pub enum Command {
         /// Whether to drain.
         on: bool,
     },
+    /// `POST .../participants/{participant}/webrtc/publish`.
+    WebrtcPublish {
+        /// Room id.
+        room: String,
+        /// Participant id.
+        id: String,
+        /// The body.
+        body: super::body::WebrtcPublishBody,
+        /// Credentials and session id for a new leg.
+        fresh: Fresh,
+    },
+    /// `POST .../participants/{participant}/webrtc/subscribe`.
+    WebrtcOffer {
+        /// Room id.
+        room: String,
+        /// Participant id.
+        id: String,
+        /// The body.
+        body: super::body::WebrtcSubscribeBody,
+        /// Credentials and session id for a new leg.
+        fresh: Fresh,
+    },
+    /// `PUT .../participants/{participant}/webrtc/subscribe`.
+    WebrtcAnswer {
+        /// Room id.
+        room: String,
+        /// Participant id.
+        id: String,
+        /// The client's SDP answer.
+        sdp: String,
+    },
+    /// The DTLS thread reports a WebRTC leg's state.
+    Dtls(DtlsReport),
     /// An authenticated STUN request from a worker asks to bind a participant to its source.
     Latch(Latch),
     /// Housekeeping, a few times a second: rule expiry, silent latches, counter saves.
@@ -159,6 +197,8 @@ pub enum Command {
         /// The id as given in the path.
         id: String,
     },
+    /// Fleet mode: a rule record as the fleet holds it (from the rule watch).
+    FleetRule(Box<StoredRule>),
 }
 
 /// What an accepted command asks the caller to carry out.
@@ -172,6 +212,9 @@ pub struct Outcome {
     pub store: Vec<StoreOp>,
     /// What the workers must apply: each touched room's next snapshot and changed slots.
     pub updates: Vec<Update>,
+    /// For the DTLS thread: a leg session's client fingerprints, learnt after its handshake
+    /// may have started (a subscribe answer).
+    pub fingerprints: Vec<(u64, Vec<crate::sdp::Fingerprint>)>,
     /// A rule whose view is the reply, taken once the change is compiled (so it counts the
     /// participants the rule matches).
     reply_rule: Option<(u16, RuleId)>,
@@ -210,6 +253,8 @@ pub struct Core {
     draining: bool,
     journal: Vec<Undo>,
     last_save: Option<Instant>,
+    /// The relay's DTLS fingerprint and media addresses, for WebRTC descriptions.
+    identity: Option<LocalIdentity>,
 }
 
 /// What the core restores from the store at start-up.
@@ -257,13 +302,18 @@ impl Core {
             draining: false,
             journal: Vec::new(),
             last_save: None,
+            identity: None,
         };
         for r in restore.rooms {
             let id = core.new_room_id();
+            let (codecs, plain_legs) = webrtc::restore_room(&r.state)
+                .ok_or_else(|| format!("room {} cannot be restored from the database", r.room))?;
             let meta = RoomMeta {
                 id,
                 created: parse_time(&r.created_at).unwrap_or(now.wall),
                 snapshot: Arc::default(),
+                codecs,
+                plain_legs,
             };
             core.set_room(&r.room, Some(meta));
         }
@@ -296,6 +346,7 @@ impl Core {
         debug_assert!(self.journal.is_empty(), "the last change was not settled");
         let result = self.dispatch(now, geo, cmd).and_then(|mut out| {
             out.updates = self.build()?;
+            out.events.extend(self.subscription_events());
             if let Some((status, id)) = out.reply_rule.take() {
                 out.reply = Some((status, to_value(&self.rules.view(id)?)));
             }
@@ -316,7 +367,7 @@ impl Core {
         cmd: Command,
     ) -> Result<Outcome, ApiError> {
         match cmd {
-            Command::PutRoom { room } => self.put_room(now, &room),
+            Command::PutRoom { room, plain_legs } => self.put_room(now, &room, plain_legs),
             Command::DeleteRoom { room } => self.delete_room(&room),
             Command::PutParticipant {
                 room,
@@ -331,6 +382,20 @@ impl Core {
             Command::AddRule { body } => self.add_rule(now, &body),
             Command::LiftRule { id, body } => self.lift_rule(now, &id, &body),
             Command::Drain { on } => Ok(self.drain(on)),
+            Command::WebrtcPublish {
+                room,
+                id,
+                body,
+                fresh,
+            } => self.webrtc_publish(now, geo, &room, &id, body, fresh),
+            Command::WebrtcOffer {
+                room,
+                id,
+                body,
+                fresh,
+            } => self.webrtc_offer(now, geo, &room, &id, body, fresh),
+            Command::WebrtcAnswer { room, id, sdp } => self.webrtc_answer(&room, &id, &sdp),
+            Command::Dtls(report) => Ok(self.dtls_report(report)),
             Command::Latch(latch) => Ok(self.latch(now, geo, latch)),
             Command::Tick => Ok(self.tick(now, geo)),
             Command::Reattribute => Ok(self.reattribute(geo)),
@@ -342,6 +407,7 @@ impl Core {
             }
             Command::ListRules => reply(200, &self.rules.list()),
             Command::GetRule { id } => reply(200, &self.rules.view(parse_rule_id(&id)?)?),
+            Command::FleetRule(record) => self.fleet_rule(*record),
         }
     }
 
@@ -400,12 +466,14 @@ impl Core {
                     if !seen_rooms.insert(name.clone()) {
                         continue;
                     }
-                    match (old.is_some(), self.rooms.get(name)) {
-                        (false, Some(r)) => ops.push(StoreOp::PutRoom(RoomRecord {
-                            room: name.clone(),
-                            created_at: rfc3339_millis(r.created),
-                        })),
-                        (true, None) => ops.push(StoreOp::DeleteRoom(name.clone())),
+                    match (old, self.rooms.get(name)) {
+                        (None, Some(r)) => ops.push(StoreOp::PutRoom(room_record(name, r))),
+                        (Some(_), None) => ops.push(StoreOp::DeleteRoom(name.clone())),
+                        (Some(o), Some(r))
+                            if o.codecs != r.codecs || o.plain_legs != r.plain_legs =>
+                        {
+                            ops.push(StoreOp::PutRoom(room_record(name, r)));
+                        }
                         _ => {}
                     }
                 }
@@ -490,6 +558,8 @@ impl Core {
                         r.id = m.id;
                         r.created = m.created;
                         r.snapshot = m.snapshot;
+                        r.codecs = m.codecs;
+                        r.plain_legs = m.plain_legs;
                     }
                     None => {
                         self.rooms
@@ -534,33 +604,37 @@ impl Core {
         let old = r.put(id, p, restore);
         let new = r.participants.get(id);
         let key = || (room.to_owned(), id.to_owned());
-        let (old_addr, old_ufrag, old_region) = match &old {
-            Some(o) => (o.address, Some(o.ice.ufrag.clone()), o.region),
-            None => (None, None, None),
+        let (old_addrs, old_ufrags, old_region): (Vec<SocketAddr>, Vec<String>, _) = match &old {
+            Some(o) => (
+                o.addresses().collect(),
+                o.ufrags().map(str::to_owned).collect(),
+                o.region,
+            ),
+            None => (Vec::new(), Vec::new(), None),
         };
-        let (new_addr, new_ufrag, new_region) = match new {
-            Some(n) => (n.address, Some(n.ice.ufrag.clone()), n.region),
-            None => (None, None, None),
+        let (new_addrs, new_ufrags, new_region): (Vec<SocketAddr>, Vec<String>, _) = match new {
+            Some(n) => (
+                n.addresses().collect(),
+                n.ufrags().map(str::to_owned).collect(),
+                n.region,
+            ),
+            None => (Vec::new(), Vec::new(), None),
         };
-        if old_addr != new_addr {
-            if let Some(a) = old_addr
-                && self.addresses.get(&a).is_some_and(|k| *k == key())
-            {
-                self.addresses.remove(&a);
-            }
-            if let Some(a) = new_addr {
-                self.addresses.insert(a, key());
+        for a in old_addrs.iter().filter(|a| !new_addrs.contains(a)) {
+            if self.addresses.get(a).is_some_and(|k| *k == key()) {
+                self.addresses.remove(a);
             }
         }
-        if old_ufrag != new_ufrag {
-            if let Some(u) = old_ufrag
-                && self.ufrags.get(&u).is_some_and(|k| *k == key())
-            {
-                self.ufrags.remove(&u);
+        for a in new_addrs.iter().filter(|a| !old_addrs.contains(a)) {
+            self.addresses.insert(*a, key());
+        }
+        for u in old_ufrags.iter().filter(|u| !new_ufrags.contains(u)) {
+            if self.ufrags.get(u).is_some_and(|k| *k == key()) {
+                self.ufrags.remove(u);
             }
-            if let Some(u) = new_ufrag {
-                self.ufrags.insert(u, key());
-            }
+        }
+        for u in new_ufrags.iter().filter(|u| !old_ufrags.contains(u)) {
+            self.ufrags.insert(u.clone(), key());
         }
         if old_region != new_region {
             if let Some(r) = old_region
@@ -668,6 +742,15 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
 
 fn parse_time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(s).ok()
+}
+
+/// The row the database keeps of a room.
+fn room_record(name: &str, r: &RoomState) -> RoomRecord {
+    RoomRecord {
+        room: name.to_owned(),
+        created_at: rfc3339_millis(r.created),
+        state: webrtc::room_state(&r.codecs, r.plain_legs),
+    }
 }
 
 /// Fresh counters for a participant.

@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::webrtc::{self, Webrtc};
 use super::{
     Core, Now, Outcome, RegionLookup, RoomMeta, RoomState, counters, outcome, parse_time, rfc3339,
     rfc3339_millis,
@@ -18,7 +19,7 @@ use crate::control::error::{ApiError, Code};
 use crate::control::event::Event;
 use crate::control::view;
 use crate::packet::rtp::Ssrc;
-use crate::route::{self, Credentials, Latch, ParticipantCounters};
+use crate::route::{self, Credentials, Latch, Leg, ParticipantCounters};
 use crate::store::ParticipantRecord;
 
 /// Where a participant's region came from.
@@ -49,7 +50,7 @@ pub(crate) struct Participant {
     /// Where it sits in its room's snapshot; given by the room when it joins.
     pub(crate) slot: u16,
     pub(crate) region: Option<[u8; 2]>,
-    region_source: RegionSource,
+    pub(super) region_source: RegionSource,
     pub(crate) address: Option<SocketAddr>,
     pub(crate) ice: IceBody,
     pub(crate) tracks: Vec<TrackBody>,
@@ -64,6 +65,8 @@ pub(crate) struct Participant {
     /// Packets and STUN requests seen at `heard_at`, to notice silence without a per-packet clock.
     heard: u64,
     heard_at: Instant,
+    /// Set for a WebRTC participant: its legs' state. `address` and `ice` are its publish leg.
+    pub(crate) webrtc: Option<Box<Webrtc>>,
 }
 
 /// What the database keeps of a participant: everything but its address and counters.
@@ -77,11 +80,13 @@ struct Saved {
     joined_at: String,
     unlatched_count: u64,
     last_unlatched_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    webrtc: Option<webrtc::Saved>,
 }
 
 impl Participant {
     /// The participant as the compiler wants it.
-    pub(super) fn describe<'a>(&'a self, id: &'a str) -> route::Participant<'a> {
+    pub(super) fn describe<'a>(&'a self, id: &'a str, plain_legs: bool) -> route::Participant<'a> {
         route::Participant {
             id,
             slot: self.slot,
@@ -97,6 +102,7 @@ impl Participant {
                 ufrag: self.ice.ufrag.as_str().into(),
                 pwd: self.ice.pwd.as_str().into(),
             })),
+            webrtc: self.webrtc.as_ref().map(|w| Arc::new(w.legs(plain_legs))),
         }
     }
 
@@ -111,6 +117,7 @@ impl Participant {
             joined_at: rfc3339_millis(self.joined),
             unlatched_count: self.unlatches,
             last_unlatched_at: self.last_unlatched.map(rfc3339_millis),
+            webrtc: self.webrtc.as_deref().map(Webrtc::saved),
         };
         ParticipantRecord {
             room: room.to_owned(),
@@ -138,7 +145,40 @@ impl Participant {
             last_unlatched: s.last_unlatched_at.as_deref().and_then(parse_time),
             heard: 0,
             heard_at: now.mono,
+            webrtc: s.webrtc.map(|w| Box::new(Webrtc::restore(w))),
         })
+    }
+
+    /// Every address the participant holds: its own (or publish leg's), its subscribe leg's.
+    pub(super) fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.address.into_iter().chain(
+            self.webrtc
+                .as_deref()
+                .and_then(|w| w.subscribe.as_ref())
+                .and_then(|s| s.address),
+        )
+    }
+
+    /// Every relay-side ufrag the participant holds.
+    pub(super) fn ufrags(&self) -> impl Iterator<Item = &str> + '_ {
+        std::iter::once(self.ice.ufrag.as_str()).chain(
+            self.webrtc
+                .as_deref()
+                .and_then(|w| w.subscribe.as_ref())
+                .map(|s| s.ice.ufrag.as_str()),
+        )
+    }
+
+    /// The address of one leg.
+    fn leg_address(&mut self, leg: Leg) -> Option<&mut Option<SocketAddr>> {
+        match leg {
+            Leg::Main => Some(&mut self.address),
+            Leg::Subscribe => self
+                .webrtc
+                .as_deref_mut()
+                .and_then(|w| w.subscribe.as_mut())
+                .map(|s| &mut s.address),
+        }
     }
 
     /// Looks the region up from the address unless signaling gave one.
@@ -157,9 +197,23 @@ impl Participant {
 }
 
 impl Core {
-    pub(super) fn put_room(&mut self, now: Now, room: &str) -> Result<Outcome, ApiError> {
+    pub(super) fn put_room(
+        &mut self,
+        now: Now,
+        room: &str,
+        plain_legs: Option<bool>,
+    ) -> Result<Outcome, ApiError> {
         body::check_id("room", room)?;
-        if self.rooms.contains_key(room) {
+        if let Some(r) = self.rooms.get(room) {
+            if plain_legs.is_some_and(|p| p != r.plain_legs) {
+                return Err(ApiError::new(
+                    Code::PlainLegsFixed,
+                    format!(
+                        "room {room} exists with plain_legs {}; it is set when a room is created",
+                        r.plain_legs
+                    ),
+                ));
+            }
             return Ok(outcome(200, &self.room_view(room)?));
         }
         if self.draining {
@@ -182,6 +236,8 @@ impl Core {
             id,
             created: now.wall,
             snapshot: Arc::default(),
+            codecs: crate::sdp::CodecTable::new(),
+            plain_legs: plain_legs.unwrap_or(false),
         };
         self.set_room(room, Some(meta));
         let mut out = outcome(201, &self.room_view(room)?);
@@ -274,6 +330,7 @@ impl Core {
             last_unlatched: existing.and_then(|p| p.last_unlatched),
             heard: 0,
             heard_at: now.mono,
+            webrtc: existing.and_then(|p| p.webrtc.clone()),
         };
         p.attribute_region(geo);
         let created = existing.is_none();
@@ -365,16 +422,29 @@ impl Core {
         else {
             return out;
         };
-        if p.address == Some(latch.addr) {
+        let Some(current) = p.leg_address(latch.leg) else {
+            return out;
+        };
+        if *current == Some(latch.addr) {
             return out;
         }
-        // An authenticated binding wins: whoever held the address loses it.
-        if let Some((r2, p2)) = self.addresses.get(&latch.addr).cloned()
-            && (r2 != room || p2 != id)
-        {
-            self.unlatch(now, geo, &r2, &p2, "address_taken", &mut out);
+        *current = Some(latch.addr);
+        // An authenticated binding wins: whoever held the address loses it (the participant's
+        // other leg included).
+        if let Some((r2, p2)) = self.addresses.get(&latch.addr).cloned() {
+            if r2 != room || p2 != id {
+                self.unlatch(now, geo, &r2, &p2, "address_taken", &mut out);
+            } else {
+                for other in [Leg::Main, Leg::Subscribe] {
+                    if other != latch.leg
+                        && let Some(a) = p.leg_address(other)
+                        && *a == Some(latch.addr)
+                    {
+                        *a = None;
+                    }
+                }
+            }
         }
-        p.address = Some(latch.addr);
         p.latched_since = Some(now.wall);
         p.heard_at = now.mono;
         p.attribute_region(geo);
@@ -409,7 +479,8 @@ impl Core {
         else {
             return;
         };
-        if p.address.take().is_none() {
+        let subscribe = p.leg_address(Leg::Subscribe).and_then(Option::take);
+        if p.address.take().is_none() && subscribe.is_none() {
             return;
         }
         p.latched_since = None;
@@ -579,6 +650,8 @@ impl Core {
         Ok(view::Room {
             room: name.to_owned(),
             created_at: rfc3339(r.created),
+            plain_legs: r.plain_legs,
+            codecs: webrtc::codec_views(&r.codecs),
             participants: r
                 .participants
                 .iter()
@@ -604,7 +677,7 @@ impl Core {
             ice: p.ice.clone(),
             region: p.region.map(region_string),
             region_source: p.region_source.name().to_owned(),
-            address_set: p.address.is_some(),
+            address_set: p.addresses().next().is_some(),
             latched: p.latched_since.is_some(),
             latched_since: p.latched_since.map(rfc3339),
             unlatched_count: p.unlatches,
@@ -612,6 +685,14 @@ impl Core {
             joined_at: rfc3339(p.joined),
             tracks: p.tracks.clone(),
             subscribe: p.subscribe.clone(),
+            transport: if p.webrtc.is_some() { "webrtc" } else { "rtp" }.to_owned(),
+            dtls: p.webrtc.as_deref().map(|w| w.dtls().name().to_owned()),
+            srtp_profile: p
+                .webrtc
+                .as_deref()
+                .and_then(Webrtc::profile)
+                .map(str::to_owned),
+            legs: p.webrtc.as_deref().map(|w| w.view(p.address.is_some())),
             counters: view::ParticipantCounters {
                 packets_in: p.counters.packets_in().sum(),
                 bytes_in: p.counters.bytes_in().sum(),

@@ -18,6 +18,7 @@ use crate::control::body::SubscribeBody;
 use crate::control::error::{ApiError, Code};
 use crate::route::{self, Change, RoomId, Update};
 use crate::rules::RuleId;
+use crate::sdp::CodecTable;
 
 /// A room's own state and its participants.
 #[derive(Debug)]
@@ -32,6 +33,12 @@ pub(crate) struct RoomState {
     listeners: HashMap<String, BTreeSet<String>>,
     /// The snapshot last given to the workers.
     pub(super) snapshot: Arc<route::Room>,
+    /// The room's payload type numbers, fixed by the first WebRTC offer of each codec.
+    pub(crate) codecs: CodecTable,
+    /// Whether media from WebRTC legs may reach plain legs (decrypted).
+    pub(crate) plain_legs: bool,
+    /// The WebRTC participants, for `subscription_changed`.
+    pub(super) webrtc: BTreeSet<String>,
 }
 
 /// What the journal keeps of a room besides its participants.
@@ -40,6 +47,8 @@ pub(crate) struct RoomMeta {
     pub(crate) id: RoomId,
     pub(crate) created: SystemTime,
     pub(crate) snapshot: Arc<route::Room>,
+    pub(crate) codecs: CodecTable,
+    pub(crate) plain_legs: bool,
 }
 
 /// What the pending change touched, read from the journal.
@@ -63,6 +72,9 @@ impl RoomState {
             ssrcs: HashMap::new(),
             listeners: HashMap::new(),
             snapshot: meta.snapshot,
+            codecs: meta.codecs,
+            plain_legs: meta.plain_legs,
+            webrtc: BTreeSet::new(),
         }
     }
 
@@ -71,6 +83,8 @@ impl RoomState {
             id: self.id,
             created: self.created,
             snapshot: self.snapshot.clone(),
+            codecs: self.codecs.clone(),
+            plain_legs: self.plain_legs,
         }
     }
 
@@ -89,6 +103,7 @@ impl RoomState {
         restore: bool,
     ) -> Option<Participant> {
         let old = self.participants.remove(id);
+        self.webrtc.remove(id);
         if let Some(o) = &old {
             for t in &o.tracks {
                 if self.ssrcs.get(&t.ssrc).is_some_and(|owner| owner == id) {
@@ -118,6 +133,9 @@ impl RoomState {
                 for t in &p.tracks {
                     self.ssrcs.insert(t.ssrc, id.to_owned());
                 }
+                if p.webrtc.is_some() {
+                    self.webrtc.insert(id.to_owned());
+                }
                 if let SubscribeBody::Only(list) = &p.subscribe {
                     for other in list {
                         self.listeners
@@ -141,7 +159,7 @@ impl RoomState {
 impl route::Roster for RoomState {
     fn participant(&self, id: &str) -> Option<route::Participant<'_>> {
         let (id, p) = self.participants.get_key_value(id)?;
-        Some(p.describe(id))
+        Some(p.describe(id, self.plain_legs))
     }
 
     fn slot(&self, id: &str) -> Option<u16> {

@@ -288,6 +288,11 @@ impl RuleBook {
             .collect()
     }
 
+    /// Takes a token from the rule-change rate limit (fleet mode checks before it commits).
+    pub(super) fn take_token_now(&mut self, now: Now) -> Result<(), ApiError> {
+        self.take_token(now)
+    }
+
     fn take_token(&mut self, now: Now) -> Result<(), ApiError> {
         if self.bucket.take(now.mono) {
             Ok(())

@@ -113,7 +113,14 @@ fn rooms_and_participants_with_events_and_writes() {
     let clock = Clock::new();
     let mut c = core(&clock);
     let out = c
-        .handle(clock.now(), &no_geo, Command::PutRoom { room: "r".into() })
+        .handle(
+            clock.now(),
+            &no_geo,
+            Command::PutRoom {
+                room: "r".into(),
+                plain_legs: None,
+            },
+        )
         .unwrap();
     assert_eq!(out.reply.as_ref().unwrap().0, 201);
     assert_eq!(out.events[0].kind, "room_created");
@@ -156,7 +163,15 @@ fn rooms_and_participants_with_events_and_writes() {
 fn refused_commands_change_nothing() {
     let clock = Clock::new();
     let mut c = core(&clock);
-    run(&mut c, &clock, Command::PutRoom { room: "r".into() }).unwrap();
+    run(
+        &mut c,
+        &clock,
+        Command::PutRoom {
+            room: "r".into(),
+            plain_legs: None,
+        },
+    )
+    .unwrap();
     join(&mut c, &clock, "r", "a", 1, Some("127.0.0.1:5000"), 1);
     let e = c
         .handle(
@@ -192,7 +207,10 @@ fn refused_commands_change_nothing() {
         .handle(
             clock.now(),
             &no_geo,
-            Command::PutRoom { room: "a b".into() },
+            Command::PutRoom {
+                room: "a b".into(),
+                plain_legs: None,
+            },
         )
         .unwrap_err();
     assert_eq!(e.code, Code::InvalidId);
@@ -202,7 +220,15 @@ fn refused_commands_change_nothing() {
 fn rollback_restores_everything_and_names_the_rooms_to_republish() {
     let clock = Clock::new();
     let mut c = core(&clock);
-    run(&mut c, &clock, Command::PutRoom { room: "r".into() }).unwrap();
+    run(
+        &mut c,
+        &clock,
+        Command::PutRoom {
+            room: "r".into(),
+            plain_legs: None,
+        },
+    )
+    .unwrap();
     join(&mut c, &clock, "r", "a", 1, Some("127.0.0.1:5000"), 1);
     join(&mut c, &clock, "r", "b", 2, Some("127.0.0.1:5002"), 2);
     let before = serde_json::to_value(c.room_view("r").unwrap()).unwrap();
@@ -273,7 +299,15 @@ fn rollback_restores_everything_and_names_the_rooms_to_republish() {
 fn rules_apply_lift_and_expire() {
     let mut clock = Clock::new();
     let mut c = core(&clock);
-    run(&mut c, &clock, Command::PutRoom { room: "r".into() }).unwrap();
+    run(
+        &mut c,
+        &clock,
+        Command::PutRoom {
+            room: "r".into(),
+            plain_legs: None,
+        },
+    )
+    .unwrap();
     join(&mut c, &clock, "r", "a", 1, Some("127.0.0.1:5000"), 1);
     let rule = json!({"match": {"participants": [{"room": "r", "participant": "a"}]},
         "direction": "send",
@@ -351,7 +385,15 @@ fn rules_apply_lift_and_expire() {
 fn latching_moves_addresses_and_silence_unlatches() {
     let mut clock = Clock::new();
     let mut c = core(&clock);
-    run(&mut c, &clock, Command::PutRoom { room: "r".into() }).unwrap();
+    run(
+        &mut c,
+        &clock,
+        Command::PutRoom {
+            room: "r".into(),
+            plain_legs: None,
+        },
+    )
+    .unwrap();
     join(&mut c, &clock, "r", "a", 1, None, 1);
     join(&mut c, &clock, "r", "b", 2, Some("127.0.0.1:6000"), 2);
     let room = c.rooms["r"].id;
@@ -360,6 +402,7 @@ fn latching_moves_addresses_and_silence_unlatches() {
             room,
             participant: p.into(),
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            leg: crate::route::Leg::Main,
         })
     };
     let (_, _, events) = run(&mut c, &clock, latch("a", 5000)).unwrap();
@@ -395,8 +438,23 @@ fn latching_moves_addresses_and_silence_unlatches() {
 fn restored_participants_come_back_without_addresses() {
     let clock = Clock::new();
     let mut c = core(&clock);
-    run(&mut c, &clock, Command::PutRoom { room: "r".into() }).unwrap();
-    let out = c.handle(clock.now(), &no_geo, Command::PutRoom { room: "q".into() });
+    run(
+        &mut c,
+        &clock,
+        Command::PutRoom {
+            room: "r".into(),
+            plain_legs: None,
+        },
+    )
+    .unwrap();
+    let out = c.handle(
+        clock.now(),
+        &no_geo,
+        Command::PutRoom {
+            room: "q".into(),
+            plain_legs: None,
+        },
+    );
     assert!(out.is_ok());
     let room_op = c.store_ops();
     c.commit();
@@ -409,6 +467,7 @@ fn restored_participants_come_back_without_addresses() {
         rooms: vec![crate::store::RoomRecord {
             room: "r".into(),
             created_at: room.created_at.clone(),
+            state: room.state.clone(),
         }],
         participants: vec![rec],
         ..Restore::default()
@@ -439,15 +498,38 @@ fn restored_participants_come_back_without_addresses() {
 fn draining_refuses_new_rooms_only() {
     let clock = Clock::new();
     let mut c = core(&clock);
-    run(&mut c, &clock, Command::PutRoom { room: "r".into() }).unwrap();
+    run(
+        &mut c,
+        &clock,
+        Command::PutRoom {
+            room: "r".into(),
+            plain_legs: None,
+        },
+    )
+    .unwrap();
     let (_, v, events) = run(&mut c, &clock, Command::Drain { on: true }).unwrap();
     assert_eq!(v["draining"], true);
     assert_eq!(events[0].kind, "drain_started");
     let e = c
-        .handle(clock.now(), &no_geo, Command::PutRoom { room: "s".into() })
+        .handle(
+            clock.now(),
+            &no_geo,
+            Command::PutRoom {
+                room: "s".into(),
+                plain_legs: None,
+            },
+        )
         .unwrap_err();
     assert_eq!(e.code, Code::Draining);
-    let (s, _, _) = run(&mut c, &clock, Command::PutRoom { room: "r".into() }).unwrap();
+    let (s, _, _) = run(
+        &mut c,
+        &clock,
+        Command::PutRoom {
+            room: "r".into(),
+            plain_legs: None,
+        },
+    )
+    .unwrap();
     assert_eq!(s, 200, "an existing room is fine");
     join(&mut c, &clock, "r", "a", 1, None, 1);
 }
@@ -527,7 +609,15 @@ fn a_join_updates_only_its_slot_and_those_who_listed_it() {
         clock.now(),
     )
     .unwrap();
-    run(&mut c, &clock, Command::PutRoom { room: "r".into() }).unwrap();
+    run(
+        &mut c,
+        &clock,
+        Command::PutRoom {
+            room: "r".into(),
+            plain_legs: None,
+        },
+    )
+    .unwrap();
     for i in 0..200u16 {
         join_with(
             &mut c,
@@ -597,7 +687,15 @@ fn rollback_puts_every_worker_back_on_what_the_core_holds() {
         clock.now(),
     )
     .unwrap();
-    run(&mut c, &clock, Command::PutRoom { room: "r".into() }).unwrap();
+    run(
+        &mut c,
+        &clock,
+        Command::PutRoom {
+            room: "r".into(),
+            plain_legs: None,
+        },
+    )
+    .unwrap();
     let mut worker = Table::new();
     for u in c.install_all() {
         worker.apply(u);

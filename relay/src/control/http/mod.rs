@@ -20,6 +20,7 @@
 mod events;
 mod routes;
 mod stats;
+mod webrtc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -265,6 +266,7 @@ mod tests {
             rules: std::sync::Mutex::new(Arc::new(Vec::new())),
             http: Stats::default(),
             webhook: crate::control::webhook::WebhookStats::default(),
+            fleet: None,
         });
         let (owner, _rx) = crossbeam_channel::bounded(1);
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -20,9 +20,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{App, Surface, json_reply, panicked, read_body};
-use crate::control::body::{LiftBody, ParticipantBody, ParticipantPatch, parse_json};
+use crate::control::body::{LiftBody, ParticipantBody, ParticipantPatch, RoomBody, parse_json};
 use crate::control::core::Command;
 use crate::control::error::{ApiError, Code, ErrorBody};
+use crate::control::owner::fleet::{Placement, PlacementBody};
 use crate::control::owner::{Answer, Request as OwnerRequest};
 use crate::control::view;
 use crate::control::{Readiness, generate_ice, metrics};
@@ -78,10 +79,16 @@ fn api() -> OpenApiRouter<App> {
             patch_participant,
             delete_participant
         ))
+        .routes(routes!(super::webrtc::webrtc_publish))
+        .routes(routes!(
+            super::webrtc::webrtc_offer,
+            super::webrtc::webrtc_answer
+        ))
         .routes(routes!(post_rule, list_rules))
         .routes(routes!(get_rule, delete_rule))
         .routes(routes!(audit))
         .routes(routes!(transparency))
+        .routes(routes!(post_placement))
 }
 
 /// The OpenAPI document of the control API, as `GET /v1/openapi.json` serves it.
@@ -225,16 +232,21 @@ async fn ask(app: &App, make: impl FnOnce(oneshot::Sender<Answer>) -> OwnerReque
     }
 }
 
-async fn command(app: &App, cmd: Command) -> Response {
+pub(super) async fn command(app: &App, cmd: Command) -> Response {
     ask(app, |tx| OwnerRequest::Core(Box::new(cmd), tx)).await
 }
 
-fn path_error(_: PathRejection) -> Response {
+pub(super) fn path_error(_: PathRejection) -> Response {
     ApiError::new(
         Code::InvalidId,
         "ids in the path must be 1 to 128 bytes of [A-Za-z0-9._-]",
     )
     .into_response()
+}
+
+/// Reads and parses a JSON body.
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    parse_json(&read_body(body).await?)
 }
 
 macro_rules! path_or_reply {
@@ -273,11 +285,19 @@ async fn healthz(State(app): State<App>) -> Response {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Serving", body = view::Status),
-        (status = 503, description = "Starting or stopping (`not_ready`), draining (`draining`), or a worker stopped (`unhealthy`)", body = ErrorBody),
+        (status = 503, description = "Starting or stopping (`not_ready`), draining (`draining`), a worker stopped (`unhealthy`), or fenced from the fleet (`fenced`)", body = ErrorBody),
     ))]
 async fn readyz(State(app): State<App>) -> Response {
     if !app.shared.plane.healthy() {
         return ApiError::new(Code::Unhealthy, "a worker has stopped").into_response();
+    }
+    if app.shared.fleet.as_ref().is_some_and(|f| f.fenced()) {
+        return ApiError::new(
+            Code::Fenced,
+            "the relay is fenced from its fleet (joining, catching up with the rules, or its \
+             etcd lease is lost): it forwards nothing",
+        )
+        .into_response();
     }
     match app.shared.readiness() {
         Readiness::Serving => json_reply(200, &serde_json::json!({"status": "ok"})),
@@ -356,20 +376,42 @@ async fn list_rooms(State(app): State<App>) -> Response {
     command(&app, Command::ListRooms).await
 }
 
-/// Creates a room; idempotent.
+/// Creates a room; idempotent. The body is optional: `{"plain_legs": true}` lets media from
+/// WebRTC participants reach plain RTP participants (decrypted); it is set at creation.
 #[utoipa::path(put, path = "/v1/rooms/{room}", tag = "rooms", security(("bearer" = [])),
     params(("room" = String, Path, description = "1 to 128 bytes of [A-Za-z0-9._-]")),
+    request_body(content = Option<RoomBody>, description = "optional"),
     responses(
         (status = 201, description = "Created", body = view::Room),
         (status = 200, description = "It existed", body = view::Room),
-        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 400, description = "`invalid_id`, `invalid_json`", body = ErrorBody),
         (status = 401, body = ErrorBody),
-        (status = 409, description = "`too_many_rooms`", body = ErrorBody),
+        (status = 409, description = "`too_many_rooms`; `plain_legs_fixed`: the room exists with the other value", body = ErrorBody),
         (status = 503, description = "`draining`", body = ErrorBody),
     ))]
-async fn put_room(State(app): State<App>, room: Result<Path<String>, PathRejection>) -> Response {
+async fn put_room(
+    State(app): State<App>,
+    room: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Response {
     let room = path_or_reply!(room);
-    command(&app, Command::PutRoom { room }).await
+    let bytes = body_or_reply!(body);
+    let body: RoomBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RoomBody::default()
+    } else {
+        match parse_json(&bytes) {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        }
+    };
+    command(
+        &app,
+        Command::PutRoom {
+            room,
+            plain_legs: body.plain_legs,
+        },
+    )
+    .await
 }
 
 /// A room with its participants and summed counters.
@@ -572,6 +614,35 @@ async fn audit(State(app): State<App>, uri: axum::http::Uri) -> Response {
     responses((status = 200, body = Transparency), (status = 401, body = ErrorBody)))]
 async fn transparency(State(app): State<App>) -> Response {
     ask(&app, OwnerRequest::Transparency).await
+}
+
+/// Suggests a relay for a participant: the least loaded live relay of its region, else the
+/// least loaded live relay. Add the participant on that relay. Alone, the relay names itself.
+#[utoipa::path(post, path = "/v1/placements", tag = "rooms", security(("bearer" = [])),
+    request_body = PlacementBody,
+    responses(
+        (status = 200, body = Placement),
+        (status = 400, description = "`invalid_json`, `invalid_region`", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 503, description = "`fleet_unavailable`: no live relay known", body = ErrorBody),
+    ))]
+async fn post_placement(State(app): State<App>, body: Body) -> Response {
+    let body = body_or_reply!(body);
+    let placement: PlacementBody = match parse_json(&body) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(r) = &placement.region
+        && (r.is_empty() || !crate::config::valid_region(r))
+    {
+        return ApiError::new(
+            Code::InvalidRegion,
+            "region is up to 16 of [A-Z0-9-], e.g. \"CN\"",
+        )
+        .into_response();
+    }
+    let region = placement.region;
+    ask(&app, |reply| OwnerRequest::Placement { region, reply }).await
 }
 
 /// A numeric query parameter, e.g. `after` in `/v1/audit?after=10`.

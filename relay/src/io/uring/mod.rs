@@ -23,6 +23,7 @@ mod sends;
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
 
 use io_uring::types::{Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -30,7 +31,8 @@ use socket2::SockAddr;
 
 use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
-use super::handoff::{Handoff, Held, JOBS_PER_TURN, Job};
+use super::handoff::{Handoff, Held, JOBS_PER_TURN, Job, SENDS_PER_TURN};
+use super::idle::IdleSpin;
 use super::plan::{Plan, REPLY_SLOTS, What};
 use super::send::{self, Sent};
 use super::socket;
@@ -96,6 +98,9 @@ fn memlock_hint(e: &io::Error) -> &'static str {
     }
 }
 
+/// The kernel's largest completion queue (`IORING_MAX_CQ_ENTRIES`).
+const MAX_CQ_ENTRIES: usize = 65536;
+
 /// Creates a ring with the flags the workers use. The calling thread becomes its only issuer.
 fn new_ring(sq: u32, cq: u32) -> io::Result<IoUring> {
     IoUring::builder()
@@ -137,10 +142,13 @@ struct Uring {
     handoff: Handoff,
     /// Leases on other workers' buffers that this worker's sends read.
     held: Held,
-    /// Jobs from other workers handled this turn; their rooms must outlive the flush.
+    /// Jobs from other workers planned this turn (their leases move to `held` until their sends
+    /// complete).
     jobs: Vec<Job>,
     /// This worker's buffers that other workers send from, until their leases are released.
     lent: Vec<u16>,
+    /// Copies planned this turn (the turn's budget, [`SENDS_PER_TURN`]).
+    planned: usize,
 }
 
 impl Uring {
@@ -148,7 +156,11 @@ impl Uring {
         let s = &w.settings;
         let records = s.send_batch * 2;
         let sq = (s.send_batch + 16).next_power_of_two() as u32;
-        let cq = ((s.ring_buffers + records) * 2).next_power_of_two() as u32;
+        // Twice what can be outstanding, within the kernel's limit (IORING_MAX_CQ_ENTRIES, 65536),
+        // which still leaves room for every buffer and record at the largest `--ring-buffers`.
+        let cq = ((s.ring_buffers + records) * 2)
+            .next_power_of_two()
+            .min(MAX_CQ_ENTRIES) as u32;
         let ring = new_ring(sq, cq)?;
         let fd = w.socket.as_raw_fd();
         let wake = w.wake.as_raw_fd();
@@ -182,17 +194,22 @@ impl Uring {
             held: Held::new(HELD_JOBS),
             jobs: Vec::with_capacity(JOBS_PER_TURN),
             lent: Vec::with_capacity(s.ring_buffers),
+            planned: 0,
         })
     }
 
     /// The worker loop.
     fn serve(&mut self, w: &Worker) -> io::Result<()> {
-        let mut path = Datapath::new(w.index, w.latches.clone());
+        let mut path = Datapath::new(w.index, w.latches.clone(), w.dtls.clone(), w.fence.clone());
         path.share = self.handoff.share();
         let mut first_arm = true;
-        let mut more_jobs = false;
+        let mut spin = IdleSpin::new(w.settings.idle_spin);
+        // When the last turn without datagrams began, while none come.
+        let mut dry_since: Option<Instant> = None;
+        // Whether the last turn stopped at its budget with work left (datagrams or jobs).
+        let mut more = false;
         loop {
-            if !w.apply_messages(&mut path.table) {
+            if !w.apply_messages(&mut path) {
                 return Ok(());
             }
             if !self.recv_armed && self.bufs.any_free() {
@@ -208,30 +225,51 @@ impl Uring {
                 self.push(poll.build(), WAKE)?;
                 self.wake_armed = true;
             }
+            let sleep = !self.busy_poll
+                && !more
+                && dry_since.is_some_and(|dry| !spin.keep_polling(dry.elapsed()));
             // With every buffer lent to peers and none free, nothing would wake this worker when
             // their leases are released: wait briefly, then look again.
             let starved = !self.lent.is_empty() && !self.bufs.any_free();
             let wait = match () {
-                _ if self.busy_poll || more_jobs => Timespec::new(),
+                _ if !sleep => Timespec::new(),
                 _ if starved => Timespec::new().nsec(LEASE_POLL_NS),
                 _ => Timespec::new().sec(1),
             };
             self.enter(&wait)?;
+            // The sends of the jobs planned last turn are submitted now.
+            self.handoff.issued();
             self.reap();
             let received = !self.pending.is_empty();
             if received {
-                path.begin_batch();
+                if let (true, Some(dry)) = (sleep, dry_since) {
+                    spin.slept(dry.elapsed());
+                }
+                dry_since = None;
+            } else {
+                // Nothing came (a wake-up by send completions or a control message leaves the
+                // socket as dry as it was).
+                dry_since.get_or_insert_with(Instant::now);
             }
+            if received {
+                path.begin_batch();
+                path.share.keep = self.handoff.pending();
+            }
+            // Received datagrams up to half the turn's budget (at least one), then jobs up to
+            // the rest: a fan-out of thousands neither holds the worker nor starves the other.
+            self.planned = 0;
             let mut i = 0;
-            while i < self.pending.len() {
+            while i < self.pending.len() && (i == 0 || self.planned < SENDS_PER_TURN / 2) {
                 let (res, flags) = self.pending[i];
                 i += 1;
                 self.receive(res, flags, &mut path)?;
             }
-            self.pending.clear();
+            self.pending.drain(..i);
             self.handoff.wake();
-            let jobs = self.serve_jobs(w.index);
-            more_jobs = jobs == JOBS_PER_TURN;
+            let budget = SENDS_PER_TURN.saturating_sub(self.planned).max(1);
+            let jobs = self.serve_jobs(&mut path, budget);
+            more =
+                !self.pending.is_empty() || jobs == JOBS_PER_TURN || self.planned >= SENDS_PER_TURN;
             self.flush();
             self.jobs.clear();
             for r in self.turn.drain(..) {
@@ -257,26 +295,33 @@ impl Uring {
         }
     }
 
-    /// Plans this worker's share of the jobs other workers handed it. Returns how many.
-    fn serve_jobs(&mut self, me: usize) -> usize {
+    /// Plans this worker's share of the jobs other workers handed it, one job at a time until
+    /// `budget` copies are planned (at least one job) or [`JOBS_PER_TURN`]. Returns how many.
+    fn serve_jobs(&mut self, path: &mut Datapath, budget: usize) -> usize {
         let max = JOBS_PER_TURN.min(self.held.available());
         let mut jobs = mem::take(&mut self.jobs);
-        self.handoff.take(&mut jobs, max);
-        let workers = self.handoff.share().workers;
-        for job in &jobs {
+        let start = self.planned;
+        while jobs.len() < max && (jobs.is_empty() || self.planned - start < budget) {
+            let k = jobs.len();
+            self.handoff.take(&mut jobs, 1);
+            let Some(job) = jobs.get(k) else {
+                break;
+            };
+            if k == 0 {
+                // The fence and the clock, once per turn that serves jobs.
+                path.begin_batch();
+            }
             let id = self
                 .held
                 .take(job.lease())
                 .expect("no more jobs are taken than `held` has room for");
-            let k = self.turn.len() as u32;
+            let t = self.turn.len() as u32;
             self.turn.push(Received {
                 iov: job.iovec(),
                 bid: REMOTE + id,
             });
-            self.plan.begin(k, job.len());
-            let mut out = Out { u: self };
-            job.room
-                .each_in_share(me, me, workers, job.slot, job.kind, |d| out.forward(d));
+            self.plan.begin(t, job.len());
+            path.handle_hot(&job.hot, job.bytes(), &mut Out { u: self });
         }
         let n = jobs.len();
         self.jobs = jobs;
@@ -613,6 +658,7 @@ struct Out<'a> {
 
 impl Output for Out<'_> {
     fn forward(&mut self, dest: &SockAddr) {
+        self.u.planned += 1;
         if !self.u.plan.push(dest) {
             self.u.flush();
             let planned = self.u.plan.push(dest);
@@ -621,6 +667,7 @@ impl Output for Out<'_> {
     }
 
     fn reply(&mut self, dest: &SockAddr, bytes: &[u8]) {
+        self.u.planned += 1;
         if !self.u.plan.push_reply(dest, bytes) {
             self.u.flush();
             let planned = self.u.plan.push_reply(dest, bytes);
@@ -628,14 +675,21 @@ impl Output for Out<'_> {
         }
     }
 
-    fn hand_off(&mut self, to: usize, hot: &Hot<'_>) -> bool {
+    fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>) {
+        self.u.planned += 1;
+        if !self.u.plan.push_reply_with(dest, &mut *write) {
+            self.u.flush();
+            let planned = self.u.plan.push_reply_with(dest, write);
+            debug_assert!(planned, "an empty plan takes a reply");
+        }
+    }
+
+    fn hand_off(&mut self, to: usize, hot: &Hot) -> bool {
         let u = &mut *self.u;
-        let Some(r) = u.turn.last().copied() else {
+        let Some(r) = u.turn.last().copied().filter(|r| r.bid < REMOTE) else {
+            u.handoff.refuse();
             return false;
         };
-        if r.bid >= REMOTE {
-            return false;
-        }
         // SAFETY: the iovec points at the payload in buffer `r.bid`, which this worker holds
         // for the turn; `offer` leases it on, and the buffer stays off the ring until the lease
         // is released (`lent`).

@@ -1,0 +1,199 @@
+//! Rules in fleet mode: the core checks a rule change, etcd orders it, and every relay
+//! (this one included) applies it from its watch with [`Command::FleetRule`].
+//!
+//! The split is what makes a rule's id and order fleet-wide: the core that receives
+//! `POST /v1/rules` only validates ([`Core::prepare_rule`]); the id is the fleet audit entry's
+//! seq, given by the etcd transaction; the record comes back through every relay's watch in
+//! revision order and is installed here like any other rule change (journal, store ops,
+//! compiled rooms), so a relay's rooms and database see one path for rules, local or not.
+//!
+//! [`Command::FleetRule`]: super::Command::FleetRule
+
+use serde_json::json;
+
+use super::{Core, Now, Outcome};
+use crate::control::error::ApiError;
+use crate::control::event::Event;
+use crate::rules::{self, RuleSpec};
+use crate::store::{RuleState, StoredRule};
+
+impl Core {
+    /// `POST /v1/rules` in fleet mode: parses and validates the body and takes a token from the
+    /// rule-change rate limit. Changes nothing else: the rule is installed when it comes back
+    /// from the fleet ([`Core::fleet_rule`]).
+    pub fn prepare_rule(&mut self, now: Now, body: &[u8]) -> Result<RuleSpec, ApiError> {
+        let spec = rules::parse(body).map_err(|e| ApiError::from_rule(&e))?;
+        rules::validate(&spec, now.unix()).map_err(|e| ApiError::from_rule(&e))?;
+        self.rules.take_token_now(now)?;
+        Ok(spec)
+    }
+
+    /// Installs a rule record as the fleet holds it. States only move forward: a record that
+    /// would take an active rule back, or one equal to what the core holds, changes nothing.
+    /// A rule that becomes active is enforced once the outcome is carried out.
+    pub(super) fn fleet_rule(&mut self, record: StoredRule) -> Result<Outcome, ApiError> {
+        let id = record.id;
+        let old = self.rules.record(id).map(|r| r.state);
+        match (old, record.state) {
+            (Some(a), b) if a == b => return Ok(Outcome::default()),
+            (Some(RuleState::Lifted | RuleState::Expired), _) => return Ok(Outcome::default()),
+            _ => {}
+        }
+        if record.state == RuleState::Active {
+            // A rule in force must be enforced: a record that does not compile is refused
+            // (and the relay does not acknowledge it).
+            rules::compile(&record.spec).map_err(|e| ApiError::from_rule(&e))?;
+        }
+        let event = match (old, record.state) {
+            (None, RuleState::Active) => Some(Event::new(
+                "rule_added",
+                json!({
+                    "rule": id,
+                    "match": record.spec.r#match,
+                    "direction": record.spec.direction,
+                    "media": record.spec.media,
+                    "expires_at": record.spec.expires_at,
+                    "jurisdiction": record.spec.basis.as_ref().map(|b| b.jurisdiction.clone()),
+                }),
+            )),
+            (Some(RuleState::Active), RuleState::Lifted) => Some(Event::new(
+                "rule_lifted",
+                json!({"rule": id, "reason": record.lift_reason}),
+            )),
+            (Some(RuleState::Active), RuleState::Expired) => {
+                Some(Event::new("rule_expired", json!({"rule": id})))
+            }
+            // A rule that ended before this relay first heard of it: kept for the record only.
+            _ => None,
+        };
+        self.set_rule(id, record);
+        let mut out = Outcome::default();
+        out.events.extend(event);
+        Ok(out)
+    }
+
+    /// Every participant of this relay as the fleet registers it: room, id, and its region,
+    /// tracks and subscription (from its view: never an address).
+    pub fn participant_summaries(&self) -> Vec<(String, String, serde_json::Value)> {
+        let mut out = Vec::new();
+        for (room, r) in &self.rooms {
+            for (id, p) in &r.participants {
+                let v = self.participant_view(room, id, p);
+                out.push((
+                    room.clone(),
+                    id.clone(),
+                    json!({"region": v.region, "tracks": v.tracks, "subscribe": v.subscribe}),
+                ));
+            }
+        }
+        out
+    }
+
+    /// A rule's record as the core holds it.
+    pub fn rule_record(&self, id: rules::RuleId) -> Option<&StoredRule> {
+        self.rules.record(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use super::super::{Command, Restore};
+    use super::*;
+    use crate::config::Limits;
+    use crate::rules::RuleId;
+    use crate::store::StoreOp;
+
+    fn now() -> Now {
+        Now {
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            mono: Instant::now(),
+        }
+    }
+
+    fn core() -> Core {
+        let limits = Limits {
+            max_rooms: 10,
+            max_participants: 5,
+            max_tracks: 4,
+            rule_changes_per_sec: 1,
+            latch_timeout: Duration::from_secs(2),
+            event_history: 100,
+        };
+        let addr = "127.0.0.1:40000".parse().unwrap();
+        Core::new(limits, 1, addr, Restore::default(), now()).unwrap()
+    }
+
+    const BODY: &[u8] = br#"{"match": {"regions": ["CN"]}, "direction": "send",
+        "basis": {"authority": "A", "reference": "R", "jurisdiction": "CN"},
+        "expires_at": "2030-01-01T00:00:00Z"}"#;
+
+    fn record(state: RuleState) -> StoredRule {
+        StoredRule {
+            id: RuleId(42),
+            spec: rules::parse(BODY).unwrap(),
+            state,
+            created_at: "2027-01-15T08:00:00.000Z".into(),
+            lifted_at: None,
+            lift_reason: (state == RuleState::Lifted).then(|| "withdrawn".into()),
+            expired_at: None,
+        }
+    }
+
+    fn apply(core: &mut Core, r: StoredRule) -> (Vec<&'static str>, Vec<StoreOp>) {
+        let geo = |_: std::net::IpAddr| None;
+        let out = core
+            .handle(now(), &geo, Command::FleetRule(Box::new(r)))
+            .unwrap();
+        let ops = core.store_ops();
+        core.commit();
+        (out.events.into_iter().map(|e| e.kind).collect(), ops)
+    }
+
+    #[test]
+    fn prepare_checks_and_rate_limits_but_installs_nothing() {
+        let mut core = core();
+        assert!(core.prepare_rule(now(), b"{}").is_err(), "no basis");
+        assert!(core.prepare_rule(now(), BODY).is_ok());
+        assert!(core.rule_record(RuleId(1)).is_none());
+        assert!(core.store_ops().is_empty());
+        // The bucket holds two changes at one a second.
+        assert!(core.prepare_rule(now(), BODY).is_ok());
+        assert!(core.prepare_rule(now(), BODY).is_err(), "rate-limited");
+    }
+
+    #[test]
+    fn fleet_records_install_once_and_only_move_forward() {
+        let mut core = core();
+        let (events, ops) = apply(&mut core, record(RuleState::Active));
+        assert_eq!(events, ["rule_added"]);
+        assert!(matches!(
+            ops.as_slice(),
+            [StoreOp::AddRule { id: RuleId(42), .. }]
+        ));
+        assert_eq!(
+            core.rule_record(RuleId(42)).unwrap().state,
+            RuleState::Active
+        );
+        // The same record again (a resync): nothing.
+        let (events, ops) = apply(&mut core, record(RuleState::Active));
+        assert!(events.is_empty() && ops.is_empty());
+        let (events, ops) = apply(&mut core, record(RuleState::Lifted));
+        assert_eq!(events, ["rule_lifted"]);
+        assert!(matches!(ops.as_slice(), [StoreOp::LiftRule { .. }]));
+        // Never back to active.
+        let (events, ops) = apply(&mut core, record(RuleState::Active));
+        assert!(events.is_empty() && ops.is_empty());
+        assert_eq!(
+            core.rule_record(RuleId(42)).unwrap().state,
+            RuleState::Lifted
+        );
+        // A rule that ended before this relay heard of it is kept for the record, silently.
+        let mut old = record(RuleState::Lifted);
+        old.id = RuleId(43);
+        let (events, _) = apply(&mut core, old);
+        assert!(events.is_empty());
+        assert!(core.rule_record(RuleId(43)).is_some());
+    }
+}

@@ -1,0 +1,536 @@
+//! A fleet of real relays on real etcd (Debian's, started by each test on loopback): joining and
+//! the fence, rules posted on one relay in force on every relay when the call returns (no packet
+//! leaks after the reply), `relays_in`, lifting from another relay, the fleet audit chain
+//! mirrored and verified offline, a relay that does not acknowledge fenced before the call
+//! returns, and relays that lose etcd forwarding nothing.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use e2e::control::EventStream;
+use e2e::etcd::Etcd;
+use e2e::{Client, Options, Relay, relay_bin, rfc3339_in, rtp};
+use serde_json::{Value, json};
+
+const TTL: Duration = Duration::from_secs(3);
+
+fn fleet_relay(etcd: &Etcd, node: &str, region: &str) -> Relay {
+    let relay = Relay::start_with(Options {
+        args: vec![
+            "--etcd".into(),
+            etcd.endpoints().join(","),
+            "--node".into(),
+            node.into(),
+            "--region".into(),
+            region.into(),
+            "--trunk".into(),
+            "127.0.0.1:0".into(),
+            "--workers".into(),
+            "1".into(),
+        ],
+        ..Default::default()
+    });
+    wait_for(Duration::from_secs(5), &format!("{node} ready"), || {
+        relay.call("GET", "/readyz", None).0 == 200
+    });
+    relay
+}
+
+fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A rule body with a test basis and a one-hour expiry.
+fn rule(mut body: Value) -> Value {
+    let obj = body.as_object_mut().unwrap();
+    obj.insert(
+        "basis".into(),
+        json!({"authority": "Test Court", "reference": "T-14", "jurisdiction": "CN"}),
+    );
+    obj.insert("expires_at".into(), Value::String(rfc3339_in(3600)));
+    body
+}
+
+/// A participant that sends RTP (ssrc, seq counting up) every millisecond until stopped;
+/// `next` is the seq it sends next.
+struct Sender {
+    addr: SocketAddr,
+    next: Arc<AtomicU16>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sender {
+    fn start(ssrc: u32, to: SocketAddr) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let next = Arc::new(AtomicU16::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (n, s) = (next.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Bounded: at most two minutes of packets.
+            let until = Instant::now() + Duration::from_secs(120);
+            while !s.load(Ordering::Relaxed) && Instant::now() < until {
+                let seq = n.fetch_add(1, Ordering::SeqCst);
+                let _ = sock.send_to(&rtp(ssrc, seq, b"fleet"), to);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Self {
+            addr,
+            next,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn next_seq(&self) -> u16 {
+        self.next.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The RTP sequence numbers among datagrams.
+fn seqs(packets: &[Vec<u8>]) -> Vec<u16> {
+    packets
+        .iter()
+        .filter(|p| p.len() >= 12)
+        .map(|p| u16::from_be_bytes([p[2], p[3]]))
+        .collect()
+}
+
+/// Whether `c` receives a packet with seq `from` or later within `timeout` (reading one at a
+/// time, so a steady stream never keeps it reading).
+fn gets_from(c: &Client, from: u16, timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        let got = seqs(&c.recv_n(1, until.saturating_duration_since(Instant::now())));
+        if got.iter().any(|s| *s >= from) {
+            return true;
+        }
+    }
+    false
+}
+
+/// On `relay`: room `room`, a sender `p` in `region` (ssrc) and a receiver `q`.
+fn room_with_sender(relay: &Relay, room: &str, region: &str, ssrc: u32) -> (Sender, Client) {
+    relay.room(room);
+    let sender = Sender::start(ssrc, relay.media);
+    let body = json!({"address": sender.addr.to_string(), "region": region,
+        "tracks": [{"ssrc": ssrc, "kind": "audio"}]});
+    relay.ok(
+        "PUT",
+        &format!("/v1/rooms/{room}/participants/p"),
+        Some(&body),
+    );
+    let q = Client::new();
+    relay.join(room, "q", &q, &[]);
+    (sender, q)
+}
+
+fn fleet_metric(relay: &Relay, series: &str) -> u64 {
+    relay.metric(series)
+}
+
+#[test]
+fn a_region_rule_posted_on_one_relay_is_in_force_on_the_others_when_the_call_returns() {
+    let etcd = Etcd::start(1).unwrap();
+    let a = fleet_relay(&etcd, "a", "HK");
+    let b = fleet_relay(&etcd, "b", "CN");
+    let c = fleet_relay(&etcd, "c", "US");
+    for r in [&a, &b, &c] {
+        wait_for(Duration::from_secs(2), "3 nodes", || {
+            fleet_metric(r, "relay_fleet_nodes") == 3
+        });
+        assert_eq!(fleet_metric(r, "relay_fleet_fenced"), 0);
+    }
+    // A CN participant on b and one on c, each sending to a receiver on its relay.
+    // (Participants are fleet-wide: each relay's room has its own name here.)
+    let (b_sender, b_recv) = room_with_sender(&b, "rb", "CN", 11);
+    let (c_sender, c_recv) = room_with_sender(&c, "rc", "CN", 12);
+    // Placement: the live relay of the region, else the least loaded (a: nobody on it yet).
+    let place = |region: &str| {
+        a.ok(
+            "POST",
+            "/v1/placements",
+            Some(&json!({"room": "r", "region": region})),
+        )
+    };
+    let p = place("CN");
+    assert_eq!(
+        (p["node"].as_str(), p["in_region"].as_bool()),
+        (Some("b"), Some(true)),
+        "{p}"
+    );
+    assert_eq!(p["control"], b.control.to_string());
+    wait_for(Duration::from_secs(2), "loads registered", || {
+        let p = place("DE");
+        p["node"] == "a" && p["in_region"] == false
+    });
+    assert!(!b_recv.recv_n(20, Duration::from_secs(2)).is_empty());
+    assert!(!c_recv.recv_n(20, Duration::from_secs(2)).is_empty());
+
+    // Posted on a (HK), limited to relays in CN: b enforces it, c does not.
+    let body =
+        rule(json!({"match": {"regions": ["CN"]}, "direction": "send", "relays_in": ["CN"]}));
+    let started = Instant::now();
+    let (status, v) = a.call("POST", "/v1/rules", Some(&body));
+    let took = started.elapsed();
+    assert_eq!(status, 201, "{v}");
+    let first_after = b_sender.next_seq();
+    assert_eq!(v["in_force_on"], json!(["a", "b", "c"]), "{v}");
+    assert_eq!(v["fenced"], json!([]), "{v}");
+    assert_eq!(v["relays_in"], json!(["CN"]), "{v}");
+    let id = v["id"].as_u64().expect("rule id");
+    eprintln!("rule round trip across 3 relays: {took:?}");
+
+    // Nothing b forwards after the reply: every packet the sender sent from then on is dropped
+    // (what was forwarded before may still sit in the receiver's socket).
+    std::thread::sleep(Duration::from_millis(300));
+    let late: Vec<u16> = seqs(&b_recv.recv_all(Duration::from_millis(200)))
+        .into_iter()
+        .filter(|s| *s >= first_after)
+        .collect();
+    assert!(late.is_empty(), "b forwarded {late:?} after the reply");
+    // The sender kept sending (so the check above saw something to drop): b's rule drops grow.
+    wait_for(Duration::from_secs(5), "b's rule drops", || {
+        fleet_metric(&b, "relay_dropped_packets_total{reason=\"rule\"}") > 100
+    });
+    // c is not in CN: its CN participant is not touched.
+    assert!(gets_from(
+        &c_recv,
+        c_sender.next_seq(),
+        Duration::from_secs(2)
+    ));
+    assert_eq!(
+        fleet_metric(&c, "relay_dropped_packets_total{reason=\"rule\"}"),
+        0
+    );
+    let on_b = b.ok("GET", &format!("/v1/rules/{id}"), None);
+    assert_eq!(on_b["state"], "active");
+    assert_eq!(on_b["participants_matched"], 1);
+    assert_eq!(c.call("GET", &format!("/v1/rules/{id}"), None).0, 404);
+    // The transparency report of any relay aggregates the fleet: b alone enforces the rule.
+    wait_for(Duration::from_secs(2), "fleet report", || {
+        let t = c.ok("GET", "/v1/transparency", None);
+        let rule = t["fleet"]["per_rule"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["id"] == id).cloned());
+        t["fleet"]["relays"].as_array().map(Vec::len) == Some(3)
+            && rule.is_some_and(|r| r["enforced_by"] == json!(["b"]) && r["jurisdiction"] == "CN")
+    });
+
+    // Lifted through c (which does not enforce it but knows it): media flows on b again.
+    let (status, v) = c.call(
+        "DELETE",
+        &format!("/v1/rules/{id}"),
+        Some(&json!({"reason": "order withdrawn"})),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["in_force_on"], json!(["a", "b", "c"]), "{v}");
+    assert!(
+        gets_from(&b_recv, b_sender.next_seq(), Duration::from_secs(2)),
+        "b forwards again"
+    );
+    assert_eq!(
+        b.ok("GET", &format!("/v1/rules/{id}"), None)["state"],
+        "lifted"
+    );
+    // A second lift anywhere is refused.
+    let (status, _) = a.call(
+        "DELETE",
+        &format!("/v1/rules/{id}"),
+        Some(&json!({"reason": "again"})),
+    );
+    assert_eq!(status, 409);
+    drop((b_sender, c_sender));
+
+    // Every relay mirrors the fleet chain (rule_added, rule_lifted) and it verifies offline.
+    for r in [&a, &b, &c] {
+        let dir = r.data_dir.join("fleet");
+        wait_for(Duration::from_secs(2), "mirror", || {
+            std::fs::metadata(dir.join("relay.db")).is_ok() && verify(&dir).contains("2 entries")
+        });
+    }
+}
+
+/// `relay audit verify --data-dir DIR`: its output (it must succeed).
+fn verify(dir: &std::path::Path) -> String {
+    let out = Command::new(relay_bin())
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "verify failed: {text}");
+    text
+}
+
+#[test]
+fn a_relay_that_does_not_acknowledge_is_fenced_before_the_call_returns() {
+    let etcd = Etcd::start(1).unwrap();
+    let a = fleet_relay(&etcd, "a", "HK");
+    let mut c = fleet_relay(&etcd, "c", "CN");
+    wait_for(Duration::from_secs(2), "2 nodes", || {
+        fleet_metric(&a, "relay_fleet_nodes") == 2
+    });
+    // c hangs (SIGSTOP): it can neither apply nor ack.
+    let pid = c.pid() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    let (status, v) = a.call(
+        "POST",
+        "/v1/rules",
+        Some(&rule(json!({"match": {"regions": ["CN"]}}))),
+    );
+    let took = started.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["in_force_on"], json!(["a"]), "{v}");
+    assert_eq!(v["fenced"], json!(["c"]), "{v}");
+    // Not before c's lease could have ended (it expires while c is stopped, or is revoked
+    // after the one-TTL ack wait, and then one more TTL passes).
+    assert!(
+        took >= TTL - Duration::from_millis(500),
+        "answered after {took:?}"
+    );
+    assert!(
+        took < 2 * TTL + Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    let id = v["id"].as_u64().unwrap();
+    // c finds its lease gone, rejoins, applies the rule and forwards again.
+    wait_for(Duration::from_secs(3 * TTL.as_secs()), "c rejoined", || {
+        c.call("GET", "/readyz", None).0 == 200
+    });
+    assert_eq!(
+        c.ok("GET", &format!("/v1/rules/{id}"), None)["state"],
+        "active"
+    );
+    wait_for(Duration::from_secs(2), "a sees c again", || {
+        fleet_metric(&a, "relay_fleet_nodes") == 2
+    });
+    c.kill9();
+}
+
+#[test]
+fn relays_that_lose_etcd_fence_themselves_and_forward_nothing_until_back() {
+    let mut etcd = Etcd::start(1).unwrap();
+    let b = fleet_relay(&etcd, "b", "CN");
+    let (sender, q) = room_with_sender(&b, "r", "DE", 21);
+    assert!(!q.recv_n(20, Duration::from_secs(2)).is_empty());
+    // The only etcd member dies: no keepalive is answered any more.
+    etcd.kill9(0).unwrap();
+    let cut = Instant::now();
+    wait_for(TTL + Duration::from_millis(500), "b fenced", || {
+        fleet_metric(&b, "relay_fleet_fenced") == 1
+    });
+    eprintln!("fenced {:?} after etcd died", cut.elapsed());
+    let (status, v) = b.call("GET", "/readyz", None);
+    assert_eq!(status, 503);
+    assert_eq!(v["error"]["code"], "fenced");
+    // Forwards nothing: what the sender sends from now on is counted as `fenced`.
+    let from = sender.next_seq();
+    std::thread::sleep(Duration::from_millis(300));
+    let leaked: Vec<u16> = seqs(&q.recv_all(Duration::from_millis(200)))
+        .into_iter()
+        .filter(|s| *s >= from)
+        .collect();
+    assert!(leaked.is_empty(), "forwarded while fenced: {leaked:?}");
+    assert!(fleet_metric(&b, "relay_dropped_packets_total{reason=\"fenced\"}") > 100);
+    // etcd back: the relay rejoins (or its lease survived) and forwards again.
+    etcd.restart(0).unwrap();
+    wait_for(Duration::from_secs(15), "b unfenced", || {
+        fleet_metric(&b, "relay_fleet_fenced") == 0
+    });
+    assert!(
+        gets_from(&q, sender.next_seq(), Duration::from_secs(2)),
+        "forwards again"
+    );
+}
+
+#[test]
+fn without_etcd_the_relay_is_alone_and_says_nothing_of_a_fleet() {
+    let relay = Relay::start();
+    assert_eq!(relay.call("GET", "/readyz", None).0, 200);
+    let p = relay.ok("POST", "/v1/placements", Some(&json!({"room": "r"})));
+    assert_eq!(p["node"], Value::Null);
+    assert_eq!(p["control"], relay.control.to_string());
+    let (status, v) = relay.call(
+        "POST",
+        "/v1/placements",
+        Some(&json!({"room": "r", "region": "c n"})),
+    );
+    assert_eq!(status, 400, "{v}");
+    let text = relay.metrics_text();
+    assert!(!text.contains("relay_fleet_"), "no fleet metrics alone");
+    // The fleet flags need --etcd.
+    let out = Command::new(relay_bin())
+        .args(["serve", "--region", "CN", "--control", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--etcd"));
+}
+
+#[test]
+fn rooms_span_relays_and_a_lost_relay_names_its_participants() {
+    let etcd = Etcd::start(1).unwrap();
+    let a = fleet_relay(&etcd, "a", "HK");
+    let mut b = fleet_relay(&etcd, "b", "CN");
+    wait_for(Duration::from_secs(2), "2 nodes", || {
+        fleet_metric(&a, "relay_fleet_nodes") == 2
+    });
+    let mut events = EventStream::open(a.control, None, None, None);
+    a.room("m");
+    b.room("m");
+    let (x, y) = (Client::new(), Client::new());
+    b.ok(
+        "PUT",
+        "/v1/rooms/m/participants/x",
+        Some(&json!({"address": x.addr().to_string(), "region": "CN",
+            "tracks": [{"ssrc": 5, "kind": "audio"}]})),
+    );
+    a.join("m", "y", &y, &[]);
+    // Any relay lists every participant with the relay it lives on.
+    let mut listed = Value::Null;
+    wait_for(Duration::from_secs(2), "x seen on a", || {
+        listed = a.ok("GET", "/v1/rooms/m", None);
+        listed["participants"].as_array().map(Vec::len) == Some(2)
+    });
+    let nodes: Vec<(String, String)> = listed["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["participant"].as_str().unwrap().to_owned(),
+                p["node"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(nodes.contains(&("x".into(), "b".into())), "{listed}");
+    assert!(nodes.contains(&("y".into(), "a".into())), "{listed}");
+    wait_for(Duration::from_secs(2), "y seen on b", || {
+        b.ok("GET", "/v1/rooms/m", None)["participants"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2)
+    });
+    // Changing x through a is refused, naming b.
+    let (status, v) = a.call(
+        "PATCH",
+        "/v1/rooms/m/participants/x",
+        Some(&json!({"region": "HK"})),
+    );
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "wrong_node");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("relay b"),
+        "{v}"
+    );
+    // b dies: within TTL + 1 s a says so and names x.
+    b.kill9();
+    let killed = Instant::now();
+    let lost = events
+        .until("node_lost", TTL + Duration::from_secs(1))
+        .expect("node_lost within TTL + 1 s");
+    eprintln!("node_lost {:?} after kill -9", killed.elapsed());
+    assert_eq!(lost.data["node"], "b");
+    assert_eq!(
+        lost.data["participants"],
+        json!([{"room": "m", "participant": "x"}]),
+        "{:?}",
+        lost.data
+    );
+    // x is placed again on a: accepted now.
+    let p = a.ok(
+        "POST",
+        "/v1/placements",
+        Some(&json!({"room": "m", "region": "CN"})),
+    );
+    assert_eq!(p["node"], "a", "{p}");
+    a.ok(
+        "PUT",
+        "/v1/rooms/m/participants/x",
+        Some(&json!({"address": x.addr().to_string(), "region": "CN",
+            "tracks": [{"ssrc": 5, "kind": "audio"}]})),
+    );
+    x.send(a.media, &rtp(5, 1, b"again"));
+    assert_eq!(
+        y.recv_n(1, Duration::from_secs(2)).len(),
+        1,
+        "y gets x again"
+    );
+}
+
+/// Benchmark (docs/BENCHMARKS.md, "Fleet"): `POST /v1/rules` to 201 on a fleet of three relays
+/// on loopback against the same POST on one relay alone, p50 and p99 of 200 rules each.
+/// `RELAY_BIN=target/release/relay cargo test -p e2e --test fleet -- --ignored --nocapture rule_round_trip`
+#[test]
+#[ignore = "benchmark: run by hand on a quiet machine"]
+fn rule_round_trip_bench() {
+    const N: usize = 200;
+    let fast = |r: &mut Options| {
+        r.args.extend(["--max-rule-changes".into(), "10000".into()]);
+    };
+    let time = |relay: &Relay| {
+        let mut took: Vec<Duration> = (0..N)
+            .map(|i| {
+                let body = rule(json!({"match": {"participants": [{"room": "r", "participant": format!("p{i}")}]}}));
+                let t = Instant::now();
+                let (status, v) = relay.call("POST", "/v1/rules", Some(&body));
+                assert_eq!(status, 201, "{v}");
+                t.elapsed()
+            })
+            .collect();
+        took.sort();
+        (took[N / 2], took[N * 99 / 100])
+    };
+    let mut alone_opts = Options::default();
+    fast(&mut alone_opts);
+    let alone = Relay::start_with(alone_opts);
+    let (p50, p99) = time(&alone);
+    eprintln!("one relay alone:        p50 {p50:?} p99 {p99:?}");
+    let etcd = Etcd::start(1).unwrap();
+    let start = |node: &str| {
+        let mut o = Options {
+            args: vec![
+                "--etcd".into(),
+                etcd.endpoints().join(","),
+                "--node".into(),
+                node.into(),
+                "--trunk".into(),
+                "127.0.0.1:0".into(),
+            ],
+            ..Default::default()
+        };
+        fast(&mut o);
+        Relay::start_with(o)
+    };
+    let fleet = [start("a"), start("b"), start("c")];
+    wait_for(Duration::from_secs(5), "3 nodes", || {
+        fleet_metric(&fleet[0], "relay_fleet_nodes") == 3
+    });
+    let (p50, p99) = time(&fleet[0]);
+    eprintln!("fleet of 3, 1 etcd:     p50 {p50:?} p99 {p99:?}");
+}

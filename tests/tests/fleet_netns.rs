@@ -1,0 +1,383 @@
+//! A fleet across network namespaces: etcd and three relays, each in a namespace of its own with
+//! its own address on a bridge, clients in the relays' namespaces. A region rule posted on relay
+//! A is in force on B and C when the call returns; B cut off from etcd by nftables fences itself
+//! and forwards nothing while A and C go on; `kill -9` of the etcd leader of a 3-member cluster
+//! fences no relay.
+//!
+//! Needs root, `ip`, `nft` and Debian's etcd (`tests/install-deps.sh`).
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use e2e::etcd::Etcd;
+use e2e::netns::{Hook, Host, Lan};
+use e2e::{Options, Relay, rfc3339_in, rtp};
+use serde_json::{Value, json};
+
+const TTL: Duration = Duration::from_secs(3);
+const TOKEN: &str = "fleet-test-token";
+
+/// A relay running in a host's namespace; its API is reached from inside that namespace.
+struct NsRelay {
+    relay: Relay,
+    host: Host,
+}
+
+impl NsRelay {
+    fn start(host: &Host, etcd: &[String], node: &str, region: &str) -> Self {
+        let addr = host.addr;
+        let relay = Relay::start_with(Options {
+            prefix: vec!["ip".into(), "netns".into(), "exec".into(), host.ns.clone()],
+            no_addresses: true,
+            token: Some(TOKEN.into()),
+            args: vec![
+                "--media".into(),
+                format!("{addr}:0"),
+                "--control".into(),
+                format!("{addr}:0"),
+                "--control-token".into(),
+                TOKEN.into(),
+                "--etcd".into(),
+                etcd.join(","),
+                "--node".into(),
+                node.into(),
+                "--region".into(),
+                region.into(),
+                "--trunk".into(),
+                format!("{addr}:40001"),
+                "--workers".into(),
+                "1".into(),
+            ],
+            ..Default::default()
+        });
+        let r = Self {
+            relay,
+            host: host.clone(),
+        };
+        wait_for(Duration::from_secs(5), &format!("{node} ready"), || {
+            r.call("GET", "/readyz", None).0 == 200
+        });
+        r
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let url = format!("http://{}{}", self.relay.control, path);
+        let method = method.to_owned();
+        let body = body.map(Value::to_string);
+        self.host
+            .run(move || {
+                let req = ureq::request(&method, &url)
+                    .timeout(Duration::from_secs(15))
+                    .set("Authorization", &format!("Bearer {TOKEN}"));
+                let result = match body {
+                    Some(b) => req.set("Content-Type", "application/json").send_string(&b),
+                    None => req.call(),
+                };
+                let resp = match result {
+                    Ok(r) => r,
+                    Err(ureq::Error::Status(_, r)) => r,
+                    Err(e) => panic!("{method} {url}: {e}"),
+                };
+                let status = resp.status();
+                let text = resp.into_string().unwrap_or_default();
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
+            })
+            .unwrap()
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (status, v) = self.call(method, path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path} -> {status} {v}"
+        );
+        v
+    }
+
+    fn metric(&self, series: &str) -> u64 {
+        let (_, text) = self.call("GET", "/metrics", None);
+        text.as_str()
+            .unwrap_or("")
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no metric {series}"))
+    }
+
+    /// Room `room` with a sender `p` in `region` (sending from this namespace) and a receiver
+    /// `q` listening in it.
+    fn room_with_sender(&self, room: &str, region: &str, ssrc: u32) -> (Sender, Receiver) {
+        self.ok("PUT", &format!("/v1/rooms/{room}"), None);
+        let sender = Sender::start(&self.host, ssrc, self.relay.media);
+        let receiver = Receiver::start(&self.host);
+        let body = json!({"address": sender.addr.to_string(), "region": region,
+            "tracks": [{"ssrc": ssrc, "kind": "audio"}]});
+        self.ok(
+            "PUT",
+            &format!("/v1/rooms/{room}/participants/p"),
+            Some(&body),
+        );
+        let body = json!({"address": receiver.addr.to_string()});
+        self.ok(
+            "PUT",
+            &format!("/v1/rooms/{room}/participants/q"),
+            Some(&body),
+        );
+        (sender, receiver)
+    }
+}
+
+fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends RTP (seq counting up) every millisecond from inside a namespace until dropped.
+struct Sender {
+    addr: SocketAddr,
+    next: Arc<AtomicU16>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sender {
+    fn start(host: &Host, ssrc: u32, to: SocketAddr) -> Self {
+        let ip = host.addr;
+        let sock = host.run(move || UdpSocket::bind((ip, 0)).unwrap()).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let next = Arc::new(AtomicU16::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (n, s) = (next.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(120);
+            while !s.load(Ordering::Relaxed) && Instant::now() < until {
+                let seq = n.fetch_add(1, Ordering::SeqCst);
+                let _ = sock.send_to(&rtp(ssrc, seq, b"fleet"), to);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Self {
+            addr,
+            next,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn next_seq(&self) -> u16 {
+        self.next.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP socket in a namespace (a socket keeps the namespace it was made in).
+struct Receiver {
+    addr: SocketAddr,
+    sock: UdpSocket,
+}
+
+impl Receiver {
+    fn start(host: &Host) -> Self {
+        let ip: Ipv4Addr = host.addr;
+        let sock = host.run(move || UdpSocket::bind((ip, 0)).unwrap()).unwrap();
+        Self {
+            addr: sock.local_addr().unwrap(),
+            sock,
+        }
+    }
+
+    /// The RTP seqs of what arrives within `wait` of the last datagram (at most 10 s).
+    fn seqs(&self, wait: Duration) -> Vec<u16> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        let until = Instant::now() + Duration::from_secs(10);
+        self.sock.set_read_timeout(Some(wait)).unwrap();
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            if n >= 12 {
+                out.push(u16::from_be_bytes([buf[2], buf[3]]));
+            }
+            if Instant::now() > until {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Whether anything sent from seq `from` on arrives within `timeout` (reading one datagram
+    /// at a time, so a steady stream never keeps it reading).
+    fn gets_from(&self, from: u16, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            match self.sock.recv(&mut buf) {
+                Ok(n) if n >= 12 && u16::from_be_bytes([buf[2], buf[3]]) >= from => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+fn rule(mut body: Value) -> Value {
+    let obj = body.as_object_mut().unwrap();
+    obj.insert(
+        "basis".into(),
+        json!({"authority": "Test Court", "reference": "T-14", "jurisdiction": "CN"}),
+    );
+    obj.insert("expires_at".into(), Value::String(rfc3339_in(3600)));
+    body
+}
+
+#[test]
+fn a_region_rule_posted_on_a_is_in_force_on_b_and_c_when_the_call_returns() {
+    let lan = Lan::new(&["etcd", "a", "b", "c"]).unwrap();
+    let mut etcd = Etcd::start_on(&[lan.host("etcd")]).unwrap();
+    etcd.wait_healthy(Duration::from_secs(10)).unwrap();
+    let endpoints = etcd.endpoints();
+    let a = NsRelay::start(lan.host("a"), &endpoints, "a", "HK");
+    let b = NsRelay::start(lan.host("b"), &endpoints, "b", "CN");
+    let c = NsRelay::start(lan.host("c"), &endpoints, "c", "CN");
+    for r in [&a, &b, &c] {
+        wait_for(Duration::from_secs(3), "3 nodes", || {
+            r.metric("relay_fleet_nodes") == 3
+        });
+    }
+    // Participants are fleet-wide: each relay's room has its own name here.
+    let (b_send, b_recv) = b.room_with_sender("rb", "CN", 11);
+    let (c_send, c_recv) = c.room_with_sender("rc", "CN", 12);
+    let (a_send, a_recv) = a.room_with_sender("ra", "CN", 13);
+    assert!(b_recv.gets_from(1, Duration::from_secs(2)));
+    assert!(c_recv.gets_from(1, Duration::from_secs(2)));
+
+    let body =
+        rule(json!({"match": {"regions": ["CN"]}, "direction": "send", "relays_in": ["CN"]}));
+    let started = Instant::now();
+    let (status, v) = a.call("POST", "/v1/rules", Some(&body));
+    let took = started.elapsed();
+    let (b_from, c_from) = (b_send.next_seq(), c_send.next_seq());
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["in_force_on"], json!(["a", "b", "c"]), "{v}");
+    eprintln!("POST on a to 201, 3 relays in namespaces: {took:?}");
+    // No packet sent after the reply leaves b or c.
+    std::thread::sleep(Duration::from_millis(300));
+    for (name, recv, from) in [("b", &b_recv, b_from), ("c", &c_recv, c_from)] {
+        let leaked: Vec<u16> = recv
+            .seqs(Duration::from_millis(200))
+            .into_iter()
+            .filter(|s| *s >= from)
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "{name} forwarded {leaked:?} after the reply"
+        );
+    }
+    // a is in HK: its CN participant still gets through there.
+    assert!(a_recv.gets_from(a_send.next_seq(), Duration::from_secs(2)));
+
+    // b cut off from etcd: it fences itself within TTL + 0.5 s and forwards nothing; a and c
+    // go on.
+    let lift = json!({"reason": "order withdrawn"});
+    let id = v["id"].as_u64().unwrap();
+    a.ok("DELETE", &format!("/v1/rules/{id}"), Some(&lift));
+    assert!(b_recv.gets_from(b_send.next_seq(), Duration::from_secs(2)));
+    let etcd_ip = lan.host("etcd").addr;
+    let handle = lan
+        .host("b")
+        .block(Hook::Output, &format!("ip daddr {etcd_ip} tcp dport 2379"))
+        .unwrap();
+    let cut = Instant::now();
+    wait_for(TTL + Duration::from_millis(500), "b fenced", || {
+        b.metric("relay_fleet_fenced") == 1
+    });
+    eprintln!("b fenced {:?} after the cut", cut.elapsed());
+    let from = b_send.next_seq();
+    std::thread::sleep(Duration::from_millis(300));
+    let leaked: Vec<u16> = b_recv
+        .seqs(Duration::from_millis(200))
+        .into_iter()
+        .filter(|s| *s >= from)
+        .collect();
+    assert!(leaked.is_empty(), "b forwarded {leaked:?} while fenced");
+    assert!(b.metric("relay_dropped_packets_total{reason=\"fenced\"}") > 0);
+    for (name, r, recv, send) in [("a", &a, &a_recv, &a_send), ("c", &c, &c_recv, &c_send)] {
+        assert_eq!(r.metric("relay_fleet_fenced"), 0, "{name}");
+        assert!(
+            recv.gets_from(send.next_seq(), Duration::from_secs(1)),
+            "{name}"
+        );
+    }
+    wait_for(TTL + Duration::from_secs(1), "a sees b go", || {
+        a.metric("relay_fleet_nodes") == 2
+    });
+    // Back on the network: b rejoins, catches up and forwards again.
+    lan.host("b").unblock(Hook::Output, handle).unwrap();
+    wait_for(Duration::from_secs(15), "b back", || {
+        b.metric("relay_fleet_fenced") == 0
+    });
+    assert!(b_recv.gets_from(b_send.next_seq(), Duration::from_secs(2)));
+    drop((a_send, b_send, c_send));
+    etcd.kill9(0).unwrap();
+}
+
+#[test]
+fn killing_the_etcd_leader_of_three_fences_no_relay() {
+    let lan = Lan::new(&["e1", "e2", "e3", "a", "b"]).unwrap();
+    let hosts = [lan.host("e1"), lan.host("e2"), lan.host("e3")];
+    let mut etcd = Etcd::start_on(&hosts).unwrap();
+    etcd.wait_healthy(Duration::from_secs(20)).unwrap();
+    let endpoints = etcd.endpoints();
+    let a = NsRelay::start(lan.host("a"), &endpoints, "a", "HK");
+    let b = NsRelay::start(lan.host("b"), &endpoints, "b", "CN");
+    let (a_send, a_recv) = a.room_with_sender("r", "HK", 1);
+    assert!(a_recv.gets_from(1, Duration::from_secs(2)));
+    let leader = etcd.leader(Duration::from_secs(10)).unwrap();
+    etcd.kill9(leader).unwrap();
+    // Watch both relays for two TTLs: neither may fence, and a's media never stops.
+    let until = Instant::now() + 2 * TTL;
+    while Instant::now() < until {
+        for (name, r) in [("a", &a), ("b", &b)] {
+            assert_eq!(r.metric("relay_fleet_fenced"), 0, "{name} fenced");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        a.metric("relay_dropped_packets_total{reason=\"fenced\"}"),
+        0
+    );
+    assert!(a_recv.gets_from(a_send.next_seq(), Duration::from_secs(1)));
+    // A rule still goes through on the two members left.
+    let (status, v) = b.call(
+        "POST",
+        "/v1/rules",
+        Some(&rule(json!({"match": {"regions": ["CN"]}}))),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["in_force_on"], json!(["a", "b"]), "{v}");
+}
