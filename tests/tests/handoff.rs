@@ -154,22 +154,7 @@ fn shared_fan_out(pace: Duration) {
 /// A receive buffer that holds a whole test's worth of copies, so that a test thread that falls
 /// behind the relay (other work on the machine) delays reads but loses nothing.
 fn big_buffer(s: &UdpSocket) {
-    let size: libc::c_int = 8 << 20;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: setsockopt on an open socket with a c_int option value of the right size.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return;
-        }
-    }
+    set_rcvbuf(s, 8 << 20);
 }
 
 /// Datagrams the kernel dropped at these sockets (the `drops` column of /proc/net/udp).
@@ -191,6 +176,103 @@ fn receive_drops(sockets: &[UdpSocket]) -> u64 {
                 .then(|| f.last()?.parse::<u64>().ok())?
         })
         .sum()
+}
+
+/// One worker saturated by a fan-out of 2,000 (a publisher far above what one core sends):
+/// a control change still takes effect within a fraction of a second, because a turn of the
+/// worker plans a bounded number of copies before it looks at its control messages again (an
+/// io_uring turn used to handle every receive completion it reaped, up to `--ring-buffers`
+/// datagrams, each with 2,000 copies: seconds).
+#[test]
+fn a_worker_saturated_by_a_large_fan_out_still_applies_changes_promptly() {
+    const LISTENERS: usize = 2000;
+    let relay = Relay::start_with(Options {
+        args: ["--workers", "1"].map(String::from).to_vec(),
+        ..Options::default()
+    });
+    relay.room("webinar");
+    relay.room("other");
+    let publisher = Client::new();
+    relay.join("webinar", "speaker", &publisher, &[(0x77, "audio")]);
+    // Listeners that never read, with the smallest receive buffer: the kernel drops the copies.
+    let listeners: Vec<UdpSocket> = (0..LISTENERS)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").expect("bind listener");
+            set_rcvbuf(&s, 0);
+            s
+        })
+        .collect();
+    for (i, l) in listeners.iter().enumerate() {
+        let body =
+            serde_json::json!({"address": l.local_addr().unwrap().to_string(), "tracks": []});
+        relay.ok(
+            "PUT",
+            &format!("/v1/rooms/webinar/participants/l{i}"),
+            Some(&body),
+        );
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        let media = relay.media;
+        std::thread::spawn(move || {
+            // At most 20,000 packets/s for at most 8 s: 10x more than one core fans out to 2,000.
+            let start = Instant::now();
+            let mut seq = 0u16;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && start.elapsed() < Duration::from_secs(8)
+            {
+                for _ in 0..20 {
+                    publisher.send(media, &rtp(0x77, seq, &[0xc; 160]));
+                    seq = seq.wrapping_add(1);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut slowest = Duration::ZERO;
+    for i in 0..5 {
+        let guest = UdpSocket::bind("127.0.0.1:0").expect("bind guest");
+        let body =
+            serde_json::json!({"address": guest.local_addr().unwrap().to_string(), "tracks": []});
+        let t = Instant::now();
+        relay.ok(
+            "PUT",
+            &format!("/v1/rooms/other/participants/g{i}"),
+            Some(&body),
+        );
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let copies = relay.metric("relay_packets_out_total") + relay.metric("relay_send_errors_total");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().unwrap();
+    eprintln!("slowest join while saturated: {slowest:?} ({copies} copies sent by then)");
+    assert!(copies > 100_000, "the worker was not busy: {copies} copies");
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "a join took {slowest:?} while the worker was saturated"
+    );
+}
+
+/// Sets a socket's receive buffer, bytes (0: the kernel's smallest).
+fn set_rcvbuf(s: &UdpSocket, size: libc::c_int) {
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt on an open socket with a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
 }
 
 /// The audio and video SSRCs of publisher `i`.

@@ -39,11 +39,12 @@ use crate::route::{Hot, Share};
 pub(crate) const RING_JOBS: usize = 256;
 /// Most jobs a worker takes from its rings in one turn.
 pub(crate) const JOBS_PER_TURN: usize = 64;
-/// Copies a worker plans in one turn, for jobs and (io_uring) for received datagrams each, before
-/// it looks at its socket, its completions and its rings again: a fan-out of thousands cannot
-/// hold the worker for more than about this many sends (plus one packet's fan-out, which is
-/// never split). About 1-4 ms of sends on the machines measured (docs/ARCHITECTURE.md).
-pub(crate) const SENDS_PER_TURN: usize = 4096;
+/// Copies an io_uring worker plans in one turn, half for received datagrams and the rest for
+/// jobs, before it submits, reaps (receives included: with DEFER_TASKRUN nothing arrives while a
+/// turn runs) and looks at its rings again. A packet's fan-out is never split, so a turn is at
+/// most this plus one fan-out. About 2-8 ms of sends at the rates measured on loopback
+/// (docs/ARCHITECTURE.md); large enough that a share of 1,000 receivers forms GSO runs of 8.
+pub(crate) const SENDS_PER_TURN: usize = 16_384;
 /// Default smallest room whose fan-out is shared (docs/ARCHITECTURE.md, "One hot publisher").
 pub const DEFAULT_MIN_MEMBERS: usize = 128;
 /// How long a worker at exit waits for its peers to let go of its buffers.

@@ -6,8 +6,9 @@
 //! size. The queue is flushed before the next receive overwrites the slots.
 //!
 //! A worker that shares fan-outs (`io::handoff`) receives into a pool of slots, so that a slot
-//! other workers still send from is not overwritten, and each turn sends its share of the jobs
-//! other workers handed it, up to [`SENDS_PER_TURN`] copies, before it receives again.
+//! other workers still send from is not overwritten, and each turn sends its share of up to
+//! [`JOBS_PER_TURN`] jobs other workers handed it (as many as a receive batch holds datagrams,
+//! so that a peer keeps pace with the worker that receives), before it receives again.
 
 use std::io;
 use std::mem;
@@ -20,7 +21,7 @@ use socket2::SockAddr;
 
 use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
-use super::handoff::{Handoff, JOBS_PER_TURN, Job, SENDS_PER_TURN};
+use super::handoff::{Handoff, JOBS_PER_TURN, Job};
 use super::idle::IdleSpin;
 use super::plan::{Plan, REPLY_SLOTS, What};
 use super::send::{self, SEGMENT_CMSG_SPACE, SegmentCmsg, Sent};
@@ -110,7 +111,6 @@ fn serve(
                 handoff,
                 bytes,
                 lease: batch.lease(k),
-                sends: 0,
             };
             path.handle(src, bytes, truncated, &mut out);
         }
@@ -153,9 +153,8 @@ impl Jobs {
         }
     }
 
-    /// Sends this worker's share of the jobs waiting for it, one job at a time until
-    /// [`JOBS_PER_TURN`] jobs or [`SENDS_PER_TURN`] copies, then releases them. Returns whether
-    /// there were any.
+    /// Sends this worker's share of up to [`JOBS_PER_TURN`] jobs waiting for it, then releases
+    /// them. Returns whether there were any.
     fn serve(
         &mut self,
         path: &mut Datapath,
@@ -163,8 +162,7 @@ impl Jobs {
         queue: &mut SendQueue,
         fd: RawFd,
     ) -> bool {
-        let mut sends = 0;
-        while sends < SENDS_PER_TURN && self.jobs.len() < JOBS_PER_TURN {
+        while self.jobs.len() < JOBS_PER_TURN {
             let k = self.jobs.len();
             handoff.take(&mut self.jobs, 1);
             let Some(job) = self.jobs.get(k) else {
@@ -183,10 +181,8 @@ impl Jobs {
                 handoff,
                 bytes: &[],
                 lease: None,
-                sends: 0,
             };
             path.handle_hot(&job.hot, job.bytes(), &mut out);
-            sends += out.sends;
         }
         if self.jobs.is_empty() {
             return false;
@@ -208,13 +204,10 @@ struct Out<'a> {
     /// The datagram being handled, and the lease of its slot if it may be handed off.
     bytes: &'a [u8],
     lease: Option<usize>,
-    /// Copies planned through this output.
-    sends: usize,
 }
 
 impl Output for Out<'_> {
     fn forward(&mut self, dest: &SockAddr) {
-        self.sends += 1;
         if !self.queue.plan.push(dest) {
             self.queue.flush(self.fd, self.iovs);
             let planned = self.queue.plan.push(dest);
@@ -223,7 +216,6 @@ impl Output for Out<'_> {
     }
 
     fn reply(&mut self, dest: &SockAddr, bytes: &[u8]) {
-        self.sends += 1;
         if !self.queue.plan.push_reply(dest, bytes) {
             self.queue.flush(self.fd, self.iovs);
             let planned = self.queue.plan.push_reply(dest, bytes);
@@ -232,7 +224,6 @@ impl Output for Out<'_> {
     }
 
     fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>) {
-        self.sends += 1;
         if !self.queue.plan.push_reply_with(dest, &mut *write) {
             self.queue.flush(self.fd, self.iovs);
             let planned = self.queue.plan.push_reply_with(dest, write);
