@@ -17,7 +17,8 @@
 //!   already cleared the receivers' bits or stopped the track.
 //! - Workers that share large rooms' fan-outs call [`Table::route_shared`] with their [`Share`]
 //!   instead: it sends this worker's chunks to a [`Sink`] and hands each other worker a [`Hot`]
-//!   packet, whose share that worker sends with [`Room::each_in_share`] (`share.rs`).
+//!   packet (room, sender's slot and SSRC), whose share that worker routes with its own table,
+//!   [`Table::route_hot`] (`share.rs`).
 #![deny(unsafe_code)]
 
 mod compile;
