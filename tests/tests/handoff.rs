@@ -17,6 +17,9 @@ use e2e::{Client, Options, Relay, rtcp_sr, rtp};
 const PUBLISHERS: usize = 4;
 const RECEIVERS: usize = 200;
 const ROUNDS: u16 = 100;
+
+/// The tests here load both cores: one at a time, so that none measures another's load.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Per round and publisher: one audio packet, a video frame of this many packets sent back to
 /// back (a GSO run on the relay), and a sender report.
 const FRAME: u16 = 4;
@@ -34,6 +37,7 @@ fn a_shared_fan_out_keeps_every_receivers_order_when_overloaded() {
 
 /// Sends `ROUNDS` rounds, one every `pace`, and checks what the receivers got.
 fn shared_fan_out(pace: Duration) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let relay = Relay::start_with(Options {
         args: ["--workers", "2", "--handoff-min-members", "64"]
             .map(String::from)
@@ -185,6 +189,7 @@ fn receive_drops(sockets: &[UdpSocket]) -> u64 {
 /// datagrams, each with 2,000 copies: seconds).
 #[test]
 fn a_worker_saturated_by_a_large_fan_out_still_applies_changes_promptly() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const LISTENERS: usize = 2000;
     let relay = Relay::start_with(Options {
         args: ["--workers", "1"].map(String::from).to_vec(),
