@@ -249,8 +249,7 @@ impl Etcd {
                 .arg("--heartbeat-interval")
                 .arg((ms / 10).max(10).to_string());
         }
-        cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()
