@@ -270,6 +270,63 @@ fn a_region_rule_posted_on_one_relay_is_in_force_on_the_others_when_the_call_ret
     }
 }
 
+#[test]
+fn a_rule_that_expires_is_recorded_once_in_the_fleet_chain() {
+    let etcd = Etcd::start(1).unwrap();
+    let a = fleet_relay(&etcd, "a", "HK");
+    let b = fleet_relay(&etcd, "b", "CN");
+    for r in [&a, &b] {
+        wait_for(Duration::from_secs(2), "2 nodes", || {
+            fleet_metric(r, "relay_fleet_nodes") == 2
+        });
+    }
+    let mut body = rule(json!({"match": {"regions": ["CN"]}, "direction": "send"}));
+    body["expires_at"] = json!(rfc3339_in(3));
+    let v = a.ok("POST", "/v1/rules", Some(&body));
+    let id = v["id"].as_u64().expect("rule id");
+    // Both relays expire it on their own clocks, and both try to record that in the fleet's
+    // chain: one append wins, the other finds the record changed and writes nothing.
+    for r in [&a, &b] {
+        wait_for(Duration::from_secs(8), "expired", || {
+            r.ok("GET", &format!("/v1/rules/{id}"), None)["state"] == "expired"
+        });
+    }
+    for r in [&a, &b] {
+        let dir = r.data_dir.join("fleet");
+        wait_for(Duration::from_secs(5), "rule_expired mirrored", || {
+            verify(&dir).contains("2 entries")
+        });
+    }
+    // Give the slower relay's attempt time to land if it (wrongly) could.
+    std::thread::sleep(Duration::from_secs(2));
+    for r in [&a, &b] {
+        let text = verify(&r.data_dir.join("fleet"));
+        assert!(text.contains("2 entries"), "{text}");
+        let actions = fleet_actions(&r.data_dir.join("fleet"));
+        assert_eq!(actions, ["rule_added", "rule_expired"], "{text}");
+    }
+    // An expired rule cannot be lifted, through either relay.
+    for r in [&a, &b] {
+        let (status, v) = r.call(
+            "DELETE",
+            &format!("/v1/rules/{id}"),
+            Some(&json!({"reason": "too late"})),
+        );
+        assert_eq!(status, 409, "{v}");
+    }
+}
+
+/// The actions of the fleet chain mirrored in `dir`, in order.
+fn fleet_actions(dir: &std::path::Path) -> Vec<String> {
+    let store = relay::store::Store::open(dir).unwrap();
+    store
+        .entries(0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
+}
+
 /// `relay audit verify --data-dir DIR`: its output (it must succeed).
 fn verify(dir: &std::path::Path) -> String {
     let out = Command::new(relay_bin())

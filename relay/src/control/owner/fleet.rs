@@ -24,7 +24,7 @@
 //! to here", so the relay stops acking, the next rule call fences it, and it applies everything
 //! afresh when it rejoins.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -55,6 +55,10 @@ pub struct FleetLink {
     region: String,
     /// Every fleet rule record seen, by id (also those for other regions).
     records: BTreeMap<u64, FleetRecord>,
+    /// Each record's bytes as etcd holds them: a lift or an expiry replaces exactly those.
+    record_bytes: BTreeMap<u64, Vec<u8>>,
+    /// Rules whose `rule_expired` entry this relay is appending.
+    expiring: BTreeSet<u64>,
     /// The fleet's audit chain, mirrored (`relay audit verify --data-dir DIR/fleet`).
     mirror: Store,
     pending: HashMap<u64, Pending>,
@@ -134,6 +138,8 @@ pub enum Step {
     Reports(Result<Vec<(String, Vec<u8>)>, FleetError>),
     /// Every participant key was read (at attach, or after a compacted watch).
     Participants(Result<Vec<(String, Vec<u8>)>, FleetError>),
+    /// A rule's `rule_expired` append committed (or not).
+    Expired(u64, Result<Commit, FleetError>),
 }
 
 /// What a relay puts under `reports/{node}`: the counters of the rules it enforces.
@@ -164,6 +170,9 @@ pub struct FleetRecord {
     /// Why it was lifted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lift_reason: Option<String>,
+    /// When it expired (written by the first relay that saw it due).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<String>,
     /// Regions of the relays that enforce it; empty: every relay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relays_in: Vec<String>,
@@ -193,7 +202,7 @@ impl FleetRecord {
             created_at: self.created_at.clone(),
             lifted_at: self.lifted_at.clone(),
             lift_reason: self.lift_reason.clone(),
-            expired_at: None,
+            expired_at: self.expired_at.clone(),
         }
     }
 
@@ -239,6 +248,8 @@ pub fn join(
         node: settings.node.clone(),
         region: settings.region.clone(),
         records: BTreeMap::new(),
+        record_bytes: BTreeMap::new(),
+        expiring: BTreeSet::new(),
         mirror,
         pending: HashMap::new(),
         next: 1,
@@ -521,6 +532,7 @@ impl Owner {
             }
         };
         link.records.insert(record.id, record.clone());
+        link.record_bytes.insert(record.id, value.to_vec());
         if !record.applies_in(&link.region) {
             return true;
         }
@@ -621,6 +633,71 @@ impl Owner {
             .is_some_and(|l| l.last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY));
         if due {
             self.fleet_report();
+        }
+        self.fleet_expire();
+    }
+
+    /// Records in the fleet's chain the expiry of every rule that is due: each relay tries, the
+    /// first append wins (it expects the record unchanged) and the others get `Stale`. Every
+    /// relay also expires the rule locally on its own clock (`Core::housekeeping`); this entry
+    /// is what the fleet's chain and the other relays' records learn it from.
+    fn fleet_expire(&mut self) {
+        let Some(link) = &mut self.fleet else { return };
+        let now = now().wall;
+        let unix = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let due: Vec<u64> = link
+            .records
+            .values()
+            .filter(|r| r.state == RuleState::Active && !link.expiring.contains(&r.id))
+            .filter(|r| {
+                crate::rules::compile(&r.spec).is_ok_and(|rule| rule.expires_at_unix() <= unix)
+            })
+            .map(|r| r.id)
+            .collect();
+        for rule in due {
+            let (Some(old), Some(bytes)) = (
+                link.records.get(&rule).cloned(),
+                link.record_bytes.get(&rule).cloned(),
+            ) else {
+                continue;
+            };
+            let key = link.keys.rule(rule);
+            let expired = FleetRecord {
+                state: RuleState::Expired,
+                expired_at: Some(crate::control::core::rfc3339_millis(now)),
+                ..old
+            };
+            let value = to_bytes(&expired);
+            let node = link.node.clone();
+            let expect = Some((key.clone(), bytes));
+            let build = move |_seq: u64| Append {
+                detail: json!({"rule": rule, "node": node}),
+                puts: vec![(key.clone(), value.clone())],
+                deletes: Vec::new(),
+                expect: expect.clone(),
+            };
+            link.expiring.insert(rule);
+            let requests = link.requests.clone();
+            link.fleet.append_then("rule_expired", build, move |r| {
+                let _ = requests.send(Request::FleetStep(0, Box::new(Step::Expired(rule, r))));
+            });
+        }
+    }
+
+    fn fleet_expired(&mut self, rule: u64, result: Result<Commit, FleetError>) {
+        let Some(link) = &mut self.fleet else { return };
+        link.expiring.remove(&rule);
+        match result {
+            // The watch brings the expired record to every relay, this one too.
+            Ok(_) => self.fleet_mirror(),
+            // Another relay recorded it first (or it was lifted).
+            Err(FleetError::Stale(_)) => {}
+            // Tried again at the next tick.
+            Err(e) => {
+                tracing::warn!(rule, error = %e, "recording a rule's expiry in the fleet failed")
+            }
         }
     }
 
@@ -802,6 +879,7 @@ impl Owner {
                 created_at: created_at.clone(),
                 lifted_at: None,
                 lift_reason: None,
+                expired_at: None,
                 relays_in: regions.clone(),
                 by: by.clone(),
             };
@@ -818,6 +896,7 @@ impl Owner {
                 }),
                 puts: vec![(keys.rule(seq), to_bytes(&record))],
                 deletes: Vec::new(),
+                expect: None,
             }
         };
         link.fleet
@@ -839,6 +918,7 @@ impl Owner {
         let Some(link) = &mut self.fleet else {
             return Err(ApiError::new(Code::Internal, "no fleet"));
         };
+        let expect = link.record_bytes.get(&rule).cloned();
         let Some(old) = link.records.get(&rule).cloned() else {
             return Err(ApiError::new(
                 Code::RuleNotFound,
@@ -863,10 +943,13 @@ impl Owner {
         let node = link.node.clone();
         let relays_in = lifted.relays_in.clone();
         let value = to_bytes(&lifted);
+        // Lifted or expired meanwhile through another relay: 409, nothing written.
+        let expect = expect.map(|bytes| (key.clone(), bytes));
         let build = move |_seq: u64| Append {
             detail: json!({"rule": rule, "reason": lift.reason, "node": node}),
             puts: vec![(key.clone(), value.clone())],
             deletes: Vec::new(),
+            expect: expect.clone(),
         };
         link.fleet
             .append_then("rule_lifted", build, link.post(call, Step::Committed));
@@ -902,6 +985,7 @@ impl Owner {
                 tracing::warn!(error = %e, "reading the fleet's participants failed");
             }
             Step::Committed(result) => self.fleet_committed(id, result),
+            Step::Expired(rule, result) => self.fleet_expired(rule, result),
             Step::Acks(result) => self.fleet_acks(id, result),
             Step::Fenced(node, result) => self.fleet_fenced(id, node, result),
         }
@@ -1122,7 +1206,9 @@ fn split_relays_in(body: &[u8]) -> Result<(Vec<String>, Vec<u8>), ApiError> {
 }
 
 fn strip_fleet_fields(v: &mut Value) {
-    if let Value::Object(map) = v {
+    if let Value::Object(map) = v
+        && map.get("expired_at").is_some_and(Value::is_null)
+    {
         map.remove("expired_at");
     }
 }
@@ -1134,6 +1220,10 @@ fn to_bytes<T: Serialize>(v: &T) -> Vec<u8> {
 fn fleet_error(e: &FleetError) -> ApiError {
     match e {
         FleetError::Store(s) => ApiError::from_store(s),
+        FleetError::Stale(_) => ApiError::new(
+            Code::RuleNotActive,
+            "the rule was lifted or expired meanwhile (through another relay)",
+        ),
         other => ApiError::new(
             Code::FleetUnavailable,
             format!("the rule was not committed: {other}"),
@@ -1185,6 +1275,7 @@ mod tests {
             created_at: "2026-12-06T07:00:00.000Z".into(),
             lifted_at: None,
             lift_reason: None,
+            expired_at: None,
             relays_in: vec!["CN".into()],
             by: "a".into(),
         };
