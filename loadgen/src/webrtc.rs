@@ -340,8 +340,9 @@ fn profile_id(p: dimpl::SrtpProfile) -> Option<u16> {
     }
 }
 
-/// Waits until the relay reports `participant`'s legs connected (its keys are then on their way
-/// to the workers as a room update, which the API call's reply follows).
+/// Waits until the relay's participant GET says `"dtls": "connected"`: the control thread has
+/// the leg's keys and hands them to the workers as a room update (a publisher's first packets
+/// before that would be counted drops, `srtp`; loadgen starts sending after every leg is made).
 fn wait_connected(api: &Api, room: &str, participant: &str, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
