@@ -102,7 +102,7 @@ fn two_aiortc_participants_see_each_other_and_a_send_rule_stops_one() {
         "match": {"participants": [{"room": "r", "participant": "b"}]},
         "direction": "send"
     }));
-    thread::sleep(Duration::from_millis(700));
+    thread::sleep(Duration::from_secs(1));
     let before = stats(&mut alice, &a_sub);
     let b_before = stats(&mut bob, &b_sub);
     thread::sleep(Duration::from_secs(2));

@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 use webrtc::{Peer, in_own_netns, publish, subscribe, wait_for};
 
 /// The flood: at most this many datagrams, for at most [`FLOOD_FOR`].
-const FLOOD_MAX: u64 = 200_000;
-const FLOOD_FOR: Duration = Duration::from_secs(20);
+const FLOOD_MAX: u64 = 600_000;
+const FLOOD_FOR: Duration = Duration::from_secs(60);
 
 /// `a=<name>:` from an SDP text.
 fn attribute<'a>(sdp: &'a str, name: &str) -> &'a str {
