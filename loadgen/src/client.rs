@@ -508,3 +508,19 @@ fn is_rtp(datagram: &[u8]) -> bool {
 const MAX_WAIT_NS: u64 = 10_000_000;
 /// Latencies above a minute are recorded as a minute.
 const MAX_LATENCY_US: u64 = 60_000_000;
+
+#[cfg(test)]
+mod tests {
+    use super::is_rtp;
+
+    #[test]
+    fn rtp_is_told_from_rtcp_stun_and_dtls() {
+        assert!(is_rtp(&[0x80, 111, 0, 1]));
+        assert!(is_rtp(&[0x80, 0x80 | 96, 0, 1])); // marker bit set
+        assert!(!is_rtp(&[0x80, 200, 0, 6])); // a sender report
+        assert!(!is_rtp(&[0x81, 206, 0, 2])); // a PLI
+        assert!(!is_rtp(&[0x00, 0x01, 0, 0])); // STUN
+        assert!(!is_rtp(&[22, 0xfe, 0xfd])); // DTLS
+        assert!(!is_rtp(&[0x80]));
+    }
+}
