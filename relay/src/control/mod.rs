@@ -123,6 +123,7 @@ impl Control {
             http: http::Stats::default(),
             webhook: webhook::WebhookStats::default(),
             fleet: config.fleet.as_ref().map(|f| f.status.clone()),
+            dtls: Arc::default(),
         });
         let latches = plane.latches().clone();
         let dtls_inbound = plane.dtls_inbound().clone();
@@ -137,6 +138,7 @@ impl Control {
             orders,
             dtls_socket,
             report_tx,
+            shared.dtls.clone(),
         )?;
         let (owner_tx, handle) = owner::spawn(owner, latches, reports)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -239,6 +241,8 @@ pub struct Shared {
     pub(crate) webhook: webhook::WebhookStats,
     /// Fleet mode: the fencing status (`/readyz`, `relay_fleet_fenced`).
     pub(crate) fleet: Option<Arc<crate::fleet::Status>>,
+    /// The DTLS thread's counters (`relay_dtls_*`).
+    pub(crate) dtls: Arc<dtls::Stats>,
 }
 
 /// What does not change while the relay runs.

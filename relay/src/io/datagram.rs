@@ -19,7 +19,7 @@ use super::stats::BatchCounts;
 use crate::fleet::Status;
 use crate::packet::demux;
 use crate::route::{DropReason, Latch, Legs, StunAction, StunGuard, Table, Update, Verdict};
-use crate::srtp::Egress;
+use crate::srtp::{Egress, Error as SrtpError};
 
 /// Room for a STUN response: header, XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT, or an
 /// error with a short reason, all well under this.
@@ -216,8 +216,9 @@ impl Datapath {
             demux::Kind::Rtp => ing.unprotect_rtp(buf),
             _ => ing.unprotect_rtcp(buf),
         };
-        let Ok(len) = clear else {
-            return Verdict::Drop(DropReason::Srtp);
+        let len = match clear {
+            Ok(len) => len,
+            Err(e) => return Verdict::Drop(srtp_drop(e)),
         };
         let clear = &scratch[..len];
         table.route_legs(*worker, src, clear, |dest, legs| match legs {
@@ -225,6 +226,15 @@ impl Datapath {
             None if plain_legs => out.reply(dest, clear),
             None => counts.drops[DropReason::PlainLegs.index()] += 1,
         })
+    }
+}
+
+/// The drop reason of a packet from a WebRTC leg that did not unprotect.
+fn srtp_drop(e: SrtpError) -> DropReason {
+    match e {
+        SrtpError::AuthFailed => DropReason::SrtpAuth,
+        SrtpError::Replayed | SrtpError::TooOld => DropReason::SrtpReplay,
+        _ => DropReason::Srtp,
     }
 }
 

@@ -59,9 +59,15 @@ pub enum DropReason {
     Stun,
     /// DTLS from a WebRTC leg that the DTLS thread's queue had no room for.
     DtlsQueueFull,
-    /// SRTP or SRTCP from a WebRTC leg that did not unprotect (forged, replayed, too old,
-    /// malformed) or came before the leg's keys: never forwarded.
+    /// SRTP or SRTCP from a WebRTC leg that did not unprotect for another reason than the two
+    /// below (malformed, too short) or came before the leg's keys: never forwarded.
     Srtp,
+    /// SRTP or SRTCP from a WebRTC leg whose authentication tag did not verify (forged, or
+    /// keyed for another session): never forwarded.
+    SrtpAuth,
+    /// SRTP or SRTCP from a WebRTC leg already received, or older than the replay window:
+    /// never forwarded.
+    SrtpReplay,
     /// A copy for a WebRTC receiver that could not be sealed (an index already sealed for that
     /// leg, a full SSRC table): counted per copy.
     SrtpEgress,
@@ -91,7 +97,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 21] = [
         Self::UnknownSource,
         Self::UndeclaredSsrc,
         Self::MalformedRtp,
@@ -100,6 +106,8 @@ impl DropReason {
         Self::Stun,
         Self::DtlsQueueFull,
         Self::Srtp,
+        Self::SrtpAuth,
+        Self::SrtpReplay,
         Self::SrtpEgress,
         Self::PlainLegs,
         Self::NotMedia,
@@ -128,6 +136,8 @@ impl DropReason {
             Self::Dtls => "dtls",
             Self::DtlsQueueFull => "dtls_queue_full",
             Self::Srtp => "srtp",
+            Self::SrtpAuth => "srtp_auth",
+            Self::SrtpReplay => "srtp_replay",
             Self::SrtpEgress => "srtp_egress",
             Self::PlainLegs => "plain_legs",
             Self::Stun => "stun",
