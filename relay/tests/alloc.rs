@@ -292,6 +292,8 @@ fn install_webrtc(
             counters: counters(),
             ice: None,
             webrtc: Some(Arc::new(publisher)),
+            number: 0,
+            peer: None,
         },
         Participant {
             id: "w1",
@@ -303,6 +305,8 @@ fn install_webrtc(
             counters: counters(),
             ice: None,
             webrtc: Some(Arc::new(receiver)),
+            number: 0,
+            peer: None,
         },
         Participant {
             id: "p2",
@@ -314,6 +318,8 @@ fn install_webrtc(
             counters: counters(),
             ice: None,
             webrtc: None,
+            number: 0,
+            peer: None,
         },
     ];
     let compiled = relay::route::compile_all(

@@ -11,13 +11,99 @@
 
 use serde_json::json;
 
-use super::{Core, Now, Outcome};
+use super::{Core, Now, Outcome, Undo};
+use crate::control::body::{SubscribeBody, TrackBody};
 use crate::control::error::ApiError;
 use crate::control::event::Event;
 use crate::rules::{self, RuleSpec};
 use crate::store::{RuleState, StoredRule};
 
+/// A participant that lives on another relay of the fleet, as that relay registered it. Here
+/// it is a member of its room with no address: media for it goes once to its relay's trunk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteParticipant {
+    /// The relay it lives on.
+    pub node: String,
+    /// That relay's node number.
+    pub peer: u16,
+    /// Its participant number on that relay (the sender field of that relay's trunk headers).
+    pub number: u32,
+    /// Its region, for region rules.
+    pub region: Option<[u8; 2]>,
+    /// Its tracks.
+    pub tracks: Vec<TrackBody>,
+    /// What it receives.
+    pub subscribe: SubscribeBody,
+}
+
 impl Core {
+    /// A participant of another relay joined, changed or left: it is journaled like any change
+    /// (rolled back exactly), compiled into its room if the room is open here, and matched by
+    /// rules like a local participant (a region rule finds it by its region). It adds no event,
+    /// no database row, and counts toward no limit: its own relay does all that.
+    pub(super) fn fleet_participant(
+        &mut self,
+        room: String,
+        id: String,
+        remote: Option<RemoteParticipant>,
+    ) -> Outcome {
+        let key = (room, id);
+        let old = self.remote.get(&key).cloned();
+        if old == remote {
+            return Outcome::default();
+        }
+        let slot = self.rooms.get(&key.0).and_then(|r| r.remote_slot(&key.1));
+        let (room, id) = key;
+        self.put_remote(&room, &id, remote, None);
+        self.journal.push(Undo::Remote(room, id, old, slot));
+        Outcome::default()
+    }
+
+    /// Installs or removes a remote participant, in the fleet-wide map, the region index and
+    /// its room here (if open; `slot` puts it back where it was, for a rollback).
+    pub(super) fn put_remote(
+        &mut self,
+        room: &str,
+        id: &str,
+        remote: Option<RemoteParticipant>,
+        slot: Option<u16>,
+    ) {
+        let key = (room.to_owned(), id.to_owned());
+        let old = match &remote {
+            Some(r) => self.remote.insert(key.clone(), r.clone()),
+            None => self.remote.remove(&key),
+        };
+        let (was, now) = (
+            old.as_ref().and_then(|o| o.region),
+            remote.as_ref().and_then(|r| r.region),
+        );
+        if was != now {
+            if let Some(r) = was
+                && let Some(set) = self.by_region.get_mut(&r)
+            {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.by_region.remove(&r);
+                }
+            }
+            if let Some(r) = now {
+                self.by_region.entry(r).or_default().insert(key.clone());
+            }
+        }
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.put_remote(id, remote, slot, self.workers);
+        }
+    }
+
+    /// The participants of other relays in room `room`, for a room that opens here.
+    pub(super) fn remote_of(&self, room: &str) -> Vec<(String, RemoteParticipant)> {
+        self.remote
+            .range((room.to_owned(), String::new())..)
+            .take_while(|((r, _), _)| r == room)
+            .map(|((_, id), p)| (id.clone(), p.clone()))
+            .collect()
+    }
+
     /// `POST /v1/rules` in fleet mode: parses and validates the body and takes a token from the
     /// rule-change rate limit. Changes nothing else: the rule is installed when it comes back
     /// from the fleet ([`Core::fleet_rule`]).
@@ -82,11 +168,23 @@ impl Core {
                 out.push((
                     room.clone(),
                     id.clone(),
-                    json!({"region": v.region, "tracks": v.tracks, "subscribe": v.subscribe}),
+                    json!({"region": v.region, "tracks": v.tracks, "subscribe": v.subscribe,
+                           "number": p.number}),
                 ));
             }
         }
         out
+    }
+
+    /// One participant of this relay as the fleet registers it (see
+    /// [`Core::participant_summaries`]).
+    pub fn participant_summary(&self, room: &str, id: &str) -> Option<serde_json::Value> {
+        let p = self.rooms.get(room)?.participants.get(id)?;
+        let v = self.participant_view(room, id, p);
+        Some(
+            json!({"region": v.region, "tracks": v.tracks, "subscribe": v.subscribe,
+                    "number": p.number}),
+        )
     }
 
     /// A rule's record as the core holds it.

@@ -267,6 +267,7 @@ mod tests {
             http: Stats::default(),
             webhook: crate::control::webhook::WebhookStats::default(),
             fleet: None,
+            trunks: std::sync::Mutex::new(Vec::new()),
         });
         let (owner, _rx) = crossbeam_channel::bounded(1);
         let runtime = tokio::runtime::Builder::new_current_thread()
