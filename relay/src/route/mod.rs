@@ -40,3 +40,5 @@ pub mod testing;
 mod model_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trunk_tests;
