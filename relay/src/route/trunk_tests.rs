@@ -75,8 +75,10 @@ fn relay(here: u16, rules: &RuleSet, rc_only: &[String]) -> Table {
         member("rb2", 3, here, B, 4, &[], None),
         member("rc", 4, here, C, 5, &[], only),
     ];
-    let compiled = compile_all("r", &people, rules, |_| Some(Arc::new(RuleCounters::new(1))))
-        .unwrap();
+    let compiled = compile_all("r", &people, rules, |_| {
+        Some(Arc::new(RuleCounters::new(1)))
+    })
+    .unwrap();
     let mut t = Table::new();
     t.apply(Update::Room {
         id: RoomId(1),
@@ -171,7 +173,11 @@ fn a_track_crosses_once_per_relay_with_a_receiver_and_fans_out_there() {
             epoch: epoch(A),
         }
     );
-    assert_eq!(p.payload(), &rtp(11)[..], "the datagram behind the header is untouched");
+    assert_eq!(
+        p.payload(),
+        &rtp(11)[..],
+        "the datagram behind the header is untouched"
+    );
     let peers = a.peers();
     assert_eq!(peers.get(B).unwrap().counters.sent.sum(), 1);
     assert_eq!(peers.get(C).unwrap().counters.sent.sum(), 0);
@@ -186,7 +192,10 @@ fn a_track_crosses_once_per_relay_with_a_receiver_and_fans_out_there() {
     assert_eq!(local, [4]);
     let to: Vec<_> = trunks.iter().map(|(a, _)| *a).collect();
     assert_eq!(to, [trunk_addr(A), trunk_addr(C)]);
-    assert_eq!(deliver(&a, B, &trunks[0].1), (Verdict::Forward(2), vec![1, 2]));
+    assert_eq!(
+        deliver(&a, B, &trunks[0].1),
+        (Verdict::Forward(2), vec![1, 2])
+    );
     assert_eq!(deliver(&c, B, &trunks[1].1), (Verdict::Forward(1), vec![5]));
 }
 
@@ -259,7 +268,10 @@ fn feedback_about_a_remote_publisher_goes_back_over_its_trunk() {
     let c = relay(C, &rules, &[]);
     let (_, _, trunks) = send(&c, 5, &pli(55, 31));
     assert_eq!(trunks.len(), 1, "to B only");
-    assert_eq!(deliver(&a, C, &trunks[0].1), (Verdict::Drop(DropReason::NoRoute), vec![]));
+    assert_eq!(
+        deliver(&a, C, &trunks[0].1),
+        (Verdict::Drop(DropReason::NoRoute), vec![])
+    );
 }
 
 #[test]
