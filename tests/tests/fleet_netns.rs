@@ -398,6 +398,23 @@ fn burst(sock: &UdpSocket, ssrc: u32, to: SocketAddr, from: u16, n: u16) {
     }
 }
 
+/// Gives a test socket room for a whole burst (SO_RCVBUFFORCE: the tests run as root).
+fn roomy(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let bytes: libc::c_int = 16 << 20;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_RCVBUFFORCE");
+}
+
 /// What each receiver got since the last read: RTP seqs of `ssrc` (anything else fails).
 fn got(name: &str, r: &Receiver, ssrc: u32) -> Vec<u16> {
     let mut out = Vec::new();
@@ -485,6 +502,8 @@ fn media_crosses_a_trunk_once_per_relay_that_may_receive_it() {
     // The publisher and one receiver on a; receivers on b and c, in their regions.
     let pa = Receiver::start(&a.host);
     let ra = Receiver::start(&a.host);
+    roomy(&pa.sock);
+    roomy(&ra.sock);
     let join = |r: &NsRelay, id: &str, addr: SocketAddr, region: &str, tracks: Value| {
         let body = json!({"address": addr.to_string(), "region": region, "tracks": tracks});
         r.ok(
@@ -507,6 +526,7 @@ fn media_crosses_a_trunk_once_per_relay_that_may_receive_it() {
         for i in list.len()..n {
             let id = format!("{prefix}{i}");
             let recv = Receiver::start(&r.host);
+            roomy(&recv.sock);
             join(r, &id, recv.addr, region, json!([]));
             list.push((id, recv));
         }
@@ -612,19 +632,31 @@ fn media_crosses_a_trunk_once_per_relay_that_may_receive_it() {
     }
     round([1, 1], true, true, true, &rb, &rc);
 
-    // kill -9 of b while pa sends: ra and c's receivers lose nothing.
+    // kill -9 of b while pa sends, for longer than b's lease lives on (a then takes b's
+    // participants out of the room): ra and c's receivers lose nothing.
+    const LONG: u16 = 8000;
     let from = seq;
     let sender = {
         let sock = pa.sock.try_clone().unwrap();
         let to = a.relay.media;
-        std::thread::spawn(move || burst(&sock, SSRC, to, from, 3000))
+        std::thread::spawn(move || burst(&sock, SSRC, to, from, LONG))
     };
     std::thread::sleep(Duration::from_millis(300));
     b.relay.kill9();
+    let killed = Instant::now();
+    wait_for(TTL + Duration::from_secs(2), "a sees b go", || {
+        a.metric("relay_fleet_nodes") == 2
+    });
+    eprintln!("a saw b go {:?} after kill -9", killed.elapsed());
     sender.join().unwrap();
-    seq += 3000;
+    assert!(
+        killed.elapsed() > TTL,
+        "the burst outlived b's lease ({:?})",
+        killed.elapsed()
+    );
+    seq += LONG;
     std::thread::sleep(Duration::from_millis(200));
-    let want: Vec<u16> = (from..from + 3000).collect();
+    let want: Vec<u16> = (from..from + LONG).collect();
     assert_eq!(got("ra", &ra, SSRC), want, "ra during b's death");
     for (id, r) in &rc {
         assert_eq!(got(id, r, SSRC), want, "{id} during b's death");
@@ -633,9 +665,6 @@ fn media_crosses_a_trunk_once_per_relay_that_may_receive_it() {
         let _ = got("rb", r, SSRC);
     }
     // b's participants, placed on a once a has seen b go, receive again (straight from a).
-    wait_for(TTL + Duration::from_secs(2), "a sees b go", || {
-        a.metric("relay_fleet_nodes") == 2
-    });
     for (id, r) in &rb {
         wait_for(
             Duration::from_secs(2),
