@@ -257,11 +257,10 @@ struct SendQueue {
     /// The plan's entry behind each header of `hdrs`.
     order: Vec<u32>,
     /// The trunk socket (fleet mode), its headers and their two iovecs each (trunk header,
-    /// datagram), and the plan entry behind each.
+    /// datagram).
     trunk_fd: Option<RawFd>,
     trunk_hdrs: Vec<libc::mmsghdr>,
     trunk_iovs: Box<[[libc::iovec; 2]]>,
-    trunk_order: Vec<u32>,
     cmsgs: Box<[SegmentCmsg]>,
     reply_iovs: [libc::iovec; REPLY_SLOTS],
     sent: Sent,
@@ -287,7 +286,6 @@ impl SendQueue {
             trunk_fd,
             trunk_hdrs: Vec::with_capacity(capacity),
             trunk_iovs: vec![[empty; 2]; capacity].into_boxed_slice(),
-            trunk_order: Vec::with_capacity(capacity),
             cmsgs: vec![SegmentCmsg::new(0); capacity].into_boxed_slice(),
             reply_iovs: [libc::iovec {
                 iov_base: ptr::null_mut(),
@@ -306,7 +304,6 @@ impl SendQueue {
         self.hdrs.clear();
         self.order.clear();
         self.trunk_hdrs.clear();
-        self.trunk_order.clear();
         for (i, e) in self.plan.entries().iter().enumerate() {
             // SAFETY: a zeroed mmsghdr is valid; the fields set below are the only ones read.
             let mut hdr: libc::mmsghdr = unsafe { mem::zeroed() };
@@ -355,7 +352,6 @@ impl SendQueue {
                     hdr.msg_hdr.msg_iov = self.trunk_iovs[k].as_mut_ptr();
                     hdr.msg_hdr.msg_iovlen = 2;
                     self.trunk_hdrs.push(hdr);
-                    self.trunk_order.push(i as u32);
                     continue;
                 }
             }
@@ -438,7 +434,6 @@ impl SendQueue {
             self.sent.errors += 1;
             start += 1;
         }
-        debug_assert_eq!(self.trunk_hdrs.len(), self.trunk_order.len());
     }
 
     /// Moves the send counters into the batch counts.

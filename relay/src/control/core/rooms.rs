@@ -295,15 +295,13 @@ impl Core {
                         pending.gone.push((room.clone(), id.clone()));
                     }
                 }
-                Undo::Remote(room, id, _, slot) => {
-                    if self.rooms.contains_key(room) {
-                        pending
-                            .rooms
-                            .entry(room.clone())
-                            .or_default()
-                            .entry(id.clone())
-                            .or_insert(*slot);
-                    }
+                Undo::Remote(room, id, _, slot) if self.rooms.contains_key(room) => {
+                    pending
+                        .rooms
+                        .entry(room.clone())
+                        .or_default()
+                        .entry(id.clone())
+                        .or_insert(*slot);
                 }
                 _ => {}
             }
