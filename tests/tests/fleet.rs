@@ -571,7 +571,6 @@ fn trunk_cost_and_hop_latency() {
     let a = fleet_relay(&etcd, "a", "X");
     let b = fleet_relay(&etcd, "b", "X");
     let base = Instant::now();
-    let publisher = UdpSocket::bind("127.0.0.1:0").unwrap();
     for (round, (k, on_b)) in [(1usize, false), (1, true), (10, false), (10, true)]
         .into_iter()
         .enumerate()
@@ -581,6 +580,7 @@ fn trunk_cost_and_hop_latency() {
             r.ok("PUT", &format!("/v1/rooms/{room}"), None);
         }
         let ssrc = 0x7000 + round as u32;
+        let publisher = UdpSocket::bind("127.0.0.1:0").unwrap();
         a.ok(
             "PUT",
             &format!("/v1/rooms/{room}/participants/pub"),
