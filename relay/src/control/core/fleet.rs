@@ -294,4 +294,94 @@ mod tests {
         assert!(events.is_empty());
         assert!(core.rule_record(RuleId(43)).is_some());
     }
+
+    fn remote(node: &str, peer: u16, number: u32, region: &[u8; 2]) -> Box<RemoteParticipant> {
+        Box::new(RemoteParticipant {
+            node: node.into(),
+            peer,
+            number,
+            region: Some(*region),
+            tracks: vec![TrackBody {
+                ssrc: 1000 + number,
+                kind: crate::route::MediaKind::Audio,
+            }],
+            subscribe: SubscribeBody::ALL,
+        })
+    }
+
+    fn run(core: &mut Core, cmd: Command) -> Outcome {
+        let geo = |_: std::net::IpAddr| None;
+        core.handle(now(), &geo, cmd).unwrap()
+    }
+
+    fn members(out: &Outcome) -> Vec<usize> {
+        out.updates
+            .iter()
+            .filter_map(|u| match u {
+                crate::route::Update::Room { room, .. } => Some(room.len()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn participants_of_other_relays_are_members_that_roll_back_exactly() {
+        let mut core = core();
+        let put = |id: &str, r: Option<Box<RemoteParticipant>>| Command::FleetParticipant {
+            room: "m".into(),
+            id: id.into(),
+            remote: r,
+        };
+        // Known before the room opens here: nothing to publish, nothing stored.
+        let out = run(&mut core, put("x", Some(remote("b", 2, 7, b"CN"))));
+        assert!(out.updates.is_empty() && out.events.is_empty());
+        assert!(core.store_ops().is_empty());
+        core.commit();
+        // The room opens with it.
+        let out = run(
+            &mut core,
+            Command::PutRoom {
+                room: "m".into(),
+                plain_legs: None,
+            },
+        );
+        assert_eq!(members(&out), [1]);
+        core.commit();
+        // Another joins; the same record again changes nothing.
+        let out = run(&mut core, put("y", Some(remote("c", 3, 8, b"US"))));
+        assert_eq!(members(&out), [2]);
+        assert!(out.events.is_empty() && core.store_ops().is_empty());
+        core.commit();
+        let out = run(&mut core, put("y", Some(remote("c", 3, 8, b"US"))));
+        assert!(out.updates.is_empty());
+        core.commit();
+        // Rolled back, y's leaving puts it back in its slot.
+        let out = run(&mut core, put("y", None));
+        assert_eq!(members(&out), [1]);
+        let back = core.rollback();
+        assert!(matches!(&back[..],
+            [crate::route::Update::Room { room, slots, .. }] if room.len() == 2 && **slots == [1]));
+        // They count toward no limit and are not this relay's: the room view lists none, the
+        // fleet registration names none.
+        let (_, view) = run(&mut core, Command::GetRoom { room: "m".into() })
+            .reply
+            .unwrap();
+        assert_eq!(view["participants"], serde_json::json!([]));
+        core.commit();
+        assert!(core.participant_summaries().is_empty());
+        assert_eq!(core.sizes().1, 0);
+        // A region rule matches them like local participants (their region from the record).
+        let mut us = record(RuleState::Active);
+        us.id = RuleId(50);
+        us.spec = rules::parse(
+            br#"{"match": {"regions": ["US"]}, "direction": "receive",
+            "basis": {"authority": "A", "reference": "R", "jurisdiction": "US"},
+            "expires_at": "2030-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let out = run(&mut core, Command::FleetRule(Box::new(us)));
+        assert!(matches!(&out.updates[..],
+            [crate::route::Update::Room { slots, .. }] if **slots == [1]));
+        core.commit();
+    }
 }
