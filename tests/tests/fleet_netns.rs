@@ -664,7 +664,16 @@ fn media_crosses_a_trunk_once_per_relay_that_may_receive_it() {
     for (_, r) in &rb {
         let _ = got("rb", r, SSRC);
     }
-    // b's participants, placed on a once a has seen b go, receive again (straight from a).
+    // b's participants, placed again once a has seen b go, receive again (straight from a).
+    // No live relay is in CN now: the least loaded of the others is a (2 participants, c 20).
+    wait_for(Duration::from_secs(3), "a's load registered", || {
+        let p = c.ok(
+            "POST",
+            "/v1/placements",
+            Some(&json!({"room": "m", "region": "CN"})),
+        );
+        p["node"] == "a" && p["in_region"] == false
+    });
     for (id, r) in &rb {
         wait_for(
             Duration::from_secs(2),
