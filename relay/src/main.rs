@@ -71,6 +71,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         gso: config.gso,
         busy_poll: config.busy_poll,
         fence: fence.clone(),
+        trunk: config.fleet.as_ref().map(|f| f.trunk),
         idle_spin: config.idle_poll,
         worker_priority: config.worker_priority,
     })
@@ -91,6 +92,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
             fleet: config
                 .fleet
                 .clone()
+                .map(|mut f| {
+                    // Registered as bound (port 0 picks one).
+                    if f.trunk.port() == 0
+                        && let Some(bound) = plane.trunk_addr()
+                    {
+                        f.trunk.set_port(bound.port());
+                    }
+                    f
+                })
                 .zip(fence)
                 .map(|(settings, status)| FleetSetup { settings, status }),
             data_dir: config.data_dir.clone(),

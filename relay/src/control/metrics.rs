@@ -233,6 +233,29 @@ fn control(shared: &Shared, out: &mut String) {
             u8::from(fleet.fenced()),
             shared.gauges.fleet_nodes.load(Ordering::Relaxed)
         );
+        let trunks = shared.trunks();
+        let _ = writeln!(
+            out,
+            "# HELP relay_trunk_packets_sent_total Trunk datagrams queued for a peer relay (one per packet and peer with an allowed receiver).\n# TYPE relay_trunk_packets_sent_total counter"
+        );
+        for (peer, c) in &trunks {
+            let _ = writeln!(
+                out,
+                "relay_trunk_packets_sent_total{{peer=\"{peer}\"}} {}",
+                c.sent.sum()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP relay_trunk_packets_received_total Trunk datagrams accepted from a peer relay (registered address, current epoch, well formed).\n# TYPE relay_trunk_packets_received_total counter"
+        );
+        for (peer, c) in &trunks {
+            let _ = writeln!(
+                out,
+                "relay_trunk_packets_received_total{{peer=\"{peer}\"}} {}",
+                c.received.sum()
+            );
+        }
     }
     let hook = &shared.webhook;
     let _ = writeln!(

@@ -120,6 +120,7 @@ impl Control {
             gauges: Gauges::default(),
             readiness: AtomicU8::new(Readiness::Starting as u8),
             rules: Mutex::new(Arc::new(Vec::new())),
+            trunks: Mutex::new(Vec::new()),
             http: http::Stats::default(),
             webhook: webhook::WebhookStats::default(),
             fleet: config.fleet.as_ref().map(|f| f.status.clone()),
@@ -243,6 +244,8 @@ pub struct Shared {
     pub(crate) fleet: Option<Arc<crate::fleet::Status>>,
     /// The DTLS thread's counters (`relay_dtls_*`).
     pub(crate) dtls: Arc<dtls::Stats>,
+    /// Fleet mode: trunk counters by peer node name (`relay_trunk_packets_*_total`).
+    pub(crate) trunks: Mutex<Vec<(String, Arc<crate::route::TrunkCounters>)>>,
 }
 
 /// What does not change while the relay runs.
@@ -320,6 +323,18 @@ impl Shared {
     pub(crate) fn set_rules(&self, rules: Vec<view::RuleMetric>) {
         let mut r = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         *r = Arc::new(rules);
+    }
+
+    /// Trunk counters by peer node name (fleet mode).
+    pub(crate) fn trunks(&self) -> Vec<(String, Arc<crate::route::TrunkCounters>)> {
+        self.trunks
+            .lock()
+            .map_or_else(|e| e.into_inner().clone(), |t| t.clone())
+    }
+
+    pub(crate) fn set_trunks(&self, trunks: Vec<(String, Arc<crate::route::TrunkCounters>)>) {
+        let mut t = self.trunks.lock().unwrap_or_else(|e| e.into_inner());
+        *t = trunks;
     }
 }
 

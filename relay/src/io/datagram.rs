@@ -17,8 +17,8 @@ use super::SLOT_SIZE;
 use super::srtp_state::SrtpState;
 use super::stats::BatchCounts;
 use crate::fleet::Status;
-use crate::packet::demux;
-use crate::route::{DropReason, Latch, Legs, StunAction, StunGuard, Table, Update, Verdict};
+use crate::packet::{demux, trunk};
+use crate::route::{Dest, DropReason, Latch, Legs, StunAction, StunGuard, Table, Update, Verdict};
 use crate::srtp::{Egress, Error as SrtpError};
 
 /// Room for a STUN response: header, XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT, or an
@@ -39,6 +39,10 @@ pub(crate) trait Output {
     /// Queues a datagram that `write` makes in a free slot of the plan (an SRTP copy sealed
     /// straight into it), returning its length or `None` to send nothing.
     fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>);
+    /// Queues the datagram being handled, unchanged, for the peer relay whose trunk address is
+    /// `dest`, from this worker's trunk socket, behind `header` (two iovecs: the header is
+    /// copied into the send, the datagram is not).
+    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]);
 }
 
 /// A worker's routing state and the counters of its current batch.
@@ -94,7 +98,7 @@ impl Datapath {
         let before = SrtpState::sessions(&self.table, &update);
         let after_key = match &update {
             Update::Room { .. } => Some(update.clone()),
-            Update::RemoveRoom(_) => None,
+            Update::RemoveRoom(_) | Update::Peers(_) => None,
         };
         self.table.apply(update);
         let now = after_key.map_or_else(Vec::new, |u| SrtpState::sessions(&self.table, &u));
@@ -172,6 +176,44 @@ impl Datapath {
         }
     }
 
+    /// Handles one datagram that came in on the trunk port: checked against the live peers and
+    /// routed to local receivers only (split horizon). The backend has pointed "the datagram
+    /// being handled" at the inner datagram (after the header), which `forward` sends.
+    #[inline]
+    pub(crate) fn handle_trunk(
+        &mut self,
+        src: Option<SocketAddr>,
+        bytes: &[u8],
+        truncated: bool,
+        out: &mut impl Output,
+    ) {
+        self.counts.packets_in += 1;
+        self.counts.bytes_in += bytes.len() as u64;
+        let verdict = match src {
+            _ if self.fenced => Verdict::Drop(DropReason::Fenced),
+            _ if truncated || bytes.len() > SLOT_SIZE => Verdict::Drop(DropReason::Oversize),
+            None => Verdict::Drop(DropReason::TrunkUnknownPeer),
+            Some(src) => {
+                let Self {
+                    worker,
+                    table,
+                    counts,
+                    srtp,
+                    ..
+                } = self;
+                let inner = bytes.get(trunk::HEADER_LEN..).unwrap_or_default();
+                let egress = &mut srtp.egress;
+                table.route_trunk(*worker, &src, bytes, |dest, legs| match legs {
+                    None => out.forward(dest),
+                    Some(l) => seal(l, dest, inner, egress, counts, out),
+                })
+            }
+        };
+        if let Verdict::Drop(reason) = verdict {
+            self.counts.drops[reason.index()] += 1;
+        }
+    }
+
     /// Routes RTP and RTCP: a plain sender's datagram goes out unchanged (zero-copy) to plain
     /// receivers; a WebRTC leg's is unprotected first; each WebRTC receiver gets a copy sealed
     /// for its leg in a slot of the plan.
@@ -197,9 +239,10 @@ impl Datapath {
             None
         };
         let Some((legs, session)) = from_webrtc else {
-            return table.route_legs(*worker, src, bytes, |dest, legs| match legs {
-                None => out.forward(dest),
-                Some(l) => seal(l, dest, bytes, egress, counts, out),
+            return table.route_fleet(*worker, src, bytes, |copy| match copy {
+                Dest::Local(dest, None) => out.forward(dest),
+                Dest::Local(dest, Some(l)) => seal(l, dest, bytes, egress, counts, out),
+                Dest::Trunk(dest, header) => out.trunk(dest, header),
             });
         };
         // A WebRTC leg: unprotect a copy in the worker's scratch buffer, then route it clear.

@@ -84,6 +84,9 @@ pub struct DataPlaneConfig {
     /// In fleet mode, the fleet's status: while it says fenced, workers forward nothing
     /// (counted as drop reason `fenced`; read once per batch).
     pub fence: Option<Arc<crate::fleet::Status>>,
+    /// In fleet mode, the trunk address (`--trunk`): every worker binds a socket of one
+    /// SO_REUSEPORT group there, receives peer relays' trunk datagrams on it and sends its own.
+    pub trunk: Option<SocketAddr>,
     /// The most an idle worker polls its socket before it sleeps (adaptive, see `io::idle`);
     /// zero sleeps at once.
     pub idle_spin: Duration,
@@ -105,6 +108,7 @@ impl Default for DataPlaneConfig {
             gso: true,
             busy_poll: false,
             fence: None,
+            trunk: None,
             idle_spin: DEFAULT_IDLE_SPIN,
             worker_priority: WorkerPriority::Normal,
         }
@@ -115,6 +119,7 @@ impl Default for DataPlaneConfig {
 pub struct DataPlane {
     workers: Vec<WorkerHandle>,
     local_addr: SocketAddr,
+    trunk_addr: Option<SocketAddr>,
     backend: Backend,
     latches: Receiver<Latch>,
     /// Time from sending a change to the last acknowledgement, per [`DataPlane::publish`].
@@ -152,6 +157,14 @@ impl DataPlane {
         let workers = config.workers.max(1);
         let (sockets, local_addr) =
             socket::bind_group(config.media, workers, config.socket_buffer)?;
+        let (trunks, trunk_addr) = match config.trunk {
+            Some(addr) => {
+                let (t, a) = socket::bind_group(addr, workers, config.socket_buffer)
+                    .map_err(|e| io::Error::new(e.kind(), format!("--trunk {addr}: {e}")))?;
+                (t.into_iter().map(Some).collect(), Some(a))
+            }
+            None => ((0..workers).map(|_| None).collect::<Vec<_>>(), None),
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let settings = Settings {
             recv_batch: config.recv_batch.clamp(1, 1024),
@@ -171,19 +184,21 @@ impl DataPlane {
         let mut plane = Self {
             workers: Vec::with_capacity(workers),
             local_addr,
+            trunk_addr,
             backend,
             latches,
             apply_duration: Histogram::new(APPLY_BUCKETS),
             dtls,
             dtls_socket,
         };
-        for (index, socket) in sockets.into_iter().enumerate() {
+        for (index, (socket, trunk)) in sockets.into_iter().zip(trunks).enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
             let wake = Arc::new(socket::eventfd()?);
             let stats = Arc::new(WorkerStats::default());
             let worker = Worker {
                 index,
                 socket,
+                trunk,
                 wake: wake.clone(),
                 rx,
                 stats: stats.clone(),
@@ -242,6 +257,11 @@ impl DataPlane {
     /// The bound media address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound trunk address (fleet mode).
+    pub fn trunk_addr(&self) -> Option<SocketAddr> {
+        self.trunk_addr
     }
 
     /// The backend in use.

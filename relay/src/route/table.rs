@@ -18,8 +18,9 @@ use socket2::SockAddr;
 use super::ice::{self, Latch, StunAction, StunGuard};
 use super::leg::{DtlsLeg, Leg};
 use super::room::{Member, Room};
+use super::trunk::{Local, Peers};
 use crate::packet::rtp::Ssrc;
-use crate::packet::{demux, rtcp, rtp};
+use crate::packet::{demux, rtcp, rtp, trunk};
 
 /// A room handle assigned by the control thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +41,8 @@ pub enum Update {
     },
     /// Remove a room and all its members' addresses.
     RemoveRoom(RoomId),
+    /// Replace the fleet's peer relays (fleet mode; published when the node list changes).
+    Peers(Arc<Peers>),
 }
 
 /// Why a datagram was not forwarded. Every dropped datagram counts under exactly one reason.
@@ -93,11 +96,19 @@ pub enum DropReason {
     /// The relay is fenced from its fleet (lease lost or not caught up with the rules): it
     /// forwards and answers nothing.
     Fenced,
+    /// A datagram on the trunk port from an address that is no live peer's registered trunk
+    /// address, or whose header names another origin or an old epoch of that peer.
+    TrunkUnknownPeer,
+    /// A trunk datagram whose header does not parse (`packet::trunk`).
+    TrunkMalformed,
+    /// A trunk datagram from a peer whose sender is not a member of a room here (not yet
+    /// known, or gone), or is in a room of another number.
+    TrunkUnknownSender,
 }
 
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 24] = [
         Self::UnknownSource,
         Self::UndeclaredSsrc,
         Self::MalformedRtp,
@@ -119,6 +130,9 @@ impl DropReason {
         Self::StunUnknownUser,
         Self::StunRateLimited,
         Self::Fenced,
+        Self::TrunkUnknownPeer,
+        Self::TrunkMalformed,
+        Self::TrunkUnknownSender,
     ];
 
     /// A dense index for counter arrays.
@@ -150,6 +164,9 @@ impl DropReason {
             Self::StunUnknownUser => "stun_unknown_user",
             Self::StunRateLimited => "stun_rate_limited",
             Self::Fenced => "fenced",
+            Self::TrunkUnknownPeer => "trunk_unknown_peer",
+            Self::TrunkMalformed => "trunk_malformed",
+            Self::TrunkUnknownSender => "trunk_unknown_sender",
         }
     }
 }
@@ -182,6 +199,10 @@ pub struct Table {
     by_ufrag: HashMap<Box<[u8]>, (u32, u16, Leg)>,
     /// WebRTC members indexed: while there are none, a media packet costs no second lookup.
     webrtc_members: usize,
+    /// Members that live on other relays, by (their relay's node number, participant number).
+    by_remote: HashMap<(u16, u32), (u32, u16)>,
+    /// The fleet's other relays (empty outside fleet mode).
+    peers: Arc<Peers>,
 }
 
 /// A room in a worker's table.
@@ -239,6 +260,7 @@ impl Table {
                 }
                 self.rooms[index as usize] = Some(installed);
             }
+            Update::Peers(peers) => self.peers = peers,
             Update::RemoveRoom(id) => {
                 let Some(index) = self.ids.remove(&id) else {
                     return;
@@ -270,6 +292,9 @@ impl Table {
         for (t, track) in m.tracks.iter().enumerate() {
             ssrcs.insert(track.ssrc, (slot, t as u16));
         }
+        if let Some(peer) = m.peer {
+            self.by_remote.insert((peer, m.number), (index, slot));
+        }
     }
 
     /// Removes what `m` in `slot` put in the indexes; entries that moved to another member or
@@ -295,6 +320,16 @@ impl Table {
                 ssrcs.remove(&track.ssrc);
             }
         }
+        if let Some(peer) = m.peer
+            && self.by_remote.get(&(peer, m.number)) == Some(&(index, slot))
+        {
+            self.by_remote.remove(&(peer, m.number));
+        }
+    }
+
+    /// The fleet's peer relays this worker forwards with.
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
     }
 
     /// The number of rooms installed.
@@ -425,7 +460,53 @@ impl Table {
         worker: usize,
         src: &SocketAddr,
         buf: &[u8],
-        mut emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+        emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+    ) -> Verdict {
+        self.route_sink(worker, src, buf, &mut LocalOnly(emit))
+    }
+
+    /// As [`Table::route_legs`], in fleet mode: `emit` also gets each copy for a peer relay
+    /// ([`Dest::Trunk`]), with the 16-byte trunk header to put in front of the datagram (counted
+    /// as sent to that peer). A local track goes once to each peer with a member allowed to receive it;
+    /// feedback about a remote publisher's SSRC goes once to that publisher's relay.
+    #[inline]
+    pub fn route_fleet(
+        &self,
+        worker: usize,
+        src: &SocketAddr,
+        buf: &[u8],
+        mut emit: impl FnMut(Dest<'_>),
+    ) -> Verdict {
+        match self.peers.local() {
+            Some(local) => self.route_sink(
+                worker,
+                src,
+                buf,
+                &mut Trunked {
+                    emit,
+                    peers: &self.peers,
+                    local,
+                    worker,
+                },
+            ),
+            None => self.route_sink(
+                worker,
+                src,
+                buf,
+                &mut LocalOnly(|d: &SockAddr, l: Option<&Arc<super::Legs>>| {
+                    emit(Dest::Local(d, l))
+                }),
+            ),
+        }
+    }
+
+    #[inline]
+    fn route_sink(
+        &self,
+        worker: usize,
+        src: &SocketAddr,
+        buf: &[u8],
+        sink: &mut impl Sink,
     ) -> Verdict {
         let kind = demux::classify(buf);
         match kind {
@@ -448,6 +529,77 @@ impl Table {
         let Some(member) = installed.room.member(slot) else {
             return Verdict::Drop(DropReason::UnknownSource);
         };
+        self.route_member(worker, installed, slot, member, kind, buf, sink)
+    }
+
+    /// Routes a datagram that came in on the trunk port from `src`: accepted only from a live
+    /// peer's registered trunk address, with that peer's node number and epoch in a header that
+    /// parses; its sender is found by (origin, participant number) among this relay's rooms.
+    /// `emit` gets local receivers only: a trunk packet never goes to another trunk (split
+    /// horizon). `emit` is given the inner datagram's destinations; the caller sends the bytes
+    /// after the header.
+    #[inline]
+    pub fn route_trunk(
+        &self,
+        worker: usize,
+        src: &SocketAddr,
+        buf: &[u8],
+        emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+    ) -> Verdict {
+        let Some(peer) = self.peers.by_addr(src) else {
+            return Verdict::Drop(DropReason::TrunkUnknownPeer);
+        };
+        let Ok(packet) = trunk::Packet::new_checked(buf) else {
+            return Verdict::Drop(DropReason::TrunkMalformed);
+        };
+        if packet.origin() != peer.node || packet.epoch() != peer.epoch {
+            return Verdict::Drop(DropReason::TrunkUnknownPeer);
+        }
+        peer.counters.received.add(worker, 1);
+        let Some(&(index, slot)) = self.by_remote.get(&(peer.node.0, packet.sender().0)) else {
+            return Verdict::Drop(DropReason::TrunkUnknownSender);
+        };
+        let Some(installed) = self.installed(index) else {
+            return Verdict::Drop(DropReason::TrunkUnknownSender);
+        };
+        let Some(member) = installed.room.member(slot) else {
+            return Verdict::Drop(DropReason::TrunkUnknownSender);
+        };
+        if installed.room.number != packet.room().0 {
+            return Verdict::Drop(DropReason::TrunkUnknownSender);
+        }
+        let kind = match packet.content() {
+            trunk::Content::Rtp => demux::Kind::Rtp,
+            trunk::Content::Rtcp => demux::Kind::Rtcp,
+        };
+        let inner = packet.payload();
+        self.route_member(
+            worker,
+            installed,
+            slot,
+            member,
+            kind,
+            inner,
+            &mut LocalOnly(emit),
+        )
+    }
+
+    /// Routes RTP or RTCP from `member` (in `slot` of `installed`), counting it on the member.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the routing state of one datagram"
+    )]
+    #[inline]
+    fn route_member(
+        &self,
+        worker: usize,
+        installed: &Installed,
+        slot: u16,
+        member: &Member,
+        kind: demux::Kind,
+        buf: &[u8],
+        sink: &mut impl Sink,
+    ) -> Verdict {
         member.counters.packets_in().add(worker, 1);
         member.counters.bytes_in().add(worker, buf.len() as u64);
         let from = Sender {
@@ -456,14 +608,96 @@ impl Table {
             member,
         };
         let verdict = if kind == demux::Kind::Rtp {
-            route_rtp(worker, &from, buf, &mut emit)
+            route_rtp(worker, &from, buf, sink)
         } else {
-            route_rtcp(worker, installed, &from, buf, &mut emit)
+            route_rtcp(worker, installed, &from, buf, sink)
         };
         if matches!(verdict, Verdict::Drop(_)) {
             member.counters.packets_dropped().add(worker, 1);
         }
         verdict
+    }
+}
+
+/// Where the routing decision sends copies: local receivers, and in fleet mode peer relays.
+trait Sink {
+    /// A local receiver (its WebRTC legs, if it has them).
+    fn local(&mut self, dest: &SockAddr, legs: Option<&Arc<super::Legs>>);
+    /// Whether copies for peer relays are wanted at all (not for trunk ingress, nor outside
+    /// fleet mode).
+    fn trunks(&self) -> bool;
+    /// A copy for the peer relay with node number `peer`, with the header's fields.
+    fn trunk(&mut self, peer: u16, room: u32, sender: u32, rtcp: bool, media: trunk::Media);
+}
+
+/// Local receivers only.
+struct LocalOnly<F>(F);
+
+impl<F: FnMut(&SockAddr, Option<&Arc<super::Legs>>)> Sink for LocalOnly<F> {
+    #[inline]
+    fn local(&mut self, dest: &SockAddr, legs: Option<&Arc<super::Legs>>) {
+        (self.0)(dest, legs);
+    }
+
+    #[inline]
+    fn trunks(&self) -> bool {
+        false
+    }
+
+    #[inline]
+    fn trunk(&mut self, _: u16, _: u32, _: u32, _: bool, _: trunk::Media) {}
+}
+
+/// Where [`Table::route_fleet`] sends one copy.
+#[derive(Clone, Copy, Debug)]
+pub enum Dest<'a> {
+    /// A local receiver, with its WebRTC legs if it has them.
+    Local(&'a SockAddr, Option<&'a Arc<super::Legs>>),
+    /// A peer relay's trunk address, and the header to put in front of the datagram.
+    Trunk(&'a SockAddr, &'a [u8; trunk::HEADER_LEN]),
+}
+
+/// Local receivers and peer relays: builds each trunk copy's header (on the stack) and counts it.
+struct Trunked<'p, F> {
+    emit: F,
+    peers: &'p Peers,
+    local: Local,
+    worker: usize,
+}
+
+impl<F> Sink for Trunked<'_, F>
+where
+    F: FnMut(Dest<'_>),
+{
+    #[inline]
+    fn local(&mut self, dest: &SockAddr, legs: Option<&Arc<super::Legs>>) {
+        (self.emit)(Dest::Local(dest, legs));
+    }
+
+    #[inline]
+    fn trunks(&self) -> bool {
+        true
+    }
+
+    #[inline]
+    fn trunk(&mut self, peer: u16, room: u32, sender: u32, rtcp: bool, media: trunk::Media) {
+        let Some(p) = self.peers.get(peer) else {
+            return;
+        };
+        let header = trunk::Header {
+            content: if rtcp {
+                trunk::Content::Rtcp
+            } else {
+                trunk::Content::Rtp
+            },
+            media,
+            origin: self.local.node,
+            room: trunk::RoomNo(room),
+            sender: trunk::ParticipantNo(sender),
+            epoch: self.local.epoch,
+        };
+        p.counters.sent.add(self.worker, 1);
+        (self.emit)(Dest::Trunk(&p.sockaddr, &header.to_bytes()));
     }
 }
 
@@ -494,27 +728,25 @@ struct Sender<'r> {
     member: &'r Member,
 }
 
-fn route_rtp(
-    worker: usize,
-    from: &Sender<'_>,
-    buf: &[u8],
-    emit: &mut impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
-) -> Verdict {
+fn route_rtp(worker: usize, from: &Sender<'_>, buf: &[u8], sink: &mut impl Sink) -> Verdict {
     let Ok(packet) = rtp::Packet::new_checked(buf) else {
         return Verdict::Drop(DropReason::MalformedRtp);
     };
     let Some(track) = from.member.track(packet.ssrc()) else {
         return Verdict::Drop(DropReason::UndeclaredSsrc);
     };
-    fan_out(worker, from, track, emit)
+    fan_out(worker, from, track, false, sink)
 }
 
+/// Sends a track's packet to its local receivers and, for a local sender in fleet mode, once
+/// to each peer relay with a receiver allowed for it. A send rule stops it before either.
 #[inline]
 fn fan_out(
     worker: usize,
     from: &Sender<'_>,
     track: &super::room::Track,
-    emit: &mut impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+    rtcp: bool,
+    sink: &mut impl Sink,
 ) -> Verdict {
     if let Some(rule) = &track.send_block {
         rule.dropped_send.add(worker, 1);
@@ -522,14 +754,23 @@ fn fan_out(
     }
     let room = from.room;
     room.count_receive_blocked(worker, from.member, track.kind);
-    let sent = room.each_receiver(
+    let mut sent = room.each_receiver(
         worker,
         from.slot,
         from.member,
         track.kind,
         0..room.chunks.len(),
-        |r, dest| emit(dest, r.webrtc.as_ref()),
+        |r, dest| sink.local(dest, r.webrtc.as_ref()),
     );
+    if sink.trunks() && from.member.peer.is_none() {
+        let media = match track.kind {
+            super::room::MediaKind::Audio => trunk::Media::Audio,
+            super::room::MediaKind::Video => trunk::Media::Video,
+        };
+        sent += room.each_trunk(from.member, track.kind, |peer| {
+            sink.trunk(peer, room.number, from.member.number, rtcp, media)
+        });
+    }
     Verdict::Forward(sent)
 }
 
@@ -538,7 +779,7 @@ fn route_rtcp(
     installed: &Installed,
     from: &Sender<'_>,
     buf: &[u8],
-    emit: &mut impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+    sink: &mut impl Sink,
 ) -> Verdict {
     let Ok(route) = rtcp::classify(buf) else {
         return Verdict::Drop(DropReason::MalformedRtcp);
@@ -553,13 +794,13 @@ fn route_rtcp(
             let Some(track) = from.member.track(sender) else {
                 return Verdict::Drop(DropReason::UndeclaredSsrc);
             };
-            let verdict = fan_out(worker, from, track, emit);
+            let verdict = fan_out(worker, from, track, true, sink);
             let Some(feedback) = also_feedback else {
                 return verdict;
             };
             // Publishers that got the report already are not sent it again.
             let skip = (verdict != Verdict::Drop(DropReason::Rule)).then_some(track.kind);
-            let (sent, _) = route_feedback(worker, installed, from, feedback, skip, emit);
+            let (sent, _) = route_feedback(worker, installed, from, feedback, skip, sink);
             match verdict {
                 Verdict::Forward(n) => Verdict::Forward(n + sent),
                 _ if sent > 0 => Verdict::Forward(sent),
@@ -567,7 +808,7 @@ fn route_rtcp(
             }
         }
         rtcp::Route::Feedback { feedback, .. } => {
-            match route_feedback(worker, installed, from, feedback, None, emit) {
+            match route_feedback(worker, installed, from, feedback, None, sink) {
                 (0, true) => Verdict::Drop(DropReason::Rule),
                 (0, false) => Verdict::Drop(DropReason::NoRoute),
                 (sent, _) => Verdict::Forward(sent),
@@ -576,7 +817,7 @@ fn route_rtcp(
         rtcp::Route::Encrypted { .. } => Verdict::Forward(from.room.each_flow_peer(
             from.slot,
             from.member,
-            |d| emit(d, None),
+            |d| sink.local(d, None),
         )),
     }
 }
@@ -590,7 +831,7 @@ fn route_feedback(
     from: &Sender<'_>,
     feedback: rtcp::Feedback<'_>,
     skip: Option<super::room::MediaKind>,
-    emit: &mut impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+    sink: &mut impl Sink,
 ) -> (usize, bool) {
     let room = from.room;
     let member = from.member;
@@ -636,11 +877,30 @@ fn route_feedback(
         n += 1;
     }
     let mut sent = 0;
+    // Publishers on another relay get the feedback through their relay's trunk, once per relay
+    // (it routes the datagram to each of its publishers the feedback names).
+    let mut peers = [0u16; MAX_FEEDBACK_TARGETS];
+    let mut np = 0;
     for &p in &targets[..n] {
-        if let Some(m) = room.member(p)
-            && let Some(dest) = m.sockaddr.as_ref()
-        {
-            emit(dest, m.webrtc.as_ref());
+        let Some(m) = room.member(p) else { continue };
+        if let Some(peer) = m.peer {
+            // A sender report's compound already went to that relay with the media fan-out,
+            // which routes its report blocks there.
+            let reached = skip.is_some_and(|k| room.trunk_reaches(member, k, peer));
+            if sink.trunks() && member.peer.is_none() && !reached && !peers[..np].contains(&peer) {
+                peers[np] = peer;
+                np += 1;
+                sink.trunk(
+                    peer,
+                    room.number,
+                    member.number,
+                    true,
+                    trunk::Media::Unspecified,
+                );
+                sent += 1;
+            }
+        } else if let Some(dest) = m.sockaddr.as_ref() {
+            sink.local(dest, m.webrtc.as_ref());
             sent += 1;
         }
     }

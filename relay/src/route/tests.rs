@@ -28,6 +28,8 @@ fn member<'a>(
         counters: Arc::new(ParticipantCounters::new(1)),
         ice: None,
         webrtc: None,
+        number: 0,
+        peer: None,
     }
 }
 

@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -36,12 +37,13 @@ use tokio::sync::oneshot;
 
 use super::{Answer, Owner, Request, now};
 use crate::config::{FleetSettings, valid_region};
-use crate::control::body::LiftBody;
-use crate::control::core::Command;
+use crate::control::body::{LiftBody, SubscribeBody, TrackBody};
+use crate::control::core::{Command, RemoteParticipant};
 use crate::control::error::{ApiError, Code};
 use crate::control::event::Event;
 use crate::fleet::keys::Keys;
 use crate::fleet::{self, Acks, Append, Commit, Fleet, FleetError, Rules, Status};
+use crate::route::{Local, Peer, Peers, TrunkCounters, Update};
 use crate::rules::{RuleCounters, RuleId, RuleSpec};
 use crate::store::{self, AuditEntry, RuleState, Store, StoredRule};
 
@@ -80,6 +82,9 @@ pub struct FleetLink {
     /// Participants whose key went with their relay's lease before this relay heard that the
     /// relay was lost, by relay: `node_lost` names them too.
     gone_with: BTreeMap<String, Vec<(String, String)>>,
+    /// Trunk counters by peer node name, kept for the life of the process (the metrics are
+    /// counters: a peer that leaves and comes back adds to its old ones).
+    trunk_counters: BTreeMap<String, Arc<TrunkCounters>>,
 }
 
 /// What a relay puts under `participants/{room}/{participant}` (on its lease).
@@ -87,9 +92,25 @@ pub struct FleetLink {
 pub struct FleetParticipant {
     /// The relay it lives on.
     pub node: String,
+    /// That relay's node number (trunk headers' origin).
+    #[serde(default)]
+    pub node_no: u16,
     /// Its region, its tracks and its subscription, as its view shows them.
     #[serde(flatten)]
     pub summary: Value,
+}
+
+/// The part of a participant key's summary that the trunks need.
+#[derive(Deserialize)]
+struct RemoteSummary {
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    tracks: Vec<TrackBody>,
+    #[serde(default)]
+    subscribe: Option<SubscribeBody>,
+    #[serde(default)]
+    number: u32,
 }
 
 /// The body of `POST /v1/placements`.
@@ -261,6 +282,7 @@ pub fn join(
         load: None,
         remote: BTreeMap::new(),
         gone_with: BTreeMap::new(),
+        trunk_counters: BTreeMap::new(),
     })
 }
 
@@ -307,6 +329,69 @@ impl Owner {
         }
         self.fleet_publish_all();
         self.fleet_read_participants();
+        self.fleet_publish_peers();
+    }
+
+    /// Gives the workers the fleet's other relays as the node list has them now, with this
+    /// relay's node number and current epoch for the headers it writes.
+    fn fleet_publish_peers(&mut self) {
+        let workers = self.plane.workers();
+        let Some(link) = &mut self.fleet else { return };
+        let me = link.fleet.node();
+        let local = Local {
+            node: me.number(),
+            epoch: me.epoch(),
+        };
+        let nodes = link.fleet.nodes();
+        let mut peers = Vec::new();
+        for n in nodes.iter().filter(|n| n.node != me.node) {
+            let counters = link
+                .trunk_counters
+                .entry(n.node.clone())
+                .or_insert_with(|| Arc::new(TrunkCounters::new(workers)))
+                .clone();
+            peers.push(Peer::new(&n.node, n.number(), n.epoch(), n.trunk, counters));
+        }
+        self.shared.set_trunks(
+            link.trunk_counters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        let update = Update::Peers(Arc::new(Peers::new(local, peers)));
+        if let Err(e) = self.plane.publish(vec![update]) {
+            tracing::error!(error = %e, "giving the workers the fleet's relays failed");
+        }
+    }
+
+    /// Tells the core about a participant of another relay (`None`: it left).
+    fn fleet_remote(&mut self, room: &str, id: &str, p: Option<&FleetParticipant>) {
+        let remote = p.and_then(|p| {
+            let summary: RemoteSummary = serde_json::from_value(p.summary.clone()).ok()?;
+            let node_no = self
+                .fleet
+                .as_ref()
+                .and_then(|l| l.fleet.nodes().into_iter().find(|n| n.node == p.node))
+                .map_or(p.node_no, |n| n.number);
+            Some(Box::new(RemoteParticipant {
+                node: p.node.clone(),
+                peer: node_no,
+                number: summary.number,
+                region: summary.region.as_deref().and_then(|r| {
+                    let b = r.as_bytes();
+                    (b.len() == 2).then(|| [b[0], b[1]])
+                }),
+                tracks: summary.tracks,
+                subscribe: summary.subscribe.unwrap_or(SubscribeBody::ALL),
+            }))
+        });
+        if let Err(e) = self.run_command(Command::FleetParticipant {
+            room: room.to_owned(),
+            id: id.to_owned(),
+            remote,
+        }) {
+            tracing::warn!(error = %e, "installing a participant of another relay failed");
+        }
     }
 
     /// Puts every participant of this relay under its (new) lease.
@@ -326,6 +411,7 @@ impl Owner {
         let Some(link) = &self.fleet else { return };
         let record = FleetParticipant {
             node: link.node.clone(),
+            node_no: link.fleet.node().number,
             summary,
         };
         link.fleet
@@ -360,8 +446,11 @@ impl Owner {
             return;
         };
         match (event.kind, participant) {
-            ("participant_joined" | "participant_changed", Some(id)) => {
-                let summary = json!({"region": d["region"], "tracks": d["tracks"]});
+            ("participant_joined" | "participant_changed" | "subscription_changed", Some(id)) => {
+                let summary = self
+                    .core
+                    .participant_summary(room, id)
+                    .unwrap_or_else(|| json!({"region": d["region"], "tracks": d["tracks"]}));
                 self.fleet_put_participant(room, id, summary);
             }
             ("participant_left", Some(id)) => self.fleet_delete_participant(room, id),
@@ -388,13 +477,16 @@ impl Owner {
                 if let Ok(p) = serde_json::from_slice::<FleetParticipant>(&v)
                     && p.node != link.node
                 {
-                    link.remote.insert(k, p);
+                    link.remote.insert(k.clone(), p.clone());
+                    self.fleet_remote(&k.0, &k.1, Some(&p));
                 }
             }
             None => {
                 let Some(p) = link.remote.remove(&k) else {
                     return;
                 };
+                self.fleet_remote(&k.0, &k.1, None);
+                let Some(link) = &mut self.fleet else { return };
                 // Gone with its relay's lease (the relay is no longer live): `node_lost` names
                 // it, and it has left.
                 if !link.fleet.nodes().iter().any(|n| n.node == p.node) {
@@ -424,6 +516,9 @@ impl Owner {
             .collect();
         for k in &on_it {
             link.remote.remove(k);
+        }
+        for (room, id) in &on_it {
+            self.fleet_remote(room, id, None);
         }
         for (room, id) in &on_it {
             self.emit(Event::new(
@@ -584,6 +679,7 @@ impl Owner {
             }
             fleet::Event::NodeJoined(info) => {
                 self.fleet_nodes_changed();
+                self.fleet_publish_peers();
                 self.emit(Event::new(
                     "node_joined",
                     json!({"node": info.node, "region": info.region}),
@@ -591,6 +687,7 @@ impl Owner {
             }
             fleet::Event::NodeLost { node } => {
                 self.fleet_nodes_changed();
+                self.fleet_publish_peers();
                 self.fleet_node_lost(&node);
             }
             fleet::Event::Participant { key, value } => self.fleet_participant(&key, value),
@@ -603,6 +700,8 @@ impl Owner {
                 self.fleet_read_rules(Some(joined_at));
                 // This relay's participant keys went with the old lease.
                 self.fleet_publish_all();
+                // A new registration is a new epoch for the headers this relay writes.
+                self.fleet_publish_peers();
             }
             fleet::Event::RulesResync => self.fleet_read_rules(None),
         }
@@ -974,11 +1073,24 @@ impl Owner {
             }
             Step::Reports(result) => self.fleet_reports(id, result),
             Step::Participants(Ok(kvs)) => {
-                if let Some(link) = &mut self.fleet {
-                    link.remote.clear();
-                }
+                // Those no longer registered leave the rooms here; the others are put again
+                // (the core ignores what did not change).
+                let before: Vec<(String, String)> = self
+                    .fleet
+                    .as_mut()
+                    .map(|l| std::mem::take(&mut l.remote).into_keys().collect())
+                    .unwrap_or_default();
+                let mut seen = std::collections::BTreeSet::new();
                 for (key, value) in kvs {
+                    if let Some(link) = &self.fleet
+                        && let Some((room, id)) = link.keys.participant_of(&key)
+                    {
+                        seen.insert((room.to_owned(), id.to_owned()));
+                    }
                     self.fleet_participant(&key, Some(value));
+                }
+                for (room, id) in before.iter().filter(|k| !seen.contains(*k)) {
+                    self.fleet_remote(room, id, None);
                 }
             }
             Step::Participants(Err(e)) => {
