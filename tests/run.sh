@@ -28,4 +28,5 @@ echo "== end-to-end tests with --backend mmsg =="
 RELAY_TEST_BACKEND=mmsg cargo test -p e2e
 echo "== data-path end-to-end tests with --backend io_uring =="
 RELAY_TEST_BACKEND=io_uring cargo test -p e2e --test forwarding --test gso --test hardening \
-    --test stun --test rules --test churn --test interop
+    --test stun --test rules --test churn --test interop \
+    --test webrtc_aiortc --test webrtc_flood --test webrtc_load

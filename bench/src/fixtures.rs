@@ -311,6 +311,8 @@ impl MemberSpec {
             counters: self.counters.clone(),
             ice: Some(self.ice.clone()),
             webrtc: None,
+            number: 0,
+            peer: None,
         }
     }
 }

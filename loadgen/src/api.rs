@@ -108,6 +108,41 @@ impl Api {
         .map(drop)
     }
 
+    /// `GET /v1/rooms/{room}/participants/{participant}`.
+    pub fn participant(&self, room: &str, participant: &str) -> Result<Value> {
+        self.call(
+            "GET",
+            &format!("/v1/rooms/{room}/participants/{participant}"),
+            None,
+        )
+    }
+
+    /// `POST .../webrtc/publish` with the client's offer; returns the relay's answer.
+    pub fn webrtc_publish(&self, room: &str, participant: &str, offer: &str) -> Result<String> {
+        let path = format!("/v1/rooms/{room}/participants/{participant}/webrtc/publish");
+        let reply = self.call("POST", &path, Some(&serde_json::json!({ "sdp": offer })))?;
+        sdp_of(&path, &reply)
+    }
+
+    /// `POST .../webrtc/subscribe`; returns the relay's offer.
+    pub fn webrtc_subscribe_offer(&self, room: &str, participant: &str) -> Result<String> {
+        let path = format!("/v1/rooms/{room}/participants/{participant}/webrtc/subscribe");
+        let reply = self.call("POST", &path, Some(&serde_json::json!({})))?;
+        sdp_of(&path, &reply)
+    }
+
+    /// `PUT .../webrtc/subscribe` with the client's answer.
+    pub fn webrtc_subscribe_answer(
+        &self,
+        room: &str,
+        participant: &str,
+        answer: &str,
+    ) -> Result<()> {
+        let path = format!("/v1/rooms/{room}/participants/{participant}/webrtc/subscribe");
+        self.call("PUT", &path, Some(&serde_json::json!({ "sdp": answer })))
+            .map(drop)
+    }
+
     /// `POST /v1/rules`; returns the rule's id.
     pub fn post_rule(&self, body: &Value) -> Result<String> {
         let reply = self.call("POST", "/v1/rules", Some(body))?;
@@ -160,4 +195,12 @@ impl Api {
             Err(e) => Err(anyhow!("{method} {path}: {e}")),
         }
     }
+}
+
+fn sdp_of(path: &str, reply: &Value) -> Result<String> {
+    reply
+        .get("sdp")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("{path}: reply has no sdp: {reply}"))
 }

@@ -35,6 +35,13 @@ pub struct Args {
     /// Register each client's address through the API instead of latching it with STUN.
     #[arg(long)]
     pub fixed_address: bool,
+    /// Every participant is a WebRTC leg: publish or subscribe exchange, ICE with
+    /// USE-CANDIDATE, DTLS (dimpl) and SRTP; one sender a room.
+    #[arg(long)]
+    pub webrtc: bool,
+    /// The last N participants of each room are connected but never read (sinks).
+    #[arg(long, value_name = "N")]
+    pub unread: Option<u32>,
     /// Seconds of sending.
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
@@ -174,6 +181,12 @@ impl Args {
         }
         if self.token.is_some() {
             s.token = self.token.clone();
+        }
+        if self.webrtc {
+            s.webrtc = true;
+        }
+        if let Some(n) = self.unread {
+            s.unread = n;
         }
         if self.fixed_address {
             s.addressing = Addressing::Fixed;

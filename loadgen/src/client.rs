@@ -15,12 +15,15 @@ use crate::io::{Poller, RecvBatch, SendBatch};
 use crate::profile::{Kind, Pacer, Profile, Rng};
 use crate::rtp;
 use crate::stats::{Receipt, StreamMap};
+use crate::webrtc::Srtp;
 use crate::wheel::{SLOT_NS, Wheel};
 
 /// One participant's socket.
 pub(crate) struct ClientSpec {
     pub(crate) participant: u32,
     pub(crate) socket: UdpSocket,
+    /// A WebRTC leg's SRTP state: seals what it sends or opens what it receives.
+    pub(crate) srtp: Option<Srtp>,
 }
 
 /// One stream a client sends.
@@ -101,6 +104,8 @@ pub(crate) struct Outcome {
     pub(crate) foreign: u64,
     /// Datagrams that are not our RTP (STUN replies, garbage).
     pub(crate) other: u64,
+    /// WebRTC legs: packets that did not seal, or received packets that did not open.
+    pub(crate) srtp_errors: u64,
     /// First socket error seen, if any.
     pub(crate) error: Option<String>,
 }
@@ -154,6 +159,7 @@ struct Thread<'a> {
     late_frames: u64,
     foreign: u64,
     other: u64,
+    srtp_errors: u64,
     error: Option<String>,
 }
 
@@ -237,6 +243,7 @@ impl<'a> Thread<'a> {
             late_frames: 0,
             foreign: 0,
             other: 0,
+            srtp_errors: 0,
             error,
         }
     }
@@ -346,6 +353,16 @@ impl<'a> Thread<'a> {
                 for k in 0..self.send.packets() {
                     rtp::restamp(self.send.packet_mut(k), stamp);
                 }
+                if let Some(Srtp::Send(egress)) = &mut self.clients[st.client].srtp {
+                    for k in 0..self.send.packets() {
+                        let sealed = self
+                            .send
+                            .rewrite(k, |buf, len| egress.protect_rtp_in_place(buf, len).ok());
+                        if !sealed {
+                            self.srtp_errors += 1;
+                        }
+                    }
+                }
                 let batch = self.send.packets();
                 let f = self.send.flush(fd, &self.dests);
                 self.datagrams_out += f.datagrams as u64;
@@ -377,7 +394,19 @@ impl<'a> Thread<'a> {
             let now = self.shared.now_ns();
             let now_real = crate::io::realtime_ns();
             for i in 0..n {
-                let datagram = self.recv.get(i);
+                let datagram: &[u8] = match &mut self.clients[client].srtp {
+                    Some(Srtp::Receive(ingress)) if is_rtp(self.recv.get(i)) => {
+                        let buf = self.recv.get_mut(i);
+                        match ingress.unprotect_rtp(buf) {
+                            Ok(len) => &buf[..len],
+                            Err(_) => {
+                                self.srtp_errors += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    _ => self.recv.get(i),
+                };
                 let Ok(p) = rtp::decode(datagram) else {
                     if crate::stun::is_binding_success(datagram) {
                         let participant = self.clients[client].participant as usize;
@@ -464,12 +493,34 @@ impl<'a> Thread<'a> {
             late_frames: self.late_frames,
             foreign: self.foreign,
             other: self.other,
+            srtp_errors: self.srtp_errors,
             error: self.error,
         }
     }
+}
+
+/// Whether a datagram is RTP rather than RTCP, STUN or DTLS (RFC 7983, RFC 5761 §4).
+fn is_rtp(datagram: &[u8]) -> bool {
+    matches!(datagram, [128..=191, pt, ..] if !(192..=223).contains(pt))
 }
 
 /// Longest sleep between turns, so the end of the run is noticed.
 const MAX_WAIT_NS: u64 = 10_000_000;
 /// Latencies above a minute are recorded as a minute.
 const MAX_LATENCY_US: u64 = 60_000_000;
+
+#[cfg(test)]
+mod tests {
+    use super::is_rtp;
+
+    #[test]
+    fn rtp_is_told_from_rtcp_stun_and_dtls() {
+        assert!(is_rtp(&[0x80, 111, 0, 1]));
+        assert!(is_rtp(&[0x80, 0x80 | 96, 0, 1])); // marker bit set
+        assert!(!is_rtp(&[0x80, 200, 0, 6])); // a sender report
+        assert!(!is_rtp(&[0x81, 206, 0, 2])); // a PLI
+        assert!(!is_rtp(&[0x00, 0x01, 0, 0])); // STUN
+        assert!(!is_rtp(&[22, 0xfe, 0xfd])); // DTLS
+        assert!(!is_rtp(&[0x80]));
+    }
+}

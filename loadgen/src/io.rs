@@ -61,6 +61,23 @@ impl SendBatch {
         &mut self.buf[i * MAX_LEN..i * MAX_LEN + len]
     }
 
+    /// Rewrites packet `i` in its slot: `f(slot, len)` returns its new length (sealed with
+    /// SRTP, which appends a tag), or `None` to leave it as it was; returns whether it did.
+    pub(crate) fn rewrite(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut [u8], usize) -> Option<usize>,
+    ) -> bool {
+        let slot = &mut self.buf[i * MAX_LEN..(i + 1) * MAX_LEN];
+        match f(slot, self.lens[i]) {
+            Some(len) => {
+                self.lens[i] = len.min(MAX_LEN);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Sends every datagram and empties the batch. Returns the datagrams that went out, the
     /// packets that went out to at least one destination (a prefix of the batch: the first
     /// error stops the rest) and the error.
@@ -213,6 +230,11 @@ impl RecvBatch {
     /// Datagram `i` of the last `recv`.
     pub(crate) fn get(&self, i: usize) -> &[u8] {
         &self.buf[i * MAX_LEN..i * MAX_LEN + self.lens[i]]
+    }
+
+    /// Datagram `i`, to open it in place (SRTP).
+    pub(crate) fn get_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.buf[i * MAX_LEN..i * MAX_LEN + self.lens[i]]
     }
 
     /// When the kernel queued datagram `i` of the last `recv` on the socket, ns of

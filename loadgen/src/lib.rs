@@ -16,6 +16,7 @@ mod run;
 pub mod scenario;
 pub mod stats;
 mod stun;
+pub mod webrtc;
 mod wheel;
 
 pub use report::Report;

@@ -60,6 +60,8 @@ pub struct Report {
     pub late_frames: u64,
     /// Received datagrams that were not our RTP.
     pub other: u64,
+    /// WebRTC legs: packets that did not seal with SRTP, or received ones that did not open.
+    pub srtp_errors: u64,
     /// Control-plane activity.
     pub control: Control,
     /// Errors that did not stop the run.
@@ -338,11 +340,11 @@ impl Report {
                 );
             }
         }
-        if self.late_frames > 0 || self.send_errors > 0 || self.other > 0 {
+        if self.late_frames > 0 || self.send_errors > 0 || self.other > 0 || self.srtp_errors > 0 {
             let _ = writeln!(
                 s,
-                "generator: {} late frames, {} send errors, {} non-RTP datagrams",
-                self.late_frames, self.send_errors, self.other
+                "generator: {} late frames, {} send errors, {} non-RTP datagrams, {} SRTP errors",
+                self.late_frames, self.send_errors, self.other, self.srtp_errors
             );
         }
         for e in &self.errors {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
@@ -17,9 +17,11 @@ use serde_json::{Value, json};
 use crate::api::{Api, Ice, Joined};
 use crate::client::{self, ClientSpec, Interval, Outcome, Progress, Shared, StreamSpec, Work};
 use crate::model::{Rule, Subscribe, Switch, Window, World};
+use crate::profile::Kind;
 use crate::report::{Burst, Control, JoinLatency, Latency, Report};
 use crate::rtpengine::Rtpengine;
 use crate::scenario::{Addressing, Event, Plan, Scenario, Target};
+use crate::webrtc::Srtp;
 use crate::{stats, stun};
 
 /// How a run shows itself.
@@ -83,7 +85,9 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
     let mut ctl = Controller::new(scenario, &plan, &addrs, start);
     // Clones of the sockets let the controller send STUN requests for participants that join
     // once the client threads own the sockets.
-    if scenario.target == Target::Relay && scenario.addressing == Addressing::Stun {
+    if scenario.target == Target::Relay
+        && (scenario.addressing == Addressing::Stun || scenario.webrtc)
+    {
         ctl.stun_sockets = sockets
             .iter()
             .map(UdpSocket::try_clone)
@@ -110,6 +114,7 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
         w.clients.push(ClientSpec {
             participant: p as u32,
             socket,
+            srtp: ctl.srtp[p].take(),
         });
     }
     for (id, (s, dests)) in plan.streams.iter().zip(dests).enumerate() {
@@ -240,6 +245,7 @@ fn account(plan: &Plan, world: &World, outcomes: Vec<Outcome>, report: &mut Repo
         report.send_errors += o.send_errors;
         report.late_frames += o.late_frames;
         report.other += o.other;
+        report.srtp_errors += o.srtp_errors;
         foreign += o.foreign;
         if let Some(e) = o.error {
             report.errors.push(e);
@@ -266,8 +272,11 @@ struct Controller<'a> {
     rule_ids: Vec<Option<String>>,
     rooms_made: Vec<usize>,
     stun_sockets: Vec<UdpSocket>,
-    /// Relay address and credentials of each latched participant, for consent checks.
-    consent: Vec<Option<(SocketAddr, Ice)>>,
+    /// Relay address, credentials and our ufrag of each latched participant, for consent
+    /// checks.
+    consent: Vec<Option<(SocketAddr, Ice, String)>>,
+    /// The SRTP state of each WebRTC participant, for its client thread.
+    srtp: Vec<Option<Srtp>>,
     consent_next: usize,
     consent_ns: u64,
     control: Control,
@@ -297,6 +306,7 @@ impl<'a> Controller<'a> {
             rooms_made: Vec::new(),
             stun_sockets: Vec::new(),
             consent: vec![None; plan.participants.len()],
+            srtp: plan.participants.iter().map(|_| None).collect(),
             consent_next: 0,
             consent_ns: 0,
             control: Control::default(),
@@ -394,6 +404,9 @@ impl<'a> Controller<'a> {
                 .with_context(|| format!("creating room {}", room.name))?;
             self.rooms_made.push(i);
         }
+        if self.scenario.webrtc {
+            return self.setup_webrtc(world);
+        }
         let mut media = vec![None; self.plan.participants.len()];
         let mut joined = Vec::new();
         for (p, part) in self.plan.participants.iter().enumerate() {
@@ -425,6 +438,82 @@ impl<'a> Controller<'a> {
         };
         Ok(self
             .plan
+            .streams
+            .iter()
+            .map(|s| vec![media[s.participant as usize].unwrap_or(first)])
+            .collect())
+    }
+
+    /// Every participant as a WebRTC leg (`crate::webrtc`): the publishers first (a subscribe
+    /// offer needs their tracks, and the room's codecs come from the first publish offer), then
+    /// the receivers. Returns each stream's destination.
+    fn setup_webrtc(&mut self, world: &mut World) -> Result<Vec<Vec<SocketAddr>>> {
+        let api = self.api.take().context("no API client")?;
+        let plan = self.plan;
+        let publishers =
+            (0..plan.participants.len()).filter(|&p| !plan.participants[p].streams.is_empty());
+        let receivers =
+            (0..plan.participants.len()).filter(|&p| plan.participants[p].streams.is_empty());
+        let order: Vec<usize> = publishers.chain(receivers).collect();
+        let mut media = vec![None; plan.participants.len()];
+        let mut result = Ok(());
+        for p in order {
+            let part = &plan.participants[p];
+            let room = &plan.rooms[part.room as usize];
+            let senders = room
+                .members
+                .iter()
+                .filter(|&&q| !plan.participants[q as usize].streams.is_empty())
+                .count();
+            if !part.streams.is_empty() && senders > 1 {
+                result = Err(anyhow!(
+                    "room {}: with WebRTC legs a participant either sends or receives (one sender a room)",
+                    room.name
+                ));
+                break;
+            }
+            let socket = &self.stun_sockets[p];
+            let start_ns = self.now();
+            let leg = if part.streams.is_empty() {
+                crate::webrtc::subscribe(&api, &room.name, &part.name, socket, LATCH_TIMEOUT)
+            } else {
+                let tracks: Vec<(u32, Kind)> = part
+                    .streams
+                    .iter()
+                    .map(|&s| {
+                        let s = &plan.streams[s as usize];
+                        (s.ssrc, s.profile.kind)
+                    })
+                    .collect();
+                crate::webrtc::publish(&api, &room.name, &part.name, &tracks, socket, LATCH_TIMEOUT)
+            };
+            let leg = match leg {
+                Ok(l) => l,
+                Err(e) => {
+                    result =
+                        Err(e.context(format!("WebRTC leg of {} in {}", part.name, room.name)));
+                    break;
+                }
+            };
+            self.control.calls += if part.streams.is_empty() { 2 } else { 1 };
+            world.presence[p].set(
+                Window {
+                    start_ns,
+                    end_ns: self.now(),
+                },
+                true,
+            );
+            media[p] = Some(leg.relay);
+            self.consent[p] = Some((leg.relay, leg.ice, leg.local_ufrag));
+            self.srtp[p] = Some(leg.srtp);
+        }
+        self.api = Some(api);
+        result?;
+        self.media = media.iter().flatten().next().copied();
+        let Some(first) = self.media else {
+            bail!("no participant joined at the start")
+        };
+        Ok(plan
             .streams
             .iter()
             .map(|s| vec![media[s.participant as usize].unwrap_or(first)])
@@ -485,7 +574,7 @@ impl<'a> Controller<'a> {
                 format!("the relay gave participant {p} no ICE credentials to latch with")
             })?;
             clients.push((&self.stun_sockets[*p], j.media_address, ice));
-            self.consent[*p] = Some((j.media_address, ice.clone()));
+            self.consent[*p] = Some((j.media_address, ice.clone(), format!("lg{p}")));
         }
         stun::latch_all(&clients, LATCH_TIMEOUT)?;
         // Until its address is latched, packets to a participant may go either way.
@@ -529,7 +618,8 @@ impl<'a> Controller<'a> {
                     self.latch_live(p as usize, &joined, shared)?;
                     window.end_ns = self.now();
                     if let Some(ice) = &joined.ice {
-                        self.consent[p as usize] = Some((joined.media_address, ice.clone()));
+                        self.consent[p as usize] =
+                            Some((joined.media_address, ice.clone(), format!("lg{p}")));
                     }
                 }
                 world.presence[p as usize].set(window, true);
@@ -599,8 +689,8 @@ impl<'a> Controller<'a> {
         for _ in 0..due {
             let p = self.consent_next;
             self.consent_next = (p + 1) % self.consent.len();
-            if let Some((relay, ice)) = &self.consent[p]
-                && let Ok(request) = stun::binding_request(ice, &format!("lg{p}"))
+            if let Some((relay, ice, ufrag)) = &self.consent[p]
+                && let Ok(request) = stun::binding_request(ice, ufrag)
             {
                 let _ = self.stun_sockets[p].send_to(&request, relay);
             }
@@ -697,7 +787,7 @@ impl<'a> Controller<'a> {
                 // Until its address is latched, packets to it may go either way.
                 window.end_ns = latched_ns;
                 if let Some(ice) = &j.ice {
-                    self.consent[p] = Some((j.media_address, ice.clone()));
+                    self.consent[p] = Some((j.media_address, ice.clone(), format!("lg{p}")));
                 }
             }
             world.presence[p].set(window, true);

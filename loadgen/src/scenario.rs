@@ -199,6 +199,15 @@ pub struct Scenario {
     /// video (with the first room class's video and audio settings) while listeners join in
     /// bursts.
     pub webinar: Option<Webinar>,
+    /// Every participant is a WebRTC leg (relay only, `loadgen::webrtc`): a sender runs the
+    /// publish exchange and seals its packets with SRTP, a receiver runs the subscribe exchange
+    /// and opens what it gets; ICE with USE-CANDIDATE and a DTLS handshake each. A participant
+    /// sends or receives, not both (one leg each).
+    pub webrtc: bool,
+    /// The last `unread` participants of each room (who must not send) are registered, and for
+    /// WebRTC connected, but never read: sinks, as many receivers as the relay serves cost
+    /// loadgen nothing.
+    pub unread: u32,
 }
 
 impl Default for Scenario {
@@ -222,6 +231,8 @@ impl Default for Scenario {
             room: vec![RoomClass::default()],
             churn: Churn::default(),
             webinar: None,
+            webrtc: false,
+            unread: 0,
         }
     }
 }
@@ -297,6 +308,17 @@ impl Scenario {
             if churn || self.ramp_up > 0.0 {
                 bail!("a webinar's listeners join in bursts: no churn or ramp-up with it");
             }
+        }
+        if self.webrtc
+            && (self.target != Target::Relay
+                || self.webinar.is_some()
+                || churn
+                || self.ramp_up > 0.0)
+        {
+            bail!("WebRTC legs need target relay, without churn, ramp-up or webinar");
+        }
+        if self.unread > 0 && (self.webinar.is_some() || self.target == Target::Rtpengine) {
+            bail!("unread participants are for rooms against the relay or the direct path");
         }
         match self.target {
             Target::Relay => {}
@@ -420,7 +442,7 @@ impl Scenario {
                     streams,
                     subscribe,
                     join_ns: 0,
-                    read: true,
+                    read: i + self.unread < size || i < senders,
                 });
             }
             plan.rooms.push(room);

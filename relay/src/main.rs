@@ -72,6 +72,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         busy_poll: config.busy_poll,
         handoff_min_members: config.handoff_min_members,
         fence: fence.clone(),
+        trunk: config.fleet.as_ref().map(|f| f.trunk),
         idle_spin: config.idle_poll,
         worker_priority: config.worker_priority,
     })
@@ -92,6 +93,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
             fleet: config
                 .fleet
                 .clone()
+                .map(|mut f| {
+                    // Registered as bound (port 0 picks one).
+                    if f.trunk.port() == 0
+                        && let Some(bound) = plane.trunk_addr()
+                    {
+                        f.trunk.set_port(bound.port());
+                    }
+                    f
+                })
                 .zip(fence)
                 .map(|(settings, status)| FleetSetup { settings, status }),
             data_dir: config.data_dir.clone(),

@@ -98,7 +98,10 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         // With GSO off, every room of 3 or more shares its fan-out, the WebRTC room too: a
         // plain member's packet that arrives at worker 1 is handed to worker 0 (the only chunk's
         // worker), which seals the browsers' copies. With GSO on, only the large room shares.
+        // The fleet room (two local members, one remote) shares too with GSO off: a hot room's
+        // hand-off and its trunk copies, sent by the receiving worker, in one fan-out.
         c.handoff_min_members = if gso { 100 } else { 3 };
+        c.trunk = Some("127.0.0.1:0".parse().unwrap());
     });
     let small = clients(2);
     let big = clients(50);
@@ -147,6 +150,35 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
     let web = clients(3);
     let (mut browser, mut receiving) = install_webrtc(&plane, 4, &web);
     let to = plane.local_addr();
+    // A fleet room: two local members and one on a peer relay played by `peer` (its trunk
+    // socket): trunk egress of local media, trunk ingress of the remote member's.
+    let fleet = clients(2);
+    let peer = clients(1).remove(0);
+    install_trunked(&plane, 6, &fleet, &peer);
+    let trunk_to = plane.trunk_addr().unwrap();
+    let remote_rtp = |seq: u16| {
+        let header = relay::packet::trunk::Header {
+            content: relay::packet::trunk::Content::Rtp,
+            media: relay::packet::trunk::Media::Video,
+            origin: relay::packet::trunk::NodeNo(2),
+            room: relay::packet::trunk::RoomNo(relay::route::room_number("room-6")),
+            sender: relay::packet::trunk::ParticipantNo(62),
+            epoch: relay::packet::trunk::Epoch(20),
+        };
+        let mut d = header.to_bytes().to_vec();
+        d.extend_from_slice(&rtp(6002, seq, 700));
+        d
+    };
+    // Before counting: a local packet reaches the peer behind a header; the peer's reaches
+    // both local members without it.
+    fleet[0].send_to(&rtp(6000, 1, 500), to).unwrap();
+    let got = recv_n(&peer, 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "no trunk copy");
+    assert_eq!(got[0][16..], rtp(6000, 1, 500)[..]);
+    assert_eq!(got[0][..2], [4, 0x40], "version 4, RTP, video");
+    peer.send_to(&remote_rtp(1), trunk_to).unwrap();
+    assert_eq!(recv_n(&fleet[1], 2, Duration::from_secs(5)).len(), 2);
+    let trunk_in = std::cell::Cell::new(0usize);
     // Before counting: one packet end to end, to see the WebRTC paths do what they should. The
     // other browser decrypts exactly what the first sent; the plain member gets it clear.
     let clear = rtp(4000, 1, 800);
@@ -206,6 +238,10 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
             .send_to(&rtp(4002, seq.wrapping_add(2), 600), to)
             .unwrap();
         web_out.set(web_out.get() + discard(&web[1]) + discard(&web[2]));
+        // The fleet room: local media out over the trunk, the peer's media in from it.
+        fleet[0].send_to(&rtp(6000, seq, 500), to).unwrap();
+        peer.send_to(&remote_rtp(seq), trunk_to).unwrap();
+        trunk_in.set(trunk_in.get() + discard(&peer));
         // The ruled room: one copy blocked at a receiver, one packet blocked at its sender.
         ruled[0].send_to(&rtp(5000, seq, 300), to).unwrap();
         ruled[5].send_to(&rtp(5005, seq, 300), to).unwrap();
@@ -215,6 +251,7 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
             .chain(&large)
             .chain(&web)
             .chain(&ruled)
+            .chain(&fleet)
         {
             discard(s);
         }
@@ -256,10 +293,80 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
     assert!(wait_until(Duration::from_secs(5), || {
         sum(&plane, |s| &s.handoff_in) >= handed
     }));
+    assert!(trunk_in.get() > 100, "trunk copies: {}", trunk_in.get());
     assert_eq!(
         allocs, 0,
         "{backend:?} gso={gso}: workers allocated while forwarding"
     );
+}
+
+/// Installs fleet room `id` (named `room-{id}`): members 0 and 1 local at `socks` (member 0
+/// sends SSRC 6000), member 2 on peer relay 2 (epoch 20, participant number 62, SSRC 6002)
+/// whose trunk address is `peer`'s; this relay is node 1.
+fn install_trunked(
+    plane: &relay::io::DataPlane,
+    id: u32,
+    socks: &[std::net::UdpSocket],
+    peer: &std::net::UdpSocket,
+) {
+    use std::sync::Arc;
+
+    use relay::packet::rtp::Ssrc;
+    use relay::packet::trunk::{Epoch, NodeNo};
+    use relay::route::{
+        Local, MediaKind, Participant, ParticipantCounters, Peer, Peers, RoomId, RuleCounters,
+        TrunkCounters, Update,
+    };
+
+    let w = plane.workers();
+    let member = |id: &'static str, addr, ssrc: u32, number, peer| Participant {
+        id,
+        slot: number as u16 % 60,
+        region: None,
+        addr,
+        tracks: vec![(Ssrc(ssrc), MediaKind::Video)],
+        subscribe: None,
+        counters: Arc::new(ParticipantCounters::new(w)),
+        ice: None,
+        webrtc: None,
+        number,
+        peer,
+    };
+    let people = [
+        member("f0", Some(socks[0].local_addr().unwrap()), 6000, 60, None),
+        member("f1", Some(socks[1].local_addr().unwrap()), 6001, 61, None),
+        member("f2", None, 6002, 62, Some(2)),
+    ];
+    let compiled = relay::route::compile_all(
+        &format!("room-{id}"),
+        &people,
+        &relay::rules::RuleSet::new(),
+        |_| Some(Arc::new(RuleCounters::new(w))),
+    )
+    .unwrap();
+    let peers = Peers::new(
+        Local {
+            node: NodeNo(1),
+            epoch: Epoch(10),
+        },
+        [Peer::new(
+            "p",
+            NodeNo(2),
+            Epoch(20),
+            peer.local_addr().unwrap(),
+            Arc::new(TrunkCounters::new(w)),
+        )],
+    );
+    plane
+        .publish(vec![
+            Update::Peers(Arc::new(peers)),
+            Update::Room {
+                id: RoomId(id),
+                room: compiled.room,
+                slots: compiled.slots,
+            },
+        ])
+        .unwrap();
 }
 
 /// Installs a `plain_legs` room `id`: member 0 a WebRTC publisher at `socks[0]` (SSRC 4000),
@@ -306,6 +413,8 @@ fn install_webrtc(
             counters: counters(),
             ice: None,
             webrtc: Some(Arc::new(publisher)),
+            number: 0,
+            peer: None,
         },
         Participant {
             id: "w1",
@@ -317,6 +426,8 @@ fn install_webrtc(
             counters: counters(),
             ice: None,
             webrtc: Some(Arc::new(receiver)),
+            number: 0,
+            peer: None,
         },
         Participant {
             id: "p2",
@@ -328,6 +439,8 @@ fn install_webrtc(
             counters: counters(),
             ice: None,
             webrtc: None,
+            number: 0,
+            peer: None,
         },
     ];
     let compiled = relay::route::compile_all(

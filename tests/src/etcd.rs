@@ -27,6 +27,8 @@ pub struct Etcd {
     pub members: Vec<Member>,
     cluster: String,
     token: String,
+    /// `--election-timeout` in ms, if not etcd's default (1000 ms; heartbeat a tenth of it).
+    election_ms: Option<u64>,
     dir: tempfile::TempDir,
 }
 
@@ -60,7 +62,7 @@ impl Etcd {
             let places = (0..n)
                 .map(|i| (None, addrs[2 * i], addrs[2 * i + 1]))
                 .collect();
-            match Self::launch(places) {
+            match Self::launch(places, None) {
                 Ok(etcd) => return Ok(etcd),
                 Err(e) => last = Some(e),
             }
@@ -71,6 +73,12 @@ impl Etcd {
     /// Starts one member in each host's namespace, on its address, ports 2379 (client) and
     /// 2380 (peer), and waits until they are healthy.
     pub fn start_on(hosts: &[&Host]) -> Result<Self> {
+        Self::start_on_electing(hosts, None)
+    }
+
+    /// As [`Etcd::start_on`], with `--election-timeout` set to `election` (and the heartbeat
+    /// to a tenth of it) when given.
+    pub fn start_on_electing(hosts: &[&Host], election: Option<Duration>) -> Result<Self> {
         let places = hosts
             .iter()
             .map(|h| {
@@ -81,7 +89,7 @@ impl Etcd {
                 )
             })
             .collect();
-        Self::launch(places)
+        Self::launch(places, election.map(|e| e.as_millis() as u64))
     }
 
     /// The client endpoints, `http://addr:port`, for `--etcd` and the fleet client.
@@ -178,7 +186,10 @@ impl Etcd {
         )
     }
 
-    fn launch(places: Vec<(Option<Host>, SocketAddr, SocketAddr)>) -> Result<Self> {
+    fn launch(
+        places: Vec<(Option<Host>, SocketAddr, SocketAddr)>,
+        election_ms: Option<u64>,
+    ) -> Result<Self> {
         let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
         let token = format!("relay-test-{}-{n}", std::process::id());
         let members: Vec<Member> = places
@@ -201,6 +212,7 @@ impl Etcd {
             members,
             cluster,
             token,
+            election_ms,
             dir: tempfile::tempdir()?,
         };
         for i in 0..etcd.members.len() {
@@ -230,8 +242,14 @@ impl Etcd {
             .args(["--initial-cluster", &self.cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.token])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .stdin(Stdio::null())
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        if let Some(ms) = self.election_ms {
+            cmd.arg("--election-timeout")
+                .arg(ms.to_string())
+                .arg("--heartbeat-interval")
+                .arg((ms / 10).max(10).to_string());
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()

@@ -270,6 +270,63 @@ fn a_region_rule_posted_on_one_relay_is_in_force_on_the_others_when_the_call_ret
     }
 }
 
+#[test]
+fn a_rule_that_expires_is_recorded_once_in_the_fleet_chain() {
+    let etcd = Etcd::start(1).unwrap();
+    let a = fleet_relay(&etcd, "a", "HK");
+    let b = fleet_relay(&etcd, "b", "CN");
+    for r in [&a, &b] {
+        wait_for(Duration::from_secs(2), "2 nodes", || {
+            fleet_metric(r, "relay_fleet_nodes") == 2
+        });
+    }
+    let mut body = rule(json!({"match": {"regions": ["CN"]}, "direction": "send"}));
+    body["expires_at"] = json!(rfc3339_in(3));
+    let v = a.ok("POST", "/v1/rules", Some(&body));
+    let id = v["id"].as_u64().expect("rule id");
+    // Both relays expire it on their own clocks, and both try to record that in the fleet's
+    // chain: one append wins, the other finds the record changed and writes nothing.
+    for r in [&a, &b] {
+        wait_for(Duration::from_secs(8), "expired", || {
+            r.ok("GET", &format!("/v1/rules/{id}"), None)["state"] == "expired"
+        });
+    }
+    for r in [&a, &b] {
+        let dir = r.data_dir.join("fleet");
+        wait_for(Duration::from_secs(5), "rule_expired mirrored", || {
+            verify(&dir).contains("2 entries")
+        });
+    }
+    // Give the slower relay's attempt time to land if it (wrongly) could.
+    std::thread::sleep(Duration::from_secs(2));
+    for r in [&a, &b] {
+        let text = verify(&r.data_dir.join("fleet"));
+        assert!(text.contains("2 entries"), "{text}");
+        let actions = fleet_actions(&r.data_dir.join("fleet"));
+        assert_eq!(actions, ["rule_added", "rule_expired"], "{text}");
+    }
+    // An expired rule cannot be lifted, through either relay.
+    for r in [&a, &b] {
+        let (status, v) = r.call(
+            "DELETE",
+            &format!("/v1/rules/{id}"),
+            Some(&json!({"reason": "too late"})),
+        );
+        assert_eq!(status, 409, "{v}");
+    }
+}
+
+/// The actions of the fleet chain mirrored in `dir`, in order.
+fn fleet_actions(dir: &std::path::Path) -> Vec<String> {
+    let store = relay::store::Store::open(dir).unwrap();
+    store
+        .entries(0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
+}
+
 /// `relay audit verify --data-dir DIR`: its output (it must succeed).
 fn verify(dir: &std::path::Path) -> String {
     let out = Command::new(relay_bin())
@@ -533,4 +590,149 @@ fn rule_round_trip_bench() {
     });
     let (p50, p99) = time(&fleet[0]);
     eprintln!("fleet of 3, 1 etcd:     p50 {p50:?} p99 {p99:?}");
+}
+
+/// CPU time of every thread of process `pid`, from `/proc/<pid>/task/*/schedstat` (ns).
+fn cpu_ns(pid: u32) -> u64 {
+    let mut total = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            total += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// A trunk benchmark on loopback (noisy on a shared machine; run it with the release binary):
+/// `cargo test -p e2e --release --test fleet -- --ignored trunk_cost --nocapture`.
+///
+/// Two relays (one worker each) on one etcd; a publisher on A sends `PACKETS` RTP packets at
+/// `RATE`, each carrying its send time, to `k` receivers either on A (a local fan-out) or on B
+/// (one trunk copy A→B, B fans out). Prints the relays' CPU time per packet (every thread, from
+/// schedstat, less an idle period as long) and the one-way latency from the publisher's send
+/// to the first receiver (p50, p99), local against one trunk hop.
+#[test]
+#[ignore = "a benchmark: run by hand with --release"]
+fn trunk_cost_and_hop_latency() {
+    const PACKETS: u32 = 20_000;
+    const RATE: u32 = 4_000;
+    let mut etcd = Etcd::start(1).unwrap();
+    etcd.wait_healthy(Duration::from_secs(10)).unwrap();
+    let a = fleet_relay(&etcd, "a", "X");
+    let b = fleet_relay(&etcd, "b", "X");
+    let base = Instant::now();
+    for (round, (k, on_b)) in [(1usize, false), (1, true), (10, false), (10, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let room = format!("t{round}");
+        for r in [&a, &b] {
+            r.ok("PUT", &format!("/v1/rooms/{room}"), None);
+        }
+        let ssrc = 0x7000 + round as u32;
+        let publisher = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.ok(
+            "PUT",
+            &format!("/v1/rooms/{room}/participants/pub"),
+            Some(
+                &json!({"address": publisher.local_addr().unwrap().to_string(),
+                         "tracks": [{"ssrc": ssrc, "kind": "audio"}]}),
+            ),
+        );
+        let receivers: Vec<UdpSocket> = (0..k)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let at = if on_b { &b } else { &a };
+        for (i, r) in receivers.iter().enumerate() {
+            at.ok(
+                "PUT",
+                &format!("/v1/rooms/{room}/participants/r{i}"),
+                Some(&json!({"address": r.local_addr().unwrap().to_string()})),
+            );
+        }
+        wait_for(Duration::from_secs(5), "participants known", || {
+            a.ok("GET", &format!("/v1/rooms/{room}"), None)["participants"]
+                .as_array()
+                .is_some_and(|l| l.len() == k + 1)
+                && b.ok("GET", &format!("/v1/rooms/{room}"), None)["participants"]
+                    .as_array()
+                    .is_some_and(|l| l.len() == k + 1)
+        });
+        // The first receiver measures latency; the others are drained.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut drains = Vec::new();
+        let mut lat = None;
+        for (i, r) in receivers.into_iter().enumerate() {
+            let stop = stop.clone();
+            let handle = std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let mut buf = [0u8; 2048];
+                r.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(n) = r.recv(&mut buf)
+                        && i == 0
+                        && n >= 20
+                    {
+                        let now = base.elapsed().as_nanos() as u64;
+                        let sent = u64::from_be_bytes(buf[12..20].try_into().unwrap());
+                        out.push(now.saturating_sub(sent));
+                    }
+                }
+                out
+            });
+            if i == 0 {
+                lat = Some(handle);
+            } else {
+                drains.push(handle);
+            }
+        }
+        let pause = Duration::from_secs(1) * PACKETS / RATE;
+        let idle = (cpu_ns(a.pid()), cpu_ns(b.pid()));
+        std::thread::sleep(pause);
+        let idle = (cpu_ns(a.pid()) - idle.0, cpu_ns(b.pid()) - idle.1);
+        let before = (cpu_ns(a.pid()), cpu_ns(b.pid()));
+        let start = Instant::now();
+        let gap = Duration::from_secs(1) / RATE;
+        for seq in 0..PACKETS {
+            let due = start + gap * seq;
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+            let mut payload = (base.elapsed().as_nanos() as u64).to_be_bytes().to_vec();
+            payload.extend_from_slice(&[0u8; 152]);
+            publisher
+                .send_to(&rtp(ssrc, seq as u16, &payload), a.media)
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let used = (cpu_ns(a.pid()) - before.0, cpu_ns(b.pid()) - before.1);
+        stop.store(true, Ordering::Relaxed);
+        let mut lat = lat.unwrap().join().unwrap();
+        for d in drains {
+            d.join().unwrap();
+        }
+        lat.sort_unstable();
+        let pct =
+            |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)));
+        let per = |ns: u64, idle: u64| (ns.saturating_sub(idle)) as f64 / f64::from(PACKETS);
+        eprintln!(
+            "{k:>2} receiver(s) {}: A {:>6.0} ns/packet, B {:>6.0} ns/packet; latency p50 {:?} \
+             p99 {:?} ({} of {PACKETS} received by the first)",
+            if on_b { "on B (trunk)" } else { "on A (local)" },
+            per(used.0, idle.0),
+            per(used.1, idle.1),
+            pct(0.5).map(|n| Duration::from_nanos(*n)),
+            pct(0.99).map(|n| Duration::from_nanos(*n)),
+            lat.len(),
+        );
+    }
+    etcd.kill9(0).unwrap();
 }

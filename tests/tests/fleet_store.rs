@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use e2e::etcd::Etcd;
 use e2e::netns::{Hook, Lan};
-use relay::fleet::{Append, Config, Event, Fleet};
+use relay::fleet::{Append, Config, Event, Fleet, FleetError};
 use relay::store::Store;
 
 const TTL: Duration = Duration::from_secs(3);
@@ -169,6 +169,7 @@ fn one_audit_chain_under_concurrent_appenders() {
                             detail: serde_json::json!({"rule": seq, "by": name, "i": i}),
                             puts: vec![(rules.rule(seq), format!("{name}-{i}").into_bytes())],
                             deletes: vec![],
+                            ..Append::default()
                         })
                         .unwrap();
                     revisions
@@ -231,6 +232,7 @@ fn acks_wait_and_fencing() {
             detail: serde_json::json!({"rule": seq}),
             puts: vec![(rule_key.clone(), b"r1".to_vec())],
             deletes: vec![],
+            ..Append::default()
         })
         .unwrap();
     let r = commit.revision;
@@ -249,6 +251,21 @@ fn acks_wait_and_fencing() {
     assert_eq!(acks.acked, ["a", "b", "c"]);
     assert!(acks.missing.is_empty() && acks.gone.is_empty());
 
+    // An append that expects a key to hold what it no longer holds writes nothing.
+    let stale = keys.rule(1);
+    let expect = Some((stale.clone(), b"not r1".to_vec()));
+    let before = a.audit_entries().unwrap().len();
+    match a.append("rule_expired", move |_| Append {
+        detail: serde_json::json!({"rule": 1}),
+        puts: vec![(stale.clone(), b"expired".to_vec())],
+        expect: expect.clone(),
+        ..Append::default()
+    }) {
+        Err(FleetError::Stale(key)) => assert_eq!(key, keys.rule(1)),
+        other => panic!("expected Stale, got {other:?}"),
+    }
+    assert_eq!(a.audit_entries().unwrap().len(), before);
+
     // c does not ack the next revision: it is named after the timeout, then fenced.
     let lifted = keys.rule(1);
     let commit = a
@@ -256,6 +273,7 @@ fn acks_wait_and_fencing() {
             detail: serde_json::json!({"rule": 1, "seq": seq}),
             puts: vec![],
             deletes: vec![lifted.clone()],
+            ..Append::default()
         })
         .unwrap();
     let r2 = commit.revision;
@@ -509,6 +527,7 @@ fn store_latency() {
                     detail: serde_json::json!({"rule": seq}),
                     puts: vec![(key.clone(), b"{}".to_vec())],
                     deletes: vec![],
+                    ..Append::default()
                 })
                 .unwrap();
             let t1 = Instant::now();

@@ -7,37 +7,11 @@
 mod webrtc;
 
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::Relay;
 use serde_json::{Value, json};
-use webrtc::{Peer, in_own_netns};
-
-/// Polls `f` every 250 ms until it returns `Some`, for at most `secs` seconds.
-fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
-    None
-}
-
-fn publish(relay: &Relay, peer: &mut Peer, id: &str) -> Value {
-    let offer = peer.call(json!({"op": "publish_offer"}));
-    let (status, answer) = relay.call(
-        "POST",
-        &format!("/v1/rooms/r/participants/{id}/webrtc/publish"),
-        Some(&json!({"sdp": offer["sdp"]})),
-    );
-    assert_eq!(status, 200, "{answer}");
-    let text = answer["sdp"].as_str().unwrap();
-    assert!(text.contains("a=ice-lite") && text.contains("a=setup:passive"));
-    peer.call(json!({"op": "set_answer", "id": offer["id"], "sdp": answer["sdp"]}));
-    offer["id"].clone()
-}
+use webrtc::{Peer, in_own_netns, publish, subscribe, wait_for};
 
 #[test]
 fn chromium_publishes_and_subscribes_and_the_relay_completes_dtls_on_both_legs() {
@@ -131,23 +105,6 @@ fn dtls_from_a_source_that_is_no_webrtc_leg_is_dropped_and_counted() {
         (relay.metric("relay_dropped_packets_total{reason=\"dtls\"}") >= 5).then_some(())
     });
     assert!(counted.is_some(), "{}", relay.metrics_text());
-}
-
-/// Runs the subscribe exchange for `id` on a new peer connection of `peer`; returns its id.
-fn subscribe(relay: &Relay, peer: &mut Peer, id: &str) -> Value {
-    let offer = relay.ok(
-        "POST",
-        &format!("/v1/rooms/r/participants/{id}/webrtc/subscribe"),
-        Some(&json!({})),
-    );
-    let reply = peer.call(json!({"op": "answer", "sdp": offer["sdp"]}));
-    let (status, body) = relay.call(
-        "PUT",
-        &format!("/v1/rooms/r/participants/{id}/webrtc/subscribe"),
-        Some(&json!({"sdp": reply["sdp"]})),
-    );
-    assert_eq!(status, 204, "{body}");
-    reply["id"].clone()
 }
 
 fn frames(peer: &mut Peer, pc: &Value) -> (u64, Value) {

@@ -130,8 +130,10 @@ pub fn loadgen_scenario(
         Step::Rate => spec.rooms,
         Step::Rooms => ((f64::from(spec.rooms) * mult).round() as u32).max(1),
     };
-    // Against rtpengine there are no sinks: loadgen plays every receiver.
-    let played = if target == Target::Rtpengine {
+    // Against rtpengine there are no sinks: loadgen plays every receiver. WebRTC sinks need
+    // a DTLS handshake each: loadgen plays them and never reads them.
+    let webrtc = spec.webrtc && target == Target::Relay;
+    let played = if target == Target::Rtpengine || webrtc {
         spec.size
     } else {
         spec.played()
@@ -157,6 +159,10 @@ pub fn loadgen_scenario(
     s.drain_ms = 300;
     s.threads = 1;
     s.spin = spec.loadgen_spin;
+    if webrtc {
+        s.webrtc = true;
+        s.unread = spec.sinks;
+    }
     s.rate = match spec.step {
         Step::Rate => spec.rate.map(|r| r * mult),
         Step::Rooms => None,
@@ -325,9 +331,11 @@ pub fn relay_point(
     let api = loadgen::api::Api::new(&control, None);
     let room = |r: u32| format!("lg-r{r}");
     let mut sinks: Vec<UdpSocket> = Vec::new();
+    // loadgen plays WebRTC sinks itself (`loadgen_scenario`).
+    let sinks_here = if lg.webrtc { 0 } else { spec.sinks };
     for r in 0..lg.rooms {
         api.put_room(&room(r))?;
-        for k in 0..spec.sinks {
+        for k in 0..sinks_here {
             let s = UdpSocket::bind("127.0.0.1:0")?;
             let body = json!({"address": s.local_addr()?.to_string(), "subscribe": "all"});
             api.put_participant(&room(r), &format!("sink{k}"), &body)

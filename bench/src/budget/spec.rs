@@ -86,6 +86,7 @@ impl SideBySide {
             rtpengine: true,
             relay_args: self.relay_args.clone(),
             loadgen_spin: false,
+            webrtc: false,
             budget: Budget::default(),
         }
     }
@@ -248,6 +249,11 @@ pub struct ScenarioSpec {
     /// receiver needs a wake-up across cores.
     #[serde(default)]
     pub loadgen_spin: bool,
+    /// Every participant is a WebRTC leg (`loadgen::webrtc`: publish or subscribe exchange,
+    /// ICE with USE-CANDIDATE, DTLS with dimpl, SRTP). loadgen then plays the sinks too:
+    /// connected like the others, never read. The direct path stays plain (the latency floor).
+    #[serde(default)]
+    pub webrtc: bool,
     /// The budgets.
     pub budget: Budget,
 }

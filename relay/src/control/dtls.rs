@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 use socket2::{SockAddr, Socket};
 
 use super::core::{DtlsReport, DtlsState};
-use crate::dtls::{Certificate, Engine, EngineConfig, Output};
+use crate::dtls::{Certificate, Counters, Engine, EngineConfig, Output};
 use crate::io::dtls::Inbound;
 use crate::route::{DtlsLeg, SrtpLeg};
 use crate::srtp;
@@ -43,6 +44,53 @@ pub enum Order {
     },
 }
 
+/// What the DTLS thread's engine counted, for `/metrics`: a copy of its [`Counters`] made after
+/// each round, so that a scrape reads atomics and never waits for the thread.
+#[derive(Debug, Default)]
+pub struct Stats {
+    started: AtomicU64,
+    refused: AtomicU64,
+    connected: AtomicU64,
+    failed: AtomicU64,
+    processed: AtomicU64,
+    unknown_participant: AtomicU64,
+    queue_full: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl Stats {
+    fn store(&self, c: &Counters) {
+        let pairs = [
+            (&self.started, c.started),
+            (&self.refused, c.refused),
+            (&self.connected, c.connected),
+            (&self.failed, c.failed),
+            (&self.processed, c.processed),
+            (&self.unknown_participant, c.unknown_participant),
+            (&self.queue_full, c.queue_full),
+            (&self.finished, c.finished),
+        ];
+        for (cell, v) in pairs {
+            cell.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The counters as of the DTLS thread's last round.
+    pub fn load(&self) -> Counters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counters {
+            started: get(&self.started),
+            refused: get(&self.refused),
+            connected: get(&self.connected),
+            failed: get(&self.failed),
+            processed: get(&self.processed),
+            unknown_participant: get(&self.unknown_participant),
+            queue_full: get(&self.queue_full),
+            finished: get(&self.finished),
+        }
+    }
+}
+
 struct Known {
     leg: DtlsLeg,
     src: SocketAddr,
@@ -57,10 +105,11 @@ pub fn spawn(
     orders: Receiver<Order>,
     socket: Socket,
     reports: Sender<DtlsReport>,
+    stats: Arc<Stats>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("dtls".into())
-        .spawn(move || run(cert, &inbound, &orders, &socket, &reports))
+        .spawn(move || run(cert, &inbound, &orders, &socket, &reports, &stats))
 }
 
 fn run(
@@ -69,6 +118,7 @@ fn run(
     orders: &Receiver<Order>,
     socket: &Socket,
     reports: &Sender<DtlsReport>,
+    stats: &Stats,
 ) {
     let mut engine: Engine<u64> = Engine::new(cert, EngineConfig::default());
     let mut known: HashMap<u64, Known> = HashMap::new();
@@ -108,6 +158,7 @@ fn run(
         }
         engine.handle_timeout(now);
         drain(&mut engine, &known, socket, reports);
+        stats.store(&engine.counters());
         if now.duration_since(last_sweep) > Duration::from_secs(5) {
             last_sweep = now;
             known.retain(|id, k| {

@@ -138,9 +138,46 @@ pub(super) fn render(shared: &Shared) -> String {
         "# HELP relay_workers Data-plane workers.\n# TYPE relay_workers gauge\nrelay_workers {}",
         stats.len()
     );
+    dtls(shared, &mut out);
     control(shared, &mut out);
     crate::telemetry::render(&mut out, plane);
     out
+}
+
+/// The DTLS thread's series: handshakes by outcome, and what became of the datagrams the
+/// workers passed to it (each source has its own bounded queue: a flood is dropped there).
+fn dtls(shared: &Shared, out: &mut String) {
+    let c = shared.dtls.load();
+    let _ = writeln!(
+        out,
+        "# HELP relay_dtls_handshakes_total DTLS handshakes of WebRTC legs, by outcome.\n# TYPE relay_dtls_handshakes_total counter"
+    );
+    for (outcome, v) in [
+        ("started", c.started),
+        ("connected", c.connected),
+        ("failed", c.failed),
+        ("refused", c.refused),
+    ] {
+        let _ = writeln!(
+            out,
+            "relay_dtls_handshakes_total{{outcome=\"{outcome}\"}} {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP relay_dtls_datagrams_total Datagrams the DTLS thread received from the workers, by what became of them.\n# TYPE relay_dtls_datagrams_total counter"
+    );
+    for (outcome, v) in [
+        ("processed", c.processed),
+        ("queue_full", c.queue_full),
+        ("finished", c.finished),
+        ("unknown_session", c.unknown_participant),
+    ] {
+        let _ = writeln!(
+            out,
+            "relay_dtls_datagrams_total{{outcome=\"{outcome}\"}} {v}"
+        );
+    }
 }
 
 /// The control plane's own series: readiness, rules, audit, events, API requests.
@@ -211,6 +248,29 @@ fn control(shared: &Shared, out: &mut String) {
             u8::from(fleet.fenced()),
             shared.gauges.fleet_nodes.load(Ordering::Relaxed)
         );
+        let trunks = shared.trunks();
+        let _ = writeln!(
+            out,
+            "# HELP relay_trunk_packets_sent_total Trunk datagrams queued for a peer relay (one per packet and peer with an allowed receiver).\n# TYPE relay_trunk_packets_sent_total counter"
+        );
+        for (peer, c) in &trunks {
+            let _ = writeln!(
+                out,
+                "relay_trunk_packets_sent_total{{peer=\"{peer}\"}} {}",
+                c.sent.sum()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP relay_trunk_packets_received_total Trunk datagrams accepted from a peer relay (registered address, current epoch, well formed).\n# TYPE relay_trunk_packets_received_total counter"
+        );
+        for (peer, c) in &trunks {
+            let _ = writeln!(
+                out,
+                "relay_trunk_packets_received_total{{peer=\"{peer}\"}} {}",
+                c.received.sum()
+            );
+        }
     }
     let hook = &shared.webhook;
     let _ = writeln!(

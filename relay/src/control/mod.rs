@@ -120,9 +120,11 @@ impl Control {
             gauges: Gauges::default(),
             readiness: AtomicU8::new(Readiness::Starting as u8),
             rules: Mutex::new(Arc::new(Vec::new())),
+            trunks: Mutex::new(Vec::new()),
             http: http::Stats::default(),
             webhook: webhook::WebhookStats::default(),
             fleet: config.fleet.as_ref().map(|f| f.status.clone()),
+            dtls: Arc::default(),
         });
         let latches = plane.latches().clone();
         let dtls_inbound = plane.dtls_inbound().clone();
@@ -137,6 +139,7 @@ impl Control {
             orders,
             dtls_socket,
             report_tx,
+            shared.dtls.clone(),
         )?;
         let (owner_tx, handle) = owner::spawn(owner, latches, reports)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -239,6 +242,10 @@ pub struct Shared {
     pub(crate) webhook: webhook::WebhookStats,
     /// Fleet mode: the fencing status (`/readyz`, `relay_fleet_fenced`).
     pub(crate) fleet: Option<Arc<crate::fleet::Status>>,
+    /// The DTLS thread's counters (`relay_dtls_*`).
+    pub(crate) dtls: Arc<dtls::Stats>,
+    /// Fleet mode: trunk counters by peer node name (`relay_trunk_packets_*_total`).
+    pub(crate) trunks: Mutex<Vec<(String, Arc<crate::route::TrunkCounters>)>>,
 }
 
 /// What does not change while the relay runs.
@@ -316,6 +323,18 @@ impl Shared {
     pub(crate) fn set_rules(&self, rules: Vec<view::RuleMetric>) {
         let mut r = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         *r = Arc::new(rules);
+    }
+
+    /// Trunk counters by peer node name (fleet mode).
+    pub(crate) fn trunks(&self) -> Vec<(String, Arc<crate::route::TrunkCounters>)> {
+        self.trunks
+            .lock()
+            .map_or_else(|e| e.into_inner().clone(), |t| t.clone())
+    }
+
+    pub(crate) fn set_trunks(&self, trunks: Vec<(String, Arc<crate::route::TrunkCounters>)>) {
+        let mut t = self.trunks.lock().unwrap_or_else(|e| e.into_inner());
+        *t = trunks;
     }
 }
 

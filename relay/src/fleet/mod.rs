@@ -157,6 +157,10 @@ pub struct Append {
     pub puts: Vec<(String, Vec<u8>)>,
     /// Keys to delete in the same transaction.
     pub deletes: Vec<String>,
+    /// A key that must still hold this value for the append to happen (a rule record that
+    /// may change under us: lifted or expired by another relay). If it no longer does, the
+    /// append fails with [`FleetError::Stale`] and nothing is written.
+    pub expect: Option<(String, Vec<u8>)>,
 }
 
 /// A committed audit append.
@@ -215,6 +219,8 @@ pub enum FleetError {
     NameTaken(String),
     /// The audit head kept moving under us; nothing was written.
     Conflict,
+    /// The key an append expected to be unchanged has changed (named); nothing was written.
+    Stale(String),
     /// The audit entry could not be built (a bad action) or mirrored.
     Store(StoreError),
     /// A value in etcd did not parse (written by someone else).
@@ -330,6 +336,7 @@ impl fmt::Display for FleetError {
             Self::Unreachable(why) => write!(f, "no etcd member reachable: {why}"),
             Self::NameTaken(node) => write!(f, "a live node is already named {node:?}"),
             Self::Conflict => f.write_str("the audit chain kept moving; nothing was written"),
+            Self::Stale(key) => write!(f, "{key} changed meanwhile; nothing was written"),
             Self::Store(e) => write!(f, "audit entry: {e}"),
             Self::Corrupt(why) => write!(f, "unreadable fleet value: {why}"),
             Self::Stopped => f.write_str("the fleet thread has stopped"),

@@ -93,6 +93,7 @@ async fn append_once(
             detail,
             puts,
             deletes,
+            expect,
         } = build(seq + 1);
         let entry = store::next_entry(seq, &hash, &store::now_rfc3339(), action, &detail)?;
         let head = json!({"seq": entry.seq, "hash": entry.hash}).to_string();
@@ -105,17 +106,30 @@ async fn append_once(
         ops.extend(puts.into_iter().map(|(k, v)| TxnOp::put(k, v, None)));
         ops.extend(deletes.into_iter().map(|k| TxnOp::delete(k, None)));
         // A missing key's mod_revision compares as 0, so the first entry needs no other case.
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                head_key.as_str(),
+        let mut when = vec![Compare::mod_revision(
+            head_key.as_str(),
+            CompareOp::Equal,
+            mod_revision,
+        )];
+        if let Some((key, value)) = &expect {
+            when.push(Compare::value(
+                key.as_str(),
                 CompareOp::Equal,
-                mod_revision,
-            )])
-            .and_then(ops);
+                value.clone(),
+            ));
+        }
+        let txn = Txn::new().when(when).and_then(ops);
         let resp = shared.timed(client.txn(txn)).await?;
         if resp.succeeded() {
             let revision = resp.header().map_or(0, |h| h.revision());
             return Ok(Commit { revision, entry });
+        }
+        // Either the head moved (try again) or the expected key changed (give up).
+        if let Some((key, value)) = &expect {
+            let now = shared.timed(client.get(key.as_str(), None)).await?;
+            if now.kvs().first().map(|kv| kv.value()) != Some(value.as_slice()) {
+                return Err(FleetError::Stale(key.clone()));
+            }
         }
     }
     Err(FleetError::Conflict)

@@ -17,11 +17,11 @@ use super::SLOT_SIZE;
 use super::srtp_state::SrtpState;
 use super::stats::BatchCounts;
 use crate::fleet::Status;
-use crate::packet::demux;
+use crate::packet::{demux, trunk};
 use crate::route::{
     DropReason, Hot, Latch, Legs, Share, Sink, StunAction, StunGuard, Table, Update, Verdict,
 };
-use crate::srtp::Egress;
+use crate::srtp::{Egress, Error as SrtpError};
 
 /// Room for a STUN response: header, XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT, or an
 /// error with a short reason, all well under this.
@@ -44,6 +44,10 @@ pub(crate) trait Output {
     /// Hands the datagram being handled to worker `to` for its share of `hot`'s fan-out
     /// (`io::handoff`). Returns false, counted, when it could not: that share is dropped.
     fn hand_off(&mut self, to: usize, hot: &Hot) -> bool;
+    /// Queues the datagram being handled, unchanged, for the peer relay whose trunk address is
+    /// `dest`, from this worker's trunk socket, behind `header` (two iovecs: the header is
+    /// copied into the send, the datagram is not).
+    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]);
 }
 
 /// The [`Sink`] of the routing decision over a backend's [`Output`]: plain receivers get the
@@ -66,6 +70,11 @@ impl<O: Output> Sink for Fwd<'_, O> {
 
     fn hand_off(&mut self, to: usize, hot: &Hot) -> bool {
         self.out.hand_off(to, hot)
+    }
+
+    #[inline]
+    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]) {
+        self.out.trunk(dest, header);
     }
 }
 
@@ -126,7 +135,7 @@ impl Datapath {
         let before = SrtpState::sessions(&self.table, &update);
         let after_key = match &update {
             Update::Room { .. } => Some(update.clone()),
-            Update::RemoveRoom(_) => None,
+            Update::RemoveRoom(_) | Update::Peers(_) => None,
         };
         self.table.apply(update);
         let now = after_key.map_or_else(Vec::new, |u| SrtpState::sessions(&self.table, &u));
@@ -204,6 +213,44 @@ impl Datapath {
         }
     }
 
+    /// Handles one datagram that came in on the trunk port: checked against the live peers and
+    /// routed to local receivers only (split horizon). The backend has pointed "the datagram
+    /// being handled" at the inner datagram (after the header), which `forward` sends.
+    #[inline]
+    pub(crate) fn handle_trunk(
+        &mut self,
+        src: Option<SocketAddr>,
+        bytes: &[u8],
+        truncated: bool,
+        out: &mut impl Output,
+    ) {
+        self.counts.packets_in += 1;
+        self.counts.bytes_in += bytes.len() as u64;
+        let verdict = match src {
+            _ if self.fenced => Verdict::Drop(DropReason::Fenced),
+            _ if truncated || bytes.len() > SLOT_SIZE => Verdict::Drop(DropReason::Oversize),
+            None => Verdict::Drop(DropReason::TrunkUnknownPeer),
+            Some(src) => {
+                let Self {
+                    worker,
+                    table,
+                    counts,
+                    srtp,
+                    ..
+                } = self;
+                let inner = bytes.get(trunk::HEADER_LEN..).unwrap_or_default();
+                let egress = &mut srtp.egress;
+                table.route_trunk(*worker, &src, bytes, |dest, legs| match legs {
+                    None => out.forward(dest),
+                    Some(l) => seal(l, dest, inner, egress, counts, out),
+                })
+            }
+        };
+        if let Verdict::Drop(reason) = verdict {
+            self.counts.drops[reason.index()] += 1;
+        }
+    }
+
     /// Routes RTP and RTCP: a plain sender's datagram goes out unchanged (zero-copy) to plain
     /// receivers; a WebRTC leg's is unprotected first; each WebRTC receiver gets a copy sealed
     /// for its leg in a slot of the plan.
@@ -255,8 +302,9 @@ impl Datapath {
             demux::Kind::Rtp => ing.unprotect_rtp(buf),
             _ => ing.unprotect_rtcp(buf),
         };
-        let Ok(len) = clear else {
-            return Verdict::Drop(DropReason::Srtp);
+        let len = match clear {
+            Ok(len) => len,
+            Err(e) => return Verdict::Drop(srtp_drop(e)),
         };
         let clear = &scratch[..len];
         table.route_legs(*worker, src, clear, |dest, legs| match legs {
@@ -292,6 +340,15 @@ impl Datapath {
         if let Verdict::Drop(reason) = verdict {
             counts.drops[reason.index()] += 1;
         }
+    }
+}
+
+/// The drop reason of a packet from a WebRTC leg that did not unprotect.
+fn srtp_drop(e: SrtpError) -> DropReason {
+    match e {
+        SrtpError::AuthFailed => DropReason::SrtpAuth,
+        SrtpError::Replayed | SrtpError::TooOld => DropReason::SrtpReplay,
+        _ => DropReason::Srtp,
     }
 }
 

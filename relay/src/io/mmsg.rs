@@ -28,6 +28,7 @@ use super::send::{self, SEGMENT_CMSG_SPACE, SegmentCmsg, Sent};
 use super::socket;
 use super::stats::BatchCounts;
 use super::worker::Worker;
+use crate::packet::trunk;
 use crate::route::Hot;
 
 /// Receive slots of a worker that hands off fan-outs, in receive batches: a slot that other
@@ -39,13 +40,16 @@ pub(crate) const BATCHES: usize = 8;
 /// Runs a worker on this backend until shutdown. `ready` hears once that set-up is done.
 pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<()> {
     let fd = w.socket.as_raw_fd();
+    let trunk_fd = w.trunk.as_ref().map(AsRawFd::as_raw_fd);
     let gso = w.settings.gso && send::gso_supported(fd);
     let mut path = Datapath::new(w.index, w.latches.clone(), w.dtls.clone(), w.fence.clone());
     let mut handoff = w.handoff();
     path.share = handoff.share();
     let pool = if handoff.active() { BATCHES } else { 1 };
     let mut batch = RecvBatch::new(w.settings.recv_batch, pool, SLOT_SIZE);
-    let mut queue = SendQueue::new(w.settings.send_batch, gso);
+    // The trunk port's batch (never lent): each slot's send iovec skips the trunk header.
+    let mut trunk_batch = trunk_fd.map(|_| RecvBatch::new(w.settings.recv_batch, 1, SLOT_SIZE));
+    let mut queue = SendQueue::new(w.settings.send_batch, gso, trunk_fd);
     let mut jobs = Jobs::new();
     ready(Ok(()));
     let result = serve(
@@ -54,6 +58,7 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
         &mut path,
         &mut handoff,
         &mut batch,
+        trunk_batch.as_mut(),
         &mut queue,
         &mut jobs,
     );
@@ -65,12 +70,17 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
 }
 
 /// The worker loop.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the worker's state, borrowed apart"
+)]
 fn serve(
     w: &Worker,
     fd: RawFd,
     path: &mut Datapath,
     handoff: &mut Handoff,
     batch: &mut RecvBatch,
+    mut trunk_batch: Option<&mut RecvBatch>,
     queue: &mut SendQueue,
     jobs: &mut Jobs,
 ) -> io::Result<()> {
@@ -83,7 +93,15 @@ fn serve(
         }
         let served = jobs.serve(path, handoff, queue, fd);
         let n = batch.recv(fd, |slot| handoff.unleased(slot))?;
-        if n == 0 {
+        let t = match (trunk_batch.as_deref_mut(), queue.trunk_fd) {
+            (Some(tb), Some(tfd)) => {
+                let t = tb.recv(tfd, |_| false)?;
+                tb.skip_headers();
+                t
+            }
+            _ => 0,
+        };
+        if n == 0 && t == 0 {
             if served {
                 publish(w, path, queue, handoff);
                 continue;
@@ -92,7 +110,7 @@ fn serve(
             if w.settings.busy_poll || spin.keep_polling(dry.elapsed()) {
                 std::hint::spin_loop();
             } else {
-                wait(fd, w.wake.as_raw_fd())?;
+                wait(fd, queue.trunk_fd, w.wake.as_raw_fd())?;
                 spin.slept(dry.elapsed());
                 dry_since = None;
             }
@@ -101,6 +119,23 @@ fn serve(
         dry_since = None;
         path.begin_batch();
         path.share.keep = handoff.pending();
+        // Trunk ingress is served here, never handed off (`Table::route_trunk`).
+        if let Some(tb) = trunk_batch.as_deref().filter(|_| t > 0) {
+            for k in 0..t {
+                let (src, bytes, truncated) = tb.datagram(k);
+                queue.plan.begin(k as u32, tb.send_iovs[k].iov_len);
+                let mut out = Out {
+                    queue,
+                    iovs: &tb.send_iovs,
+                    fd,
+                    handoff,
+                    bytes,
+                    lease: None,
+                };
+                path.handle_trunk(src, bytes, truncated, &mut out);
+            }
+            queue.flush(fd, &tb.send_iovs);
+        }
         for k in 0..n {
             let (src, bytes, truncated) = batch.datagram(k);
             queue.plan.begin(k as u32, bytes.len());
@@ -238,6 +273,17 @@ impl Output for Out<'_> {
                 self.handoff.refuse();
                 false
             }
+        }
+    }
+
+    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]) {
+        if self.queue.trunk_fd.is_none() {
+            return;
+        }
+        if !self.queue.plan.push_trunk(dest, header) {
+            self.queue.flush(self.fd, self.iovs);
+            let planned = self.queue.plan.push_trunk(dest, header);
+            debug_assert!(planned, "an empty plan takes a send");
         }
     }
 }
@@ -379,6 +425,18 @@ impl RecvBatch {
         self.lent.then(|| self.slot_of[i])
     }
 
+    /// Points each received datagram's send iovec past the trunk header: a trunk port batch
+    /// forwards the inner datagram (a shorter datagram gets an empty one and is dropped as
+    /// malformed before anything is sent).
+    pub(crate) fn skip_headers(&mut self) {
+        for iov in &mut self.send_iovs[..self.len] {
+            let skip = iov.iov_len.min(trunk::HEADER_LEN);
+            // SAFETY: skip <= iov_len, so the pointer stays inside the same slot.
+            iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(skip) }.cast();
+            iov.iov_len -= skip;
+        }
+    }
+
     /// Datagram `i`: its source, its bytes, and whether it was larger than a slot.
     pub(crate) fn datagram(&self, i: usize) -> (Option<SocketAddr>, &[u8], bool) {
         let hdr = &self.hdrs[i];
@@ -398,6 +456,13 @@ impl RecvBatch {
 struct SendQueue {
     plan: Plan,
     hdrs: Vec<libc::mmsghdr>,
+    /// The plan's entry behind each header of `hdrs`.
+    order: Vec<u32>,
+    /// The trunk socket (fleet mode), its headers and their two iovecs each (trunk header,
+    /// datagram).
+    trunk_fd: Option<RawFd>,
+    trunk_hdrs: Vec<libc::mmsghdr>,
+    trunk_iovs: Box<[[libc::iovec; 2]]>,
     cmsgs: Box<[SegmentCmsg]>,
     reply_iovs: [libc::iovec; REPLY_SLOTS],
     sent: Sent,
@@ -410,11 +475,19 @@ struct SendQueue {
 unsafe impl Send for SendQueue {}
 
 impl SendQueue {
-    fn new(capacity: usize, gso: bool) -> Self {
+    fn new(capacity: usize, gso: bool, trunk_fd: Option<RawFd>) -> Self {
         let capacity = capacity.max(1);
+        let empty = libc::iovec {
+            iov_base: ptr::null_mut(),
+            iov_len: 0,
+        };
         Self {
             plan: Plan::new(capacity, gso),
             hdrs: Vec::with_capacity(capacity),
+            order: Vec::with_capacity(capacity),
+            trunk_fd,
+            trunk_hdrs: Vec::with_capacity(capacity),
+            trunk_iovs: vec![[empty; 2]; capacity].into_boxed_slice(),
             cmsgs: vec![SegmentCmsg::new(0); capacity].into_boxed_slice(),
             reply_iovs: [libc::iovec {
                 iov_base: ptr::null_mut(),
@@ -431,13 +504,15 @@ impl SendQueue {
     /// refuses turns GSO off for this socket and goes out one datagram at a time.
     fn flush(&mut self, fd: RawFd, iovs: &[libc::iovec]) {
         self.hdrs.clear();
+        self.order.clear();
+        self.trunk_hdrs.clear();
         for (i, e) in self.plan.entries().iter().enumerate() {
             // SAFETY: a zeroed mmsghdr is valid; the fields set below are the only ones read.
             let mut hdr: libc::mmsghdr = unsafe { mem::zeroed() };
             let dest = match e.what {
-                // SAFETY: the destination lives in a compiled room the worker holds until the
-                // flush.
-                What::Run { .. } => unsafe { &*e.dest },
+                // SAFETY: the destination lives in a compiled room (or the worker's peer
+                // table) that the worker holds until the flush.
+                What::Run { .. } | What::Trunk { .. } => unsafe { &*e.dest },
                 What::Reply(n) => self.plan.reply(n).0,
             };
             hdr.msg_hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
@@ -466,18 +541,35 @@ impl SendQueue {
                     hdr.msg_hdr.msg_iov = &raw mut self.reply_iovs[usize::from(n)];
                     hdr.msg_hdr.msg_iovlen = 1;
                 }
+                What::Trunk { first, ref header } => {
+                    let k = self.trunk_hdrs.len();
+                    self.trunk_iovs[k] = [
+                        libc::iovec {
+                            iov_base: header.as_ptr() as *mut libc::c_void,
+                            iov_len: header.len(),
+                        },
+                        iovs[first as usize],
+                    ];
+                    hdr.msg_hdr.msg_iov = self.trunk_iovs[k].as_mut_ptr();
+                    hdr.msg_hdr.msg_iovlen = 2;
+                    self.trunk_hdrs.push(hdr);
+                    continue;
+                }
             }
             self.hdrs.push(hdr);
+            self.order.push(i as u32);
+        }
+        if let Some(tfd) = self.trunk_fd {
+            self.flush_trunk(tfd);
         }
         let mut start = 0;
         while start < self.hdrs.len() {
             // SAFETY: each header points at a live slot iovec or reply, a room's address, and a
             // control message of this queue, none of which change until the call returns.
             let (n, err) = unsafe { send::sendmmsg(fd, &mut self.hdrs[start..]) };
-            for (h, e) in self.hdrs[start..start + n]
-                .iter()
-                .zip(&self.plan.entries()[start..])
-            {
+            let entries = self.plan.entries();
+            for (h, &i) in self.hdrs[start..start + n].iter().zip(&self.order[start..]) {
+                let e = &entries[i as usize];
                 let segments = e.segments();
                 self.sent.packets += segments;
                 self.sent.bytes += u64::from(h.msg_len);
@@ -489,14 +581,14 @@ impl SendQueue {
             };
             if err.kind() == std::io::ErrorKind::WouldBlock {
                 // The send buffer is full: drop the rest of this batch, counted, and go on reading.
-                let rest: u64 = self.plan.entries()[start..]
+                let rest: u64 = self.order[start..]
                     .iter()
-                    .map(|e| e.segments())
+                    .map(|&i| self.plan.entries()[i as usize].segments())
                     .sum();
                 self.sent.errors += rest;
                 break;
             }
-            let e = self.plan.entries()[start];
+            let e = self.plan.entries()[self.order[start] as usize];
             if e.segments() > 1 && send::refuses_gso(&err) {
                 if self.plan.gso() {
                     self.plan.disable_gso();
@@ -520,6 +612,31 @@ impl SendQueue {
         self.plan.clear();
     }
 
+    /// Sends the planned trunk datagrams from the trunk socket (never GSO: each has its header).
+    fn flush_trunk(&mut self, tfd: RawFd) {
+        let mut start = 0;
+        while start < self.trunk_hdrs.len() {
+            // SAFETY: each header points at two iovecs of this queue (a header inside the plan's
+            // entry, a datagram in a live slot) and a peer's address, none of which change until
+            // the call returns.
+            let (n, err) = unsafe { send::sendmmsg(tfd, &mut self.trunk_hdrs[start..]) };
+            for h in &self.trunk_hdrs[start..start + n] {
+                self.sent.packets += 1;
+                self.sent.bytes += u64::from(h.msg_len);
+            }
+            start += n;
+            let Some(err) = err else {
+                break;
+            };
+            if err.kind() == std::io::ErrorKind::WouldBlock {
+                self.sent.errors += (self.trunk_hdrs.len() - start) as u64;
+                break;
+            }
+            self.sent.errors += 1;
+            start += 1;
+        }
+    }
+
     /// Moves the send counters into the batch counts.
     fn take_counts(&mut self, counts: &mut BatchCounts) {
         counts.add_sent(mem::take(&mut self.sent));
@@ -528,8 +645,8 @@ impl SendQueue {
     }
 }
 
-/// Sleeps until the socket is readable or the eventfd is signalled, then drains the eventfd.
-fn wait(sock: RawFd, wake: RawFd) -> io::Result<()> {
+/// Sleeps until a socket is readable or the eventfd is signalled, then drains the eventfd.
+fn wait(sock: RawFd, trunk: Option<RawFd>, wake: RawFd) -> io::Result<()> {
     let mut fds = [
         libc::pollfd {
             fd: sock,
@@ -541,9 +658,15 @@ fn wait(sock: RawFd, wake: RawFd) -> io::Result<()> {
             events: libc::POLLIN,
             revents: 0,
         },
+        libc::pollfd {
+            fd: trunk.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
-    // SAFETY: fds is a valid array of two pollfd for the duration of the call.
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+    let n = if trunk.is_some() { 3 } else { 2 };
+    // SAFETY: fds is a valid array of at least `n` pollfd for the duration of the call.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), n, 1000) };
     if r < 0 {
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {

@@ -92,6 +92,9 @@ pub struct DataPlaneConfig {
     /// In fleet mode, the fleet's status: while it says fenced, workers forward nothing
     /// (counted as drop reason `fenced`; read once per batch).
     pub fence: Option<Arc<crate::fleet::Status>>,
+    /// In fleet mode, the trunk address (`--trunk`): every worker binds a socket of one
+    /// SO_REUSEPORT group there, receives peer relays' trunk datagrams on it and sends its own.
+    pub trunk: Option<SocketAddr>,
     /// The most an idle worker polls its socket before it sleeps (adaptive, see `io::idle`);
     /// zero sleeps at once.
     pub idle_spin: Duration,
@@ -114,6 +117,7 @@ impl Default for DataPlaneConfig {
             busy_poll: false,
             handoff_min_members: handoff::DEFAULT_MIN_MEMBERS,
             fence: None,
+            trunk: None,
             idle_spin: DEFAULT_IDLE_SPIN,
             worker_priority: WorkerPriority::Normal,
         }
@@ -124,6 +128,7 @@ impl Default for DataPlaneConfig {
 pub struct DataPlane {
     workers: Vec<WorkerHandle>,
     local_addr: SocketAddr,
+    trunk_addr: Option<SocketAddr>,
     backend: Backend,
     latches: Receiver<Latch>,
     /// Time from sending a change to the last acknowledgement, per [`DataPlane::publish`].
@@ -161,6 +166,14 @@ impl DataPlane {
         let workers = config.workers.max(1);
         let (sockets, local_addr) =
             socket::bind_group(config.media, workers, config.socket_buffer)?;
+        let (trunks, trunk_addr) = match config.trunk {
+            Some(addr) => {
+                let (t, a) = socket::bind_group(addr, workers, config.socket_buffer)
+                    .map_err(|e| io::Error::new(e.kind(), format!("--trunk {addr}: {e}")))?;
+                (t.into_iter().map(Some).collect(), Some(a))
+            }
+            None => ((0..workers).map(|_| None).collect::<Vec<_>>(), None),
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let settings = Settings {
             recv_batch: config.recv_batch.clamp(1, 1024),
@@ -181,6 +194,7 @@ impl DataPlane {
         let mut plane = Self {
             workers: Vec::with_capacity(workers),
             local_addr,
+            trunk_addr,
             backend,
             latches,
             apply_duration: Histogram::new(APPLY_BUCKETS),
@@ -194,12 +208,14 @@ impl DataPlane {
             .ring_buffers
             .max(mmsg::BATCHES * settings.recv_batch);
         let links = Arc::new(handoff::Links::new(wakes.clone(), leases));
-        for ((index, socket), wake) in sockets.into_iter().enumerate().zip(wakes) {
+        let ends = sockets.into_iter().zip(trunks).zip(wakes);
+        for (index, ((socket, trunk), wake)) in ends.enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
             let stats = Arc::new(WorkerStats::default());
             let worker = Worker {
                 index,
                 socket,
+                trunk,
                 wake: wake.clone(),
                 rx,
                 stats: stats.clone(),
@@ -259,6 +275,11 @@ impl DataPlane {
     /// The bound media address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound trunk address (fleet mode).
+    pub fn trunk_addr(&self) -> Option<SocketAddr> {
+        self.trunk_addr
     }
 
     /// The backend in use.

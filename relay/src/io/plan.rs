@@ -55,6 +55,12 @@ pub(crate) enum What {
         reason = "made by `push_reply`, which the STUN handler calls"
     )]
     Reply(u16),
+    /// Datagram `first` of the batch to a peer relay from the trunk socket, behind `header`
+    /// (never joined into a GSO run).
+    Trunk {
+        first: u32,
+        header: [u8; crate::packet::trunk::HEADER_LEN],
+    },
 }
 
 /// The planned sends of a batch.
@@ -135,6 +141,27 @@ impl Plan {
                 last: self.len,
             },
             bytes: u32::from(self.len),
+        });
+        true
+    }
+
+    /// Plans sending the current datagram to a peer relay's trunk address behind `header`.
+    /// Returns false, planning nothing, when the plan is full: flush it, then push again.
+    pub(crate) fn push_trunk(
+        &mut self,
+        dest: &SockAddr,
+        header: &[u8; crate::packet::trunk::HEADER_LEN],
+    ) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        self.entries.push(Entry {
+            dest,
+            what: What::Trunk {
+                first: self.datagram,
+                header: *header,
+            },
+            bytes: u32::from(self.len) + crate::packet::trunk::HEADER_LEN as u32,
         });
         true
     }
@@ -234,7 +261,7 @@ impl Entry {
     pub(crate) fn segments(&self) -> u64 {
         match self.what {
             What::Run { count, .. } => u64::from(count),
-            What::Reply(_) => 1,
+            What::Reply(_) | What::Trunk { .. } => 1,
         }
     }
 
@@ -285,7 +312,7 @@ mod tests {
                         count,
                     )
                 }
-                What::Reply(_) => (0, 0, 0),
+                What::Reply(_) | What::Trunk { .. } => (0, 0, 0),
             })
             .collect()
     }

@@ -34,6 +34,7 @@ impl SrtpState {
         let (id, slots): (RoomId, Option<&[u16]>) = match update {
             Update::Room { id, slots, .. } => (*id, Some(slots)),
             Update::RemoveRoom(id) => (*id, None),
+            Update::Peers(_) => return Vec::new(),
         };
         let Some(room) = table.room(id) else {
             return Vec::new();

@@ -47,6 +47,9 @@ pub(crate) struct Settings {
 pub(crate) struct Worker {
     pub(crate) index: usize,
     pub(crate) socket: Socket,
+    /// In fleet mode, this worker's socket of the trunk port's SO_REUSEPORT group: trunk
+    /// datagrams to and from peer relays.
+    pub(crate) trunk: Option<Socket>,
     pub(crate) wake: Arc<OwnedFd>,
     pub(crate) rx: Receiver<Message>,
     pub(crate) stats: Arc<WorkerStats>,

@@ -20,6 +20,7 @@ use super::counter::{ParticipantCounters, RuleCounters};
 use super::ice::Credentials;
 use super::room::{
     Blocks, CHUNK, Chunk, CompileError, MediaKind, Member, ReceiveGroup, Room, SlotList, Track,
+    TrunkGroup,
 };
 use crate::packet::rtp::Ssrc;
 use crate::rules::{RuleId, RuleSet, Subject};
@@ -45,6 +46,12 @@ pub struct Participant<'a> {
     pub ice: Option<Arc<Credentials>>,
     /// Set for a WebRTC participant: its other legs ([`super::Legs`]).
     pub webrtc: Option<Arc<super::Legs>>,
+    /// Its participant number, unique among the participants of the relay it lives on: the
+    /// sender field of trunk headers. 0 outside fleet mode.
+    pub number: u32,
+    /// For a participant that lives on another relay of the fleet: that relay's node number.
+    /// It has no address here (`addr` is ignored); its media comes and goes over the trunk.
+    pub peer: Option<u16>,
 }
 
 /// The room as it is now, as the compiler asks about it: by id, never as a whole.
@@ -85,7 +92,7 @@ pub struct Compiled {
 /// counters, which the fan-out adds to. Every participant whose state differs from `base` must be
 /// among `changes` (the others may be listed too).
 pub fn compile<R: Roster + ?Sized>(
-    room: &str,
+    room_name: &str,
     base: &Room,
     roster: &R,
     changes: &[Change<'_>],
@@ -165,7 +172,7 @@ pub fn compile<R: Roster + ?Sized>(
             return Err(CompileError::TooManyMembers);
         }
         let subject = Subject {
-            room,
+            room: room_name,
             participant: p.id,
             region: p.region,
         };
@@ -194,10 +201,12 @@ pub fn compile<R: Roster + ?Sized>(
             return Err(CompileError::SlotTaken(p.slot));
         }
         let blocks = Blocks::from_effect(&rules.effect(&subject), &counters);
+        // A remote participant is reached through its relay, never at an address of its own.
+        let addr = p.addr.filter(|_| p.peer.is_none());
         let member = Member {
             name: Arc::from(p.id),
-            addr: p.addr,
-            sockaddr: p.addr.map(SockAddr::from),
+            addr,
+            sockaddr: addr.map(SockAddr::from),
             tracks: p
                 .tracks
                 .iter()
@@ -211,8 +220,10 @@ pub fn compile<R: Roster + ?Sized>(
             blocks,
             only: plan.new_only.clone(),
             listeners,
-            ice: p.ice.clone(),
-            webrtc: p.webrtc.clone(),
+            ice: p.ice.clone().filter(|_| p.peer.is_none()),
+            webrtc: p.webrtc.clone().filter(|_| p.peer.is_none()),
+            number: p.number,
+            peer: p.peer,
         };
         work.entries.insert(p.slot, Some(member));
     }
@@ -242,7 +253,8 @@ pub fn compile<R: Roster + ?Sized>(
         }
     }
 
-    let (room, slots) = work.finish();
+    let (mut room, slots) = work.finish();
+    room.number = super::trunk::room_number(room_name);
     Ok(Compiled {
         room: Arc::new(room),
         slots,
@@ -369,6 +381,7 @@ impl Work<'_> {
             base.receive_blocked[0].to_vec(),
             base.receive_blocked[1].to_vec(),
         ];
+        let mut trunks = [base.trunks[0].to_vec(), base.trunks[1].to_vec()];
         let mut members = base.members;
         let mut slots = Vec::with_capacity(self.entries.len());
         let mut entries = self.entries.into_iter().peekable();
@@ -399,6 +412,8 @@ impl Work<'_> {
                 let before = old.get(usize::from(slot) % CHUNK).and_then(Option::as_ref);
                 tally(&mut receive_blocked, before, -1);
                 tally(&mut receive_blocked, member.as_ref(), 1);
+                tally_trunks(&mut trunks, before, -1);
+                tally_trunks(&mut trunks, member.as_ref(), 1);
                 members = members + usize::from(member.is_some()) - usize::from(before.is_some());
                 if let Some(entry) = list.get_mut(usize::from(slot) % CHUNK) {
                     *entry = member;
@@ -417,6 +432,11 @@ impl Work<'_> {
             chunks: chunks.into(),
             receive_blocked: receive_blocked.map(Vec::into_boxed_slice),
             members,
+            number: base.number,
+            trunks: trunks.map(|mut t| {
+                t.sort_unstable();
+                t.into_boxed_slice()
+            }),
         };
         (room, slots.into())
     }
@@ -440,6 +460,33 @@ fn tally(groups: &mut [Vec<ReceiveGroup>; 2], m: Option<&Member>, sign: i8) {
             }
             Some(i) => group[i].1 += 1,
             None if sign > 0 => group.push((rule.clone(), 1)),
+            None => {}
+        }
+    }
+}
+
+/// Adds (`sign` 1) or takes away (-1) a remote member's part in the per-peer groups of
+/// subscribe-all members that may receive each kind.
+fn tally_trunks(groups: &mut [Vec<TrunkGroup>; 2], m: Option<&Member>, sign: i8) {
+    let Some((m, peer)) = m.and_then(|m| Some((m, m.peer?))) else {
+        return;
+    };
+    if m.only.is_some() {
+        return;
+    }
+    for (k, group) in groups.iter_mut().enumerate() {
+        if m.blocks.receive[k].is_some() {
+            continue;
+        }
+        match group.iter().position(|(p, _)| *p == peer) {
+            Some(i) if sign < 0 => {
+                group[i].1 -= 1;
+                if group[i].1 == 0 {
+                    group.swap_remove(i);
+                }
+            }
+            Some(i) => group[i].1 += 1,
+            None if sign > 0 => group.push((peer, 1)),
             None => {}
         }
     }

@@ -175,6 +175,8 @@ mod tests {
                 Some(creds("subA")),
                 subscribe_addr,
             ))),
+            number: 0,
+            peer: None,
         };
         let b = Participant {
             id: "b",
@@ -186,6 +188,8 @@ mod tests {
             counters: Arc::new(ParticipantCounters::new(1)),
             ice: Some(creds("plainB")),
             webrtc: None,
+            number: 0,
+            peer: None,
         };
         let c = compile_all("r", &[a, b], &RuleSet::new(), |_| None).unwrap();
         let mut t = Table::new();

@@ -28,14 +28,16 @@ mod leg;
 mod room;
 mod share;
 mod table;
+mod trunk;
 
 pub use compile::{Change, Compiled, Participant, Roster, Slots, compile, compile_all};
 pub use counter::{Counter, ParticipantCounter, ParticipantCounters, RuleCounters};
 pub use ice::{Credentials, Latch, StunAction, StunGuard};
 pub use leg::{DtlsLeg, Leg, Legs, Session, SrtpLeg};
-pub use room::{Blocks, CHUNK, CompileError, MediaKind, Room};
+pub use room::{Blocks, CHUNK, CompileError, MAX_TRUNKS, MediaKind, Room};
 pub use share::{Hot, Share, Sink, sender_of};
-pub use table::{DropReason, RoomId, Table, Update, Verdict};
+pub use table::{Dest, DropReason, RoomId, Table, Update, Verdict};
+pub use trunk::{Local, Peer, Peers, TrunkCounters, room_number};
 
 #[cfg(any(test, fuzzing))]
 pub mod testing;
@@ -44,3 +46,5 @@ pub mod testing;
 mod model_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trunk_tests;

@@ -152,6 +152,12 @@ pub(crate) struct Member {
     pub(crate) ice: Option<Arc<Credentials>>,
     /// Set for a WebRTC participant: `addr` and `ice` are its publish leg, these its others.
     pub(crate) webrtc: Option<Arc<Legs>>,
+    /// Its participant number: the sender field of the trunk headers of its packets (assigned
+    /// by the relay it lives on).
+    pub(crate) number: u32,
+    /// Set for a participant that lives on another relay: that relay's node number. Such a
+    /// member has no address here; media reaches it through the trunk to that relay.
+    pub(crate) peer: Option<u16>,
 }
 
 /// Up to [`CHUNK`] consecutive slots of a room and their bitmasks.
@@ -170,6 +176,14 @@ pub(crate) struct Chunk {
 /// A receive rule and the number of subscribe-all members with an address it blocks.
 pub(crate) type ReceiveGroup = (Arc<RuleCounters>, u64);
 
+/// A peer relay (node number) and how many of its members subscribe to everybody and may
+/// receive a kind.
+pub(crate) type TrunkGroup = (u16, u32);
+
+/// Most peer relays one packet is sent to: the fan-out keeps the peers it has sent to in an
+/// array of this size (no allocation per packet).
+pub const MAX_TRUNKS: usize = 64;
+
 /// A compiled room: what every worker forwards with, shared by all of them.
 #[derive(Clone, Debug, Default)]
 pub struct Room {
@@ -178,6 +192,12 @@ pub struct Room {
     /// many such members it blocks.
     pub(crate) receive_blocked: [Box<[ReceiveGroup]>; 2],
     pub(crate) members: usize,
+    /// The room's fleet-wide number (trunk headers).
+    pub(crate) number: u32,
+    /// Per kind: each peer relay with a subscribe-all member that may receive that kind, and
+    /// how many. A local track goes once to each of these peers (and to the peers of its
+    /// remote selective subscribers).
+    pub(crate) trunks: [Box<[TrunkGroup]>; 2],
 }
 
 /// Why a room cannot be compiled. The control core checks what leads to these before it
@@ -291,6 +311,46 @@ impl Room {
             }
         }
         sent
+    }
+
+    /// Calls `emit` once for each peer relay with at least one member that may receive media of
+    /// `kind` from `sender` (a local member): subscribe-all members not kept from that kind by
+    /// a rule, and selective subscribers that listed it and are not. Returns the number emitted.
+    #[inline]
+    pub(crate) fn each_trunk(
+        &self,
+        sender: &Member,
+        kind: MediaKind,
+        mut emit: impl FnMut(u16),
+    ) -> usize {
+        let k = kind.index();
+        let mut seen = [0u16; MAX_TRUNKS];
+        let mut n = 0;
+        for &(peer, _) in self.trunks[k].iter() {
+            if n < MAX_TRUNKS {
+                seen[n] = peer;
+                n += 1;
+            }
+            emit(peer);
+        }
+        for &l in sender.listeners.as_slice() {
+            let Some(m) = self.member(l) else { continue };
+            let Some(peer) = m.peer else { continue };
+            if m.blocks.receive[k].is_some() || seen[..n].contains(&peer) || n == MAX_TRUNKS {
+                continue;
+            }
+            seen[n] = peer;
+            n += 1;
+            emit(peer);
+        }
+        n
+    }
+
+    /// Whether [`Room::each_trunk`] for `sender` and `kind` includes peer relay `peer`.
+    pub(crate) fn trunk_reaches(&self, sender: &Member, kind: MediaKind, peer: u16) -> bool {
+        let mut found = false;
+        self.each_trunk(sender, kind, |p| found |= p == peer);
+        found
     }
 
     /// Adds to each receive rule's counter the subscribe-all members it keeps from this packet

@@ -23,6 +23,7 @@ use super::leg::Legs;
 use super::room::{CHUNK, MediaKind, Member, Room};
 use super::table::RoomId;
 use crate::packet::rtp::Ssrc;
+use crate::packet::trunk;
 
 /// How a worker shares large fan-outs with the other workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,9 +78,12 @@ pub trait Sink {
     /// Asks worker `to` to send its share of `hot`'s receivers. Returns false when it cannot
     /// take it now: that share is then dropped (the sink counts it), never sent here.
     fn hand_off(&mut self, to: usize, hot: &Hot) -> bool;
+    /// Queues the datagram, unchanged, for the peer relay whose trunk address is `dest`, behind
+    /// the trunk `header` (fleet mode only; the receiving worker sends these itself).
+    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]);
 }
 
-/// A [`Sink`] over a closure that never hands off.
+/// A [`Sink`] over a closure that never hands off (local receivers only).
 pub(crate) struct Emit<F>(pub(crate) F);
 
 impl<F: FnMut(&SockAddr, Option<&Arc<Legs>>)> Sink for Emit<F> {
@@ -91,6 +95,9 @@ impl<F: FnMut(&SockAddr, Option<&Arc<Legs>>)> Sink for Emit<F> {
     fn hand_off(&mut self, _: usize, _: &Hot) -> bool {
         false
     }
+
+    /// Never called: the routes that take an `Emit` send to local receivers only.
+    fn trunk(&mut self, _: &SockAddr, _: &[u8; trunk::HEADER_LEN]) {}
 }
 
 impl Room {

@@ -19,8 +19,9 @@ use super::ice::{self, Latch, StunAction, StunGuard};
 use super::leg::{DtlsLeg, Leg};
 use super::room::{Member, Room};
 use super::share::{Emit, Hot, Share, Sink};
+use super::trunk::{Local, Peers};
 use crate::packet::rtp::Ssrc;
-use crate::packet::{demux, rtcp, rtp};
+use crate::packet::{demux, rtcp, rtp, trunk};
 
 /// A room handle assigned by the control thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,6 +42,8 @@ pub enum Update {
     },
     /// Remove a room and all its members' addresses.
     RemoveRoom(RoomId),
+    /// Replace the fleet's peer relays (fleet mode; published when the node list changes).
+    Peers(Arc<Peers>),
 }
 
 /// Why a datagram was not forwarded. Every dropped datagram counts under exactly one reason.
@@ -60,9 +63,15 @@ pub enum DropReason {
     Stun,
     /// DTLS from a WebRTC leg that the DTLS thread's queue had no room for.
     DtlsQueueFull,
-    /// SRTP or SRTCP from a WebRTC leg that did not unprotect (forged, replayed, too old,
-    /// malformed) or came before the leg's keys: never forwarded.
+    /// SRTP or SRTCP from a WebRTC leg that did not unprotect for another reason than the two
+    /// below (malformed, too short) or came before the leg's keys: never forwarded.
     Srtp,
+    /// SRTP or SRTCP from a WebRTC leg whose authentication tag did not verify (forged, or
+    /// keyed for another session): never forwarded.
+    SrtpAuth,
+    /// SRTP or SRTCP from a WebRTC leg already received, or older than the replay window:
+    /// never forwarded.
+    SrtpReplay,
     /// A copy for a WebRTC receiver that could not be sealed (an index already sealed for that
     /// leg, a full SSRC table): counted per copy.
     SrtpEgress,
@@ -88,11 +97,19 @@ pub enum DropReason {
     /// The relay is fenced from its fleet (lease lost or not caught up with the rules): it
     /// forwards and answers nothing.
     Fenced,
+    /// A datagram on the trunk port from an address that is no live peer's registered trunk
+    /// address, or whose header names another origin or an old epoch of that peer.
+    TrunkUnknownPeer,
+    /// A trunk datagram whose header does not parse (`packet::trunk`).
+    TrunkMalformed,
+    /// A trunk datagram from a peer whose sender is not a member of a room here (not yet
+    /// known, or gone), or is in a room of another number.
+    TrunkUnknownSender,
 }
 
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 24] = [
         Self::UnknownSource,
         Self::UndeclaredSsrc,
         Self::MalformedRtp,
@@ -101,6 +118,8 @@ impl DropReason {
         Self::Stun,
         Self::DtlsQueueFull,
         Self::Srtp,
+        Self::SrtpAuth,
+        Self::SrtpReplay,
         Self::SrtpEgress,
         Self::PlainLegs,
         Self::NotMedia,
@@ -112,6 +131,9 @@ impl DropReason {
         Self::StunUnknownUser,
         Self::StunRateLimited,
         Self::Fenced,
+        Self::TrunkUnknownPeer,
+        Self::TrunkMalformed,
+        Self::TrunkUnknownSender,
     ];
 
     /// A dense index for counter arrays.
@@ -129,6 +151,8 @@ impl DropReason {
             Self::Dtls => "dtls",
             Self::DtlsQueueFull => "dtls_queue_full",
             Self::Srtp => "srtp",
+            Self::SrtpAuth => "srtp_auth",
+            Self::SrtpReplay => "srtp_replay",
             Self::SrtpEgress => "srtp_egress",
             Self::PlainLegs => "plain_legs",
             Self::Stun => "stun",
@@ -141,6 +165,9 @@ impl DropReason {
             Self::StunUnknownUser => "stun_unknown_user",
             Self::StunRateLimited => "stun_rate_limited",
             Self::Fenced => "fenced",
+            Self::TrunkUnknownPeer => "trunk_unknown_peer",
+            Self::TrunkMalformed => "trunk_malformed",
+            Self::TrunkUnknownSender => "trunk_unknown_sender",
         }
     }
 }
@@ -173,6 +200,10 @@ pub struct Table {
     by_ufrag: HashMap<Box<[u8]>, (u32, u16, Leg)>,
     /// WebRTC members indexed: while there are none, a media packet costs no second lookup.
     webrtc_members: usize,
+    /// Members that live on other relays, by (their relay's node number, participant number).
+    by_remote: HashMap<(u16, u32), (u32, u16)>,
+    /// The fleet's other relays (empty outside fleet mode).
+    peers: Arc<Peers>,
 }
 
 /// A room in a worker's table.
@@ -230,6 +261,7 @@ impl Table {
                 }
                 self.rooms[index as usize] = Some(installed);
             }
+            Update::Peers(peers) => self.peers = peers,
             Update::RemoveRoom(id) => {
                 let Some(index) = self.ids.remove(&id) else {
                     return;
@@ -261,6 +293,9 @@ impl Table {
         for (t, track) in m.tracks.iter().enumerate() {
             ssrcs.insert(track.ssrc, (slot, t as u16));
         }
+        if let Some(peer) = m.peer {
+            self.by_remote.insert((peer, m.number), (index, slot));
+        }
     }
 
     /// Removes what `m` in `slot` put in the indexes; entries that moved to another member or
@@ -286,6 +321,16 @@ impl Table {
                 ssrcs.remove(&track.ssrc);
             }
         }
+        if let Some(peer) = m.peer
+            && self.by_remote.get(&(peer, m.number)) == Some(&(index, slot))
+        {
+            self.by_remote.remove(&(peer, m.number));
+        }
+    }
+
+    /// The fleet's peer relays this worker forwards with.
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
     }
 
     /// The number of rooms installed.
@@ -409,7 +454,8 @@ impl Table {
     }
 
     /// As [`Table::route`], and `emit` also gets the receiver's WebRTC legs (`None` for a plain
-    /// receiver): a WebRTC receiver gets an SRTP copy sealed for the leg at that address.
+    /// receiver): a WebRTC receiver gets an SRTP copy sealed for the leg at that address. Local
+    /// receivers only, even in fleet mode.
     #[inline]
     pub fn route_legs(
         &self,
@@ -418,12 +464,34 @@ impl Table {
         buf: &[u8],
         emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
     ) -> Verdict {
-        self.route_shared(Share::alone(worker), src, buf, &mut Emit(emit))
+        let mut sink = Emit(emit);
+        self.route_source(
+            src,
+            buf,
+            &mut Copies::local(Share::alone(worker), &mut sink),
+        )
+    }
+
+    /// As [`Table::route_legs`], in fleet mode: `emit` also gets each copy for a peer relay
+    /// ([`Dest::Trunk`]), with the 16-byte trunk header to put in front of the datagram (counted
+    /// as sent to that peer). A local track goes once to each peer with a member allowed to receive it;
+    /// feedback about a remote publisher's SSRC goes once to that publisher's relay.
+    #[inline]
+    pub fn route_fleet(
+        &self,
+        worker: usize,
+        src: &SocketAddr,
+        buf: &[u8],
+        emit: impl FnMut(Dest<'_>),
+    ) -> Verdict {
+        self.route_shared(Share::alone(worker), src, buf, &mut Fleet(emit))
     }
 
     /// Decides where one datagram goes: queues each destination on `sink`, or, in a room where
     /// `share` applies, the destinations of this worker's chunks and a hand-off to each other
-    /// worker (`route::share`). Returns the verdict; `Forward` counts the sends queued here.
+    /// worker (`route::share`). In fleet mode it also queues the copies for peer relays
+    /// ([`Sink::trunk`]), all of them on this worker: they are few, one per peer relay. Returns
+    /// the verdict; `Forward` counts the sends queued here.
     #[inline]
     pub fn route_shared(
         &self,
@@ -432,7 +500,22 @@ impl Table {
         buf: &[u8],
         sink: &mut impl Sink,
     ) -> Verdict {
-        let worker = share.worker;
+        let mut copies = Copies {
+            sink,
+            share,
+            fleet: self.peers.local().map(|l| (&*self.peers, l)),
+        };
+        self.route_source(src, buf, &mut copies)
+    }
+
+    /// Routes a datagram from a participant's address.
+    #[inline]
+    fn route_source<S: Sink>(
+        &self,
+        src: &SocketAddr,
+        buf: &[u8],
+        copies: &mut Copies<'_, S>,
+    ) -> Verdict {
         let kind = demux::classify(buf);
         match kind {
             demux::Kind::Rtp | demux::Kind::Rtcp => {}
@@ -454,23 +537,60 @@ impl Table {
         let Some(member) = installed.room.member(slot) else {
             return Verdict::Drop(DropReason::UnknownSource);
         };
-        member.counters.packets_in().add(worker, 1);
-        member.counters.bytes_in().add(worker, buf.len() as u64);
-        let from = Sender {
-            id: installed.id,
-            room: &installed.room,
+        route_member(installed, slot, member, kind, buf, copies)
+    }
+
+    /// Routes a datagram that came in on the trunk port from `src`: accepted only from a live
+    /// peer's registered trunk address, with that peer's node number and epoch in a header that
+    /// parses; its sender is found by (origin, participant number) among this relay's rooms.
+    /// `emit` gets local receivers only: a trunk packet never goes to another trunk (split
+    /// horizon), and it is never handed off: this worker sends every local copy, in a hot room
+    /// too (`route::share`). `emit` is given the inner datagram's destinations; the caller sends
+    /// the bytes after the header.
+    #[inline]
+    pub fn route_trunk(
+        &self,
+        worker: usize,
+        src: &SocketAddr,
+        buf: &[u8],
+        emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+    ) -> Verdict {
+        let Some(peer) = self.peers.by_addr(src) else {
+            return Verdict::Drop(DropReason::TrunkUnknownPeer);
+        };
+        let Ok(packet) = trunk::Packet::new_checked(buf) else {
+            return Verdict::Drop(DropReason::TrunkMalformed);
+        };
+        if packet.origin() != peer.node || packet.epoch() != peer.epoch {
+            return Verdict::Drop(DropReason::TrunkUnknownPeer);
+        }
+        peer.counters.received.add(worker, 1);
+        let Some(&(index, slot)) = self.by_remote.get(&(peer.node.0, packet.sender().0)) else {
+            return Verdict::Drop(DropReason::TrunkUnknownSender);
+        };
+        let Some(installed) = self.installed(index) else {
+            return Verdict::Drop(DropReason::TrunkUnknownSender);
+        };
+        let Some(member) = installed.room.member(slot) else {
+            return Verdict::Drop(DropReason::TrunkUnknownSender);
+        };
+        if installed.room.number != packet.room().0 {
+            return Verdict::Drop(DropReason::TrunkUnknownSender);
+        }
+        let kind = match packet.content() {
+            trunk::Content::Rtp => demux::Kind::Rtp,
+            trunk::Content::Rtcp => demux::Kind::Rtcp,
+        };
+        let inner = packet.payload();
+        let mut sink = Emit(emit);
+        route_member(
+            installed,
             slot,
             member,
-        };
-        let verdict = if kind == demux::Kind::Rtp {
-            route_rtp(share, &from, buf, sink)
-        } else {
-            route_rtcp(share, installed, &from, buf, sink)
-        };
-        if matches!(verdict, Verdict::Drop(_)) {
-            member.counters.packets_dropped().add(worker, 1);
-        }
-        verdict
+            kind,
+            inner,
+            &mut Copies::local(Share::alone(worker), &mut sink),
+        )
     }
 
     /// Routes worker `share.worker`'s share of a packet that another worker handed it
@@ -508,6 +628,128 @@ impl Table {
     }
 }
 
+/// Routes RTP or RTCP from `member` (in `slot` of `installed`), counting it on the member.
+#[inline]
+fn route_member<S: Sink>(
+    installed: &Installed,
+    slot: u16,
+    member: &Member,
+    kind: demux::Kind,
+    buf: &[u8],
+    copies: &mut Copies<'_, S>,
+) -> Verdict {
+    let worker = copies.share.worker;
+    member.counters.packets_in().add(worker, 1);
+    member.counters.bytes_in().add(worker, buf.len() as u64);
+    let from = Sender {
+        id: installed.id,
+        room: &installed.room,
+        slot,
+        member,
+    };
+    let verdict = if kind == demux::Kind::Rtp {
+        route_rtp(&from, buf, copies)
+    } else {
+        route_rtcp(installed, &from, buf, copies)
+    };
+    if matches!(verdict, Verdict::Drop(_)) {
+        member.counters.packets_dropped().add(worker, 1);
+    }
+    verdict
+}
+
+/// The copies one routing decision makes, over the caller's [`Sink`]: local sends and
+/// hand-offs (as `share` allows), and in fleet mode (`fleet`: the peers and this relay's node)
+/// copies for peer relays, each with its trunk header built here on the stack and counted.
+struct Copies<'a, S> {
+    sink: &'a mut S,
+    share: Share,
+    fleet: Option<(&'a Peers, Local)>,
+}
+
+impl<'a, S: Sink> Copies<'a, S> {
+    /// Local receivers only: no copy for a peer relay.
+    fn local(share: Share, sink: &'a mut S) -> Self {
+        Self {
+            sink,
+            share,
+            fleet: None,
+        }
+    }
+
+    /// Queues the datagram for the local receiver at `dest`.
+    #[inline]
+    fn forward(&mut self, dest: &SockAddr, legs: Option<&Arc<super::Legs>>) {
+        self.sink.forward(dest, legs);
+    }
+
+    /// Asks worker `to` for its share of `hot` ([`Sink::hand_off`]).
+    #[inline]
+    fn hand_off(&mut self, to: usize, hot: &Hot) -> bool {
+        self.sink.hand_off(to, hot)
+    }
+
+    /// Whether copies for peer relays are wanted at all (not for trunk ingress, nor outside
+    /// fleet mode).
+    #[inline]
+    fn trunks(&self) -> bool {
+        self.fleet.is_some()
+    }
+
+    /// A copy for the peer relay with node number `peer`, with the header's fields.
+    #[inline]
+    fn trunk(&mut self, peer: u16, room: u32, sender: u32, rtcp: bool, media: trunk::Media) {
+        let Some((peers, local)) = self.fleet else {
+            return;
+        };
+        let Some(p) = peers.get(peer) else {
+            return;
+        };
+        let header = trunk::Header {
+            content: if rtcp {
+                trunk::Content::Rtcp
+            } else {
+                trunk::Content::Rtp
+            },
+            media,
+            origin: local.node,
+            room: trunk::RoomNo(room),
+            sender: trunk::ParticipantNo(sender),
+            epoch: local.epoch,
+        };
+        p.counters.sent.add(self.share.worker, 1);
+        self.sink.trunk(&p.sockaddr, &header.to_bytes());
+    }
+}
+
+/// Where [`Table::route_fleet`] sends one copy.
+#[derive(Clone, Copy, Debug)]
+pub enum Dest<'a> {
+    /// A local receiver, with its WebRTC legs if it has them.
+    Local(&'a SockAddr, Option<&'a Arc<super::Legs>>),
+    /// A peer relay's trunk address, and the header to put in front of the datagram.
+    Trunk(&'a SockAddr, &'a [u8; trunk::HEADER_LEN]),
+}
+
+/// A [`Sink`] over a closure that takes each [`Dest`] and never hands off.
+struct Fleet<F>(F);
+
+impl<F: FnMut(Dest<'_>)> Sink for Fleet<F> {
+    #[inline]
+    fn forward(&mut self, dest: &SockAddr, legs: Option<&Arc<super::Legs>>) {
+        (self.0)(Dest::Local(dest, legs));
+    }
+
+    fn hand_off(&mut self, _: usize, _: &Hot) -> bool {
+        false
+    }
+
+    #[inline]
+    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]) {
+        (self.0)(Dest::Trunk(dest, header));
+    }
+}
+
 /// A member's legs: (which, address, relay-side credentials).
 fn legs(m: &Member) -> impl Iterator<Item = (Leg, Option<SocketAddr>, Option<&ice::Credentials>)> {
     let main = (Leg::Main, m.addr, m.ice.as_deref());
@@ -536,23 +778,26 @@ struct Sender<'r> {
     member: &'r Member,
 }
 
-fn route_rtp(share: Share, from: &Sender<'_>, buf: &[u8], sink: &mut impl Sink) -> Verdict {
+fn route_rtp<S: Sink>(from: &Sender<'_>, buf: &[u8], sink: &mut Copies<'_, S>) -> Verdict {
     let Ok(packet) = rtp::Packet::new_checked(buf) else {
         return Verdict::Drop(DropReason::MalformedRtp);
     };
     let Some(track) = from.member.track(packet.ssrc()) else {
         return Verdict::Drop(DropReason::UndeclaredSsrc);
     };
-    fan_out(share, from, track, sink)
+    fan_out(from, track, false, sink)
 }
 
+/// Sends a track's packet to its local receivers and, for a local sender in fleet mode, once
+/// to each peer relay with a receiver allowed for it. A send rule stops it before either.
 #[inline]
-fn fan_out(
-    share: Share,
+fn fan_out<S: Sink>(
     from: &Sender<'_>,
     track: &super::room::Track,
-    sink: &mut impl Sink,
+    rtcp: bool,
+    sink: &mut Copies<'_, S>,
 ) -> Verdict {
+    let share = sink.share;
     let worker = share.worker;
     if let Some(rule) = &track.send_block {
         rule.dropped_send.add(worker, 1);
@@ -580,7 +825,7 @@ fn fan_out(
             track.kind,
             |r, d| sink.forward(d, r.webrtc.as_ref()),
         );
-        return Verdict::Forward(sent);
+        return Verdict::Forward(sent + trunk_copies(from, track, rtcp, sink));
     }
     let sent = room.each_receiver(
         worker,
@@ -590,17 +835,39 @@ fn fan_out(
         0..room.chunks.len(),
         |r, dest| sink.forward(dest, r.webrtc.as_ref()),
     );
-    Verdict::Forward(sent)
+    Verdict::Forward(sent + trunk_copies(from, track, rtcp, sink))
 }
 
-fn route_rtcp(
-    share: Share,
+/// For a local sender in fleet mode, queues one copy of the track's packet for each peer relay
+/// with a receiver allowed for it, on this worker (in a hot room too: they are few). Returns
+/// the number queued.
+#[inline]
+fn trunk_copies<S: Sink>(
+    from: &Sender<'_>,
+    track: &super::room::Track,
+    rtcp: bool,
+    sink: &mut Copies<'_, S>,
+) -> usize {
+    if !sink.trunks() || from.member.peer.is_some() {
+        return 0;
+    }
+    let room = from.room;
+    let media = match track.kind {
+        super::room::MediaKind::Audio => trunk::Media::Audio,
+        super::room::MediaKind::Video => trunk::Media::Video,
+    };
+    room.each_trunk(from.member, track.kind, |peer| {
+        sink.trunk(peer, room.number, from.member.number, rtcp, media)
+    })
+}
+
+fn route_rtcp<S: Sink>(
     installed: &Installed,
     from: &Sender<'_>,
     buf: &[u8],
-    sink: &mut impl Sink,
+    sink: &mut Copies<'_, S>,
 ) -> Verdict {
-    let worker = share.worker;
+    let worker = sink.share.worker;
     let Ok(route) = rtcp::classify(buf) else {
         return Verdict::Drop(DropReason::MalformedRtcp);
     };
@@ -614,7 +881,7 @@ fn route_rtcp(
             let Some(track) = from.member.track(sender) else {
                 return Verdict::Drop(DropReason::UndeclaredSsrc);
             };
-            let verdict = fan_out(share, from, track, sink);
+            let verdict = fan_out(from, track, true, sink);
             let Some(feedback) = also_feedback else {
                 return verdict;
             };
@@ -645,13 +912,13 @@ fn route_rtcp(
 /// Sends receiver feedback from `from` to the publishers of the media SSRCs it names, once per
 /// publisher, skipping those that receive `from`'s media of kind `skip` (they got the compound
 /// already). Returns (sent, whether a rule stopped some).
-fn route_feedback(
+fn route_feedback<S: Sink>(
     worker: usize,
     installed: &Installed,
     from: &Sender<'_>,
     feedback: rtcp::Feedback<'_>,
     skip: Option<super::room::MediaKind>,
-    sink: &mut impl Sink,
+    sink: &mut Copies<'_, S>,
 ) -> (usize, bool) {
     let room = from.room;
     let member = from.member;
@@ -697,10 +964,29 @@ fn route_feedback(
         n += 1;
     }
     let mut sent = 0;
+    // Publishers on another relay get the feedback through their relay's trunk, once per relay
+    // (it routes the datagram to each of its publishers the feedback names).
+    let mut peers = [0u16; MAX_FEEDBACK_TARGETS];
+    let mut np = 0;
     for &p in &targets[..n] {
-        if let Some(m) = room.member(p)
-            && let Some(dest) = m.sockaddr.as_ref()
-        {
+        let Some(m) = room.member(p) else { continue };
+        if let Some(peer) = m.peer {
+            // A sender report's compound already went to that relay with the media fan-out,
+            // which routes its report blocks there.
+            let reached = skip.is_some_and(|k| room.trunk_reaches(member, k, peer));
+            if sink.trunks() && member.peer.is_none() && !reached && !peers[..np].contains(&peer) {
+                peers[np] = peer;
+                np += 1;
+                sink.trunk(
+                    peer,
+                    room.number,
+                    member.number,
+                    true,
+                    trunk::Media::Unspecified,
+                );
+                sent += 1;
+            }
+        } else if let Some(dest) = m.sockaddr.as_ref() {
             sink.forward(dest, m.webrtc.as_ref());
             sent += 1;
         }

@@ -687,6 +687,8 @@ impl Roster for ModelRoom {
             counters: p.counters.clone(),
             ice: p.ice.clone(),
             webrtc: None,
+            number: 0,
+            peer: None,
         })
     }
 

@@ -28,6 +28,8 @@ fn member<'a>(
         counters: Arc::new(ParticipantCounters::new(1)),
         ice: None,
         webrtc: None,
+        number: 0,
+        peer: None,
     }
 }
 
@@ -338,6 +340,10 @@ impl Sink for Shares {
         }
         self.handed.push((to, *hot));
         true
+    }
+
+    fn trunk(&mut self, _: &socket2::SockAddr, _: &[u8; crate::packet::trunk::HEADER_LEN]) {
+        panic!("a copy for a peer relay outside fleet mode");
     }
 }
 

@@ -75,6 +75,8 @@ pub fn install_ruled(
             counters: Arc::new(ParticipantCounters::new(plane.workers())),
             ice: None,
             webrtc: None,
+            number: 0,
+            peer: None,
         })
         .collect();
     let compiled = compile_all(&format!("room-{id}"), &participants, rules, |_| {

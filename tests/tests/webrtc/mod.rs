@@ -8,10 +8,12 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
+use e2e::Relay;
 use relay::sdp::{IceCredentials, Local};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A WebRTC stack in a child process, spoken to in JSON lines; killed when dropped.
 pub(crate) struct Peer {
@@ -50,7 +52,9 @@ impl Peer {
         );
         Self::spawn(
             "aiortc",
-            Command::new(python).arg(browser_dir().join("aiortc_peer.py")),
+            Command::new(python)
+                .arg(browser_dir().join("aiortc_peer.py"))
+                .arg("--loopback"),
         )
     }
 
@@ -180,4 +184,49 @@ pub(crate) fn in_own_netns(name: &str) -> bool {
         .unwrap();
     assert!(status.success(), "{name} failed in its network namespace");
     true
+}
+
+/// Polls `f` every 250 ms until it returns `Some`, for at most `secs` seconds.
+pub(crate) fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    None
+}
+
+/// Runs the publish exchange for `id` in room `r` on a new peer connection of `peer`; returns
+/// its id.
+pub(crate) fn publish(relay: &Relay, peer: &mut Peer, id: &str) -> Value {
+    let offer = peer.call(json!({"op": "publish_offer"}));
+    let (status, answer) = relay.call(
+        "POST",
+        &format!("/v1/rooms/r/participants/{id}/webrtc/publish"),
+        Some(&json!({"sdp": offer["sdp"]})),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let text = answer["sdp"].as_str().unwrap();
+    assert!(text.contains("a=ice-lite") && text.contains("a=setup:passive"));
+    peer.call(json!({"op": "set_answer", "id": offer["id"], "sdp": answer["sdp"]}));
+    offer["id"].clone()
+}
+
+/// Runs the subscribe exchange for `id` in room `r` on a new peer connection of `peer`; returns its id.
+pub(crate) fn subscribe(relay: &Relay, peer: &mut Peer, id: &str) -> Value {
+    let offer = relay.ok(
+        "POST",
+        &format!("/v1/rooms/r/participants/{id}/webrtc/subscribe"),
+        Some(&json!({})),
+    );
+    let reply = peer.call(json!({"op": "answer", "sdp": offer["sdp"]}));
+    let (status, body) = relay.call(
+        "PUT",
+        &format!("/v1/rooms/r/participants/{id}/webrtc/subscribe"),
+        Some(&json!({"sdp": reply["sdp"]})),
+    );
+    assert_eq!(status, 204, "{body}");
+    reply["id"].clone()
 }

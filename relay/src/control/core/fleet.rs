@@ -11,13 +11,99 @@
 
 use serde_json::json;
 
-use super::{Core, Now, Outcome};
+use super::{Core, Now, Outcome, Undo};
+use crate::control::body::{SubscribeBody, TrackBody};
 use crate::control::error::ApiError;
 use crate::control::event::Event;
 use crate::rules::{self, RuleSpec};
 use crate::store::{RuleState, StoredRule};
 
+/// A participant that lives on another relay of the fleet, as that relay registered it. Here
+/// it is a member of its room with no address: media for it goes once to its relay's trunk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteParticipant {
+    /// The relay it lives on.
+    pub node: String,
+    /// That relay's node number.
+    pub peer: u16,
+    /// Its participant number on that relay (the sender field of that relay's trunk headers).
+    pub number: u32,
+    /// Its region, for region rules.
+    pub region: Option<[u8; 2]>,
+    /// Its tracks.
+    pub tracks: Vec<TrackBody>,
+    /// What it receives.
+    pub subscribe: SubscribeBody,
+}
+
 impl Core {
+    /// A participant of another relay joined, changed or left: it is journaled like any change
+    /// (rolled back exactly), compiled into its room if the room is open here, and matched by
+    /// rules like a local participant (a region rule finds it by its region). It adds no event,
+    /// no database row, and counts toward no limit: its own relay does all that.
+    pub(super) fn fleet_participant(
+        &mut self,
+        room: String,
+        id: String,
+        remote: Option<RemoteParticipant>,
+    ) -> Outcome {
+        let key = (room, id);
+        let old = self.remote.get(&key).cloned();
+        if old == remote {
+            return Outcome::default();
+        }
+        let slot = self.rooms.get(&key.0).and_then(|r| r.remote_slot(&key.1));
+        let (room, id) = key;
+        self.put_remote(&room, &id, remote, None);
+        self.journal.push(Undo::Remote(room, id, old, slot));
+        Outcome::default()
+    }
+
+    /// Installs or removes a remote participant, in the fleet-wide map, the region index and
+    /// its room here (if open; `slot` puts it back where it was, for a rollback).
+    pub(super) fn put_remote(
+        &mut self,
+        room: &str,
+        id: &str,
+        remote: Option<RemoteParticipant>,
+        slot: Option<u16>,
+    ) {
+        let key = (room.to_owned(), id.to_owned());
+        let old = match &remote {
+            Some(r) => self.remote.insert(key.clone(), r.clone()),
+            None => self.remote.remove(&key),
+        };
+        let (was, now) = (
+            old.as_ref().and_then(|o| o.region),
+            remote.as_ref().and_then(|r| r.region),
+        );
+        if was != now {
+            if let Some(r) = was
+                && let Some(set) = self.by_region.get_mut(&r)
+            {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.by_region.remove(&r);
+                }
+            }
+            if let Some(r) = now {
+                self.by_region.entry(r).or_default().insert(key.clone());
+            }
+        }
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.put_remote(id, remote, slot, self.workers);
+        }
+    }
+
+    /// The participants of other relays in room `room`, for a room that opens here.
+    pub(super) fn remote_of(&self, room: &str) -> Vec<(String, RemoteParticipant)> {
+        self.remote
+            .range((room.to_owned(), String::new())..)
+            .take_while(|((r, _), _)| r == room)
+            .map(|((_, id), p)| (id.clone(), p.clone()))
+            .collect()
+    }
+
     /// `POST /v1/rules` in fleet mode: parses and validates the body and takes a token from the
     /// rule-change rate limit. Changes nothing else: the rule is installed when it comes back
     /// from the fleet ([`Core::fleet_rule`]).
@@ -82,11 +168,23 @@ impl Core {
                 out.push((
                     room.clone(),
                     id.clone(),
-                    json!({"region": v.region, "tracks": v.tracks, "subscribe": v.subscribe}),
+                    json!({"region": v.region, "tracks": v.tracks, "subscribe": v.subscribe,
+                           "number": p.number}),
                 ));
             }
         }
         out
+    }
+
+    /// One participant of this relay as the fleet registers it (see
+    /// [`Core::participant_summaries`]).
+    pub fn participant_summary(&self, room: &str, id: &str) -> Option<serde_json::Value> {
+        let p = self.rooms.get(room)?.participants.get(id)?;
+        let v = self.participant_view(room, id, p);
+        Some(
+            json!({"region": v.region, "tracks": v.tracks, "subscribe": v.subscribe,
+                    "number": p.number}),
+        )
     }
 
     /// A rule's record as the core holds it.
@@ -195,5 +293,95 @@ mod tests {
         let (events, _) = apply(&mut core, old);
         assert!(events.is_empty());
         assert!(core.rule_record(RuleId(43)).is_some());
+    }
+
+    fn remote(node: &str, peer: u16, number: u32, region: &[u8; 2]) -> Box<RemoteParticipant> {
+        Box::new(RemoteParticipant {
+            node: node.into(),
+            peer,
+            number,
+            region: Some(*region),
+            tracks: vec![TrackBody {
+                ssrc: 1000 + number,
+                kind: crate::route::MediaKind::Audio,
+            }],
+            subscribe: SubscribeBody::ALL,
+        })
+    }
+
+    fn run(core: &mut Core, cmd: Command) -> Outcome {
+        let geo = |_: std::net::IpAddr| None;
+        core.handle(now(), &geo, cmd).unwrap()
+    }
+
+    fn members(out: &Outcome) -> Vec<usize> {
+        out.updates
+            .iter()
+            .filter_map(|u| match u {
+                crate::route::Update::Room { room, .. } => Some(room.len()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn participants_of_other_relays_are_members_that_roll_back_exactly() {
+        let mut core = core();
+        let put = |id: &str, r: Option<Box<RemoteParticipant>>| Command::FleetParticipant {
+            room: "m".into(),
+            id: id.into(),
+            remote: r,
+        };
+        // Known before the room opens here: nothing to publish, nothing stored.
+        let out = run(&mut core, put("x", Some(remote("b", 2, 7, b"CN"))));
+        assert!(out.updates.is_empty() && out.events.is_empty());
+        assert!(core.store_ops().is_empty());
+        core.commit();
+        // The room opens with it.
+        let out = run(
+            &mut core,
+            Command::PutRoom {
+                room: "m".into(),
+                plain_legs: None,
+            },
+        );
+        assert_eq!(members(&out), [1]);
+        core.commit();
+        // Another joins; the same record again changes nothing.
+        let out = run(&mut core, put("y", Some(remote("c", 3, 8, b"US"))));
+        assert_eq!(members(&out), [2]);
+        assert!(out.events.is_empty() && core.store_ops().is_empty());
+        core.commit();
+        let out = run(&mut core, put("y", Some(remote("c", 3, 8, b"US"))));
+        assert!(out.updates.is_empty());
+        core.commit();
+        // Rolled back, y's leaving puts it back in its slot.
+        let out = run(&mut core, put("y", None));
+        assert_eq!(members(&out), [1]);
+        let back = core.rollback();
+        assert!(matches!(&back[..],
+            [crate::route::Update::Room { room, slots, .. }] if room.len() == 2 && **slots == [1]));
+        // They count toward no limit and are not this relay's: the room view lists none, the
+        // fleet registration names none.
+        let (_, view) = run(&mut core, Command::GetRoom { room: "m".into() })
+            .reply
+            .unwrap();
+        assert_eq!(view["participants"], serde_json::json!([]));
+        core.commit();
+        assert!(core.participant_summaries().is_empty());
+        assert_eq!(core.sizes().1, 0);
+        // A region rule matches them like local participants (their region from the record).
+        let mut us = record(RuleState::Active);
+        us.id = RuleId(50);
+        us.spec = rules::parse(
+            br#"{"match": {"regions": ["US"]}, "direction": "receive",
+            "basis": {"authority": "A", "reference": "R", "jurisdiction": "US"},
+            "expires_at": "2030-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let out = run(&mut core, Command::FleetRule(Box::new(us)));
+        assert!(matches!(&out.updates[..],
+            [crate::route::Update::Room { slots, .. }] if **slots == [1]));
+        core.commit();
     }
 }

@@ -49,6 +49,7 @@ use crate::route::{Latch, ParticipantCounters, RoomId, Update};
 use crate::rules::RuleId;
 use crate::store::{ParticipantRecord, RoomRecord, StoreOp, StoredRule};
 
+pub use fleet::RemoteParticipant;
 pub(crate) use participants::Participant;
 pub use participants::RegionSource;
 use rooms::RoomMeta;
@@ -199,6 +200,16 @@ pub enum Command {
     },
     /// Fleet mode: a rule record as the fleet holds it (from the rule watch).
     FleetRule(Box<StoredRule>),
+    /// Fleet mode: a participant that lives on another relay joined or changed (`Some`), or
+    /// left (`None`). It becomes a member of the room here, reached through that relay's trunk.
+    FleetParticipant {
+        /// Room id.
+        room: String,
+        /// Participant id.
+        id: String,
+        /// What its relay registered.
+        remote: Option<Box<RemoteParticipant>>,
+    },
 }
 
 /// What an accepted command asks the caller to carry out.
@@ -233,6 +244,8 @@ enum Undo {
     Snapshot(String, Arc<crate::route::Room>),
     /// An update given to the workers, to undo in them.
     Published(Update),
+    /// A participant of another relay before, and its slot here.
+    Remote(String, String, Option<RemoteParticipant>, Option<u16>),
 }
 
 /// Rooms, participants and rules, and the indexes that keep lookups O(1).
@@ -255,6 +268,10 @@ pub struct Core {
     last_save: Option<Instant>,
     /// The relay's DTLS fingerprint and media addresses, for WebRTC descriptions.
     identity: Option<LocalIdentity>,
+    /// Participants that live on other relays, by (room, id), also for rooms not open here.
+    remote: BTreeMap<(String, String), RemoteParticipant>,
+    /// The number the next participant to join gets (trunk headers).
+    next_number: u32,
 }
 
 /// What the core restores from the store at start-up.
@@ -303,6 +320,8 @@ impl Core {
             journal: Vec::new(),
             last_save: None,
             identity: None,
+            remote: BTreeMap::new(),
+            next_number: 1,
         };
         for r in restore.rooms {
             let id = core.new_room_id();
@@ -408,6 +427,9 @@ impl Core {
             Command::ListRules => reply(200, &self.rules.list()),
             Command::GetRule { id } => reply(200, &self.rules.view(parse_rule_id(&id)?)?),
             Command::FleetRule(record) => self.fleet_rule(*record),
+            Command::FleetParticipant { room, id, remote } => {
+                Ok(self.fleet_participant(room, id, remote.map(|r| *r)))
+            }
         }
     }
 
@@ -437,6 +459,7 @@ impl Core {
                     }
                 }
                 Undo::Published(u) => published.push(u),
+                Undo::Remote(room, id, old, slot) => self.put_remote(&room, &id, old, slot),
             }
         }
         published.reverse();
@@ -502,8 +525,11 @@ impl Core {
                         ops.push(op);
                     }
                 }
-                Undo::Draining(_) | Undo::Matched(..) | Undo::Snapshot(..) | Undo::Published(_) => {
-                }
+                Undo::Draining(_)
+                | Undo::Matched(..)
+                | Undo::Snapshot(..)
+                | Undo::Published(_)
+                | Undo::Remote(..) => {}
             }
         }
         ops
@@ -562,8 +588,11 @@ impl Core {
                         r.plain_legs = m.plain_legs;
                     }
                     None => {
-                        self.rooms
-                            .insert(name.to_owned(), RoomState::new(m.clone()));
+                        let mut r = RoomState::new(m.clone());
+                        for (id, p) in self.remote_of(name) {
+                            r.put_remote(&id, Some(p), None, self.workers);
+                        }
+                        self.rooms.insert(name.to_owned(), r);
                     }
                 }
                 self.room_names.insert(m.id, name.to_owned());
@@ -577,12 +606,23 @@ impl Core {
         }
     }
 
-    fn set_participant(&mut self, room: &str, id: &str, p: Option<Participant>) {
+    fn set_participant(&mut self, room: &str, id: &str, mut p: Option<Participant>) {
         let old = self
             .rooms
             .get(room)
             .and_then(|r| r.participants.get(id))
             .cloned();
+        // A newcomer gets the next participant number; one that stays keeps its own.
+        if let Some(p) = &mut p {
+            p.number = match &old {
+                Some(o) => o.number,
+                None => {
+                    let n = self.next_number;
+                    self.next_number = self.next_number.wrapping_add(1).max(1);
+                    n
+                }
+            };
+        }
         self.journal
             .push(Undo::Participant(room.to_owned(), id.to_owned(), old));
         self.put_participant_state(room, id, p, false);

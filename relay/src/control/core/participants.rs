@@ -67,6 +67,9 @@ pub(crate) struct Participant {
     heard_at: Instant,
     /// Set for a WebRTC participant: its legs' state. `address` and `ice` are its publish leg.
     pub(crate) webrtc: Option<Box<Webrtc>>,
+    /// Its participant number on this relay (trunk headers); given when it joins, kept while it
+    /// stays. Not saved: a restarted relay numbers its participants afresh under a new epoch.
+    pub(crate) number: u32,
 }
 
 /// What the database keeps of a participant: everything but its address and counters.
@@ -103,6 +106,8 @@ impl Participant {
                 pwd: self.ice.pwd.as_str().into(),
             })),
             webrtc: self.webrtc.as_ref().map(|w| Arc::new(w.legs(plain_legs))),
+            number: self.number,
+            peer: None,
         }
     }
 
@@ -146,6 +151,7 @@ impl Participant {
             heard: 0,
             heard_at: now.mono,
             webrtc: s.webrtc.map(|w| Box::new(Webrtc::restore(w))),
+            number: 0,
         })
     }
 
@@ -331,6 +337,7 @@ impl Core {
             heard: 0,
             heard_at: now.mono,
             webrtc: existing.and_then(|p| p.webrtc.clone()),
+            number: existing.map_or(0, |p| p.number),
         };
         p.attribute_region(geo);
         let created = existing.is_none();

@@ -13,9 +13,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{Core, Participant, Undo};
+use super::{Core, Participant, RemoteParticipant, Undo};
 use crate::control::body::SubscribeBody;
 use crate::control::error::{ApiError, Code};
+use crate::packet::rtp::Ssrc;
+use crate::route::ParticipantCounters;
 use crate::route::{self, Change, RoomId, Update};
 use crate::rules::RuleId;
 use crate::sdp::CodecTable;
@@ -39,6 +41,16 @@ pub(crate) struct RoomState {
     pub(crate) plain_legs: bool,
     /// The WebRTC participants, for `subscription_changed`.
     pub(super) webrtc: BTreeSet<String>,
+    /// Participants that live on other relays (fleet mode), with their slots here.
+    pub(super) remote: BTreeMap<String, RemoteMember>,
+}
+
+/// A participant of another relay, as a member of a room here.
+#[derive(Debug)]
+pub(super) struct RemoteMember {
+    p: RemoteParticipant,
+    slot: u16,
+    counters: Arc<ParticipantCounters>,
 }
 
 /// What the journal keeps of a room besides its participants.
@@ -75,6 +87,63 @@ impl RoomState {
             codecs: meta.codecs,
             plain_legs: meta.plain_legs,
             webrtc: BTreeSet::new(),
+            remote: BTreeMap::new(),
+        }
+    }
+
+    /// The slot of a participant of another relay.
+    pub(super) fn remote_slot(&self, id: &str) -> Option<u16> {
+        self.remote.get(id).map(|m| m.slot)
+    }
+
+    /// Puts a participant of another relay in place of `id` (or removes it), keeping the slots
+    /// and the listener index; `restore` puts it back in that slot (rollback).
+    pub(super) fn put_remote(
+        &mut self,
+        id: &str,
+        p: Option<RemoteParticipant>,
+        restore: Option<u16>,
+        workers: usize,
+    ) {
+        let old = self.remote.remove(id);
+        if let Some(o) = &old
+            && let SubscribeBody::Only(list) = &o.p.subscribe
+        {
+            for other in list {
+                if let Some(set) = self.listeners.get_mut(other) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.listeners.remove(other);
+                    }
+                }
+            }
+        }
+        match p {
+            Some(p) => {
+                let slot = match (&old, restore) {
+                    (Some(o), _) => o.slot,
+                    (None, Some(s)) if self.slots.take_at(s) => s,
+                    _ => self.slots.take().unwrap_or(u16::MAX),
+                };
+                if let SubscribeBody::Only(list) = &p.subscribe {
+                    for other in list {
+                        self.listeners
+                            .entry(other.clone())
+                            .or_default()
+                            .insert(id.to_owned());
+                    }
+                }
+                let counters = old
+                    .map(|o| o.counters)
+                    .unwrap_or_else(|| Arc::new(ParticipantCounters::new(workers)));
+                self.remote
+                    .insert(id.to_owned(), RemoteMember { p, slot, counters });
+            }
+            None => {
+                if let Some(o) = old {
+                    self.slots.put(o.slot);
+                }
+            }
         }
     }
 
@@ -158,12 +227,33 @@ impl RoomState {
 
 impl route::Roster for RoomState {
     fn participant(&self, id: &str) -> Option<route::Participant<'_>> {
-        let (id, p) = self.participants.get_key_value(id)?;
-        Some(p.describe(id, self.plain_legs))
+        if let Some((id, p)) = self.participants.get_key_value(id) {
+            return Some(p.describe(id, self.plain_legs));
+        }
+        let (id, m) = self.remote.get_key_value(id)?;
+        Some(route::Participant {
+            id,
+            slot: m.slot,
+            region: m.p.region,
+            addr: None,
+            tracks: m.p.tracks.iter().map(|t| (Ssrc(t.ssrc), t.kind)).collect(),
+            subscribe: match &m.p.subscribe {
+                SubscribeBody::All(_) => None,
+                SubscribeBody::Only(list) => Some(list),
+            },
+            counters: m.counters.clone(),
+            ice: None,
+            webrtc: None,
+            number: m.p.number,
+            peer: Some(m.p.peer),
+        })
     }
 
     fn slot(&self, id: &str) -> Option<u16> {
-        self.participants.get(id).map(|p| p.slot)
+        self.participants
+            .get(id)
+            .map(|p| p.slot)
+            .or_else(|| self.remote_slot(id))
     }
 
     fn listeners(&self, id: &str) -> impl Iterator<Item = &str> {
@@ -183,8 +273,12 @@ impl Core {
         for undo in &self.journal {
             match undo {
                 Undo::Room(name, old) => match (old, self.rooms.get(name)) {
-                    (None, Some(_)) => {
-                        pending.rooms.entry(name.clone()).or_default();
+                    (None, Some(r)) => {
+                        // A room that opens here starts with the fleet's members of it.
+                        let changed = pending.rooms.entry(name.clone()).or_default();
+                        for id in r.remote.keys() {
+                            changed.entry(id.clone()).or_insert(None);
+                        }
                     }
                     (Some(old), None) => pending.removed.push((name.clone(), old.id)),
                     _ => {}
@@ -200,6 +294,14 @@ impl Core {
                     } else {
                         pending.gone.push((room.clone(), id.clone()));
                     }
+                }
+                Undo::Remote(room, id, _, slot) if self.rooms.contains_key(room) => {
+                    pending
+                        .rooms
+                        .entry(room.clone())
+                        .or_default()
+                        .entry(id.clone())
+                        .or_insert(*slot);
                 }
                 _ => {}
             }
@@ -260,8 +362,12 @@ impl Core {
             let old = std::mem::replace(&mut r.snapshot, compiled.room);
             self.journal.push(Undo::Snapshot(name.clone(), old));
             self.journal.push(Undo::Published(update.clone()));
-            for ((id, _), matched) in changed.iter().zip(compiled.matched) {
-                self.set_matched(&name, id, matched);
+            let remote: Vec<bool> = changed.keys().map(|id| r.remote.contains_key(id)).collect();
+            for (((id, _), matched), remote) in changed.iter().zip(compiled.matched).zip(remote) {
+                // Rules count the participants they match on the relay they live on.
+                if !remote {
+                    self.set_matched(&name, id, matched);
+                }
             }
             updates.push(update);
         }
@@ -290,6 +396,8 @@ impl Core {
                 let (id, slots) = match u {
                     Update::Room { id, slots, .. } => (id, Some(slots)),
                     Update::RemoveRoom(id) => (id, None),
+                    // The core never publishes peers.
+                    Update::Peers(_) => return None,
                 };
                 let room = self
                     .room_names
@@ -309,7 +417,11 @@ impl Core {
     }
 
     fn slot_of(&self, room: &str, id: &str) -> Option<u16> {
-        self.rooms.get(room)?.participants.get(id).map(|p| p.slot)
+        let r = self.rooms.get(room)?;
+        r.participants
+            .get(id)
+            .map(|p| p.slot)
+            .or_else(|| r.remote_slot(id))
     }
 
     /// Records the rules that match a participant now, journaled.

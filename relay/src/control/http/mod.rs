@@ -267,6 +267,8 @@ mod tests {
             http: Stats::default(),
             webhook: crate::control::webhook::WebhookStats::default(),
             fleet: None,
+            dtls: Arc::default(),
+            trunks: std::sync::Mutex::new(Vec::new()),
         });
         let (owner, _rx) = crossbeam_channel::bounded(1);
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -24,8 +24,9 @@
 //! to here", so the relay stops acking, the next rule call fences it, and it applies everything
 //! afresh when it rejoins.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -36,12 +37,13 @@ use tokio::sync::oneshot;
 
 use super::{Answer, Owner, Request, now};
 use crate::config::{FleetSettings, valid_region};
-use crate::control::body::LiftBody;
-use crate::control::core::Command;
+use crate::control::body::{LiftBody, SubscribeBody, TrackBody};
+use crate::control::core::{Command, RemoteParticipant};
 use crate::control::error::{ApiError, Code};
 use crate::control::event::Event;
 use crate::fleet::keys::Keys;
 use crate::fleet::{self, Acks, Append, Commit, Fleet, FleetError, Rules, Status};
+use crate::route::{Local, Peer, Peers, TrunkCounters, Update};
 use crate::rules::{RuleCounters, RuleId, RuleSpec};
 use crate::store::{self, AuditEntry, RuleState, Store, StoredRule};
 
@@ -55,6 +57,10 @@ pub struct FleetLink {
     region: String,
     /// Every fleet rule record seen, by id (also those for other regions).
     records: BTreeMap<u64, FleetRecord>,
+    /// Each record's bytes as etcd holds them: a lift or an expiry replaces exactly those.
+    record_bytes: BTreeMap<u64, Vec<u8>>,
+    /// Rules whose `rule_expired` entry this relay is appending.
+    expiring: BTreeSet<u64>,
     /// The fleet's audit chain, mirrored (`relay audit verify --data-dir DIR/fleet`).
     mirror: Store,
     pending: HashMap<u64, Pending>,
@@ -76,6 +82,9 @@ pub struct FleetLink {
     /// Participants whose key went with their relay's lease before this relay heard that the
     /// relay was lost, by relay: `node_lost` names them too.
     gone_with: BTreeMap<String, Vec<(String, String)>>,
+    /// Trunk counters by peer node name, kept for the life of the process (the metrics are
+    /// counters: a peer that leaves and comes back adds to its old ones).
+    trunk_counters: BTreeMap<String, Arc<TrunkCounters>>,
 }
 
 /// What a relay puts under `participants/{room}/{participant}` (on its lease).
@@ -83,9 +92,25 @@ pub struct FleetLink {
 pub struct FleetParticipant {
     /// The relay it lives on.
     pub node: String,
+    /// That relay's node number (trunk headers' origin).
+    #[serde(default)]
+    pub node_no: u16,
     /// Its region, its tracks and its subscription, as its view shows them.
     #[serde(flatten)]
     pub summary: Value,
+}
+
+/// The part of a participant key's summary that the trunks need.
+#[derive(Deserialize)]
+struct RemoteSummary {
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    tracks: Vec<TrackBody>,
+    #[serde(default)]
+    subscribe: Option<SubscribeBody>,
+    #[serde(default)]
+    number: u32,
 }
 
 /// The body of `POST /v1/placements`.
@@ -134,6 +159,8 @@ pub enum Step {
     Reports(Result<Vec<(String, Vec<u8>)>, FleetError>),
     /// Every participant key was read (at attach, or after a compacted watch).
     Participants(Result<Vec<(String, Vec<u8>)>, FleetError>),
+    /// A rule's `rule_expired` append committed (or not).
+    Expired(u64, Result<Commit, FleetError>),
 }
 
 /// What a relay puts under `reports/{node}`: the counters of the rules it enforces.
@@ -164,6 +191,9 @@ pub struct FleetRecord {
     /// Why it was lifted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lift_reason: Option<String>,
+    /// When it expired (written by the first relay that saw it due).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<String>,
     /// Regions of the relays that enforce it; empty: every relay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relays_in: Vec<String>,
@@ -193,7 +223,7 @@ impl FleetRecord {
             created_at: self.created_at.clone(),
             lifted_at: self.lifted_at.clone(),
             lift_reason: self.lift_reason.clone(),
-            expired_at: None,
+            expired_at: self.expired_at.clone(),
         }
     }
 
@@ -239,6 +269,8 @@ pub fn join(
         node: settings.node.clone(),
         region: settings.region.clone(),
         records: BTreeMap::new(),
+        record_bytes: BTreeMap::new(),
+        expiring: BTreeSet::new(),
         mirror,
         pending: HashMap::new(),
         next: 1,
@@ -250,6 +282,7 @@ pub fn join(
         load: None,
         remote: BTreeMap::new(),
         gone_with: BTreeMap::new(),
+        trunk_counters: BTreeMap::new(),
     })
 }
 
@@ -296,6 +329,69 @@ impl Owner {
         }
         self.fleet_publish_all();
         self.fleet_read_participants();
+        self.fleet_publish_peers();
+    }
+
+    /// Gives the workers the fleet's other relays as the node list has them now, with this
+    /// relay's node number and current epoch for the headers it writes.
+    fn fleet_publish_peers(&mut self) {
+        let workers = self.plane.workers();
+        let Some(link) = &mut self.fleet else { return };
+        let me = link.fleet.node();
+        let local = Local {
+            node: me.number(),
+            epoch: me.epoch(),
+        };
+        let nodes = link.fleet.nodes();
+        let mut peers = Vec::new();
+        for n in nodes.iter().filter(|n| n.node != me.node) {
+            let counters = link
+                .trunk_counters
+                .entry(n.node.clone())
+                .or_insert_with(|| Arc::new(TrunkCounters::new(workers)))
+                .clone();
+            peers.push(Peer::new(&n.node, n.number(), n.epoch(), n.trunk, counters));
+        }
+        self.shared.set_trunks(
+            link.trunk_counters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        let update = Update::Peers(Arc::new(Peers::new(local, peers)));
+        if let Err(e) = self.plane.publish(vec![update]) {
+            tracing::error!(error = %e, "giving the workers the fleet's relays failed");
+        }
+    }
+
+    /// Tells the core about a participant of another relay (`None`: it left).
+    fn fleet_remote(&mut self, room: &str, id: &str, p: Option<&FleetParticipant>) {
+        let remote = p.and_then(|p| {
+            let summary: RemoteSummary = serde_json::from_value(p.summary.clone()).ok()?;
+            let node_no = self
+                .fleet
+                .as_ref()
+                .and_then(|l| l.fleet.nodes().into_iter().find(|n| n.node == p.node))
+                .map_or(p.node_no, |n| n.number);
+            Some(Box::new(RemoteParticipant {
+                node: p.node.clone(),
+                peer: node_no,
+                number: summary.number,
+                region: summary.region.as_deref().and_then(|r| {
+                    let b = r.as_bytes();
+                    (b.len() == 2).then(|| [b[0], b[1]])
+                }),
+                tracks: summary.tracks,
+                subscribe: summary.subscribe.unwrap_or(SubscribeBody::ALL),
+            }))
+        });
+        if let Err(e) = self.run_command(Command::FleetParticipant {
+            room: room.to_owned(),
+            id: id.to_owned(),
+            remote,
+        }) {
+            tracing::warn!(error = %e, "installing a participant of another relay failed");
+        }
     }
 
     /// Puts every participant of this relay under its (new) lease.
@@ -315,6 +411,7 @@ impl Owner {
         let Some(link) = &self.fleet else { return };
         let record = FleetParticipant {
             node: link.node.clone(),
+            node_no: link.fleet.node().number,
             summary,
         };
         link.fleet
@@ -349,8 +446,11 @@ impl Owner {
             return;
         };
         match (event.kind, participant) {
-            ("participant_joined" | "participant_changed", Some(id)) => {
-                let summary = json!({"region": d["region"], "tracks": d["tracks"]});
+            ("participant_joined" | "participant_changed" | "subscription_changed", Some(id)) => {
+                let summary = self
+                    .core
+                    .participant_summary(room, id)
+                    .unwrap_or_else(|| json!({"region": d["region"], "tracks": d["tracks"]}));
                 self.fleet_put_participant(room, id, summary);
             }
             ("participant_left", Some(id)) => self.fleet_delete_participant(room, id),
@@ -377,13 +477,16 @@ impl Owner {
                 if let Ok(p) = serde_json::from_slice::<FleetParticipant>(&v)
                     && p.node != link.node
                 {
-                    link.remote.insert(k, p);
+                    link.remote.insert(k.clone(), p.clone());
+                    self.fleet_remote(&k.0, &k.1, Some(&p));
                 }
             }
             None => {
                 let Some(p) = link.remote.remove(&k) else {
                     return;
                 };
+                self.fleet_remote(&k.0, &k.1, None);
+                let Some(link) = &mut self.fleet else { return };
                 // Gone with its relay's lease (the relay is no longer live): `node_lost` names
                 // it, and it has left.
                 if !link.fleet.nodes().iter().any(|n| n.node == p.node) {
@@ -413,6 +516,9 @@ impl Owner {
             .collect();
         for k in &on_it {
             link.remote.remove(k);
+        }
+        for (room, id) in &on_it {
+            self.fleet_remote(room, id, None);
         }
         for (room, id) in &on_it {
             self.emit(Event::new(
@@ -521,6 +627,7 @@ impl Owner {
             }
         };
         link.records.insert(record.id, record.clone());
+        link.record_bytes.insert(record.id, value.to_vec());
         if !record.applies_in(&link.region) {
             return true;
         }
@@ -572,6 +679,7 @@ impl Owner {
             }
             fleet::Event::NodeJoined(info) => {
                 self.fleet_nodes_changed();
+                self.fleet_publish_peers();
                 self.emit(Event::new(
                     "node_joined",
                     json!({"node": info.node, "region": info.region}),
@@ -579,6 +687,7 @@ impl Owner {
             }
             fleet::Event::NodeLost { node } => {
                 self.fleet_nodes_changed();
+                self.fleet_publish_peers();
                 self.fleet_node_lost(&node);
             }
             fleet::Event::Participant { key, value } => self.fleet_participant(&key, value),
@@ -591,6 +700,8 @@ impl Owner {
                 self.fleet_read_rules(Some(joined_at));
                 // This relay's participant keys went with the old lease.
                 self.fleet_publish_all();
+                // A new registration is a new epoch for the headers this relay writes.
+                self.fleet_publish_peers();
             }
             fleet::Event::RulesResync => self.fleet_read_rules(None),
         }
@@ -621,6 +732,71 @@ impl Owner {
             .is_some_and(|l| l.last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY));
         if due {
             self.fleet_report();
+        }
+        self.fleet_expire();
+    }
+
+    /// Records in the fleet's chain the expiry of every rule that is due: each relay tries, the
+    /// first append wins (it expects the record unchanged) and the others get `Stale`. Every
+    /// relay also expires the rule locally on its own clock (`Core::housekeeping`); this entry
+    /// is what the fleet's chain and the other relays' records learn it from.
+    fn fleet_expire(&mut self) {
+        let Some(link) = &mut self.fleet else { return };
+        let now = now().wall;
+        let unix = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let due: Vec<u64> = link
+            .records
+            .values()
+            .filter(|r| r.state == RuleState::Active && !link.expiring.contains(&r.id))
+            .filter(|r| {
+                crate::rules::compile(&r.spec).is_ok_and(|rule| rule.expires_at_unix() <= unix)
+            })
+            .map(|r| r.id)
+            .collect();
+        for rule in due {
+            let (Some(old), Some(bytes)) = (
+                link.records.get(&rule).cloned(),
+                link.record_bytes.get(&rule).cloned(),
+            ) else {
+                continue;
+            };
+            let key = link.keys.rule(rule);
+            let expired = FleetRecord {
+                state: RuleState::Expired,
+                expired_at: Some(crate::control::core::rfc3339_millis(now)),
+                ..old
+            };
+            let value = to_bytes(&expired);
+            let node = link.node.clone();
+            let expect = Some((key.clone(), bytes));
+            let build = move |_seq: u64| Append {
+                detail: json!({"rule": rule, "node": node}),
+                puts: vec![(key.clone(), value.clone())],
+                deletes: Vec::new(),
+                expect: expect.clone(),
+            };
+            link.expiring.insert(rule);
+            let requests = link.requests.clone();
+            link.fleet.append_then("rule_expired", build, move |r| {
+                let _ = requests.send(Request::FleetStep(0, Box::new(Step::Expired(rule, r))));
+            });
+        }
+    }
+
+    fn fleet_expired(&mut self, rule: u64, result: Result<Commit, FleetError>) {
+        let Some(link) = &mut self.fleet else { return };
+        link.expiring.remove(&rule);
+        match result {
+            // The watch brings the expired record to every relay, this one too.
+            Ok(_) => self.fleet_mirror(),
+            // Another relay recorded it first (or it was lifted).
+            Err(FleetError::Stale(_)) => {}
+            // Tried again at the next tick.
+            Err(e) => {
+                tracing::warn!(rule, error = %e, "recording a rule's expiry in the fleet failed")
+            }
         }
     }
 
@@ -802,6 +978,7 @@ impl Owner {
                 created_at: created_at.clone(),
                 lifted_at: None,
                 lift_reason: None,
+                expired_at: None,
                 relays_in: regions.clone(),
                 by: by.clone(),
             };
@@ -818,6 +995,7 @@ impl Owner {
                 }),
                 puts: vec![(keys.rule(seq), to_bytes(&record))],
                 deletes: Vec::new(),
+                expect: None,
             }
         };
         link.fleet
@@ -839,6 +1017,7 @@ impl Owner {
         let Some(link) = &mut self.fleet else {
             return Err(ApiError::new(Code::Internal, "no fleet"));
         };
+        let expect = link.record_bytes.get(&rule).cloned();
         let Some(old) = link.records.get(&rule).cloned() else {
             return Err(ApiError::new(
                 Code::RuleNotFound,
@@ -863,10 +1042,13 @@ impl Owner {
         let node = link.node.clone();
         let relays_in = lifted.relays_in.clone();
         let value = to_bytes(&lifted);
+        // Lifted or expired meanwhile through another relay: 409, nothing written.
+        let expect = expect.map(|bytes| (key.clone(), bytes));
         let build = move |_seq: u64| Append {
             detail: json!({"rule": rule, "reason": lift.reason, "node": node}),
             puts: vec![(key.clone(), value.clone())],
             deletes: Vec::new(),
+            expect: expect.clone(),
         };
         link.fleet
             .append_then("rule_lifted", build, link.post(call, Step::Committed));
@@ -891,17 +1073,31 @@ impl Owner {
             }
             Step::Reports(result) => self.fleet_reports(id, result),
             Step::Participants(Ok(kvs)) => {
-                if let Some(link) = &mut self.fleet {
-                    link.remote.clear();
-                }
+                // Those no longer registered leave the rooms here; the others are put again
+                // (the core ignores what did not change).
+                let before: Vec<(String, String)> = self
+                    .fleet
+                    .as_mut()
+                    .map(|l| std::mem::take(&mut l.remote).into_keys().collect())
+                    .unwrap_or_default();
+                let mut seen = std::collections::BTreeSet::new();
                 for (key, value) in kvs {
+                    if let Some(link) = &self.fleet
+                        && let Some((room, id)) = link.keys.participant_of(&key)
+                    {
+                        seen.insert((room.to_owned(), id.to_owned()));
+                    }
                     self.fleet_participant(&key, Some(value));
+                }
+                for (room, id) in before.iter().filter(|k| !seen.contains(*k)) {
+                    self.fleet_remote(room, id, None);
                 }
             }
             Step::Participants(Err(e)) => {
                 tracing::warn!(error = %e, "reading the fleet's participants failed");
             }
             Step::Committed(result) => self.fleet_committed(id, result),
+            Step::Expired(rule, result) => self.fleet_expired(rule, result),
             Step::Acks(result) => self.fleet_acks(id, result),
             Step::Fenced(node, result) => self.fleet_fenced(id, node, result),
         }
@@ -1122,7 +1318,9 @@ fn split_relays_in(body: &[u8]) -> Result<(Vec<String>, Vec<u8>), ApiError> {
 }
 
 fn strip_fleet_fields(v: &mut Value) {
-    if let Value::Object(map) = v {
+    if let Value::Object(map) = v
+        && map.get("expired_at").is_some_and(Value::is_null)
+    {
         map.remove("expired_at");
     }
 }
@@ -1134,6 +1332,10 @@ fn to_bytes<T: Serialize>(v: &T) -> Vec<u8> {
 fn fleet_error(e: &FleetError) -> ApiError {
     match e {
         FleetError::Store(s) => ApiError::from_store(s),
+        FleetError::Stale(_) => ApiError::new(
+            Code::RuleNotActive,
+            "the rule was lifted or expired meanwhile (through another relay)",
+        ),
         other => ApiError::new(
             Code::FleetUnavailable,
             format!("the rule was not committed: {other}"),
@@ -1185,6 +1387,7 @@ mod tests {
             created_at: "2026-12-06T07:00:00.000Z".into(),
             lifted_at: None,
             lift_reason: None,
+            expired_at: None,
             relays_in: vec!["CN".into()],
             by: "a".into(),
         };

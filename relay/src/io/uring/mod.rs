@@ -53,6 +53,8 @@ const RECVMSG_OUT_LEN: usize = 16;
 const RECV: u64 = u64::MAX;
 const WAKE: u64 = u64::MAX - 1;
 const CANCEL: u64 = u64::MAX - 2;
+/// user_data of the trunk socket's multishot receive (fleet mode).
+const RECV_TRUNK: u64 = u64::MAX - 3;
 /// Registered file slots.
 const SOCKET_SLOT: Fixed = Fixed(0);
 /// Buffer ids from here on name another worker's buffer that a job lent this worker: `Held`
@@ -63,6 +65,7 @@ const HELD_JOBS: usize = 4 * JOBS_PER_TURN;
 /// How long a worker whose buffers are all lent out waits before it looks at their leases again.
 const LEASE_POLL_NS: u32 = 50_000;
 const WAKE_SLOT: Fixed = Fixed(1);
+const TRUNK_SLOT: Fixed = Fixed(2);
 
 /// Runs a worker on this backend until shutdown. `ready` hears once that set-up is done.
 pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<()> {
@@ -124,14 +127,17 @@ struct Uring {
     records: Records,
     /// The header the multishot receive reads its name and control lengths from.
     recv_hdr: Box<libc::msghdr>,
-    /// Receive completions reaped but not yet handled: (result, flags).
-    pending: Vec<(i32, u32)>,
+    /// Receive completions reaped but not yet handled: (result, flags, from the trunk socket).
+    pending: Vec<(i32, u32, bool)>,
     /// The datagrams of this turn, in order; a GSO run is a range of them.
     turn: Vec<Received>,
     plan: Plan,
     fd: RawFd,
     wake: RawFd,
     recv_armed: bool,
+    /// Whether there is a trunk socket, and its receive is armed.
+    trunk: bool,
+    trunk_armed: bool,
     wake_armed: bool,
     busy_poll: bool,
     sent: Sent,
@@ -164,7 +170,11 @@ impl Uring {
         let ring = new_ring(sq, cq)?;
         let fd = w.socket.as_raw_fd();
         let wake = w.wake.as_raw_fd();
-        ring.submitter().register_files(&[fd, wake])?;
+        let trunk = w.trunk.as_ref().map(AsRawFd::as_raw_fd);
+        match trunk {
+            Some(t) => ring.submitter().register_files(&[fd, wake, t])?,
+            None => ring.submitter().register_files(&[fd, wake])?,
+        }
         let bufs = BufRing::new(s.ring_buffers, SLOT_SIZE + BUF_HEADROOM)?;
         bufs.register(&ring.submitter())?;
         // SAFETY: a zeroed msghdr is valid; the kernel reads only the two lengths set below.
@@ -183,6 +193,8 @@ impl Uring {
             fd,
             wake,
             recv_armed: false,
+            trunk: trunk.is_some(),
+            trunk_armed: false,
             wake_armed: false,
             busy_poll: s.busy_poll,
             sent: Sent::default(),
@@ -219,6 +231,13 @@ impl Uring {
                 )?;
                 self.recv_armed = true;
                 self.rearms += u64::from(!mem::take(&mut first_arm));
+            }
+            if self.trunk && !self.trunk_armed && self.bufs.any_free() {
+                self.push(
+                    opcode::RecvMsgMulti::new(TRUNK_SLOT, &*self.recv_hdr, bufs::GROUP).build(),
+                    RECV_TRUNK,
+                )?;
+                self.trunk_armed = true;
             }
             if !self.wake_armed {
                 let poll = opcode::PollAdd::new(WAKE_SLOT, libc::POLLIN as u32).multi(true);
@@ -260,9 +279,9 @@ impl Uring {
             self.planned = 0;
             let mut i = 0;
             while i < self.pending.len() && (i == 0 || self.planned < SENDS_PER_TURN / 2) {
-                let (res, flags) = self.pending[i];
+                let (res, flags, trunk) = self.pending[i];
                 i += 1;
-                self.receive(res, flags, &mut path)?;
+                self.receive(res, flags, trunk, &mut path)?;
             }
             self.pending.drain(..i);
             self.handoff.wake();
@@ -329,9 +348,19 @@ impl Uring {
     }
 
     /// Handles one receive completion.
-    fn receive(&mut self, res: i32, flags: u32, path: &mut Datapath) -> io::Result<()> {
+    fn receive(
+        &mut self,
+        res: i32,
+        flags: u32,
+        trunk: bool,
+        path: &mut Datapath,
+    ) -> io::Result<()> {
         if !cqueue::more(flags) {
-            self.recv_armed = false;
+            if trunk {
+                self.trunk_armed = false;
+            } else {
+                self.recv_armed = false;
+            }
         }
         if res < 0 {
             return match -res {
@@ -367,15 +396,27 @@ impl Uring {
             }
             Err(()) => (None, &buf[..0], true),
         };
+        // A trunk datagram forwards its inner datagram, after the header.
+        let sent = if trunk {
+            bytes
+                .get(crate::packet::trunk::HEADER_LEN..)
+                .unwrap_or_default()
+        } else {
+            bytes
+        };
         self.turn.push(Received {
             iov: libc::iovec {
-                iov_base: bytes.as_ptr() as *mut libc::c_void,
-                iov_len: bytes.len(),
+                iov_base: sent.as_ptr() as *mut libc::c_void,
+                iov_len: sent.len(),
             },
             bid,
         });
-        self.plan.begin(k, bytes.len());
-        path.handle(src, bytes, truncated, &mut Out { u: self });
+        self.plan.begin(k, sent.len());
+        if trunk {
+            path.handle_trunk(src, bytes, truncated, &mut Out { u: self });
+        } else {
+            path.handle(src, bytes, truncated, &mut Out { u: self });
+        }
         Ok(())
     }
 
@@ -399,6 +440,13 @@ impl Uring {
                         let run = &self.turn[first as usize..][..usize::from(count)];
                         self.records
                             .fill(dest, run.iter().map(|r| (r.iov, r.bid)), segment)
+                    }
+                    What::Trunk { first, ref header } => {
+                        // SAFETY: the destination lives in the worker's peer table, which it
+                        // holds until the end of the turn; the record copies it.
+                        let dest = unsafe { &*e.dest };
+                        let r = self.turn[first as usize];
+                        self.records.fill_trunk(dest, header, r.iov, r.bid)
                     }
                     What::Reply(n) => {
                         let (dest, bytes) = self.plan.reply(n);
@@ -426,12 +474,20 @@ impl Uring {
             let Some((idx, hdr)) = filled else {
                 continue;
             };
-            if let What::Run { first, count, .. } = e.what {
-                for r in &self.turn[first as usize..][..usize::from(count)] {
-                    hold(&mut self.bufs, &mut self.held, r.bid);
+            let mut slot = SOCKET_SLOT;
+            match e.what {
+                What::Run { first, count, .. } => {
+                    for r in &self.turn[first as usize..][..usize::from(count)] {
+                        hold(&mut self.bufs, &mut self.held, r.bid);
+                    }
                 }
+                What::Trunk { first, .. } => {
+                    self.bufs.hold(self.turn[first as usize].bid);
+                    slot = TRUNK_SLOT;
+                }
+                What::Reply(_) => {}
             }
-            let sqe = opcode::SendMsg::new(SOCKET_SLOT, hdr).build();
+            let sqe = opcode::SendMsg::new(slot, hdr).build();
             if self.push(sqe, u64::from(idx)).is_err() {
                 // Unreachable: push submits to make room. Give the record back untouched.
                 self.complete(idx, -libc::EAGAIN);
@@ -499,7 +555,8 @@ impl Uring {
     fn reap(&mut self) {
         for cqe in self.ring.completion() {
             match cqe.user_data() {
-                RECV => self.pending.push((cqe.result(), cqe.flags())),
+                RECV => self.pending.push((cqe.result(), cqe.flags(), false)),
+                RECV_TRUNK => self.pending.push((cqe.result(), cqe.flags(), true)),
                 WAKE => {
                     socket::drain(self.wake);
                     if !cqueue::more(cqe.flags()) {
@@ -556,25 +613,29 @@ impl Uring {
     /// Ends every operation and waits for the last completions, so that no memory the kernel
     /// may touch is freed. If the ring does not drain in time the memory is leaked instead.
     fn drain(&mut self) {
-        for target in [RECV, WAKE] {
+        for target in [RECV, WAKE, RECV_TRUNK] {
             let cancel = opcode::AsyncCancel::new(target).build();
             let _ = self.push(cancel, CANCEL);
         }
         for _ in 0..50 {
-            if self.records.idle() && !self.recv_armed && !self.wake_armed {
+            if self.records.idle() && !self.recv_armed && !self.trunk_armed && !self.wake_armed {
                 break;
             }
             let ts = Timespec::new().nsec(20_000_000);
             let args = SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
             self.reap();
-            for (_, flags) in self.pending.drain(..) {
+            for (_, flags, trunk) in self.pending.drain(..) {
                 if !cqueue::more(flags) {
-                    self.recv_armed = false;
+                    if trunk {
+                        self.trunk_armed = false;
+                    } else {
+                        self.recv_armed = false;
+                    }
                 }
             }
         }
-        if !self.records.idle() || self.recv_armed {
+        if !self.records.idle() || self.recv_armed || self.trunk_armed {
             tracing::warn!("io_uring did not drain at shutdown: leaking its buffers");
             self.records.leak();
             self.leak_bufs();
@@ -704,5 +765,17 @@ impl Output for Out<'_> {
             u.lent.push(r.bid);
         }
         true
+    }
+
+    fn trunk(&mut self, dest: &SockAddr, header: &[u8; crate::packet::trunk::HEADER_LEN]) {
+        if !self.u.trunk {
+            return;
+        }
+        self.u.planned += 1;
+        if !self.u.plan.push_trunk(dest, header) {
+            self.u.flush();
+            let planned = self.u.plan.push_trunk(dest, header);
+            debug_assert!(planned, "an empty plan takes a send");
+        }
     }
 }

@@ -12,6 +12,7 @@ use socket2::SockAddr;
 
 use crate::io::plan::{MAX_SEGMENTS, REPLY_SIZE};
 use crate::io::send::{SEGMENT_CMSG_SPACE, SegmentCmsg};
+use crate::packet::trunk::HEADER_LEN;
 
 /// One send in flight. The fields a single-datagram send touches come first, so that it touches
 /// few cache lines; the iovecs of a GSO run come last.
@@ -27,6 +28,9 @@ pub(super) struct Record {
     pub(super) iov: [libc::iovec; MAX_SEGMENTS],
     /// Buffers the iovecs point into; empty for a reply.
     pub(super) bids: [u16; MAX_SEGMENTS],
+    /// A trunk send's header and its two iovecs (header, datagram).
+    theader: [u8; HEADER_LEN],
+    tiov: [libc::iovec; 2],
 }
 
 /// A fixed pool of records and of reply buffers.
@@ -89,6 +93,36 @@ impl Records {
         r.count = count as u16;
         r.reply = None;
         r.set_header(dest, count, (count > 1).then_some(segment));
+        Some((idx, &raw const r.hdr))
+    }
+
+    /// Fills a free record with a trunk send: `header` (copied into the record) then the
+    /// datagram at `iov` in buffer `bid`, to the peer relay at `dest`.
+    pub(super) fn fill_trunk(
+        &mut self,
+        dest: &SockAddr,
+        header: &[u8; HEADER_LEN],
+        iov: libc::iovec,
+        bid: u16,
+    ) -> Option<(u32, *const libc::msghdr)> {
+        let idx = self.free.pop()?;
+        // SAFETY: as in `fill`.
+        let r = unsafe { &mut *self.base.add(idx as usize) };
+        r.theader = *header;
+        r.tiov = [
+            libc::iovec {
+                iov_base: r.theader.as_mut_ptr().cast(),
+                iov_len: HEADER_LEN,
+            },
+            iov,
+        ];
+        r.iov[0] = iov;
+        r.bids[0] = bid;
+        r.count = 1;
+        r.reply = None;
+        r.set_header(dest, 1, None);
+        r.hdr.msg_iov = r.tiov.as_mut_ptr();
+        r.hdr.msg_iovlen = 2;
         Some((idx, &raw const r.hdr))
     }
 
