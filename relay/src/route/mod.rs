@@ -18,7 +18,10 @@
 //! - Workers that share large rooms' fan-outs call [`Table::route_shared`] with their [`Share`]
 //!   instead: it sends this worker's chunks to a [`Sink`] and hands each other worker a [`Hot`]
 //!   packet (room, sender's slot and SSRC), whose share that worker routes with its own table,
-//!   [`Table::route_hot`] (`share.rs`).
+//!   [`Table::route_hot`] (`share.rs`). In fleet mode the same call also gives the [`Sink`] the
+//!   copies for peer relays ([`Sink::trunk`]): the receiving worker sends those itself.
+//! - A datagram from the trunk port goes to [`Table::route_trunk`]: local receivers only, all of
+//!   them from the worker that received it, never handed off.
 #![deny(unsafe_code)]
 
 mod compile;
