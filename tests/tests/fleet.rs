@@ -2,7 +2,8 @@
 //! the fence, rules posted on one relay in force on every relay when the call returns (no packet
 //! leaks after the reply), `relays_in`, lifting from another relay, the fleet audit chain
 //! mirrored and verified offline, a relay that does not acknowledge fenced before the call
-//! returns, and relays that lose etcd forwarding nothing.
+//! returns, relays that lose etcd forwarding nothing, and a room shared among each relay's
+//! workers with media crossing the trunks.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
@@ -19,19 +20,24 @@ use serde_json::{Value, json};
 const TTL: Duration = Duration::from_secs(3);
 
 fn fleet_relay(etcd: &Etcd, node: &str, region: &str) -> Relay {
+    fleet_relay_with(etcd, node, region, &["--workers", "1"])
+}
+
+/// A fleet relay with `extra` flags.
+fn fleet_relay_with(etcd: &Etcd, node: &str, region: &str, extra: &[&str]) -> Relay {
+    let mut args: Vec<String> = vec![
+        "--etcd".into(),
+        etcd.endpoints().join(","),
+        "--node".into(),
+        node.into(),
+        "--region".into(),
+        region.into(),
+        "--trunk".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let relay = Relay::start_with(Options {
-        args: vec![
-            "--etcd".into(),
-            etcd.endpoints().join(","),
-            "--node".into(),
-            node.into(),
-            "--region".into(),
-            region.into(),
-            "--trunk".into(),
-            "127.0.0.1:0".into(),
-            "--workers".into(),
-            "1".into(),
-        ],
+        args,
         ..Default::default()
     });
     wait_for(Duration::from_secs(5), &format!("{node} ready"), || {
@@ -735,4 +741,149 @@ fn trunk_cost_and_hop_latency() {
         );
     }
     etcd.kill9(0).unwrap();
+}
+
+/// A receive buffer that holds a whole test's worth of datagrams, read after the sending.
+fn roomy(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let bytes: libc::c_int = 16 << 20;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_RCVBUFFORCE");
+}
+
+/// A room shared among the workers on two relays with two workers each (`--handoff-min-members
+/// 2`): a hot publisher's local copies are handed off by chunk while its trunk copies go from
+/// the worker that received it, and trunk ingress fans out from the worker that received it.
+/// Every receiver gets each publisher's packets in order (and all of them unless a hand-off was
+/// refused, which is counted), and each relay gets each packet of the other's publishers once.
+#[test]
+fn a_hot_room_across_relays_keeps_order_and_sends_one_trunk_copy_per_packet() {
+    const N: u16 = 100;
+    // Eight publishers on a: that all hash to one worker has a chance of 1 in 128.
+    const PUBS: u32 = 8;
+    let mut etcd = Etcd::start(1).unwrap();
+    etcd.wait_healthy(Duration::from_secs(10)).unwrap();
+    let hot = ["--workers", "2", "--handoff-min-members", "2"];
+    let a = fleet_relay_with(&etcd, "a", "X", &hot);
+    let b = fleet_relay_with(&etcd, "b", "X", &hot);
+    for r in [&a, &b] {
+        r.room("h");
+    }
+    let socket = || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        roomy(&s);
+        s
+    };
+    let join = |r: &Relay, id: &str, s: &UdpSocket, tracks: Value| {
+        let body = json!({"address": s.local_addr().unwrap().to_string(), "tracks": tracks});
+        r.ok(
+            "PUT",
+            &format!("/v1/rooms/h/participants/{id}"),
+            Some(&body),
+        );
+    };
+    // (socket, ssrc, relay it sends to): PUBS on a, one on b.
+    let mut pubs = Vec::new();
+    for i in 0..=PUBS {
+        let (at, ssrc) = if i < PUBS {
+            (&a, 0x5000 + i)
+        } else {
+            (&b, 0x6000)
+        };
+        let s = socket();
+        join(
+            at,
+            &format!("p{i}"),
+            &s,
+            json!([{"ssrc": ssrc, "kind": "audio"}]),
+        );
+        pubs.push((s, ssrc, at.media));
+    }
+    let mut receivers = Vec::new();
+    for (at, name) in [(&a, "ra0"), (&a, "ra1"), (&b, "rb0"), (&b, "rb1")] {
+        let s = socket();
+        join(at, name, &s, json!([]));
+        receivers.push((name, s));
+    }
+    let members = pubs.len() + receivers.len();
+    wait_for(Duration::from_secs(5), "participants known", || {
+        [&a, &b].iter().all(|r| {
+            r.ok("GET", "/v1/rooms/h", None)["participants"]
+                .as_array()
+                .is_some_and(|l| l.len() == members)
+        })
+    });
+    // Bounded: N rounds of one packet per publisher, 4 ms apart (about 2,250 packets/s in).
+    for seq in 1..=N {
+        for (s, ssrc, to) in &pubs {
+            s.send_to(&rtp(*ssrc, seq, b"hot room"), to).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    let refused = |r: &Relay| r.metric("relay_handoff_full_total");
+    let trunk_in = |r: &Relay, peer: &str| {
+        r.metric(&format!(
+            "relay_trunk_packets_received_total{{peer=\"{peer}\"}}"
+        ))
+    };
+    wait_for(Duration::from_secs(5), "trunk copies counted", || {
+        trunk_in(&b, "a") >= u64::from(PUBS) * u64::from(N) && trunk_in(&a, "b") >= u64::from(N)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        trunk_in(&b, "a"),
+        u64::from(PUBS) * u64::from(N),
+        "one copy a->b per packet"
+    );
+    assert_eq!(trunk_in(&a, "b"), u64::from(N), "one copy b->a per packet");
+    assert!(
+        a.metric("relay_handoff_out_total") > 0,
+        "no publisher's fan-out on a was shared"
+    );
+    let lossless = refused(&a) == 0 && refused(&b) == 0;
+    let mut buf = [0u8; 2048];
+    for (name, s) in &receivers {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut by_ssrc = std::collections::BTreeMap::<u32, Vec<u16>>::new();
+        while let Ok(n) = s.recv(&mut buf) {
+            assert!(n >= 12, "{name}: a short datagram");
+            let ssrc = u32::from_be_bytes(buf[8..12].try_into().unwrap());
+            by_ssrc
+                .entry(ssrc)
+                .or_default()
+                .push(u16::from_be_bytes([buf[2], buf[3]]));
+        }
+        for (_, ssrc, _) in &pubs {
+            let got = by_ssrc.remove(ssrc).unwrap_or_default();
+            assert!(
+                got.windows(2).all(|w| w[0] < w[1]),
+                "{name}: publisher {ssrc:#x} out of order: {got:?}"
+            );
+            if lossless {
+                assert_eq!(
+                    got,
+                    (1..=N).collect::<Vec<_>>(),
+                    "{name}: publisher {ssrc:#x}"
+                );
+            }
+        }
+        assert!(by_ssrc.is_empty(), "{name}: unexpected SSRCs {by_ssrc:?}");
+    }
+    eprintln!(
+        "hot room across relays: hand-offs a {} b {}, refused a {} b {}",
+        a.metric("relay_handoff_out_total"),
+        b.metric("relay_handoff_out_total"),
+        refused(&a),
+        refused(&b)
+    );
 }
