@@ -768,8 +768,9 @@ fn roomy(sock: &UdpSocket) {
 #[test]
 fn a_hot_room_across_relays_keeps_order_and_sends_one_trunk_copy_per_packet() {
     const N: u16 = 100;
-    // Eight publishers on a: that all hash to one worker has a chance of 1 in 128.
-    const PUBS: u32 = 8;
+    // Sixteen publishers on a. The room is one chunk, so only publishers the kernel hashes to
+    // the worker that does not own it hand off: that none does has a chance of 1 in 65,536.
+    const PUBS: u32 = 16;
     let mut etcd = Etcd::start(1).unwrap();
     etcd.wait_healthy(Duration::from_secs(10)).unwrap();
     let hot = ["--workers", "2", "--handoff-min-members", "2"];
@@ -822,7 +823,7 @@ fn a_hot_room_across_relays_keeps_order_and_sends_one_trunk_copy_per_packet() {
                 .is_some_and(|l| l.len() == members)
         })
     });
-    // Bounded: N rounds of one packet per publisher, 4 ms apart (about 2,250 packets/s in).
+    // Bounded: N rounds of one packet per publisher, 4 ms apart (about 4,250 packets/s in).
     for seq in 1..=N {
         for (s, ssrc, to) in &pubs {
             s.send_to(&rtp(*ssrc, seq, b"hot room"), to).unwrap();
