@@ -540,6 +540,144 @@ fn rooms_span_relays_and_a_lost_relay_names_its_participants() {
     );
 }
 
+/// The participant ids and nodes a room view lists, sorted.
+fn members(view: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = view["participants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["participant"].as_str().unwrap_or("").to_owned(),
+                p["node"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The rooms `GET /v1/rooms` lists, with their participant counts.
+fn listed_rooms(relay: &Relay) -> Vec<(String, u64)> {
+    relay.ok("GET", "/v1/rooms", None)["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["room"].as_str().unwrap().to_owned(),
+                r["participants"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rooms_are_fleet_objects_created_anywhere_joined_everywhere_deleted_anywhere() {
+    let etcd = Etcd::start(1).unwrap();
+    let a = fleet_relay(&etcd, "a", "HK");
+    let b = fleet_relay(&etcd, "b", "CN");
+    let c = fleet_relay(&etcd, "c", "US");
+    wait_for(Duration::from_secs(2), "3 nodes", || {
+        fleet_metric(&a, "relay_fleet_nodes") == 3
+    });
+    // Created on a only; b and c take participants into it at once (whether or not their
+    // watch has brought it yet).
+    let (status, created) = a.call("PUT", "/v1/rooms/m", Some(&json!({"plain_legs": true})));
+    assert_eq!(status, 201, "{created}");
+    let (x, y, z) = (Client::new(), Client::new(), Client::new());
+    b.join("m", "x", &x, &[(5, "audio")]);
+    c.join("m", "z", &z, &[]);
+    a.join("m", "y", &y, &[]);
+    // A room nobody created is still 404 for a participant, as on one relay.
+    let (status, v) = b.call(
+        "PUT",
+        "/v1/rooms/nowhere/participants/q",
+        Some(&json!({"tracks": []})),
+    );
+    assert_eq!(status, 404, "{v}");
+    // Every relay lists the room with all three participants, each with its node, and the
+    // settings it was created with.
+    let want: Vec<(String, String)> = [("x", "b"), ("y", "a"), ("z", "c")]
+        .iter()
+        .map(|(p, n)| (p.to_string(), n.to_string()))
+        .collect();
+    for relay in [&a, &b, &c] {
+        wait_for(Duration::from_secs(2), "all members listed", || {
+            members(&relay.ok("GET", "/v1/rooms/m", None)) == want
+        });
+        let view = relay.ok("GET", "/v1/rooms/m", None);
+        assert_eq!(view["plain_legs"], true, "{view}");
+        assert!(
+            listed_rooms(relay).contains(&("m".to_owned(), 3)),
+            "{:?}",
+            listed_rooms(relay)
+        );
+    }
+    // A participant of another relay answers with its fleet summary and node.
+    let remote = c.ok("GET", "/v1/rooms/m/participants/x", None);
+    assert_eq!(remote["node"], "b", "{remote}");
+    assert_eq!(remote["tracks"][0]["ssrc"], 5, "{remote}");
+    assert!(remote.get("address").is_none(), "no address: {remote}");
+    let local = b.ok("GET", "/v1/rooms/m/participants/x", None);
+    assert_eq!(local["node"], "b", "{local}");
+    let (status, _) = c.call("GET", "/v1/rooms/m/participants/nobody", None);
+    assert_eq!(status, 404);
+    // The settings are the fleet's: creating it again elsewhere is 200, the other value 409.
+    let (status, v) = c.call("PUT", "/v1/rooms/m", None);
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = b.call("PUT", "/v1/rooms/m", Some(&json!({"plain_legs": false})));
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "plain_legs_fixed");
+    // Media crosses: x on b reaches y on a and z on c.
+    x.send(b.media, &rtp(5, 1, b"rooms"));
+    assert_eq!(y.recv_n(1, Duration::from_secs(2)).len(), 1, "y gets x");
+    assert_eq!(z.recv_n(1, Duration::from_secs(2)).len(), 1, "z gets x");
+    // A room with no part on a relay is listed and shown there too.
+    a.room("n");
+    wait_for(Duration::from_secs(2), "n listed on c", || {
+        listed_rooms(&c).contains(&("n".to_owned(), 0))
+    });
+    let view = c.ok("GET", "/v1/rooms/n", None);
+    assert_eq!(view["participants"], json!([]), "{view}");
+    // Deleted on c: every relay closes its part, with the events a single relay sends.
+    let mut on_a = EventStream::open(a.control, None, None, None);
+    let mut on_b = EventStream::open(b.control, None, None, None);
+    let closed = c.ok("DELETE", "/v1/rooms/m", None);
+    assert_eq!(closed["closed"], true, "{closed}");
+    assert_eq!(closed["participants"], 3, "{closed}");
+    for (events, node) in [(&mut on_a, "a"), (&mut on_b, "b")] {
+        let e = events
+            .until("room_closed", Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("room_closed on {node}"));
+        assert_eq!(e.data["room"], "m");
+    }
+    for relay in [&a, &b, &c] {
+        wait_for(Duration::from_secs(2), "m gone", || {
+            relay.call("GET", "/v1/rooms/m", None).0 == 404
+                && !listed_rooms(relay).iter().any(|(r, _)| r == "m")
+        });
+    }
+    let (status, v) = b.call(
+        "PUT",
+        "/v1/rooms/m/participants/x",
+        Some(&json!({"tracks": []})),
+    );
+    assert_eq!(status, 404, "{v}");
+    let (status, _) = a.call("DELETE", "/v1/rooms/m", None);
+    assert_eq!(status, 404);
+    // A room outlives the relay it was created on.
+    drop(a);
+    wait_for(TTL + Duration::from_secs(2), "a gone", || {
+        fleet_metric(&c, "relay_fleet_nodes") == 2
+    });
+    assert!(listed_rooms(&c).contains(&("n".to_owned(), 0)));
+    c.join("n", "w", &Client::new(), &[]);
+    wait_for(Duration::from_secs(2), "w seen on b", || {
+        members(&b.ok("GET", "/v1/rooms/n", None)) == [("w".to_owned(), "c".to_owned())]
+    });
+}
+
 /// Benchmark (docs/BENCHMARKS.md, "Fleet"): `POST /v1/rules` to 201 on a fleet of three relays
 /// on loopback against the same POST on one relay alone, p50 and p99 of 200 rules each.
 /// `RELAY_BIN=target/release/relay cargo test -p e2e --test fleet -- --ignored --nocapture rule_round_trip`

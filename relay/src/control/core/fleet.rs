@@ -187,6 +187,11 @@ impl Core {
         )
     }
 
+    /// Whether room `room` is open on this relay.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
     /// A rule's record as the core holds it.
     pub fn rule_record(&self, id: rules::RuleId) -> Option<&StoredRule> {
         self.rules.record(id)
