@@ -382,11 +382,14 @@ impl Owner {
     fn fleet_remote(&mut self, room: &str, id: &str, p: Option<&FleetParticipant>) {
         let remote = p.and_then(|p| {
             let summary: RemoteSummary = serde_json::from_value(p.summary.clone()).ok()?;
-            let node_no = self
+            let node = self
                 .fleet
                 .as_ref()
-                .and_then(|l| l.fleet.nodes().into_iter().find(|n| n.node == p.node))
-                .map_or(p.node_no, |n| n.number);
+                .and_then(|l| l.fleet.nodes().into_iter().find(|n| n.node == p.node));
+            let node_no = node.as_ref().map_or(p.node_no, |n| n.number);
+            // Unknown until its relay's registration is seen: then no rule limited to other
+            // regions keeps copies from it (they are sent), and it is told again at NodeJoined.
+            let relay_region = node.map(|n| n.region);
             Some(Box::new(RemoteParticipant {
                 node: p.node.clone(),
                 peer: node_no,
@@ -397,6 +400,7 @@ impl Owner {
                 }),
                 tracks: summary.tracks,
                 subscribe: summary.subscribe.unwrap_or(SubscribeBody::ALL),
+                relay_region,
             }))
         });
         if let Err(e) = self.run_command(Command::FleetParticipant {
@@ -639,6 +643,15 @@ impl Owner {
         link.records.insert(record.id, record.clone());
         link.record_bytes.insert(record.id, value.to_vec());
         if !record.applies_in(&link.region) {
+            // Enforced elsewhere: known here only so that no copy goes to a relay where it
+            // blocks every receiver. Failing that is safe (copies are sent, and dropped there).
+            let cmd = Command::FleetForeignRule {
+                record: Box::new(record.stored()),
+                relays_in: record.relays_in.clone(),
+            };
+            if let Err(e) = self.run_command(cmd) {
+                tracing::warn!(rule = record.id, error = %e, "noting a rule of other regions failed");
+            }
             return true;
         }
         match self.run_command(Command::FleetRule(Box::new(record.stored()))) {
@@ -690,6 +703,21 @@ impl Owner {
             fleet::Event::NodeJoined(info) => {
                 self.fleet_nodes_changed();
                 self.fleet_publish_peers();
+                // Its participants seen before its registration learn its region and number.
+                let known: Vec<((String, String), FleetParticipant)> = self
+                    .fleet
+                    .as_ref()
+                    .map(|l| {
+                        l.remote
+                            .iter()
+                            .filter(|(_, p)| p.node == info.node)
+                            .map(|(k, p)| (k.clone(), p.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for ((room, id), p) in known {
+                    self.fleet_remote(&room, &id, Some(&p));
+                }
                 self.emit(Event::new(
                     "node_joined",
                     json!({"node": info.node, "region": info.region}),
