@@ -678,6 +678,84 @@ fn rooms_are_fleet_objects_created_anywhere_joined_everywhere_deleted_anywhere()
     });
 }
 
+#[test]
+fn no_trunk_copy_goes_to_a_relay_where_a_relays_in_rule_blocks_every_receiver() {
+    let etcd = Etcd::start(1).unwrap();
+    let a = fleet_relay(&etcd, "a", "HK");
+    let b = fleet_relay(&etcd, "b", "CN");
+    let c = fleet_relay(&etcd, "c", "US");
+    wait_for(Duration::from_secs(2), "3 nodes", || {
+        fleet_metric(&a, "relay_fleet_nodes") == 3
+    });
+    // A publisher on a; a CN participant receiving on b (a CN relay) and one on c (a US relay).
+    let (sender, _) = room_with_sender(&a, "m", "HK", 21);
+    let (on_b, on_c) = (Client::new(), Client::new());
+    for (relay, client, id) in [(&b, &on_b, "rb"), (&c, &on_c, "rc")] {
+        relay.ok(
+            "PUT",
+            &format!("/v1/rooms/m/participants/{id}"),
+            Some(&json!({"address": client.addr().to_string(), "region": "CN", "tracks": []})),
+        );
+    }
+    for (client, who) in [(&on_b, "b's receiver"), (&on_c, "c's receiver")] {
+        let from = sender.next_seq();
+        assert!(
+            gets_from(client, from, Duration::from_secs(3)),
+            "{who} gets media"
+        );
+    }
+    let sent = |peer: &str| {
+        fleet_metric(
+            &a,
+            &format!("relay_trunk_packets_sent_total{{peer=\"{peer}\"}}"),
+        )
+    };
+    let before = sent("b");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sent("b") > before + 100, "copies to b before the rule");
+    // CN participants may not receive, enforced by CN relays only: b's receiver is blocked on b,
+    // c's is not on c. a sends b nothing from the reply on, and c everything.
+    let (status, v) = a.call(
+        "POST",
+        "/v1/rules",
+        Some(&rule(
+            json!({"match": {"regions": ["CN"]}, "direction": "receive",
+            "relays_in": ["CN"]}),
+        )),
+    );
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    let (b0, c0) = (sent("b"), sent("c"));
+    std::thread::sleep(Duration::from_millis(500));
+    let (b1, c1) = (sent("b"), sent("c"));
+    assert_eq!(b1, b0, "no copy to b after the reply");
+    assert!(c1 > c0 + 200, "c still gets copies: {c0} -> {c1}");
+    let from = sender.next_seq();
+    assert!(
+        gets_from(&on_c, from, Duration::from_secs(2)),
+        "c's receiver still gets media"
+    );
+    assert!(
+        !gets_from(&on_b, from, Duration::from_millis(300)),
+        "b's receiver gets nothing"
+    );
+    // The rule is not a's: a does not list it and does not count it.
+    assert_eq!(a.call("GET", &format!("/v1/rules/{id}"), None).0, 404);
+    // Lifted (through c), copies to b resume from the reply on.
+    let (status, v) = c.call(
+        "DELETE",
+        &format!("/v1/rules/{id}"),
+        Some(&json!({"reason": "withdrawn"})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let from = sender.next_seq();
+    assert!(
+        gets_from(&on_b, from, Duration::from_secs(2)),
+        "b's receiver gets media again"
+    );
+    assert!(sent("b") > b1, "copies to b again");
+}
+
 /// Benchmark (docs/BENCHMARKS.md, "Fleet"): `POST /v1/rules` to 201 on a fleet of three relays
 /// on loopback against the same POST on one relay alone, p50 and p99 of 200 rules each.
 /// `RELAY_BIN=target/release/relay cargo test -p e2e --test fleet -- --ignored --nocapture rule_round_trip`

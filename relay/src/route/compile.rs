@@ -209,7 +209,11 @@ pub fn compile<R: Roster + ?Sized>(
         }
         let mut blocks = Blocks::from_effect(&rules.effect(&subject), &counters);
         if p.peer.is_some() {
-            for (block, extra) in blocks.receive.iter_mut().zip(roster.peer_receive_blocks(p.id)) {
+            for (block, extra) in blocks
+                .receive
+                .iter_mut()
+                .zip(roster.peer_receive_blocks(p.id))
+            {
                 if block.is_none() {
                     *block = extra;
                 }

@@ -374,7 +374,11 @@ impl Core {
                 .collect();
             for (name, r) in &self.rooms {
                 for (pid, m) in &r.remote {
-                    if m.p.relay_region.as_deref().is_some_and(|g| regions.contains(g)) {
+                    if m.p
+                        .relay_region
+                        .as_deref()
+                        .is_some_and(|g| regions.contains(g))
+                    {
                         pending
                             .rooms
                             .entry(name.clone())
@@ -427,16 +431,20 @@ impl Core {
                 room: r,
                 foreign: &self.foreign,
             };
-            let compiled =
-                route::compile(&name, &r.snapshot, &roster, &changes, self.rules.set(), |id| {
-                    self.rules.live(id)
-                })
-                .map_err(|e| {
-                    ApiError::new(
-                        Code::Internal,
-                        format!("room {name} cannot be compiled: {e:?}"),
-                    )
-                })?;
+            let compiled = route::compile(
+                &name,
+                &r.snapshot,
+                &roster,
+                &changes,
+                self.rules.set(),
+                |id| self.rules.live(id),
+            )
+            .map_err(|e| {
+                ApiError::new(
+                    Code::Internal,
+                    format!("room {name} cannot be compiled: {e:?}"),
+                )
+            })?;
             let update = Update::Room {
                 id: r.id,
                 room: compiled.room.clone(),
