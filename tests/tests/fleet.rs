@@ -546,6 +546,222 @@ fn rooms_span_relays_and_a_lost_relay_names_its_participants() {
     );
 }
 
+/// The participant ids and nodes a room view lists, sorted.
+fn members(view: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = view["participants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["participant"].as_str().unwrap_or("").to_owned(),
+                p["node"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The rooms `GET /v1/rooms` lists, with their participant counts.
+fn listed_rooms(relay: &Relay) -> Vec<(String, u64)> {
+    relay.ok("GET", "/v1/rooms", None)["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["room"].as_str().unwrap().to_owned(),
+                r["participants"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rooms_are_fleet_objects_created_anywhere_joined_everywhere_deleted_anywhere() {
+    let etcd = Etcd::start(1).unwrap();
+    let a = fleet_relay(&etcd, "a", "HK");
+    let b = fleet_relay(&etcd, "b", "CN");
+    let c = fleet_relay(&etcd, "c", "US");
+    wait_for(Duration::from_secs(2), "3 nodes", || {
+        fleet_metric(&a, "relay_fleet_nodes") == 3
+    });
+    // Created on a only; b and c take participants into it at once (whether or not their
+    // watch has brought it yet).
+    let (status, created) = a.call("PUT", "/v1/rooms/m", Some(&json!({"plain_legs": true})));
+    assert_eq!(status, 201, "{created}");
+    let (x, y, z) = (Client::new(), Client::new(), Client::new());
+    b.join("m", "x", &x, &[(5, "audio")]);
+    c.join("m", "z", &z, &[]);
+    a.join("m", "y", &y, &[]);
+    // A room nobody created is still 404 for a participant, as on one relay.
+    let (status, v) = b.call(
+        "PUT",
+        "/v1/rooms/nowhere/participants/q",
+        Some(&json!({"tracks": []})),
+    );
+    assert_eq!(status, 404, "{v}");
+    // Every relay lists the room with all three participants, each with its node, and the
+    // settings it was created with.
+    let want: Vec<(String, String)> = [("x", "b"), ("y", "a"), ("z", "c")]
+        .iter()
+        .map(|(p, n)| (p.to_string(), n.to_string()))
+        .collect();
+    for relay in [&a, &b, &c] {
+        wait_for(Duration::from_secs(2), "all members listed", || {
+            members(&relay.ok("GET", "/v1/rooms/m", None)) == want
+        });
+        let view = relay.ok("GET", "/v1/rooms/m", None);
+        assert_eq!(view["plain_legs"], true, "{view}");
+        assert!(
+            listed_rooms(relay).contains(&("m".to_owned(), 3)),
+            "{:?}",
+            listed_rooms(relay)
+        );
+    }
+    // A participant of another relay answers with its fleet summary and node.
+    let remote = c.ok("GET", "/v1/rooms/m/participants/x", None);
+    assert_eq!(remote["node"], "b", "{remote}");
+    assert_eq!(remote["tracks"][0]["ssrc"], 5, "{remote}");
+    assert!(remote.get("address").is_none(), "no address: {remote}");
+    let local = b.ok("GET", "/v1/rooms/m/participants/x", None);
+    assert_eq!(local["node"], "b", "{local}");
+    let (status, _) = c.call("GET", "/v1/rooms/m/participants/nobody", None);
+    assert_eq!(status, 404);
+    // The settings are the fleet's: creating it again elsewhere is 200, the other value 409.
+    let (status, v) = c.call("PUT", "/v1/rooms/m", None);
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = b.call("PUT", "/v1/rooms/m", Some(&json!({"plain_legs": false})));
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "plain_legs_fixed");
+    // Media crosses: x on b reaches y on a and z on c.
+    x.send(b.media, &rtp(5, 1, b"rooms"));
+    assert_eq!(y.recv_n(1, Duration::from_secs(2)).len(), 1, "y gets x");
+    assert_eq!(z.recv_n(1, Duration::from_secs(2)).len(), 1, "z gets x");
+    // A room with no part on a relay is listed and shown there too.
+    a.room("n");
+    wait_for(Duration::from_secs(2), "n listed on c", || {
+        listed_rooms(&c).contains(&("n".to_owned(), 0))
+    });
+    let view = c.ok("GET", "/v1/rooms/n", None);
+    assert_eq!(view["participants"], json!([]), "{view}");
+    // Deleted on c: every relay closes its part, with the events a single relay sends.
+    let mut on_a = EventStream::open(a.control, None, None, None);
+    let mut on_b = EventStream::open(b.control, None, None, None);
+    let closed = c.ok("DELETE", "/v1/rooms/m", None);
+    assert_eq!(closed["closed"], true, "{closed}");
+    assert_eq!(closed["participants"], 3, "{closed}");
+    for (events, node) in [(&mut on_a, "a"), (&mut on_b, "b")] {
+        let e = events
+            .until("room_closed", Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("room_closed on {node}"));
+        assert_eq!(e.data["room"], "m");
+    }
+    for relay in [&a, &b, &c] {
+        wait_for(Duration::from_secs(2), "m gone", || {
+            relay.call("GET", "/v1/rooms/m", None).0 == 404
+                && !listed_rooms(relay).iter().any(|(r, _)| r == "m")
+        });
+    }
+    let (status, v) = b.call(
+        "PUT",
+        "/v1/rooms/m/participants/x",
+        Some(&json!({"tracks": []})),
+    );
+    assert_eq!(status, 404, "{v}");
+    let (status, _) = a.call("DELETE", "/v1/rooms/m", None);
+    assert_eq!(status, 404);
+    // A room outlives the relay it was created on.
+    drop(a);
+    wait_for(TTL + Duration::from_secs(2), "a gone", || {
+        fleet_metric(&c, "relay_fleet_nodes") == 2
+    });
+    assert!(listed_rooms(&c).contains(&("n".to_owned(), 0)));
+    c.join("n", "w", &Client::new(), &[]);
+    wait_for(Duration::from_secs(2), "w seen on b", || {
+        members(&b.ok("GET", "/v1/rooms/n", None)) == [("w".to_owned(), "c".to_owned())]
+    });
+}
+
+#[test]
+fn no_trunk_copy_goes_to_a_relay_where_a_relays_in_rule_blocks_every_receiver() {
+    let etcd = Etcd::start(1).unwrap();
+    let a = fleet_relay(&etcd, "a", "HK");
+    let b = fleet_relay(&etcd, "b", "CN");
+    let c = fleet_relay(&etcd, "c", "US");
+    wait_for(Duration::from_secs(2), "3 nodes", || {
+        fleet_metric(&a, "relay_fleet_nodes") == 3
+    });
+    // A publisher on a; a CN participant receiving on b (a CN relay) and one on c (a US relay).
+    let (sender, _) = room_with_sender(&a, "m", "HK", 21);
+    let (on_b, on_c) = (Client::new(), Client::new());
+    for (relay, client, id) in [(&b, &on_b, "rb"), (&c, &on_c, "rc")] {
+        relay.ok(
+            "PUT",
+            &format!("/v1/rooms/m/participants/{id}"),
+            Some(&json!({"address": client.addr().to_string(), "region": "CN", "tracks": []})),
+        );
+    }
+    for (client, who) in [(&on_b, "b's receiver"), (&on_c, "c's receiver")] {
+        let from = sender.next_seq();
+        assert!(
+            gets_from(client, from, Duration::from_secs(3)),
+            "{who} gets media"
+        );
+    }
+    let sent = |peer: &str| {
+        fleet_metric(
+            &a,
+            &format!("relay_trunk_packets_sent_total{{peer=\"{peer}\"}}"),
+        )
+    };
+    let before = sent("b");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sent("b") > before + 100, "copies to b before the rule");
+    // CN participants may not receive, enforced by CN relays only: b's receiver is blocked on b,
+    // c's is not on c. a sends b nothing from the reply on, and c everything.
+    let (status, v) = a.call(
+        "POST",
+        "/v1/rules",
+        Some(&rule(
+            json!({"match": {"regions": ["CN"]}, "direction": "receive",
+            "relays_in": ["CN"]}),
+        )),
+    );
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    let (b0, c0) = (sent("b"), sent("c"));
+    std::thread::sleep(Duration::from_millis(500));
+    let (b1, c1) = (sent("b"), sent("c"));
+    assert_eq!(b1, b0, "no copy to b after the reply");
+    assert!(c1 > c0 + 200, "c still gets copies: {c0} -> {c1}");
+    let from = sender.next_seq();
+    assert!(
+        gets_from(&on_c, from, Duration::from_secs(2)),
+        "c's receiver still gets media"
+    );
+    assert!(
+        !gets_from(&on_b, from, Duration::from_millis(300)),
+        "b's receiver gets nothing"
+    );
+    // The rule is not a's: a does not list it and does not count it.
+    assert_eq!(a.call("GET", &format!("/v1/rules/{id}"), None).0, 404);
+    // Lifted (through c), copies to b resume from the reply on.
+    let (status, v) = c.call(
+        "DELETE",
+        &format!("/v1/rules/{id}"),
+        Some(&json!({"reason": "withdrawn"})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let from = sender.next_seq();
+    assert!(
+        gets_from(&on_b, from, Duration::from_secs(2)),
+        "b's receiver gets media again"
+    );
+    assert!(sent("b") > b1, "copies to b again");
+}
+
 /// Benchmark (docs/BENCHMARKS.md, "Fleet"): `POST /v1/rules` to 201 on a fleet of three relays
 /// on loopback against the same POST on one relay alone, p50 and p99 of 200 rules each.
 /// `RELAY_BIN=target/release/relay cargo test -p e2e --test fleet -- --ignored --nocapture rule_round_trip`

@@ -231,15 +231,12 @@ impl Owner {
                 let _ = reply.send(self.placement(region.as_deref()));
             }
             Request::Core(cmd, reply) if self.fleet.is_some() => {
-                let answer = match (self.fleet_wrong_node(&cmd), *cmd) {
-                    (Some(e), _) => Err(e),
-                    (None, Command::GetRoom { room }) => {
-                        let local = self.run_command(Command::GetRoom { room: room.clone() });
-                        self.fleet_room(&room, local)
+                match self.fleet_wrong_node(&cmd) {
+                    Some(e) => {
+                        let _ = reply.send(Err(e));
                     }
-                    (None, cmd) => self.run_command(cmd),
-                };
-                let _ = reply.send(answer);
+                    None => self.fleet_command(*cmd, reply),
+                }
             }
             Request::Core(cmd, reply) => {
                 let answer = self.run_command(*cmd);

@@ -229,6 +229,20 @@ impl Fleet {
         self.submit(move |s| async move { ops::delete(&s, &key).await }, done);
     }
 
+    /// Puts `key` (not leased) unless it exists, without waiting: `done` gets `None` when
+    /// this call created it, else the value it already had.
+    pub fn put_new_then(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        done: impl FnOnce(Result<Option<Vec<u8>>, FleetError>) + Send + 'static,
+    ) {
+        self.submit(
+            move |s| async move { ops::put_new(&s, &key, &value).await },
+            done,
+        );
+    }
+
     /// Every key under `prefix` with its value, without waiting.
     pub fn get_prefix_then(
         &self,
@@ -518,6 +532,13 @@ async fn run(
         revision,
         || Event::ParticipantsResync,
         |key, value, _| Event::Participant { key, value },
+    ));
+    tokio::spawn(watch_prefix(
+        shared.clone(),
+        shared.keys.rooms(),
+        revision,
+        || Event::RoomsResync,
+        |key, value, _| Event::Room { key, value },
     ));
     tokio::spawn(fence_tick(shared.clone()));
     if ready.send(Ok(shared.clone())).is_err() {

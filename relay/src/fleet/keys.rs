@@ -13,6 +13,7 @@
 //! | `audit/head` | `{"seq": N, "hash": "..."}`: the fleet chain's last entry | none | every audit append |
 //! | `audit/entries/{seq}` | an [`crate::store::AuditEntry`] as JSON; seq zero-padded to 20 digits so keys sort by seq | none | every audit append |
 //! | `rules/{id}` | the caller's rule record | none | the rule calls, in the audit append's transaction |
+//! | `rooms/{room}` | the room's settings (`plain_legs`), when and by which relay it was created | none: a room outlives the relay it was created on | `PUT /v1/rooms/{room}` (created if absent), `DELETE` removes it |
 //! | `participants/{room}/{participant}` | where a participant lives: node, region, tracks (kinds and SSRCs); never an address | the node's | the node it was added on |
 //! | `reports/{node}` | the node's rule counters for the fleet transparency report (JSON) | the node's | the node, every 10 s and after installing a rule |
 //!
@@ -98,6 +99,24 @@ impl Keys {
         format!("{}rules/{id:020}", self.prefix)
     }
 
+    /// Prefix of the rooms.
+    pub fn rooms(&self) -> String {
+        format!("{}rooms/", self.prefix)
+    }
+
+    /// One room.
+    pub fn room(&self, room: &str) -> String {
+        format!("{}rooms/{room}", self.prefix)
+    }
+
+    /// The room a key under `rooms/` names.
+    pub fn room_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let room = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("rooms/")?;
+        (!room.is_empty() && !room.contains('/')).then_some(room)
+    }
+
     /// Prefix of the participants.
     pub fn participants(&self) -> String {
         format!("{}participants/", self.prefix)
@@ -169,6 +188,12 @@ mod tests {
         assert_eq!(k.participant_of("/relay/v1/participants/r"), None);
         assert_eq!(k.participant_of("/relay/v1/participants/r/p/x"), None);
         assert!(k.report("a").starts_with(&k.reports()));
+        assert_eq!(k.room("r"), "/relay/v1/rooms/r");
+        assert_eq!(k.room_of(&k.room("r")), Some("r"));
+        assert_eq!(k.room_of("/relay/v1/rooms/"), None);
+        assert_eq!(k.room_of("/relay/v1/rooms/r/x"), None);
+        assert_eq!(k.room_of(&k.participant("r", "p")), None);
+        assert!(k.room("r").starts_with(&k.rooms()));
         assert!(k.audit_entry(9) < k.audit_entry(10), "entries sort by seq");
         assert!(k.node("a").starts_with(&k.nodes()));
         assert!(k.audit_entry(1).starts_with(&k.audit_entries()));

@@ -9,7 +9,7 @@
 //! [`Status`], a few atomics (workers read [`Status::fenced`] once per batch).
 //!
 //! On the fleet thread run, as tasks: the lease keepalive (every TTL/10), the watches of the
-//! node list (`nodes/`) and of the rules (`rules/`), each resumed by revision after a break and
+//! node list (`nodes/`), of the rules (`rules/`), the participants and the rooms, each resumed by revision after a break and
 //! resynced with a full read if the revision was compacted, a 10 ms fence tick that turns [`fence::Fence`] into [`Status`], and one task per
 //! request the control side made.
 //!
@@ -145,6 +145,15 @@ pub enum Event {
     },
     /// The participant watch fell behind a compaction: read `participants/` afresh.
     ParticipantsResync,
+    /// A key under `rooms/` changed (from the revision the node list was read at on).
+    Room {
+        /// The full key.
+        key: String,
+        /// The new value; `None` when deleted (the room was closed fleet-wide).
+        value: Option<Vec<u8>>,
+    },
+    /// The room watch fell behind a compaction: read `rooms/` afresh.
+    RoomsResync,
 }
 
 /// What [`Fleet::append`] writes besides the audit entry, built for the entry's seq (the

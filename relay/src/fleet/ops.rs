@@ -342,6 +342,33 @@ pub(super) async fn put_leased(shared: &Shared, key: &str, value: &[u8]) -> Resu
     .await
 }
 
+/// Puts `key` (not leased) if it does not exist: `None` when this call created it, else the
+/// value it has. One transaction, so two relays creating the same key agree on one value.
+pub(super) async fn put_new(
+    shared: &Shared,
+    key: &str,
+    value: &[u8],
+) -> Result<Option<Vec<u8>>, FleetError> {
+    // A put that timed out may have landed: trying again then finds our own value, which is
+    // as good as having created it.
+    retry(shared, any_failure, || async {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let mut client = shared.client();
+        let resp = shared.timed(client.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(None);
+        }
+        let held = gets(resp.op_responses())
+            .first()
+            .and_then(|g| g.kvs().first().map(|kv| kv.value().to_vec()));
+        Ok(Some(held.unwrap_or_default()))
+    })
+    .await
+}
+
 /// Deletes `key`.
 pub(super) async fn delete(shared: &Shared, key: &str) -> Result<(), FleetError> {
     retry(shared, any_failure, || async {

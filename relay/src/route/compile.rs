@@ -63,6 +63,13 @@ pub trait Roster {
     /// The ids of the participants whose subscription lists `id`, whether `id` is in the room
     /// or not.
     fn listeners(&self, id: &str) -> impl Iterator<Item = &str>;
+    /// For a participant of another relay (`peer` set): receive blocks, per
+    /// [`MediaKind::index`], of rules its relay enforces and this one does not (fleet rules
+    /// limited to other regions). They only keep its relay out of the trunk copies when no
+    /// member there may receive; its relay enforces and counts them. None by default.
+    fn peer_receive_blocks(&self, _id: &str) -> [Option<Arc<RuleCounters>>; 2] {
+        [None, None]
+    }
 }
 
 /// A participant that changed (joined, left, or changed anything the workers see, rules
@@ -200,7 +207,18 @@ pub fn compile<R: Roster + ?Sized>(
         {
             return Err(CompileError::SlotTaken(p.slot));
         }
-        let blocks = Blocks::from_effect(&rules.effect(&subject), &counters);
+        let mut blocks = Blocks::from_effect(&rules.effect(&subject), &counters);
+        if p.peer.is_some() {
+            for (block, extra) in blocks
+                .receive
+                .iter_mut()
+                .zip(roster.peer_receive_blocks(p.id))
+            {
+                if block.is_none() {
+                    *block = extra;
+                }
+            }
+        }
         // A remote participant is reached through its relay, never at an address of its own.
         let addr = p.addr.filter(|_| p.peer.is_none());
         let member = Member {

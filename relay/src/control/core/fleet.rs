@@ -9,13 +9,15 @@
 //!
 //! [`Command::FleetRule`]: super::Command::FleetRule
 
+use std::sync::Arc;
+
 use serde_json::json;
 
 use super::{Core, Now, Outcome, Undo};
 use crate::control::body::{SubscribeBody, TrackBody};
 use crate::control::error::ApiError;
 use crate::control::event::Event;
-use crate::rules::{self, RuleSpec};
+use crate::rules::{self, RuleId, RuleSpec};
 use crate::store::{RuleState, StoredRule};
 
 /// A participant that lives on another relay of the fleet, as that relay registered it. Here
@@ -34,6 +36,22 @@ pub struct RemoteParticipant {
     pub tracks: Vec<TrackBody>,
     /// What it receives.
     pub subscribe: SubscribeBody,
+    /// The region of the relay it lives on (`--region`), when known: which fleet rules limited
+    /// with `relays_in` that relay enforces.
+    pub relay_region: Option<String>,
+}
+
+/// A fleet rule limited with `relays_in` to regions other than this relay's: not installed
+/// here (not listed, audited or counted), only known, so that media is not sent over a trunk
+/// to a relay whose every receiver it blocks there.
+#[derive(Clone, Debug)]
+pub(super) struct Foreign {
+    pub(super) rule: rules::Rule,
+    /// The regions of the relays that enforce it.
+    pub(super) relays_in: Vec<String>,
+    /// Counters for the blocks it gives remote members here (never reported: the relays that
+    /// enforce it count its drops).
+    pub(super) counters: Arc<crate::route::RuleCounters>,
 }
 
 impl Core {
@@ -57,6 +75,57 @@ impl Core {
         self.put_remote(&room, &id, remote, None);
         self.journal.push(Undo::Remote(room, id, old, slot));
         Outcome::default()
+    }
+
+    /// A fleet rule this relay does not enforce (its `relays_in` names other regions) came,
+    /// changed or ended: active, it keeps the trunk copies of its media from relays where it
+    /// blocks every receiver; otherwise it is forgotten. Journaled; no event, row or counter.
+    pub(super) fn fleet_foreign_rule(
+        &mut self,
+        record: StoredRule,
+        relays_in: Vec<String>,
+    ) -> Result<Outcome, ApiError> {
+        let id = record.id;
+        let now = match record.state {
+            RuleState::Active => Some(Foreign {
+                rule: rules::compile(&record.spec).map_err(|e| ApiError::from_rule(&e))?,
+                relays_in,
+                counters: Arc::new(crate::route::RuleCounters::new(self.workers)),
+            }),
+            RuleState::Lifted | RuleState::Expired => None,
+        };
+        let unchanged = match (self.foreign.get(&id), &now) {
+            (Some(a), Some(b)) => a.rule == b.rule && a.relays_in == b.relays_in,
+            (None, None) => true,
+            _ => false,
+        };
+        if !unchanged {
+            self.put_foreign(id, now);
+        }
+        Ok(Outcome::default())
+    }
+
+    /// Puts (or removes) a foreign rule, journaled.
+    fn put_foreign(&mut self, id: RuleId, rule: Option<Foreign>) {
+        let old = match rule {
+            Some(r) => self.foreign.insert(id, r),
+            None => self.foreign.remove(&id),
+        };
+        self.journal.push(Undo::Foreign(id, old));
+    }
+
+    /// Forgets the foreign rules that expired by this relay's clock (the relays that enforce
+    /// them expire them on theirs).
+    pub(super) fn expire_foreign(&mut self, now_unix: u64) {
+        let due: Vec<RuleId> = self
+            .foreign
+            .iter()
+            .filter(|(_, f)| f.rule.expires_at_unix() <= now_unix)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.put_foreign(id, None);
+        }
     }
 
     /// Installs or removes a remote participant, in the fleet-wide map, the region index and
@@ -187,6 +256,11 @@ impl Core {
         )
     }
 
+    /// Whether room `room` is open on this relay.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
     /// A rule's record as the core holds it.
     pub fn rule_record(&self, id: rules::RuleId) -> Option<&StoredRule> {
         self.rules.record(id)
@@ -306,6 +380,7 @@ mod tests {
                 kind: crate::route::MediaKind::Audio,
             }],
             subscribe: SubscribeBody::ALL,
+            relay_region: None,
         })
     }
 
@@ -322,6 +397,94 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The peers the room's snapshot in `out` sends audio to over trunks (subscribe-all
+    /// members).
+    fn audio_trunks(out: &Outcome) -> Vec<u16> {
+        out.updates
+            .iter()
+            .filter_map(|u| match u {
+                crate::route::Update::Room { room, .. } => {
+                    Some(room.trunks[0].iter().map(|(p, _)| *p).collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+            .next_back()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_rule_of_other_regions_keeps_copies_from_relays_where_it_blocks_everyone() {
+        let mut core = core();
+        run(
+            &mut core,
+            Command::PutRoom {
+                room: "m".into(),
+                plain_legs: None,
+            },
+        );
+        core.commit();
+        // x on relay b (region CN), y on relay c (region US); both CN participants.
+        let on = |node: &str, peer: u16, number: u32, relay: &str| {
+            let mut r = remote(node, peer, number, b"CN");
+            r.relay_region = Some(relay.into());
+            Command::FleetParticipant {
+                room: "m".into(),
+                id: format!("p{number}"),
+                remote: Some(r),
+            }
+        };
+        run(&mut core, on("b", 2, 7, "CN"));
+        core.commit();
+        let out = run(&mut core, on("c", 3, 8, "US"));
+        assert_eq!(audio_trunks(&out), [2, 3]);
+        core.commit();
+        // A receive rule on CN participants, enforced only by relays in CN: b's only member is
+        // blocked there, so b gets no copy; c's CN member is not blocked on c (US), so c does.
+        let mut cn = record(RuleState::Active);
+        cn.spec = rules::parse(
+            br#"{"match": {"regions": ["CN"]}, "direction": "receive",
+            "basis": {"authority": "A", "reference": "R", "jurisdiction": "CN"},
+            "expires_at": "2030-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let foreign = |r: &StoredRule| Command::FleetForeignRule {
+            record: Box::new(r.clone()),
+            relays_in: vec!["CN".into()],
+        };
+        let out = run(&mut core, foreign(&cn));
+        assert_eq!(audio_trunks(&out), [3]);
+        // Not installed here: no rule, no event, no row, no match counted.
+        assert!(out.events.is_empty());
+        assert!(core.store_ops().is_empty());
+        assert!(core.rule_record(RuleId(42)).is_none());
+        // Rolled back, b is back in the group.
+        let back = core.rollback();
+        assert!(matches!(&back[..],
+            [crate::route::Update::Room { room, .. }] if room.trunks[0].len() == 2));
+        run(&mut core, foreign(&cn));
+        core.commit();
+        // The same record again changes nothing; lifted, b gets copies again.
+        assert!(run(&mut core, foreign(&cn)).updates.is_empty());
+        core.commit();
+        let out = run(&mut core, foreign(&record(RuleState::Lifted)));
+        assert_eq!(audio_trunks(&out), [2, 3]);
+        core.commit();
+        // Active again (a new rule), it ends at its expiry by this relay's clock.
+        let mut soon = cn.clone();
+        soon.id = RuleId(43);
+        soon.spec.expires_at = Some("2028-01-01T00:00:00Z".into());
+        run(&mut core, foreign(&soon));
+        core.commit();
+        let later = Now {
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000),
+            mono: Instant::now(),
+        };
+        let geo = |_: std::net::IpAddr| None;
+        let out = core.handle(later, &geo, Command::Tick).unwrap();
+        assert_eq!(audio_trunks(&out), [2, 3]);
+        core.commit();
     }
 
     #[test]

@@ -200,6 +200,13 @@ pub enum Command {
     },
     /// Fleet mode: a rule record as the fleet holds it (from the rule watch).
     FleetRule(Box<StoredRule>),
+    /// Fleet mode: a rule record limited with `relays_in` to other regions than this relay's.
+    FleetForeignRule {
+        /// The rule as the fleet holds it.
+        record: Box<StoredRule>,
+        /// The regions of the relays that enforce it (this relay's is not among them).
+        relays_in: Vec<String>,
+    },
     /// Fleet mode: a participant that lives on another relay joined or changed (`Some`), or
     /// left (`None`). It becomes a member of the room here, reached through that relay's trunk.
     FleetParticipant {
@@ -246,6 +253,8 @@ enum Undo {
     Published(Update),
     /// A participant of another relay before, and its slot here.
     Remote(String, String, Option<RemoteParticipant>, Option<u16>),
+    /// A fleet rule enforced only elsewhere, before.
+    Foreign(RuleId, Option<fleet::Foreign>),
 }
 
 /// Rooms, participants and rules, and the indexes that keep lookups O(1).
@@ -272,6 +281,8 @@ pub struct Core {
     remote: BTreeMap<(String, String), RemoteParticipant>,
     /// The number the next participant to join gets (trunk headers).
     next_number: u32,
+    /// Fleet rules enforced only by relays of other regions (`relays_in`), by id.
+    foreign: BTreeMap<RuleId, fleet::Foreign>,
 }
 
 /// What the core restores from the store at start-up.
@@ -322,6 +333,7 @@ impl Core {
             identity: None,
             remote: BTreeMap::new(),
             next_number: 1,
+            foreign: BTreeMap::new(),
         };
         for r in restore.rooms {
             let id = core.new_room_id();
@@ -427,6 +439,9 @@ impl Core {
             Command::ListRules => reply(200, &self.rules.list()),
             Command::GetRule { id } => reply(200, &self.rules.view(parse_rule_id(&id)?)?),
             Command::FleetRule(record) => self.fleet_rule(*record),
+            Command::FleetForeignRule { record, relays_in } => {
+                self.fleet_foreign_rule(*record, relays_in)
+            }
             Command::FleetParticipant { room, id, remote } => {
                 Ok(self.fleet_participant(room, id, remote.map(|r| *r)))
             }
@@ -460,6 +475,12 @@ impl Core {
                 }
                 Undo::Published(u) => published.push(u),
                 Undo::Remote(room, id, old, slot) => self.put_remote(&room, &id, old, slot),
+                Undo::Foreign(id, old) => {
+                    match old {
+                        Some(f) => self.foreign.insert(id, f),
+                        None => self.foreign.remove(&id),
+                    };
+                }
             }
         }
         published.reverse();
@@ -529,7 +550,8 @@ impl Core {
                 | Undo::Matched(..)
                 | Undo::Snapshot(..)
                 | Undo::Published(_)
-                | Undo::Remote(..) => {}
+                | Undo::Remote(..)
+                | Undo::Foreign(..) => {}
             }
         }
         ops

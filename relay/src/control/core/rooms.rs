@@ -265,6 +265,62 @@ impl route::Roster for RoomState {
     }
 }
 
+/// A room as the compiler sees it in fleet mode: its members, and for each remote member the
+/// receive blocks of the fleet rules its relay enforces and this one does not.
+struct Scoped<'a> {
+    name: &'a str,
+    room: &'a RoomState,
+    foreign: &'a BTreeMap<RuleId, super::fleet::Foreign>,
+}
+
+impl route::Roster for Scoped<'_> {
+    fn participant(&self, id: &str) -> Option<route::Participant<'_>> {
+        self.room.participant(id)
+    }
+
+    fn slot(&self, id: &str) -> Option<u16> {
+        route::Roster::slot(self.room, id)
+    }
+
+    fn listeners(&self, id: &str) -> impl Iterator<Item = &str> {
+        route::Roster::listeners(self.room, id)
+    }
+
+    fn peer_receive_blocks(&self, id: &str) -> [Option<Arc<route::RuleCounters>>; 2] {
+        let mut out = [None, None];
+        let Some(m) = self.room.remote.get(id) else {
+            return out;
+        };
+        let Some(region) = m.p.relay_region.as_deref() else {
+            return out;
+        };
+        // O(foreign rules), on the control thread only: rules limited to other regions are few.
+        for f in self.foreign.values() {
+            if !f.relays_in.iter().any(|r| r == region) {
+                continue;
+            }
+            let subject = crate::rules::Subject {
+                room: self.name,
+                participant: id,
+                region: m.p.region,
+            };
+            if !f.rule.matches(&subject) {
+                continue;
+            }
+            for (kind, media) in [
+                (crate::rules::Kind::Audio, route::MediaKind::Audio),
+                (crate::rules::Kind::Video, route::MediaKind::Video),
+            ] {
+                let slot = &mut out[media.index()];
+                if slot.is_none() && f.rule.blocks_receive(kind) {
+                    *slot = Some(f.counters.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Core {
     /// What the pending change touched. Participants first, so each keeps its slot from before
     /// the whole change; then those matched by a changed rule.
@@ -307,6 +363,33 @@ impl Core {
             }
         }
         for undo in &self.journal {
+            let Undo::Foreign(id, old) = undo else {
+                continue;
+            };
+            // The remote members of relays in the regions it names, before or now.
+            let regions: BTreeSet<&str> = old
+                .iter()
+                .chain(self.foreign.get(id))
+                .flat_map(|f| f.relays_in.iter().map(String::as_str))
+                .collect();
+            for (name, r) in &self.rooms {
+                for (pid, m) in &r.remote {
+                    if m.p
+                        .relay_region
+                        .as_deref()
+                        .is_some_and(|g| regions.contains(g))
+                    {
+                        pending
+                            .rooms
+                            .entry(name.clone())
+                            .or_default()
+                            .entry(pid.clone())
+                            .or_insert(Some(m.slot));
+                    }
+                }
+            }
+        }
+        for undo in &self.journal {
             let Undo::Rule(id, _) = undo else {
                 continue;
             };
@@ -343,16 +426,25 @@ impl Core {
                 .iter()
                 .map(|(id, was)| Change { id, was: *was })
                 .collect();
-            let compiled =
-                route::compile(&name, &r.snapshot, r, &changes, self.rules.set(), |id| {
-                    self.rules.live(id)
-                })
-                .map_err(|e| {
-                    ApiError::new(
-                        Code::Internal,
-                        format!("room {name} cannot be compiled: {e:?}"),
-                    )
-                })?;
+            let roster = Scoped {
+                name: &name,
+                room: r,
+                foreign: &self.foreign,
+            };
+            let compiled = route::compile(
+                &name,
+                &r.snapshot,
+                &roster,
+                &changes,
+                self.rules.set(),
+                |id| self.rules.live(id),
+            )
+            .map_err(|e| {
+                ApiError::new(
+                    Code::Internal,
+                    format!("room {name} cannot be compiled: {e:?}"),
+                )
+            })?;
             let update = Update::Room {
                 id: r.id,
                 room: compiled.room.clone(),

@@ -390,6 +390,7 @@ impl Core {
             out.events
                 .push(Event::new("rule_expired", json!({"rule": id})));
         }
+        self.expire_foreign(now.unix());
         self.expire_latches(now, geo, &mut out);
         if self
             .last_save

@@ -24,6 +24,8 @@
 //! to here", so the relay stops acking, the next rule call fences it, and it applies everything
 //! afresh when it rejoins.
 
+mod rooms;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +48,7 @@ use crate::fleet::{self, Acks, Append, Commit, Fleet, FleetError, Rules, Status}
 use crate::route::{Local, Peer, Peers, TrunkCounters, Update};
 use crate::rules::{RuleCounters, RuleId, RuleSpec};
 use crate::store::{self, AuditEntry, RuleState, Store, StoredRule};
+pub use rooms::{FleetRoom, RoomStep};
 
 /// The control thread's side of the fleet: the link to etcd and the rule calls in progress.
 pub struct FleetLink {
@@ -85,6 +88,10 @@ pub struct FleetLink {
     /// Trunk counters by peer node name, kept for the life of the process (the metrics are
     /// counters: a peer that leaves and comes back adds to its old ones).
     trunk_counters: BTreeMap<String, Arc<TrunkCounters>>,
+    /// The fleet's rooms and their settings, from the watch of `rooms/`.
+    rooms: BTreeMap<String, FleetRoom>,
+    /// Room calls waiting for etcd.
+    room_calls: HashMap<u64, rooms::RoomCall>,
 }
 
 /// What a relay puts under `participants/{room}/{participant}` (on its lease).
@@ -161,6 +168,10 @@ pub enum Step {
     Participants(Result<Vec<(String, Vec<u8>)>, FleetError>),
     /// A rule's `rule_expired` append committed (or not).
     Expired(u64, Result<Commit, FleetError>),
+    /// A room call's etcd step.
+    Room(RoomStep),
+    /// Every room key was read (at attach, or after a compacted watch).
+    Rooms(Result<Vec<(String, Vec<u8>)>, FleetError>),
 }
 
 /// What a relay puts under `reports/{node}`: the counters of the rules it enforces.
@@ -283,6 +294,8 @@ pub fn join(
         remote: BTreeMap::new(),
         gone_with: BTreeMap::new(),
         trunk_counters: BTreeMap::new(),
+        rooms: BTreeMap::new(),
+        room_calls: HashMap::new(),
     })
 }
 
@@ -328,6 +341,7 @@ impl Owner {
             self.fleet_catch_up(rules);
         }
         self.fleet_publish_all();
+        self.fleet_read_rooms();
         self.fleet_read_participants();
         self.fleet_publish_peers();
     }
@@ -368,11 +382,14 @@ impl Owner {
     fn fleet_remote(&mut self, room: &str, id: &str, p: Option<&FleetParticipant>) {
         let remote = p.and_then(|p| {
             let summary: RemoteSummary = serde_json::from_value(p.summary.clone()).ok()?;
-            let node_no = self
+            let node = self
                 .fleet
                 .as_ref()
-                .and_then(|l| l.fleet.nodes().into_iter().find(|n| n.node == p.node))
-                .map_or(p.node_no, |n| n.number);
+                .and_then(|l| l.fleet.nodes().into_iter().find(|n| n.node == p.node));
+            let node_no = node.as_ref().map_or(p.node_no, |n| n.number);
+            // Unknown until its relay's registration is seen: then no rule limited to other
+            // regions keeps copies from it (they are sent), and it is told again at NodeJoined.
+            let relay_region = node.map(|n| n.region);
             Some(Box::new(RemoteParticipant {
                 node: p.node.clone(),
                 peer: node_no,
@@ -383,6 +400,7 @@ impl Owner {
                 }),
                 tracks: summary.tracks,
                 subscribe: summary.subscribe.unwrap_or(SubscribeBody::ALL),
+                relay_region,
             }))
         });
         if let Err(e) = self.run_command(Command::FleetParticipant {
@@ -568,20 +586,16 @@ impl Owner {
             .remote
             .range((room.to_owned(), String::new())..)
             .take_while(|((r, _), _)| r == room)
-            .map(|((r, id), p)| {
-                let mut v = json!({"room": r, "participant": id, "node": p.node});
-                if let (Value::Object(m), Value::Object(extra)) = (&mut v, &p.summary) {
-                    for (k, x) in extra {
-                        m.insert(k.clone(), x.clone());
-                    }
-                }
-                v
-            })
+            .map(|((r, id), p)| remote_view(r, id, p))
             .collect();
+        let fleet_room = link.rooms.get(room);
         let mut body = match local {
             Ok((_, v)) => v,
-            Err(e) if e.code == Code::NotFound && !remote.is_empty() => {
-                json!({"room": room, "participants": []})
+            // A fleet room with no part here: its settings and the other relays' participants.
+            Err(e) if e.code == Code::NotFound && (fleet_room.is_some() || !remote.is_empty()) => {
+                json!({"room": room, "created_at": fleet_room.map(|r| r.created_at.clone()),
+                       "plain_legs": fleet_room.is_some_and(|r| r.plain_legs), "codecs": [],
+                       "participants": [], "counters": {"packets_in": 0, "bytes_in": 0}})
             }
             Err(e) => return Err(e),
         };
@@ -629,6 +643,15 @@ impl Owner {
         link.records.insert(record.id, record.clone());
         link.record_bytes.insert(record.id, value.to_vec());
         if !record.applies_in(&link.region) {
+            // Enforced elsewhere: known here only so that no copy goes to a relay where it
+            // blocks every receiver. Failing that is safe (copies are sent, and dropped there).
+            let cmd = Command::FleetForeignRule {
+                record: Box::new(record.stored()),
+                relays_in: record.relays_in.clone(),
+            };
+            if let Err(e) = self.run_command(cmd) {
+                tracing::warn!(rule = record.id, error = %e, "noting a rule of other regions failed");
+            }
             return true;
         }
         match self.run_command(Command::FleetRule(Box::new(record.stored()))) {
@@ -680,6 +703,21 @@ impl Owner {
             fleet::Event::NodeJoined(info) => {
                 self.fleet_nodes_changed();
                 self.fleet_publish_peers();
+                // Its participants seen before its registration learn its region and number.
+                let known: Vec<((String, String), FleetParticipant)> = self
+                    .fleet
+                    .as_ref()
+                    .map(|l| {
+                        l.remote
+                            .iter()
+                            .filter(|(_, p)| p.node == info.node)
+                            .map(|(k, p)| (k.clone(), p.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for ((room, id), p) in known {
+                    self.fleet_remote(&room, &id, Some(&p));
+                }
                 self.emit(Event::new(
                     "node_joined",
                     json!({"node": info.node, "region": info.region}),
@@ -692,6 +730,8 @@ impl Owner {
             }
             fleet::Event::Participant { key, value } => self.fleet_participant(&key, value),
             fleet::Event::ParticipantsResync => self.fleet_read_participants(),
+            fleet::Event::Room { key, value } => self.fleet_room_key(&key, value),
+            fleet::Event::RoomsResync => self.fleet_read_rooms(),
             fleet::Event::LeaseLost => {
                 tracing::warn!("the fleet lease is lost: forwarding nothing until rejoined");
             }
@@ -1096,6 +1136,11 @@ impl Owner {
             Step::Participants(Err(e)) => {
                 tracing::warn!(error = %e, "reading the fleet's participants failed");
             }
+            Step::Room(step) => self.fleet_room_step(id, step),
+            Step::Rooms(Ok(kvs)) => self.fleet_rooms_read(kvs),
+            Step::Rooms(Err(e)) => {
+                tracing::warn!(error = %e, "reading the fleet's rooms failed");
+            }
             Step::Committed(result) => self.fleet_committed(id, result),
             Step::Expired(rule, result) => self.fleet_expired(rule, result),
             Step::Acks(result) => self.fleet_acks(id, result),
@@ -1290,6 +1335,18 @@ fn aggregate(reports: &[Report], records: &BTreeMap<u64, FleetRecord>) -> Value 
         "participants_matched_total": total.participants_matched_total,
         "packets_dropped": {"send": total.packets_dropped_send, "receive": total.packets_dropped_receive},
     })
+}
+
+/// A participant of another relay as the API shows it: room, id, `node` and its fleet summary
+/// (region, tracks, subscription; never an address).
+fn remote_view(room: &str, id: &str, p: &FleetParticipant) -> Value {
+    let mut v = json!({"room": room, "participant": id, "node": p.node});
+    if let (Value::Object(m), Value::Object(extra)) = (&mut v, &p.summary) {
+        for (k, x) in extra {
+            m.insert(k.clone(), x.clone());
+        }
+    }
+    v
 }
 
 /// Takes `relays_in` out of a rule body (the rest is the rule's spec) and checks it.
