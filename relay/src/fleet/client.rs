@@ -436,7 +436,7 @@ impl Shared {
                 -(now.duration_since(d).as_millis() as i64)
             }
         });
-        self.status.fenced.store(fenced, Ordering::Relaxed);
+        self.status.set(fenced, fence.deadline());
         self.status.slack_ms.store(slack, Ordering::Relaxed);
         self.status
             .joined_at

@@ -48,8 +48,8 @@ mod ops;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -209,6 +209,11 @@ pub struct Acks {
 #[derive(Debug)]
 pub struct Status {
     fenced: AtomicBool,
+    /// The lease deadline in nanoseconds after `base` (0: none). Checked on every read, so a
+    /// relay that was stopped (SIGSTOP, a paused VM) is fenced the moment it runs again, not
+    /// at the fleet thread's next tick.
+    deadline_ns: AtomicU64,
+    base: Instant,
     joined_at: AtomicI64,
     applied: AtomicI64,
     slack_ms: AtomicI64,
@@ -309,15 +314,29 @@ impl Status {
     pub fn new() -> Self {
         Self {
             fenced: AtomicBool::new(true),
+            deadline_ns: AtomicU64::new(0),
+            base: Instant::now(),
             joined_at: AtomicI64::new(0),
             applied: AtomicI64::new(0),
             slack_ms: AtomicI64::new(0),
         }
     }
 
-    /// Whether the relay must forward nothing now (updated every 10 ms by the fleet thread).
+    /// Whether the relay must forward nothing now: the fleet thread's verdict (updated every
+    /// 10 ms and at each keepalive answer), or the lease deadline passed, read against the
+    /// clock now.
     pub fn fenced(&self) -> bool {
         self.fenced.load(Ordering::Relaxed)
+            || self.base.elapsed().as_nanos() as u64 >= self.deadline_ns.load(Ordering::Relaxed)
+    }
+
+    /// Sets the fleet thread's verdict and the lease deadline (`None`: no lease).
+    pub(crate) fn set(&self, fenced: bool, deadline: Option<Instant>) {
+        let ns = deadline.map_or(0, |d| {
+            (d.saturating_duration_since(self.base).as_nanos() as u64).max(1)
+        });
+        self.deadline_ns.store(ns, Ordering::Relaxed);
+        self.fenced.store(fenced, Ordering::Relaxed);
     }
 
     /// The revision of the current registration.

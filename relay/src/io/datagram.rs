@@ -145,7 +145,8 @@ impl Datapath {
     /// Reads the clock for the batch that starts: one read per batch, never per datagram.
     pub(crate) fn begin_batch(&mut self) {
         self.now_ms = self.start.elapsed().as_millis() as u64 + 1;
-        // One atomic load per batch: a fenced relay forwards nothing from the next batch on.
+        // Once per batch (two atomic loads and a clock read): a fenced relay forwards nothing
+        // from the next batch on.
         self.fenced = self.fence.as_ref().is_some_and(|f| f.fenced());
     }
 
