@@ -205,7 +205,7 @@ pub struct Config {
     pub workers: usize,
     /// Requested backend.
     pub backend: BackendChoice,
-    /// Valid bearer tokens (empty: none needed), as read at start; [`Config::read_tokens`]
+    /// Valid bearer tokens (empty: none needed), as read at start; [`TokenSources::read`]
     /// reads them again.
     pub control_tokens: Vec<String>,
     /// Where the tokens come from, to read them again on SIGHUP.

@@ -31,7 +31,7 @@ use loadgen::api::Api;
 #[derive(Parser, Debug)]
 #[command(about = "Join latency, rule latency and memory of one large room")]
 struct Args {
-    /// The relay binary [default: <target dir>/release/relay].
+    /// The relay binary [default: release/relay in the target directory].
     #[arg(long)]
     relay: Option<PathBuf>,
     /// Members the room is filled to.

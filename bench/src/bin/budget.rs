@@ -32,7 +32,7 @@ struct Args {
     /// One low-load run per scenario: fails on misdelivery, loss or a crash; no timing judged.
     #[arg(long)]
     smoke: bool,
-    /// The relay binary [default: <target dir>/release/relay].
+    /// The relay binary [default: release/relay in the target directory].
     #[arg(long)]
     relay: Option<PathBuf>,
     /// How loadgen runs; only `in-process` (the library, in this process) exists.

@@ -36,7 +36,7 @@ use loadgen::api::Api;
 #[derive(Parser, Debug)]
 #[command(about = "Egress of one publisher to many receivers, one worker against several")]
 struct Args {
-    /// The relay binary [default: <target dir>/release/relay].
+    /// The relay binary [default: release/relay in the target directory].
     #[arg(long)]
     relay: Option<PathBuf>,
     /// Receivers in the room.

@@ -3,7 +3,7 @@
 //! ksoftirqd), which per-process CPU time misses.
 //!
 //! A sampler thread reads the core's line of `/proc/stat`, the process's and ksoftirqd's CPU
-//! times and the core's `/proc/net/softnet_stat` row every [`PERIOD`]; [`CoreUse::over`] takes
+//! times and the core's `/proc/net/softnet_stat` row every [`PERIOD`]; `CoreUse::over` takes
 //! the samples that bound loadgen's send window and turns their differences into shares of it.
 
 use std::sync::Arc;

@@ -7,10 +7,10 @@
 //!
 //! Two backends move the bytes: io_uring (`uring`, multishot receive into a provided buffer ring)
 //! and the portable `mmsg` (`recvmmsg`/`sendmmsg`). Both hand every datagram to the same
-//! [`datagram::Datapath::handle`] and plan their sends with the same [`plan::Plan`].
+//! `datagram::Datapath::handle` and plan their sends with the same `plan::Plan`.
 //!
 //! In rooms of at least [`DataPlaneConfig::handoff_min_members`] members, a worker hands each
-//! packet to the other workers to send their share of the receivers ([`handoff`]).
+//! packet to the other workers to send their share of the receivers (`io::handoff`).
 
 mod datagram;
 pub mod dtls;

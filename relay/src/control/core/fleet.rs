@@ -175,7 +175,7 @@ impl Core {
 
     /// `POST /v1/rules` in fleet mode: parses and validates the body and takes a token from the
     /// rule-change rate limit. Changes nothing else: the rule is installed when it comes back
-    /// from the fleet ([`Core::fleet_rule`]).
+    /// from the fleet (`Core::fleet_rule`).
     pub fn prepare_rule(&mut self, now: Now, body: &[u8]) -> Result<RuleSpec, ApiError> {
         let spec = rules::parse(body).map_err(|e| ApiError::from_rule(&e))?;
         rules::validate(&spec, now.unix()).map_err(|e| ApiError::from_rule(&e))?;

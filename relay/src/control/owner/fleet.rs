@@ -8,7 +8,7 @@
 //!
 //! A rule change (`POST /v1/rules`, `DELETE /v1/rules/{id}`):
 //!
-//! 1. The core checks it ([`Core::prepare_rule`]; a lift is checked against the fleet's record).
+//! 1. The core checks it ([`crate::control::core::Core::prepare_rule`]; a lift is checked against the fleet's record).
 //! 2. [`Fleet::append_then`]: the audit entry and `rules/{id}` in one etcd transaction (CAS on
 //!    the audit head); the rule's id is the entry's seq. Revision R.
 //! 3. Every relay, this one too, gets `rules/{id}` from its watch in revision order, installs it
