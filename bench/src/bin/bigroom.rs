@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use clap::Parser;
 use serde_json::{Value, json};
 
@@ -31,7 +31,7 @@ use loadgen::api::Api;
 #[derive(Parser, Debug)]
 #[command(about = "Join latency, rule latency and memory of one large room")]
 struct Args {
-    /// The relay binary [default: release/relay in the target directory].
+    /// The relay binary [default: the relay next to this program].
     #[arg(long)]
     relay: Option<PathBuf>,
     /// Members the room is filled to.
@@ -72,10 +72,7 @@ struct RunResult {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let relay = match &args.relay {
-        Some(p) => p.clone(),
-        None => default_relay()?,
-    };
+    let relay = bench::relay_bin(args.relay.as_deref())?;
     let mut runs = Vec::new();
     for run in 0..args.runs {
         eprintln!("run {} of {}", run + 1, args.runs);
@@ -296,21 +293,4 @@ fn summary(args: &Args, runs: &[RunResult]) -> Value {
         "join_10000_over_100": ratio(&joins, 10_000, 100),
         "rule_10000_over_10": ratio(&rules, 10_000, 10),
     })
-}
-
-/// The release relay next to this binary (target/release/bigroom -> target/release/relay).
-fn default_relay() -> Result<PathBuf> {
-    let me = std::env::current_exe().context("finding this binary")?;
-    let path = me
-        .parent()
-        .map(|d| d.join("relay"))
-        .ok_or_else(|| anyhow!("no directory for {}", me.display()))?;
-    if !path.exists() {
-        bail!(
-            "no relay binary at {}: build it first with `cargo build --release -p relay` (or \
-             pass --relay PATH)",
-            path.display()
-        );
-    }
-    Ok(path)
 }

@@ -32,7 +32,7 @@ struct Args {
     /// One low-load run per scenario: fails on misdelivery, loss or a crash; no timing judged.
     #[arg(long)]
     smoke: bool,
-    /// The relay binary [default: release/relay in the target directory].
+    /// The relay binary [default: the relay next to this program].
     #[arg(long)]
     relay: Option<PathBuf>,
     /// How loadgen runs; only `in-process` (the library, in this process) exists.
@@ -70,27 +70,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The release relay next to this binary's target directory.
-fn default_relay() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/release/budget -> target/release/relay
-    Ok(exe.with_file_name("relay"))
-}
-
 fn run(args: &Args) -> Result<bool> {
     if args.loadgen_lib != "in-process" {
         bail!("--loadgen-lib: only `in-process` is supported");
     }
-    let relay_bin = match &args.relay {
-        Some(p) => p.clone(),
-        None => default_relay()?,
-    };
-    if !relay_bin.is_file() {
-        bail!(
-            "no relay binary at {}: build it first with `cargo build --release -p relay` (or pass --relay PATH)",
-            relay_bin.display()
-        );
-    }
+    let relay_bin = bench::relay_bin(args.relay.as_deref())?;
     let text = std::fs::read_to_string(&args.budgets)
         .with_context(|| format!("reading {}", args.budgets.display()))?;
     let budgets = Budgets::from_toml(&text).context("budgets file")?;

@@ -36,7 +36,7 @@ use loadgen::api::Api;
 #[derive(Parser, Debug)]
 #[command(about = "Egress of one publisher to many receivers, one worker against several")]
 struct Args {
-    /// The relay binary [default: release/relay in the target directory].
+    /// The relay binary [default: the relay next to this program].
     #[arg(long)]
     relay: Option<PathBuf>,
     /// Receivers in the room.
@@ -94,10 +94,7 @@ struct RunResult {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let relay = match &args.relay {
-        Some(p) => p.clone(),
-        None => default_relay()?,
-    };
+    let relay = bench::relay_bin(args.relay.as_deref())?;
     let mut results: Vec<RunResult> = Vec::new();
     for run in 0..args.runs {
         for &w in &args.workers {
@@ -415,21 +412,4 @@ fn summary(args: &Args, results: &[RunResult]) -> Value {
         "per_workers": per,
         "ratios": ratios,
     })
-}
-
-/// The release relay next to this binary (target/release/hotpub -> target/release/relay).
-fn default_relay() -> Result<PathBuf> {
-    let me = std::env::current_exe().context("finding this binary")?;
-    let path = me
-        .parent()
-        .map(|d| d.join("relay"))
-        .ok_or_else(|| anyhow!("no directory for {}", me.display()))?;
-    if !path.exists() {
-        bail!(
-            "no relay binary at {}: build it first with `cargo build --release -p relay` (or \
-             pass --relay PATH)",
-            path.display()
-        );
-    }
-    Ok(path)
 }
