@@ -168,8 +168,10 @@ impl DataPlane {
             socket::bind_group(config.media, workers, config.socket_buffer)?;
         let (trunks, trunk_addr) = match config.trunk {
             Some(addr) => {
-                let (t, a) = socket::bind_group(addr, workers, config.socket_buffer)
-                    .map_err(|e| io::Error::new(e.kind(), format!("--trunk {addr}: {e}")))?;
+                let with = |e: io::Error| io::Error::new(e.kind(), format!("--trunk {addr}: {e}"));
+                let (t, a) =
+                    socket::bind_group(addr, workers, config.socket_buffer).map_err(with)?;
+                socket::steer_trunk_by_sender(&t[0], workers).map_err(with)?;
                 (t.into_iter().map(Some).collect(), Some(a))
             }
             None => ((0..workers).map(|_| None).collect::<Vec<_>>(), None),

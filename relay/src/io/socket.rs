@@ -147,6 +147,62 @@ pub(crate) fn signal(fd: RawFd) {
     unsafe { libc::write(fd, (&raw const one).cast(), 8) };
 }
 
+/// Spreads a trunk port's datagrams over the `workers` sockets of its SO_REUSEPORT group by
+/// sender: the socket at index (room number XOR sender participant number) mod `workers`.
+///
+/// Without it the kernel picks the socket by the 4-tuple's hash, and every datagram from one
+/// peer relay comes from its one trunk address, so all of a peer's traffic would land on one
+/// worker however many publishers it carries. Steering by the header keeps each publisher's
+/// packets on one worker (their order) and spreads publishers over all of them. The program is
+/// classic BPF (`SO_ATTACH_REUSEPORT_CBPF`), which the kernel runs on the UDP payload: a datagram
+/// too short for the two loads makes it return 0 (the first socket, which counts it as
+/// malformed); the group's sockets are indexed in the order they were bound.
+pub(crate) fn steer_trunk_by_sender(group: &Socket, workers: usize) -> io::Result<()> {
+    use crate::packet::trunk::{ROOM_OFFSET, SENDER_OFFSET};
+    if workers < 2 {
+        return Ok(());
+    }
+    let op = |code: u16, k: u32| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const TAX: u16 = (libc::BPF_MISC | libc::BPF_TAX) as u16;
+    const XOR_X: u16 = (libc::BPF_ALU | libc::BPF_XOR | libc::BPF_X) as u16;
+    const MOD_K: u16 = (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16;
+    const RET_A: u16 = (libc::BPF_RET | libc::BPF_A) as u16;
+    let mut program = [
+        op(LD_W_ABS, ROOM_OFFSET as u32),
+        op(TAX, 0),
+        op(LD_W_ABS, SENDER_OFFSET as u32),
+        op(XOR_X, 0),
+        op(MOD_K, workers as u32),
+        op(RET_A, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: setsockopt reads one sock_fprog from a live reference, and the kernel copies the
+    // `len` instructions it points at (alive until the call returns).
+    let r = unsafe {
+        libc::setsockopt(
+            group.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Resets an eventfd's counter (non-blocking: nothing happens when it is zero).
 pub(crate) fn drain(fd: RawFd) {
     let mut buf = [0u8; 8];
@@ -193,6 +249,60 @@ pub(crate) fn name_to_addr(name: &[u8]) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trunk_datagrams_are_spread_over_the_group_by_room_and_sender() {
+        use crate::packet::trunk::{ROOM_OFFSET, SENDER_OFFSET};
+        use std::time::Duration;
+        let workers = 3;
+        let (group, addr) = bind_group("127.0.0.1:0".parse().unwrap(), workers, 0).unwrap();
+        steer_trunk_by_sender(&group[0], workers).unwrap();
+        for s in &group {
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+        }
+        // One peer (one source address) carrying 30 publishers in two rooms, 10 packets each.
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut want = vec![Vec::new(); workers];
+        for seq in 0u32..10 {
+            for (room, sender) in (0u32..30).map(|i| (7 + i % 2, 1000 + i)) {
+                let mut d = [0u8; 28];
+                d[0] = crate::packet::trunk::VERSION;
+                d[ROOM_OFFSET..ROOM_OFFSET + 4].copy_from_slice(&room.to_be_bytes());
+                d[SENDER_OFFSET..SENDER_OFFSET + 4].copy_from_slice(&sender.to_be_bytes());
+                d[16..20].copy_from_slice(&seq.to_be_bytes());
+                peer.send_to(&d, addr).unwrap();
+                want[((room ^ sender) % workers as u32) as usize].push((sender, seq));
+            }
+        }
+        // Too short for the program's loads: the first socket.
+        peer.send_to(&[4, 0, 0], addr).unwrap();
+        want[0].push((u32::MAX, u32::MAX));
+        for (i, s) in group.iter().enumerate() {
+            let mut got = Vec::new();
+            let mut buf = [std::mem::MaybeUninit::new(0u8); 64];
+            while let Ok(n) = s.recv(&mut buf) {
+                // SAFETY: recv initialised the first n bytes.
+                let d: Vec<u8> = buf[..n]
+                    .iter()
+                    .map(|b| unsafe { b.assume_init() })
+                    .collect();
+                if n < 28 {
+                    got.push((u32::MAX, u32::MAX));
+                    continue;
+                }
+                let word = |at: usize| u32::from_be_bytes(d[at..at + 4].try_into().unwrap());
+                got.push((word(SENDER_OFFSET), word(16)));
+            }
+            assert!(
+                want[i].len() > 30,
+                "socket {i} was given only {}",
+                want[i].len()
+            );
+            // Every datagram on the socket the program chose, each sender's in order.
+            assert_eq!(got, want[i], "socket {i}");
+        }
+    }
 
     #[test]
     fn port_zero_groups_get_a_port_of_their_own() {

@@ -57,6 +57,13 @@ pub const VERSION: u8 = 4;
 /// Bytes of header in front of the inner datagram.
 pub const HEADER_LEN: usize = 16;
 
+/// Byte offset of the room number, for a reader that cannot call [`Packet`]: the kernel program
+/// that spreads trunk datagrams over the workers (`io/socket.rs`).
+pub const ROOM_OFFSET: usize = field::ROOM;
+
+/// Byte offset of the sender participant number (as [`ROOM_OFFSET`]).
+pub const SENDER_OFFSET: usize = field::SENDER;
+
 /// A relay's node number in the fleet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeNo(pub u16);
