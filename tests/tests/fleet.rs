@@ -1062,6 +1062,17 @@ fn a_hot_room_across_relays_keeps_order_and_sends_one_trunk_copy_per_packet() {
         "one copy a->b per packet"
     );
     assert_eq!(trunk_in(&a, "b"), u64::from(N), "one copy b->a per packet");
+    // Everything from a comes from one address: b's trunk group spreads it by sender (the
+    // publishers' numbers are consecutive, so half of them go to each worker), not by 4-tuple.
+    let per_worker: Vec<u64> = (0..2)
+        .map(|w| b.metric(&format!("relay_worker_packets_in_total{{worker=\"{w}\"}}")))
+        .collect();
+    assert!(
+        per_worker
+            .iter()
+            .all(|&n| n >= u64::from(PUBS) * u64::from(N) / 4),
+        "b's workers received {per_worker:?}: a's trunk traffic was not spread"
+    );
     assert!(
         a.metric("relay_handoff_out_total") > 0,
         "no publisher's fan-out on a was shared"
