@@ -1,11 +1,14 @@
 //! The relay's HTTP/JSON control API, as a signaling server uses it.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::netns::Netns;
 
 /// A control API client.
 pub struct Api {
@@ -13,6 +16,8 @@ pub struct Api {
     base: String,
     host: Option<std::net::IpAddr>,
     token: Option<String>,
+    /// Calls are made from inside this network namespace.
+    netns: Option<Arc<Netns>>,
 }
 
 /// The relay's reply to a participant PUT.
@@ -50,7 +55,15 @@ impl Api {
             base: format!("http://{control}"),
             host,
             token: token.map(str::to_owned),
+            netns: None,
         }
+    }
+
+    /// The same client making every call from inside `ns` (each on a thread that entered it;
+    /// kept-alive connections stay in it): for a relay whose API is reached only from there.
+    pub fn in_netns(mut self, ns: Arc<Netns>) -> Self {
+        self.netns = Some(ns);
+        self
     }
 
     /// `GET /v1/info`.
@@ -66,6 +79,11 @@ impl Api {
             Some(&Value::Object(Default::default())),
         )
         .map(drop)
+    }
+
+    /// `GET /v1/rooms/{room}`.
+    pub fn room(&self, room: &str) -> Result<Value> {
+        self.call("GET", &format!("/v1/rooms/{room}"), None)
     }
 
     /// `DELETE /v1/rooms/{room}`.
@@ -161,6 +179,13 @@ impl Api {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        match &self.netns {
+            Some(ns) => ns.run(|| self.call_here(method, path, body))?,
+            None => self.call_here(method, path, body),
+        }
+    }
+
+    fn call_here(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let mut req = self.agent.request(method, &format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));

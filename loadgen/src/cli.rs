@@ -1,4 +1,4 @@
-//! Command line: `loadgen --control HOST:PORT [--token T] [--scenario FILE] [--rooms N
+//! Command line: `loadgen --control HOST:PORT[,HOST:PORT...] [--netns NAME[,NAME...]] [--token T] [--scenario FILE] [--rooms N
 //! --participants M --profile audio|video|mixed] [--fixed-address] --duration SECONDS [--json]`
 //! plus tuning flags.
 
@@ -15,8 +15,20 @@ use crate::scenario::{Addressing, Scenario, Send, Target};
 #[command(name = "loadgen", version)]
 pub struct Args {
     /// Control address: the relay's HTTP API, or rtpengine's ng port with --target rtpengine.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Several relays of a fleet: their API addresses separated by commas; every room is
+    /// created once and its participants are spread over the relays, round robin.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]")]
     pub control: Option<String>,
+    /// Network namespaces (`ip netns` names), one per control address, in the same order: each
+    /// participant's socket is made in its relay's namespace and that relay's API is called
+    /// from there.
+    #[arg(
+        long,
+        value_name = "NAME[,NAME...]",
+        value_delimiter = ',',
+        requires = "control"
+    )]
+    pub netns: Vec<String>,
     /// Bearer token for the relay's control API.
     #[arg(long, value_name = "T", env = "LOADGEN_TOKEN")]
     pub token: Option<String>,
@@ -179,6 +191,9 @@ impl Args {
             (None, _) if self.scenario.is_some() => {}
             (None, _) => bail!("--control HOST:PORT is required"),
         }
+        if !self.netns.is_empty() {
+            s.netns = self.netns.clone();
+        }
         if self.token.is_some() {
             s.token = self.token.clone();
         }
@@ -275,6 +290,32 @@ mod tests {
             "duration is required"
         );
         assert!(parse("loadgen --target direct --duration 1 --rate 1000").is_ok());
+    }
+
+    #[test]
+    fn fleet_flags() {
+        let s = parse(
+            "loadgen --control 10.0.0.1:7780,10.0.0.2:7780,10.0.0.3:7780 --netns na,nb,nc \
+             --participants 6 --fixed-address --duration 2",
+        )
+        .unwrap();
+        assert_eq!(
+            s.controls(),
+            ["10.0.0.1:7780", "10.0.0.2:7780", "10.0.0.3:7780"]
+        );
+        assert_eq!(s.netns, ["na", "nb", "nc"]);
+        assert_eq!((s.relays(), s.fleet()), (3, true));
+        let one = parse("loadgen --control 127.0.0.1:7780 --duration 2").unwrap();
+        assert_eq!((one.relays(), one.fleet(), one.netns.len()), (1, false, 0));
+        assert!(
+            parse("loadgen --control a:1,b:1 --netns na --duration 2").is_err(),
+            "one namespace per relay"
+        );
+        assert!(parse("loadgen --control a:1,,b:1 --duration 2").is_err());
+        assert!(parse("loadgen --netns na --duration 2").is_err());
+        assert!(parse("loadgen --control a:1,b:1 --webrtc --duration 2").is_err());
+        assert!(parse("loadgen --control a:1,b:1 --ramp-up 1 --duration 2").is_err());
+        assert!(parse("loadgen --target direct --control a:1,b:1 --duration 2").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cli;
 pub(crate) mod client;
 pub(crate) mod io;
 pub mod model;
+pub mod netns;
 pub mod profile;
 pub mod report;
 pub mod rtp;

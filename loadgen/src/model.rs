@@ -183,6 +183,9 @@ pub struct World {
     /// Participants loadgen does not read (sinks): nothing is expected of them. Missing
     /// entries are read.
     pub unread: Vec<bool>,
+    /// The relay each participant is on, in multi-relay runs (missing entries: relay 0). It
+    /// changes no answer: a fleet forwards between relays exactly as one relay does.
+    pub relay: Vec<u32>,
 }
 
 impl World {
@@ -202,6 +205,15 @@ impl World {
             d = d.and(rule.active.at(t, g).not());
         }
         d
+    }
+
+    /// Whether stream `stream`'s packets reach `receiver` across relays (its sender is on
+    /// another relay).
+    pub fn across(&self, stream: u32, receiver: u32) -> bool {
+        let relay = |p: u32| self.relay.get(p as usize).copied().unwrap_or(0);
+        self.streams
+            .get(stream as usize)
+            .is_some_and(|&(sender, _)| relay(sender) != relay(receiver))
     }
 
     /// Send-time segments `[from, to)` covering all time, each with one answer.
@@ -292,6 +304,7 @@ mod tests {
             ],
             rules: Vec::new(),
             unread: Vec::new(),
+            relay: Vec::new(),
         }
     }
 

@@ -20,6 +20,9 @@ pub struct Report {
     pub rooms: u64,
     /// Participants (one socket each).
     pub participants: u64,
+    /// Relays the participants were spread over (1 unless multi-relay; `cross_relay_*` in the
+    /// tallies count what went from one to another).
+    pub relays: u32,
     /// Media streams.
     pub streams: u64,
     /// Packets the clients sent.
@@ -36,6 +39,13 @@ pub struct Report {
     pub misdelivered: u64,
     /// Packets that arrived after a later one of the same stream.
     pub reordered: u64,
+    /// Multi-relay runs: expected deliveries from a sender on one relay to a receiver on
+    /// another (in `expected` too).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cross_relay_expected: u64,
+    /// Those of them that never arrived (in `lost` too).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cross_relay_lost: u64,
     /// One-way latency.
     pub latency_us: Latency,
     /// The part of it until the copy was queued on the receiver's socket (the kernel's
@@ -70,6 +80,10 @@ pub struct Report {
     /// the system under test over the same window).
     #[serde(skip)]
     pub send_window: Option<(Instant, Instant)>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Latency percentiles, µs.
@@ -223,6 +237,8 @@ impl Report {
         self.duplicates = all.duplicates;
         self.misdelivered = all.misdelivered;
         self.reordered = all.reordered;
+        self.cross_relay_expected = all.cross_relay_expected;
+        self.cross_relay_lost = all.cross_relay_lost;
         self.jitter_us = Jitter {
             mean: round1(all.jitter_mean_us),
             max: round1(all.jitter_max_us),
@@ -300,6 +316,13 @@ impl Report {
             "offered {:.0} pkt/s, received {:.0} pkt/s, loss {:.3}% of {} expected deliveries",
             self.offered_pps, self.received_pps, loss, self.expected
         );
+        if self.relays > 1 {
+            let _ = writeln!(
+                s,
+                "across {} relays: {} expected deliveries between relays, {} lost",
+                self.relays, self.cross_relay_expected, self.cross_relay_lost
+            );
+        }
         let (d, w) = (&self.delivery_us, &self.socket_wait_us);
         if d.max > 0 {
             let _ = writeln!(

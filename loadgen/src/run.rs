@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
@@ -17,6 +18,7 @@ use serde_json::{Value, json};
 use crate::api::{Api, Ice, Joined};
 use crate::client::{self, ClientSpec, Interval, Outcome, Progress, Shared, StreamSpec, Work};
 use crate::model::{Rule, Subscribe, Switch, Window, World};
+use crate::netns::{self, Netns};
 use crate::profile::Kind;
 use crate::report::{Burst, Control, JoinLatency, Latency, Report};
 use crate::rtpengine::Rtpengine;
@@ -45,7 +47,16 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
     let start = Instant::now();
     // One socket per participant, and a clone of each for STUN.
     crate::io::raise_fd_limit(2 * plan.participants.len() as u64 + FD_SPARE);
-    let sockets = bind(plan.participants.len())?;
+    let nets: Vec<Arc<Netns>> = scenario
+        .netns
+        .iter()
+        .map(|name| Netns::open(name).map(Arc::new))
+        .collect::<Result<_>>()?;
+    let sockets = if scenario.fleet() {
+        bind_fleet(scenario, &plan, &nets)?
+    } else {
+        bind(IpAddr::from([127, 0, 0, 1]), plan.participants.len())?
+    };
     for (socket, part) in sockets.iter().zip(&plan.participants) {
         if !part.read {
             // Nobody reads it: a small buffer, so that a thousand of them hold little memory.
@@ -59,6 +70,7 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
     let mut world = World {
         grace_ns: scenario.grace_ms * 1_000_000,
         unread: plan.participants.iter().map(|p| !p.read).collect(),
+        relay: plan.participants.iter().map(|p| p.relay).collect(),
         room: plan.participants.iter().map(|p| p.room).collect(),
         subscribe: plan
             .participants
@@ -83,6 +95,7 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
             .collect(),
     };
     let mut ctl = Controller::new(scenario, &plan, &addrs, start);
+    ctl.netns = nets;
     // Clones of the sockets let the controller send STUN requests for participants that join
     // once the client threads own the sockets.
     if scenario.target == Target::Relay
@@ -200,6 +213,7 @@ pub fn run_with(scenario: &Scenario, options: &Options) -> Result<Report> {
         duration_s: duration_ns as f64 / 1e9,
         rooms: plan.rooms.len() as u64,
         participants: plan.participants.len() as u64,
+        relays: scenario.relays(),
         streams: plan.streams.len() as u64,
         send_window: Some((
             start + Duration::from_nanos(send_from_ns),
@@ -266,9 +280,14 @@ struct Controller<'a> {
     plan: &'a Plan,
     addrs: &'a [SocketAddr],
     start: Instant,
-    api: Option<Api>,
+    /// One API client per relay (one unless multi-relay), in the order of the control
+    /// addresses; rooms and rules go through the first.
+    apis: Vec<Api>,
+    /// The namespaces of the relays (multi-relay mode with `--netns`), in the same order.
+    netns: Vec<Arc<Netns>>,
     rtpengine: Option<Rtpengine>,
-    media: Option<SocketAddr>,
+    /// The media address each relay gives (the first participant's on it).
+    media: Vec<Option<SocketAddr>>,
     rule_ids: Vec<Option<String>>,
     rooms_made: Vec<usize>,
     stun_sockets: Vec<UdpSocket>,
@@ -299,9 +318,10 @@ impl<'a> Controller<'a> {
             plan,
             addrs,
             start,
-            api: None,
+            apis: Vec::new(),
+            netns: Vec::new(),
             rtpengine: None,
-            media: None,
+            media: Vec::new(),
             rule_ids: vec![None; plan.rules.len()],
             rooms_made: Vec::new(),
             stun_sockets: Vec::new(),
@@ -391,14 +411,18 @@ impl<'a> Controller<'a> {
     }
 
     fn setup_relay(&mut self, world: &mut World) -> Result<Vec<Vec<SocketAddr>>> {
-        let api = Api::new(&self.scenario.control, self.scenario.token.as_deref());
-        api.info().with_context(|| {
-            format!(
-                "cannot reach the relay's control API at {}",
-                self.scenario.control
-            )
-        })?;
-        self.api = Some(api);
+        for (i, control) in self.scenario.controls().into_iter().enumerate() {
+            let mut api = Api::new(control, self.scenario.token.as_deref());
+            let mut from = String::new();
+            if let Some(ns) = self.netns.get(i) {
+                api = api.in_netns(ns.clone());
+                from = format!(" from network namespace {}", ns.name());
+            }
+            api.info().with_context(|| {
+                format!("cannot reach the relay's control API at {control}{from}")
+            })?;
+            self.apis.push(api);
+        }
         for (i, room) in self.plan.rooms.iter().enumerate() {
             self.timed(|api| api.put_room(&room.name))
                 .with_context(|| format!("creating room {}", room.name))?;
@@ -421,6 +445,17 @@ impl<'a> Controller<'a> {
         if self.scenario.addressing == Addressing::Stun {
             self.latch_setup(world, &joined)?;
         }
+        if self.apis.len() > 1 {
+            let all: Vec<usize> = joined.iter().map(|(p, _)| *p).collect();
+            self.await_fleet(&all)?;
+            // Until every relay knows a participant, packets between relays may go either way.
+            let end_ns = self.now();
+            for p in all {
+                let start_ns = world.presence[p].first_start().unwrap_or(0);
+                world.presence[p] = Switch::default();
+                world.presence[p].set(Window { start_ns, end_ns }, true);
+            }
+        }
         if let Some(w) = &self.scenario.webinar {
             // Open the bursts' connections one after the other, before the bursts: opened all
             // at once, some of them wait for seconds behind the others' (kept-alive) connections
@@ -432,23 +467,74 @@ impl<'a> Controller<'a> {
                 self.burst_apis.push(api);
             }
         }
-        self.media = media.iter().flatten().next().copied();
-        let Some(first) = self.media else {
+        self.media = vec![None; self.apis.len()];
+        for (p, m) in media.iter().enumerate() {
+            let relay = self.plan.participants[p].relay as usize;
+            if self.media[relay].is_none() {
+                self.media[relay] = *m;
+            }
+        }
+        let Some(first) = media.iter().flatten().next().copied() else {
             bail!("no participant joined at the start")
         };
         Ok(self
             .plan
             .streams
             .iter()
-            .map(|s| vec![media[s.participant as usize].unwrap_or(first)])
+            .map(|s| {
+                let relay = self.plan.participants[s.participant as usize].relay as usize;
+                vec![
+                    media[s.participant as usize]
+                        .or(self.media[relay])
+                        .unwrap_or(first),
+                ]
+            })
             .collect())
+    }
+
+    /// Waits until every relay lists each of participants `ps` in its room (multi-relay mode):
+    /// a relay forwards to another relay's participants once it knows them.
+    fn await_fleet(&mut self, ps: &[usize]) -> Result<()> {
+        let mut rooms: Vec<(u32, Vec<&str>)> = Vec::new();
+        for &p in ps {
+            let part = &self.plan.participants[p];
+            match rooms.iter_mut().find(|(r, _)| *r == part.room) {
+                Some((_, names)) => names.push(&part.name),
+                None => rooms.push((part.room, vec![&part.name])),
+            }
+        }
+        let deadline = Instant::now() + FLEET_TIMEOUT;
+        for relay in 0..self.apis.len() {
+            for (room, names) in &rooms {
+                let room = &self.plan.rooms[*room as usize].name;
+                loop {
+                    let reply = self.timed_on(relay, |api| api.room(room))?;
+                    let missing = missing(&reply, names);
+                    if missing.is_empty() {
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "relay {} does not list {} of the participants of room {room} \
+                             (such as {}) within {FLEET_TIMEOUT:?}",
+                            self.scenario.controls()[relay],
+                            missing.len(),
+                            missing[0]
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every participant as a WebRTC leg (`crate::webrtc`): the publishers first (a subscribe
     /// offer needs their tracks, and the room's codecs come from the first publish offer), then
     /// the receivers. Returns each stream's destination.
     fn setup_webrtc(&mut self, world: &mut World) -> Result<Vec<Vec<SocketAddr>>> {
-        let api = self.api.take().context("no API client")?;
+        let apis = std::mem::take(&mut self.apis);
+        let api = apis.first().context("no API client")?;
         let plan = self.plan;
         let publishers =
             (0..plan.participants.len()).filter(|&p| !plan.participants[p].streams.is_empty());
@@ -475,7 +561,7 @@ impl<'a> Controller<'a> {
             let socket = &self.stun_sockets[p];
             let start_ns = self.now();
             let leg = if part.streams.is_empty() {
-                crate::webrtc::subscribe(&api, &room.name, &part.name, socket, LATCH_TIMEOUT)
+                crate::webrtc::subscribe(api, &room.name, &part.name, socket, LATCH_TIMEOUT)
             } else {
                 let tracks: Vec<(u32, Kind)> = part
                     .streams
@@ -485,7 +571,7 @@ impl<'a> Controller<'a> {
                         (s.ssrc, s.profile.kind)
                     })
                     .collect();
-                crate::webrtc::publish(&api, &room.name, &part.name, &tracks, socket, LATCH_TIMEOUT)
+                crate::webrtc::publish(api, &room.name, &part.name, &tracks, socket, LATCH_TIMEOUT)
             };
             let leg = match leg {
                 Ok(l) => l,
@@ -507,10 +593,10 @@ impl<'a> Controller<'a> {
             self.consent[p] = Some((leg.relay, leg.ice, leg.local_ufrag));
             self.srtp[p] = Some(leg.srtp);
         }
-        self.api = Some(api);
+        self.apis = apis;
         result?;
-        self.media = media.iter().flatten().next().copied();
-        let Some(first) = self.media else {
+        self.media = vec![media.iter().flatten().next().copied()];
+        let Some(first) = self.media[0] else {
             bail!("no participant joined at the start")
         };
         Ok(plan
@@ -527,7 +613,9 @@ impl<'a> Controller<'a> {
         let body = self.join_body(p);
         let start_ns = self.now();
         let joined = self
-            .timed(|api| api.put_participant(&room.name, &part.name, &body))
+            .timed_on(part.relay as usize, |api| {
+                api.put_participant(&room.name, &part.name, &body)
+            })
             .with_context(|| format!("adding participant {} to room {}", part.name, room.name))?;
         Ok((
             Window {
@@ -622,10 +710,15 @@ impl<'a> Controller<'a> {
                             Some((joined.media_address, ice.clone(), format!("lg{p}")));
                     }
                 }
+                if self.apis.len() > 1 {
+                    self.await_fleet(&[p as usize])?;
+                    window.end_ns = self.now();
+                }
                 world.presence[p as usize].set(window, true);
                 shared.active[p as usize].store(true, Ordering::Relaxed);
                 self.control.joins += 1;
-                if Some(joined.media_address) != self.media {
+                let relay = self.plan.participants[p as usize].relay as usize;
+                if Some(joined.media_address) != self.media.get(relay).copied().flatten() {
                     self.note(format!("participant {p} was given another media address"));
                 }
                 Ok(())
@@ -636,17 +729,19 @@ impl<'a> Controller<'a> {
                 let part = &self.plan.participants[p as usize];
                 let room = &self.plan.rooms[part.room as usize].name;
                 let start_ns = self.now();
-                self.timed(|api| api.delete_participant(room, &part.name))
-                    .map(|()| {
-                        world.presence[p as usize].set(
-                            Window {
-                                start_ns,
-                                end_ns: self.now(),
-                            },
-                            false,
-                        );
-                        self.control.leaves += 1;
-                    })
+                self.timed_on(part.relay as usize, |api| {
+                    api.delete_participant(room, &part.name)
+                })
+                .map(|()| {
+                    world.presence[p as usize].set(
+                        Window {
+                            start_ns,
+                            end_ns: self.now(),
+                        },
+                        false,
+                    );
+                    self.control.leaves += 1;
+                })
             }
             Event::AddRule(r) => {
                 let body = self.rule_body(r);
@@ -918,9 +1013,14 @@ impl<'a> Controller<'a> {
         }
     }
 
-    /// Makes one API call, counting it and timing it.
+    /// Makes one API call on the first relay, counting it and timing it.
     fn timed<T>(&mut self, f: impl FnOnce(&Api) -> Result<T>) -> Result<T> {
-        let Some(api) = &self.api else {
+        self.timed_on(0, f)
+    }
+
+    /// Makes one API call on relay `relay`, counting it and timing it.
+    fn timed_on<T>(&mut self, relay: usize, f: impl FnOnce(&Api) -> Result<T>) -> Result<T> {
+        let Some(api) = self.apis.get(relay) else {
             bail!("no control API")
         };
         let t = Instant::now();
@@ -935,16 +1035,63 @@ impl<'a> Controller<'a> {
     }
 }
 
-/// One UDP socket per participant on loopback, non-blocking, with large buffers.
-fn bind(n: usize) -> Result<Vec<UdpSocket>> {
+/// Multi-relay mode: each participant's socket made in its relay's namespace (if given), bound
+/// to the address that namespace uses to reach the relay's control address. Returns them in
+/// participant order.
+fn bind_fleet(scenario: &Scenario, plan: &Plan, nets: &[Arc<Netns>]) -> Result<Vec<UdpSocket>> {
+    let mut sockets: Vec<Option<UdpSocket>> = plan.participants.iter().map(|_| None).collect();
+    for (relay, control) in scenario.controls().into_iter().enumerate() {
+        let to = control
+            .to_socket_addrs()
+            .with_context(|| format!("control address {control}"))?
+            .next()
+            .with_context(|| format!("control address {control} resolves to nothing"))?;
+        let ns = nets.get(relay).map(Arc::as_ref);
+        let mine: Vec<usize> = (0..plan.participants.len())
+            .filter(|&p| plan.participants[p].relay as usize == relay)
+            .collect();
+        let made = netns::run_in(ns, || -> Result<Vec<UdpSocket>> {
+            bind(netns::source_for(to)?, mine.len())
+        })??;
+        for (p, socket) in mine.into_iter().zip(made) {
+            sockets[p] = Some(socket);
+        }
+    }
+    sockets
+        .into_iter()
+        .map(|s| s.context("a participant placed on no relay"))
+        .collect()
+}
+
+/// Which of `names` a relay's `GET /v1/rooms/{room}` reply does not list.
+fn missing<'a>(reply: &Value, names: &[&'a str]) -> Vec<&'a str> {
+    let listed: Vec<&str> = reply
+        .get("participants")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|p| p.get("participant").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    names
+        .iter()
+        .filter(|n| !listed.contains(n))
+        .copied()
+        .collect()
+}
+
+/// One UDP socket per participant on `ip`, non-blocking, with large buffers.
+fn bind(ip: IpAddr, n: usize) -> Result<Vec<UdpSocket>> {
     (0..n)
         .map(|_| {
-            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+            let domain = socket2::Domain::for_address(SocketAddr::new(ip, 0));
+            let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
             crate::io::size_buffers(&s, SOCKET_BUFFER);
             s.set_nonblocking(true)?;
             // Best effort: without timestamps only the split of latency is missing.
             let _ = crate::io::timestamp_arrivals(std::os::fd::AsRawFd::as_raw_fd(&s));
-            s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+            s.bind(&SocketAddr::new(ip, 0).into())?;
             Ok(s.into())
         })
         .collect::<std::io::Result<_>>()
@@ -1041,6 +1188,8 @@ const FD_SPARE: u64 = 256;
 const MAX_ERRORS: usize = 20;
 /// How often each client repeats its Binding request (RFC 7675 §5.1 suggests 5 s on average).
 const CONSENT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long every relay of a fleet may take to list the participants added on the others.
+const FLEET_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to latch its address with STUN.
 const LATCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Requested kernel buffer per client socket (capped by rmem_max / wmem_max).
@@ -1079,6 +1228,29 @@ mod tests {
         let r = run(&s).unwrap();
         assert!(r.sent <= 20 && r.sent > 0, "{r:?}");
         assert_eq!(r.lost, 0);
+    }
+
+    #[test]
+    fn a_relay_lists_whom_it_knows() {
+        let reply = json!({"room": "lg-r0", "participants": [
+            {"room": "lg-r0", "participant": "p0", "node": "a"},
+            {"room": "lg-r0", "participant": "p2", "node": "c"}]});
+        assert_eq!(missing(&reply, &["p0", "p1", "p2"]), ["p1"]);
+        assert_eq!(missing(&json!({"error": {}}), &["p0"]), ["p0"]);
+        assert!(missing(&reply, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_missing_namespace_fails_the_setup() {
+        let mut s = Scenario::uniform(1, 2, Send::Audio);
+        s.control = "127.0.0.1:9,127.0.0.1:10".into();
+        s.netns = vec!["loadgen-no-such-ns-a".into(), "loadgen-no-such-ns-b".into()];
+        s.duration = 0.2;
+        let e = run(&s).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("network namespace loadgen-no-such-ns-a does not exist"),
+            "{e:#}"
+        );
     }
 
     #[test]

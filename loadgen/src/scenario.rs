@@ -162,8 +162,14 @@ impl Webinar {
 pub struct Scenario {
     /// Where the media goes.
     pub target: Target,
-    /// Control address, `HOST:PORT` (relay API or rtpengine ng).
+    /// Control address, `HOST:PORT` (relay API or rtpengine ng). Against a fleet of relays, one
+    /// relay API address each, separated by commas: participants are spread over them
+    /// ([`Scenario::controls`]).
     pub control: String,
+    /// Network namespaces (`/var/run/netns/NAME`), one per control address: each participant's
+    /// socket is made in its relay's namespace, and that relay's API is called from there.
+    /// Empty: every socket in loadgen's own namespace.
+    pub netns: Vec<String>,
     /// Bearer token for the relay API.
     pub token: Option<String>,
     /// How the relay learns client addresses.
@@ -215,6 +221,7 @@ impl Default for Scenario {
         Self {
             target: Target::Relay,
             control: "127.0.0.1:7780".into(),
+            netns: Vec::new(),
             token: None,
             addressing: Addressing::Stun,
             duration: 10.0,
@@ -254,6 +261,25 @@ impl Scenario {
             }],
             ..Self::default()
         }
+    }
+
+    /// The control addresses: one, or one per relay of a fleet (`control` split at commas).
+    pub fn controls(&self) -> Vec<&str> {
+        self.control.split(',').map(str::trim).collect()
+    }
+
+    /// Relays the participants are spread over: one per control address against the relay,
+    /// else 1.
+    pub fn relays(&self) -> u32 {
+        match self.target {
+            Target::Relay => self.controls().len() as u32,
+            _ => 1,
+        }
+    }
+
+    /// Multi-relay mode: several relays of a fleet, or clients in a network namespace.
+    pub fn fleet(&self) -> bool {
+        self.relays() > 1 || !self.netns.is_empty()
     }
 
     /// Checks the scenario before anything is set up.
@@ -320,6 +346,31 @@ impl Scenario {
         if self.unread > 0 && (self.webinar.is_some() || self.target == Target::Rtpengine) {
             bail!("unread participants are for rooms against the relay or the direct path");
         }
+        let controls = self.controls();
+        if controls.len() > 1 || !self.netns.is_empty() {
+            if self.target != Target::Relay {
+                bail!("several control addresses or --netns need target relay");
+            }
+            if controls.len() > MAX_RELAYS || controls.iter().any(|c| c.is_empty()) {
+                bail!("give 1 to {MAX_RELAYS} control addresses, separated by commas");
+            }
+            if !self.netns.is_empty() && self.netns.len() != controls.len() {
+                bail!(
+                    "{} network namespaces for {} control addresses: give one per relay",
+                    self.netns.len(),
+                    controls.len()
+                );
+            }
+            if self.netns.iter().any(|n| n.is_empty() || n.contains('/')) {
+                bail!("a network namespace is a name under /var/run/netns");
+            }
+            if self.webinar.is_some() || self.webrtc || self.ramp_up > 0.0 {
+                bail!(
+                    "multi-relay mode runs rooms of plain participants present from the start: \
+                     no webinar, WebRTC legs or ramp-up"
+                );
+            }
+        }
         match self.target {
             Target::Relay => {}
             Target::Direct if churn || self.ramp_up > 0.0 => {
@@ -374,6 +425,7 @@ impl Scenario {
                 ((f64::from(size) * class.senders).ceil() as u32).clamp(1, size)
             };
             let first = plan.participants.len() as u32;
+            let relays = self.relays();
             let room = RoomPlan {
                 name: format!("lg-r{r}"),
                 members: (first..first + size).collect(),
@@ -443,6 +495,7 @@ impl Scenario {
                     subscribe,
                     join_ns: 0,
                     read: i + self.unread < size || i < senders,
+                    relay: place(p, relays),
                 });
             }
             plan.rooms.push(room);
@@ -484,6 +537,7 @@ impl Scenario {
             subscribe: Subscribe::List(Vec::new()),
             join_ns: 0,
             read: true,
+            relay: 0,
         });
         let first_ns = (w.first_burst * 1e9) as u64;
         let interval = w.burst_interval_ns();
@@ -497,6 +551,7 @@ impl Scenario {
                 // Never 0: listeners join during the run, never in the set-up.
                 join_ns: (first_ns + u64::from(burst) * interval).max(1),
                 read: w.reads(i),
+                relay: 0,
             });
         }
         for burst in 0..w.listeners.div_ceil(w.burst) {
@@ -583,6 +638,12 @@ impl Scenario {
     }
 }
 
+/// The relay (index into the control addresses) participant `p` is placed on: round robin over
+/// all participants, so a room of consecutive participants spans `min(size, relays)` relays.
+pub(crate) fn place(p: u32, relays: u32) -> u32 {
+    p % relays.max(1)
+}
+
 /// Evenly spaced times at `per_min` per minute in `from..to`, each jittered within its slot.
 fn arrivals(rng: &mut Rng, per_min: f64, from: u64, to: u64) -> Vec<u64> {
     if per_min <= 0.0 || to <= from {
@@ -625,6 +686,8 @@ pub(crate) struct ParticipantPlan {
     pub(crate) join_ns: u64,
     /// loadgen reads its socket (otherwise it is a sink: registered, never read, not counted).
     pub(crate) read: bool,
+    /// The relay it joins (index into the control addresses; 0 with one relay).
+    pub(crate) relay: u32,
 }
 
 #[derive(Debug)]
@@ -656,6 +719,8 @@ pub(crate) enum Event {
 
 /// SSRCs are the stream id plus this, so they are unique in every room.
 const SSRC_BASE: u32 = 0x1000_0000;
+/// At most this many relays in multi-relay mode.
+const MAX_RELAYS: usize = 64;
 /// Runs are bounded to an hour (send times are kept in 32-bit µs).
 const MAX_DURATION_S: f64 = 3_600.0;
 /// At most this many scheduled changes of each kind.
@@ -732,6 +797,41 @@ rule_hold = 4
         assert_eq!(plan.participants.len(), 12);
         assert_eq!(plan.streams.len(), 24);
         assert!(plan.events.is_empty());
+    }
+
+    #[test]
+    fn participants_are_spread_over_the_relays() {
+        let s = Scenario {
+            control: "10.0.0.1:7780, 10.0.0.2:7780,10.0.0.3:7780".into(),
+            ..Scenario::uniform(3, 4, Send::Audio)
+        };
+        s.validate().unwrap();
+        let plan = s.plan();
+        let on = |r: u32| plan.participants.iter().filter(|p| p.relay == r).count();
+        assert_eq!((on(0), on(1), on(2)), (4, 4, 4));
+        for room in &plan.rooms {
+            let mut relays: Vec<u32> = room
+                .members
+                .iter()
+                .map(|&p| plan.participants[p as usize].relay)
+                .collect();
+            relays.sort_unstable();
+            relays.dedup();
+            assert_eq!(relays, [0, 1, 2], "room {} spans every relay", room.name);
+        }
+        // One relay, or no relay at all: everyone on relay 0.
+        let one = Scenario::uniform(2, 3, Send::Audio).plan();
+        assert!(one.participants.iter().all(|p| p.relay == 0));
+        let direct = Scenario {
+            target: Target::Direct,
+            control: "a:1,b:1".into(),
+            ..Scenario::uniform(1, 2, Send::Audio)
+        };
+        assert!(
+            direct.validate().is_err(),
+            "several controls need the relay"
+        );
+        assert_eq!(place(7, 0), 0);
     }
 
     #[test]

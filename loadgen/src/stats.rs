@@ -163,8 +163,19 @@ pub struct Tally {
     pub jitter_mean_us: f64,
     /// Largest final jitter estimate, µs.
     pub jitter_max_us: f64,
+    /// Multi-relay runs: the expected deliveries from a sender on one relay to a receiver on
+    /// another (in `expected` too).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cross_relay_expected: u64,
+    /// Those of them that never arrived (in `lost` too).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cross_relay_lost: u64,
     #[serde(skip)]
     pub(crate) jitter_n: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Tally {
@@ -185,6 +196,8 @@ impl Tally {
         self.duplicates += o.duplicates;
         self.misdelivered += o.misdelivered;
         self.reordered += o.reordered;
+        self.cross_relay_expected += o.cross_relay_expected;
+        self.cross_relay_lost += o.cross_relay_lost;
     }
 
     fn add_jitter(&mut self, us: f64) {
@@ -241,13 +254,19 @@ pub fn account(world: &World, send_us: &[Vec<u32>], received: &[StreamMap]) -> [
                 let us = f64::from(got.jitter.ticks()) * 1e6 / f64::from(kind.clock_rate());
                 t.add_jitter(us);
             }
+            let across = world.across(s, r as u32);
             for (from, to, answer) in world.segments(s, r as u32) {
                 let a = seq_at(log, from);
                 let b = seq_at(log, to);
                 match answer {
                     Tri::Yes => {
+                        let lost = u64::from(b - a) - got.count(a, b);
                         t.expected += u64::from(b - a);
-                        t.lost += u64::from(b - a) - got.count(a, b);
+                        t.lost += lost;
+                        if across {
+                            t.cross_relay_expected += u64::from(b - a);
+                            t.cross_relay_lost += lost;
+                        }
                     }
                     Tri::No => t.misdelivered += got.count(a, b),
                     Tri::Unknown => {}
@@ -357,6 +376,7 @@ mod tests {
             streams: (0..4).map(|p| (p, Kind::Audio)).collect(),
             rules: Vec::new(),
             unread: Vec::new(),
+            relay: Vec::new(),
         };
         let log = (0..100).map(|i| i * 1_000).collect();
         (world, vec![log; 4])
@@ -404,6 +424,34 @@ mod tests {
         assert_eq!(t.duplicates, 2);
         assert_eq!(t.misdelivered, 12);
         assert_eq!(t.received, 92 + 100 + 100 + 50 + 12);
+    }
+
+    #[test]
+    fn fleet_deliveries_count_across_relays() {
+        // p0 and p2 on relay 0, p1 on relay 1 (known fleet-wide 30 ms after its join started:
+        // until then, packets to and from it may go either way), p3 (room 1) on relay 1.
+        let (mut world, log) = scene();
+        world.relay = vec![0, 1, 0, 1];
+        world.presence[1] = Switch::default();
+        world.presence[1].set(win(0, 30_000_000), true);
+        let mut seen = vec![StreamMap::default(); 4];
+        // Across relays: p0 -> p1 (5 lost), p1 -> p0, p1 -> p2, p2 -> p1, each from 30 on.
+        deliver(&mut seen, 1, 0, (30..100).filter(|q| !(50..55).contains(q)));
+        deliver(&mut seen, 0, 1, 30..100);
+        deliver(&mut seen, 2, 1, 30..100);
+        deliver(&mut seen, 1, 2, 30..100);
+        // On one relay: p2 -> p0, all of it.
+        deliver(&mut seen, 0, 2, 0..100);
+        // p3 is on p1's relay but in another room: p0's copies there are misdelivered.
+        deliver(&mut seen, 3, 0, 0..3);
+        let t = account(&world, &log, &seen)[0];
+        assert_eq!(t.expected, 4 * 70 + 100);
+        assert_eq!((t.cross_relay_expected, t.cross_relay_lost), (4 * 70, 5));
+        assert_eq!((t.lost, t.misdelivered), (5, 3));
+        // One relay: the same deliveries, nothing across.
+        world.relay.clear();
+        let t = account(&world, &log, &seen)[0];
+        assert_eq!((t.cross_relay_expected, t.lost), (0, 5));
     }
 
     #[test]

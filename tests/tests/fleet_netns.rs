@@ -2,7 +2,9 @@
 //! its own address on a bridge, clients in the relays' namespaces. A region rule posted on relay
 //! A is in force on B and C when the call returns; B cut off from etcd by nftables fences itself
 //! and forwards nothing while A and C go on; `kill -9` of the etcd leader of a 3-member cluster
-//! fences no relay.
+//! fences no relay. One loadgen, in multi-relay mode with its clients in the relays'
+//! namespaces, runs a room with participants on all three relays and finds no loss and no
+//! misdelivery across the fleet.
 //!
 //! Needs root, `ip`, `nft` and Debian's etcd (`tests/install-deps.sh`).
 
@@ -716,5 +718,114 @@ fn media_crosses_a_trunk_once_per_relay_that_may_receive_it() {
     }
     let d = delta(&counts.read(), &before);
     assert_eq!(d[1], (u64::from(N), u64::from(N)), "a->c still one copy");
+    etcd.kill9(0).unwrap();
+}
+
+/// Every trunk datagram relay `r` sent, to every peer (the sum of its per-peer series).
+fn trunk_sent(r: &NsRelay) -> u64 {
+    let (_, text) = r.call("GET", "/metrics", None);
+    text.as_str()
+        .unwrap_or("")
+        .lines()
+        .filter(|l| l.starts_with("relay_trunk_packets_sent_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn loadgen_counts_a_room_on_three_relays_in_namespaces() {
+    const PARTICIPANTS: u64 = 6;
+    let lan = Lan::new(&["etcd", "a", "b", "c"]).unwrap();
+    let mut etcd = Etcd::start_on(&[lan.host("etcd")]).unwrap();
+    etcd.wait_healthy(Duration::from_secs(10)).unwrap();
+    let endpoints = etcd.endpoints();
+    let a = NsRelay::start(lan.host("a"), &endpoints, "a", "HK");
+    let b = NsRelay::start(lan.host("b"), &endpoints, "b", "CN");
+    let c = NsRelay::start(lan.host("c"), &endpoints, "c", "US");
+    let relays = [&a, &b, &c];
+    for r in relays {
+        wait_for(Duration::from_secs(3), "3 nodes", || {
+            r.metric("relay_fleet_nodes") == 3
+        });
+    }
+    let before: u64 = relays.iter().map(|r| trunk_sent(r)).sum();
+    // One room, two participants on each relay, every one sending audio to the five others
+    // (addresses latched with STUN from inside each relay's namespace): one loadgen knows every
+    // sender, so it counts loss and misdelivery across the fleet.
+    let controls: Vec<String> = relays.iter().map(|r| r.relay.control.to_string()).collect();
+    let namespaces: Vec<&str> = relays.iter().map(|r| r.host.ns.as_str()).collect();
+    let loadgen = |more: &[&str]| -> Value {
+        let started = Instant::now();
+        let out = std::process::Command::new(e2e::loadgen_bin())
+            .args(["--control", &controls.join(",")])
+            .args(["--netns", &namespaces.join(",")])
+            .args(["--token", TOKEN])
+            .args(["--rooms", "1", "--participants", &PARTICIPANTS.to_string()])
+            .args([
+                "--profile",
+                "audio",
+                "--duration",
+                "3",
+                "--max-packets",
+                "2000",
+            ])
+            .arg("--json")
+            .args(more)
+            .output()
+            .expect("run loadgen");
+        assert!(
+            out.status.success(),
+            "loadgen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        eprintln!(
+            "loadgen {more:?} across 3 relays ({:?}): {r}",
+            started.elapsed()
+        );
+        assert_eq!(r["relays"], 3, "{r}");
+        assert_eq!(
+            (r["lost"].as_u64(), r["misdelivered"].as_u64()),
+            (Some(0), Some(0)),
+            "{r}"
+        );
+        assert_eq!(
+            r.get("cross_relay_lost"),
+            None,
+            "none lost between relays: {r}"
+        );
+        assert_eq!(r["errors"], json!([]), "{r}");
+        assert_eq!(r["control"]["failed"], 0, "{r}");
+        // loadgen deleted its room on a: it is gone from the whole fleet.
+        for relay in relays {
+            wait_for(Duration::from_secs(3), "the room gone fleet-wide", || {
+                relay.ok("GET", "/v1/rooms", None)["rooms"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty)
+            });
+        }
+        r
+    };
+    let r = loadgen(&[]);
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("no {k} in {r}"));
+    let sent = n("sent");
+    assert!(sent >= 500, "{r}");
+    assert_eq!(n("expected"), sent * (PARTICIPANTS - 1), "{r}");
+    assert_eq!(n("received"), n("expected"), "{r}");
+    // Of each packet's five receivers, four are on the two other relays.
+    assert_eq!(n("cross_relay_expected"), sent * 4, "{r}");
+    // Each packet crossed a trunk once to each of the two other relays.
+    let after: u64 = relays.iter().map(|r| trunk_sent(r)).sum();
+    assert_eq!(after - before, 2 * sent, "trunk datagrams");
+    // Again with three drop rules posted on a during the run (random participants, directions
+    // and media; fleet-wide when the call returns): what they stop is neither lost nor
+    // misdelivered anywhere.
+    let r = loadgen(&["--rules-per-min", "60", "--seed", "1"]);
+    assert_eq!(r["control"]["rules_added"], 3, "{r}");
+    let (sent, expected) = (r["sent"].as_u64().unwrap(), r["expected"].as_u64().unwrap());
+    assert!(
+        expected < sent * (PARTICIPANTS - 1),
+        "the rules stopped nothing: {r}"
+    );
     etcd.kill9(0).unwrap();
 }
