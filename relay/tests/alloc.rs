@@ -160,6 +160,7 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         let header = relay::packet::trunk::Header {
             content: relay::packet::trunk::Content::Rtp,
             media: relay::packet::trunk::Media::Video,
+            webrtc: false,
             origin: relay::packet::trunk::NodeNo(2),
             room: relay::packet::trunk::RoomNo(relay::route::room_number("room-6")),
             sender: relay::packet::trunk::ParticipantNo(62),

@@ -138,9 +138,10 @@ fn send(t: &Table, from: u16, buf: &[u8]) -> (Verdict, Vec<u16>, Vec<(SocketAddr
 /// Delivers a trunk datagram from relay `origin` to relay `t`: (verdict, local ports).
 fn deliver(t: &Table, origin: u16, buf: &[u8]) -> (Verdict, Vec<u16>) {
     let mut local = Vec::new();
-    let v = t.route_trunk(0, &trunk_addr(origin), buf, |d, _| {
+    let (v, withheld) = t.route_trunk(0, &trunk_addr(origin), buf, |d, _| {
         local.push(d.as_socket().unwrap().port())
     });
+    assert_eq!(withheld, 0, "a plain sender's media is never withheld");
     local.sort();
     (v, local)
 }
@@ -167,6 +168,7 @@ fn a_track_crosses_once_per_relay_with_a_receiver_and_fans_out_there() {
         trunk::Header {
             content: trunk::Content::Rtp,
             media: trunk::Media::Audio,
+            webrtc: false,
             origin: NodeNo(A),
             room: trunk::RoomNo(room_number("r")),
             sender: trunk::ParticipantNo(1),
@@ -289,7 +291,7 @@ fn trunk_ingress_accepts_only_live_peers_and_well_formed_headers() {
     // From an address that is no peer's trunk address (a client, or a peer's media port).
     let mut out = 0;
     let v = b.route_trunk(0, &addr(1), &good, |_, _| out += 1);
-    assert_eq!((v, out), (Verdict::Drop(DropReason::TrunkUnknownPeer), 0));
+    assert_eq!((v, out), ((Verdict::Drop(DropReason::TrunkUnknownPeer), 0), 0));
     // From C's address but saying it is A; from A with an old epoch.
     drop(deliver(&b, C, &good), DropReason::TrunkUnknownPeer);
     let mut old = good.clone();

@@ -593,7 +593,9 @@ impl Core {
 
     /// The tracks participant `id` may receive, by publisher id then SSRC. Rules play no part:
     /// blocked media simply does not arrive. Tracks of a kind the room has no codec for yet are
-    /// left out (a browser could not decode them).
+    /// left out (a browser could not decode them). In fleet mode the publishers on other relays
+    /// count too (their media crosses the trunk, WebRTC or not); their tracks are offered as a
+    /// plain publisher's are (this relay does not have their offer's stream ids).
     fn receivable(
         &self,
         room: &str,
@@ -603,18 +605,29 @@ impl Core {
         let r = self.room(room)?;
         let mut out = Vec::new();
         let publishers: Vec<&str> = match subscribe {
-            SubscribeBody::All(_) => r.participants.keys().map(String::as_str).collect(),
+            SubscribeBody::All(_) => r
+                .participants
+                .keys()
+                .chain(r.remote.keys())
+                .map(String::as_str)
+                .collect(),
             SubscribeBody::Only(list) => list.iter().map(String::as_str).collect(),
         };
         for pid in publishers {
             if pid == id {
                 continue;
             }
-            let Some(q) = r.participants.get(pid) else {
+            let local = r.participants.get(pid);
+            let Some(tracks) = local
+                .map(|q| &q.tracks[..])
+                .or_else(|| r.remote_tracks(pid))
+            else {
                 continue;
             };
-            let published = q.webrtc.as_deref().map_or(&[][..], |w| &w.published[..]);
-            for t in &q.tracks {
+            let published = local
+                .and_then(|q| q.webrtc.as_deref())
+                .map_or(&[][..], |w| &w.published[..]);
+            for t in tracks {
                 if r.codecs.of_kind(&sdp_kind(t.kind)).is_empty() {
                     continue;
                 }
