@@ -216,13 +216,21 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         vec![clear.clone()]
     );
     let got = recv_n(&peer, 1, Duration::from_secs(5));
-    assert_eq!(got.len(), 1, "no trunk copy of the WebRTC publisher's media");
+    assert_eq!(
+        got.len(),
+        1,
+        "no trunk copy of the WebRTC publisher's media"
+    );
     assert_eq!(got[0][..2], [5, 0x50], "version 5, RTP, video, W");
     assert_eq!(got[0][16..], clear[..], "the clear copy crosses");
     // The peer's WebRTC media: sealed for the browser, withheld from the plain member.
     peer.send_to(&remote_webrtc(1), trunk_to).unwrap();
     let got = recv_n(&web[1], 1, Duration::from_secs(5));
-    assert_eq!(got.len(), 1, "the WebRTC receiver got no copy from the trunk");
+    assert_eq!(
+        got.len(),
+        1,
+        "the WebRTC receiver got no copy from the trunk"
+    );
     let mut copy = got[0].clone();
     let len = receiving.unprotect_rtp(&mut copy).unwrap();
     assert_eq!(copy[..len], rtp(4003, 1, 900)[..]);

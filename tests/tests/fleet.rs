@@ -1288,8 +1288,15 @@ fn a_webrtc_publisher_on_one_relay_is_received_on_another_sealed_and_plain() {
     // judges), and b withholds it from pv, counted, as it would a local WebRTC publisher's.
     a.room("v");
     let wv_sock = socket();
-    let mut wv = leg::publish(&api_a, "v", "wv", &[(0xC001, Kind::Audio)], &wv_sock, timeout)
-        .expect("wv's publish leg on a");
+    let mut wv = leg::publish(
+        &api_a,
+        "v",
+        "wv",
+        &[(0xC001, Kind::Audio)],
+        &wv_sock,
+        timeout,
+    )
+    .expect("wv's publish leg on a");
     let pv = plain_receiver(&b, "v", "pv");
     wait_for(timeout, "a knows pv", || {
         members(&a.ok("GET", "/v1/rooms/v", None)).len() == 2

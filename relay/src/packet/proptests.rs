@@ -128,23 +128,25 @@ fn trunk_header() -> impl Strategy<Value = trunk::Header> {
         any::<u32>(),
         any::<bool>(),
     )
-        .prop_map(|(rtcp, media, origin, room, sender, epoch, webrtc)| trunk::Header {
-            content: if rtcp {
-                trunk::Content::Rtcp
-            } else {
-                trunk::Content::Rtp
+        .prop_map(
+            |(rtcp, media, origin, room, sender, epoch, webrtc)| trunk::Header {
+                content: if rtcp {
+                    trunk::Content::Rtcp
+                } else {
+                    trunk::Content::Rtp
+                },
+                media: [
+                    trunk::Media::Unspecified,
+                    trunk::Media::Audio,
+                    trunk::Media::Video,
+                ][usize::from(media)],
+                webrtc,
+                origin: trunk::NodeNo(origin),
+                room: trunk::RoomNo(room),
+                sender: trunk::ParticipantNo(sender),
+                epoch: trunk::Epoch(epoch),
             },
-            media: [
-                trunk::Media::Unspecified,
-                trunk::Media::Audio,
-                trunk::Media::Video,
-            ][usize::from(media)],
-            webrtc,
-            origin: trunk::NodeNo(origin),
-            room: trunk::RoomNo(room),
-            sender: trunk::ParticipantNo(sender),
-            epoch: trunk::Epoch(epoch),
-        })
+        )
 }
 
 /// An RTCP sub-packet: version 2, random count and type, a random body of whole words.

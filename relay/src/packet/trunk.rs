@@ -411,7 +411,11 @@ mod tests {
             ..Packet::new_checked(&VIDEO_RTP[..]).unwrap().header()
         };
         assert_eq!(header.to_bytes()[..2], [0x05, 0x50]);
-        assert_eq!(header.to_bytes()[2..], VIDEO_RTP[2..16], "the other fields as before");
+        assert_eq!(
+            header.to_bytes()[2..],
+            VIDEO_RTP[2..16],
+            "the other fields as before"
+        );
         let mut b = VIDEO_RTP;
         b[..16].copy_from_slice(&header.to_bytes());
         let p = Packet::new_checked(&b[..]).unwrap();
@@ -429,7 +433,10 @@ mod tests {
         // Version 5 without W reads as version 4 does.
         b[1] = 0x40;
         let p5 = Packet::new_checked(&b[..]).unwrap();
-        assert_eq!((p5.version(), p5.webrtc(), p5.media()), (5, false, Media::Video));
+        assert_eq!(
+            (p5.version(), p5.webrtc(), p5.media()),
+            (5, false, Media::Video)
+        );
         // W in a version 4 header is a reserved bit: refused, never read as WebRTC media.
         let mut old = VIDEO_RTP;
         old[1] = 0x50;

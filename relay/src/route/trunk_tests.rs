@@ -291,7 +291,10 @@ fn trunk_ingress_accepts_only_live_peers_and_well_formed_headers() {
     // From an address that is no peer's trunk address (a client, or a peer's media port).
     let mut out = 0;
     let v = b.route_trunk(0, &addr(1), &good, |_, _| out += 1);
-    assert_eq!((v, out), ((Verdict::Drop(DropReason::TrunkUnknownPeer), 0), 0));
+    assert_eq!(
+        (v, out),
+        ((Verdict::Drop(DropReason::TrunkUnknownPeer), 0), 0)
+    );
     // From C's address but saying it is A; from A with an old epoch.
     drop(deliver(&b, C, &good), DropReason::TrunkUnknownPeer);
     let mut old = good.clone();
@@ -561,7 +564,11 @@ fn a_webrtc_publishers_clear_media_crosses_once_with_the_w_bit() {
     assert_eq!(datagram[..16], expected[..]);
     let p = trunk::Packet::new_checked(&datagram[..]).unwrap();
     assert!(p.webrtc());
-    assert_eq!(p.payload(), &rtp(71)[..], "the clear datagram behind the header");
+    assert_eq!(
+        p.payload(),
+        &rtp(71)[..],
+        "the clear datagram behind the header"
+    );
     assert_eq!(a.peers().get(B).unwrap().counters.sent.sum(), 1);
     // Video: flags 0x50.
     let (_, out) = clear(&a, 21, &rtp(72));
