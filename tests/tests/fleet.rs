@@ -5,6 +5,8 @@
 //! returns, relays that lose etcd forwarding nothing, and a room shared among each relay's
 //! workers with media crossing the trunks.
 
+mod webrtc;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
@@ -1317,4 +1319,79 @@ fn a_webrtc_publisher_on_one_relay_is_received_on_another_sealed_and_plain() {
         rtp_of(&drain(&pv, Duration::from_millis(300))).is_empty(),
         "pv got a WebRTC publisher's media in a room without plain_legs"
     );
+}
+
+/// Two aiortc participants (an independent WebRTC stack: aioice, OpenSSL DTLS, libsrtp, libvpx,
+/// libopus), one on each relay, publish to and subscribe to each other: each relay removes its
+/// publisher's SRTP once, the clear media crosses the trunk with the W bit, and the other relay
+/// seals it for its subscriber, who decodes audio and video; its feedback (PLI, NACK, RR) crosses
+/// back. Runs in a network namespace with only `lo` (etcd and both relays inside it).
+#[test]
+fn aiortc_participants_on_two_relays_decode_each_other() {
+    if webrtc::in_own_netns("aiortc_participants_on_two_relays_decode_each_other") {
+        return;
+    }
+    let mut etcd = Etcd::start(1).unwrap();
+    etcd.wait_healthy(Duration::from_secs(10)).unwrap();
+    let a = fleet_relay(&etcd, "a", "X");
+    let b = fleet_relay(&etcd, "b", "X");
+    a.room("r");
+    let mut alice = webrtc::Peer::aiortc();
+    alice.name = "alice";
+    let mut bob = webrtc::Peer::aiortc();
+    bob.name = "bob";
+    // Each publishes on its own relay (which also gives each relay's room the same aiortc
+    // codec numbers), then subscribes there to the other, who lives on the other relay.
+    webrtc::publish(&a, &mut alice, "alice");
+    webrtc::publish(&b, &mut bob, "bob");
+    for (r, other) in [(&a, "bob"), (&b, "alice")] {
+        wait_for(
+            Duration::from_secs(10),
+            "the other relay's publisher known",
+            || {
+                members(&r.ok("GET", "/v1/rooms/r", None))
+                    .iter()
+                    .any(|(id, _)| id == other)
+            },
+        );
+    }
+    let alice_sub = webrtc::subscribe(&a, &mut alice, "alice");
+    let bob_sub = webrtc::subscribe(&b, &mut bob, "bob");
+    let stats = |peer: &mut webrtc::Peer, pc: &Value| peer.call(json!({"op": "stats", "id": pc}));
+    let count = |s: &Value, key: &str| s[key].as_u64().unwrap_or(0);
+    for (peer, pc) in [(&mut alice, &alice_sub), (&mut bob, &bob_sub)] {
+        let decoded = webrtc::wait_for(45, || {
+            let s = stats(peer, pc);
+            (count(&s, "framesDecoded") > 30 && count(&s, "audioFramesDecoded") > 50).then_some(s)
+        });
+        let name = peer.name;
+        let s = decoded.unwrap_or_else(|| {
+            panic!(
+                "{name} decodes too little across relays: {} a {} b {}",
+                stats(peer, pc),
+                a.metrics_text(),
+                b.metrics_text()
+            )
+        });
+        eprintln!("{name} receives {s}");
+        let received = count(&s, "packetsReceived");
+        let lost = s["packetsLost"].as_i64().unwrap_or(0);
+        assert!(lost * 50 <= received as i64, "lost {lost} of {received}");
+    }
+    for (r, peer) in [(&a, "b"), (&b, "a")] {
+        assert!(
+            r.metric(&format!(
+                "relay_trunk_packets_received_total{{peer=\"{peer}\"}}"
+            )) > 100
+        );
+        for reason in ["srtp_auth", "srtp_egress", "trunk_malformed", "plain_legs"] {
+            assert_eq!(
+                r.metric(&format!(
+                    "relay_dropped_packets_total{{reason=\"{reason}\"}}"
+                )),
+                0,
+                "{reason}"
+            );
+        }
+    }
 }
