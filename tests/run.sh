@@ -29,4 +29,4 @@ RELAY_TEST_BACKEND=mmsg cargo test -p e2e
 echo "== data-path end-to-end tests with --backend io_uring =="
 RELAY_TEST_BACKEND=io_uring cargo test -p e2e --test forwarding --test gso --test hardening \
     --test stun --test rules --test churn --test interop \
-    --test webrtc_aiortc --test webrtc_flood --test webrtc_load
+    --test webrtc_aiortc --test webrtc_flood --test webrtc_load --test fleet

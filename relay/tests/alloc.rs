@@ -160,6 +160,7 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         let header = relay::packet::trunk::Header {
             content: relay::packet::trunk::Content::Rtp,
             media: relay::packet::trunk::Media::Video,
+            webrtc: false,
             origin: relay::packet::trunk::NodeNo(2),
             room: relay::packet::trunk::RoomNo(relay::route::room_number("room-6")),
             sender: relay::packet::trunk::ParticipantNo(62),
@@ -179,8 +180,24 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
     peer.send_to(&remote_rtp(1), trunk_to).unwrap();
     assert_eq!(recv_n(&fleet[1], 2, Duration::from_secs(5)).len(), 2);
     let trunk_in = std::cell::Cell::new(0usize);
+    // Media of a WebRTC leg on the peer relay: the clear RTP behind a header with W.
+    let remote_webrtc = |seq: u16| {
+        let header = relay::packet::trunk::Header {
+            content: relay::packet::trunk::Content::Rtp,
+            media: relay::packet::trunk::Media::Video,
+            webrtc: true,
+            origin: relay::packet::trunk::NodeNo(2),
+            room: relay::packet::trunk::RoomNo(relay::route::room_number("webrtc")),
+            sender: relay::packet::trunk::ParticipantNo(43),
+            epoch: relay::packet::trunk::Epoch(20),
+        };
+        let mut d = header.to_bytes().to_vec();
+        d.extend_from_slice(&rtp(4003, seq, 900));
+        d
+    };
     // Before counting: one packet end to end, to see the WebRTC paths do what they should. The
-    // other browser decrypts exactly what the first sent; the plain member gets it clear.
+    // other browser decrypts exactly what the first sent; the plain member gets it clear; the
+    // peer relay gets the clear copy behind a version 5 header (RTP, video, W).
     let clear = rtp(4000, 1, 800);
     let mut sealed = [0u8; 1500];
     let n = browser.protect_rtp(&clear, &mut sealed).unwrap();
@@ -198,6 +215,26 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         recv_n(&web[2], 1, Duration::from_secs(5)),
         vec![clear.clone()]
     );
+    let got = recv_n(&peer, 1, Duration::from_secs(5));
+    assert_eq!(
+        got.len(),
+        1,
+        "no trunk copy of the WebRTC publisher's media"
+    );
+    assert_eq!(got[0][..2], [5, 0x50], "version 5, RTP, video, W");
+    assert_eq!(got[0][16..], clear[..], "the clear copy crosses");
+    // The peer's WebRTC media: sealed for the browser, withheld from the plain member.
+    peer.send_to(&remote_webrtc(1), trunk_to).unwrap();
+    let got = recv_n(&web[1], 1, Duration::from_secs(5));
+    assert_eq!(
+        got.len(),
+        1,
+        "the WebRTC receiver got no copy from the trunk"
+    );
+    let mut copy = got[0].clone();
+    let len = receiving.unprotect_rtp(&mut copy).unwrap();
+    assert_eq!(copy[..len], rtp(4003, 1, 900)[..]);
+    assert!(recv_n(&web[2], 1, Duration::from_millis(200)).is_empty());
     let web_out = std::cell::Cell::new(0usize);
     // One round: audio-like singles in the small room, video-like bursts in both rooms.
     let mut seq = 2u16;
@@ -237,6 +274,9 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
         web[2]
             .send_to(&rtp(4002, seq.wrapping_add(2), 600), to)
             .unwrap();
+        // The peer relay's WebRTC media in (sealed for the browser, withheld from the plain
+        // member); w0's clear copies go out to the peer behind a header with W.
+        peer.send_to(&remote_webrtc(seq), trunk_to).unwrap();
         web_out.set(web_out.get() + discard(&web[1]) + discard(&web[2]));
         // The fleet room: local media out over the trunk, the peer's media in from it.
         fleet[0].send_to(&rtp(6000, seq, 500), to).unwrap();
@@ -297,6 +337,11 @@ fn run(backend: relay::config::BackendChoice, gso: bool) {
     // The trunk path ran (counted as the copies are read back: a loaded machine delivers fewer
     // within a round; 146-432 in quiet runs, 75 once while the suite's build ran).
     assert!(trunk_in.get() > 20, "trunk copies: {}", trunk_in.get());
+    // WebRTC media from the trunk was withheld from the plain member (the W bit read).
+    let withheld = sum(&plane, |s| {
+        &s.drops[relay::route::DropReason::PlainLegs.index()]
+    });
+    assert!(withheld > 20, "withheld copies: {withheld}");
     assert_eq!(
         allocs, 0,
         "{backend:?} gso={gso}: workers allocated while forwarding"
@@ -374,7 +419,10 @@ fn install_trunked(
 
 /// Installs a `plain_legs` room `id`: member 0 a WebRTC publisher at `socks[0]` (SSRC 4000),
 /// member 1 a WebRTC receiver whose subscribe leg is `socks[1]`, member 2 a plain member at
-/// `socks[2]` (SSRC 4002). Every leg is keyed from one keying material, as DTLS would key it.
+/// `socks[2]` (SSRC 4002), member 3 on peer relay 2 (participant number 43, SSRC 4003). Every
+/// leg is keyed from one keying material, as DTLS would key it. The local publisher's legs say
+/// `plain_legs`; the compiled room does not (`compile_all`), so WebRTC media from the trunk is
+/// withheld from the plain member, counted: both ways of the W bit run.
 /// Returns the publishing browser's own send state.
 fn install_webrtc(
     plane: &relay::io::DataPlane,
@@ -444,6 +492,21 @@ fn install_webrtc(
             webrtc: None,
             number: 0,
             peer: None,
+        },
+        // On peer relay 2 (installed with the fleet room): w0's clear media crosses to it, and
+        // its WebRTC media (SSRC 4003, the W bit) comes in from it.
+        Participant {
+            id: "r3",
+            slot: 3,
+            region: None,
+            addr: None,
+            tracks: vec![(Ssrc(4003), MediaKind::Video)],
+            subscribe: None,
+            counters: counters(),
+            ice: None,
+            webrtc: None,
+            number: 43,
+            peer: Some(2),
         },
     ];
     let compiled = relay::route::compile_all(

@@ -5,6 +5,8 @@
 //! returns, relays that lose etcd forwarding nothing, and a room shared among each relay's
 //! workers with media crossing the trunks.
 
+mod webrtc;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
@@ -1114,4 +1116,293 @@ fn a_hot_room_across_relays_keeps_order_and_sends_one_trunk_copy_per_packet() {
         refused(&a),
         refused(&b)
     );
+}
+
+/// The datagrams `sock` receives until it has been quiet for `quiet`.
+fn drain(sock: &UdpSocket, quiet: Duration) -> Vec<Vec<u8>> {
+    sock.set_read_timeout(Some(quiet)).unwrap();
+    let mut buf = [0u8; 2048];
+    let mut out = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+/// (SSRC, seq, payload) of each RTP packet among `packets` (first byte 128-191, not RTCP).
+fn rtp_of(packets: &[Vec<u8>]) -> Vec<(u32, u16, Vec<u8>)> {
+    packets
+        .iter()
+        .filter(|p| p.len() >= 12 && (128..=191).contains(&p[0]) && !(192..=223).contains(&p[1]))
+        .map(|p| {
+            let ssrc = u32::from_be_bytes(p[8..12].try_into().unwrap());
+            (ssrc, u16::from_be_bytes([p[2], p[3]]), p[12..].to_vec())
+        })
+        .collect()
+}
+
+/// The payload the test's WebRTC publisher sends in packet `seq` of track `ssrc`.
+fn webrtc_payload(ssrc: u32, seq: u16) -> Vec<u8> {
+    format!("webrtc over a trunk {ssrc:#x} {seq}").into_bytes()
+}
+
+#[test]
+fn a_webrtc_publisher_on_one_relay_is_received_on_another_sealed_and_plain() {
+    use loadgen::profile::Kind;
+    use loadgen::webrtc::{self as leg, Srtp};
+
+    const N: u16 = 200;
+    const AUDIO: u32 = 0xA001;
+    const VIDEO: u32 = 0xA002;
+    let timeout = Duration::from_secs(10);
+    let mut etcd = Etcd::start(1).unwrap();
+    etcd.wait_healthy(Duration::from_secs(10)).unwrap();
+    let a = fleet_relay(&etcd, "a", "X");
+    let b = fleet_relay(&etcd, "b", "X");
+    // plain_legs is the room's, fleet-wide: b's plain participant may get the clear copy.
+    a.ok("PUT", "/v1/rooms/w", Some(&json!({"plain_legs": true})));
+    let api_a = loadgen::api::Api::new(&a.control.to_string(), None);
+    let api_b = loadgen::api::Api::new(&b.control.to_string(), None);
+    let socket = || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_nonblocking(true).unwrap();
+        roomy(&s);
+        s
+    };
+
+    // wa publishes audio and video on a: publish exchange, ICE, DTLS (dimpl), SRTP keys.
+    let wa_sock = socket();
+    let mut wa = leg::publish(
+        &api_a,
+        "w",
+        "wa",
+        &[(AUDIO, Kind::Audio), (VIDEO, Kind::Video)],
+        &wa_sock,
+        timeout,
+    )
+    .expect("wa's publish leg on a");
+    // On b: pb, a plain receiver; wb, a WebRTC receiver. wb publishes first (nothing is sent
+    // on that leg) so that b's room has a codec of each kind (codecs are each relay's own), then
+    // subscribes: b's offer lists wa's tracks, which live on a.
+    // Sockets with room for the whole burst: the test reads after it is sent.
+    let plain_receiver = |r: &Relay, room: &str, id: &str| {
+        let s = socket();
+        s.set_nonblocking(false).unwrap();
+        let body = json!({"address": s.local_addr().unwrap().to_string(), "tracks": []});
+        r.ok(
+            "PUT",
+            &format!("/v1/rooms/{room}/participants/{id}"),
+            Some(&body),
+        );
+        s
+    };
+    let pb = plain_receiver(&b, "w", "pb");
+    let wb_pub = socket();
+    leg::publish(
+        &api_b,
+        "w",
+        "wb",
+        &[(0xB001, Kind::Audio), (0xB002, Kind::Video)],
+        &wb_pub,
+        timeout,
+    )
+    .expect("wb's publish leg on b");
+    wait_for(timeout, "b knows wa", || {
+        members(&b.ok("GET", "/v1/rooms/w", None))
+            .iter()
+            .any(|(id, node)| id == "wa" && node == "a")
+    });
+    let wb_sock = socket();
+    let mut wb = leg::subscribe(&api_b, "w", "wb", &wb_sock, timeout).expect("wb's subscribe leg");
+    wait_for(timeout, "a knows pb and wb", || {
+        members(&a.ok("GET", "/v1/rooms/w", None)).len() == 3
+    });
+    let Srtp::Send(egress) = &mut wa.srtp else {
+        panic!("a publish leg seals")
+    };
+    let Srtp::Receive(ingress) = &mut wb.srtp else {
+        panic!("a subscribe leg opens")
+    };
+    let sent_before = fleet_metric(&a, "relay_trunk_packets_sent_total{peer=\"b\"}");
+    let received_before = fleet_metric(&b, "relay_trunk_packets_received_total{peer=\"a\"}");
+
+    // A bounded burst: N packets per track, sealed with wa's keys, 1 ms apart.
+    let mut sealed = [0u8; 1500];
+    for seq in 1..=N {
+        for ssrc in [AUDIO, VIDEO] {
+            let clear = rtp(ssrc, seq, &webrtc_payload(ssrc, seq));
+            let n = egress.protect_rtp(&clear, &mut sealed).unwrap();
+            wa_sock.send_to(&sealed[..n], wa.relay).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let expected: Vec<(u32, u16, Vec<u8>)> = [AUDIO, VIDEO]
+        .iter()
+        .flat_map(|&s| (1..=N).map(move |q| (s, q, webrtc_payload(s, q))))
+        .collect();
+    let sorted = |mut v: Vec<(u32, u16, Vec<u8>)>| {
+        v.sort();
+        v
+    };
+
+    // pb gets the clear RTP exactly as wa sealed it, every packet once, in order per track.
+    wb_sock.set_nonblocking(false).unwrap();
+    let plain = rtp_of(&drain(&pb, Duration::from_millis(500)));
+    for ssrc in [AUDIO, VIDEO] {
+        let seqs: Vec<u16> = plain.iter().filter(|p| p.0 == ssrc).map(|p| p.1).collect();
+        assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "pb, track {ssrc:#x}");
+    }
+    assert_eq!(sorted(plain), expected, "pb");
+    // wb gets each packet sealed for its own leg by b; it opens with wb's keys to the same RTP.
+    let mut opened = Vec::new();
+    for mut d in drain(&wb_sock, Duration::from_millis(500)) {
+        if !(128..=191).contains(&d[0]) || (192..=223).contains(&d[1]) {
+            continue;
+        }
+        let n = ingress
+            .unprotect_rtp(&mut d)
+            .unwrap_or_else(|e| panic!("wb cannot open a copy: {e:?}"));
+        d.truncate(n);
+        opened.push(d);
+    }
+    let opened = rtp_of(&opened);
+    for ssrc in [AUDIO, VIDEO] {
+        let seqs: Vec<u16> = opened.iter().filter(|p| p.0 == ssrc).map(|p| p.1).collect();
+        assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "wb, track {ssrc:#x}");
+    }
+    assert_eq!(sorted(opened), expected, "wb");
+
+    // One trunk copy a->b per packet, counted on both sides; nothing dropped at b.
+    let sent = fleet_metric(&a, "relay_trunk_packets_sent_total{peer=\"b\"}") - sent_before;
+    let received =
+        fleet_metric(&b, "relay_trunk_packets_received_total{peer=\"a\"}") - received_before;
+    assert_eq!((sent, received), (2 * u64::from(N), 2 * u64::from(N)));
+    for reason in [
+        "plain_legs",
+        "srtp",
+        "srtp_auth",
+        "srtp_replay",
+        "srtp_egress",
+        "trunk_malformed",
+        "trunk_unknown_sender",
+    ] {
+        for r in [&a, &b] {
+            assert_eq!(
+                r.metric(&format!(
+                    "relay_dropped_packets_total{{reason=\"{reason}\"}}"
+                )),
+                0,
+                "{reason}"
+            );
+        }
+    }
+
+    // A room without plain_legs: the copy still crosses (pv is a receiver of b's, which b
+    // judges), and b withholds it from pv, counted, as it would a local WebRTC publisher's.
+    a.room("v");
+    let wv_sock = socket();
+    let mut wv = leg::publish(
+        &api_a,
+        "v",
+        "wv",
+        &[(0xC001, Kind::Audio)],
+        &wv_sock,
+        timeout,
+    )
+    .expect("wv's publish leg on a");
+    let pv = plain_receiver(&b, "v", "pv");
+    wait_for(timeout, "a knows pv", || {
+        members(&a.ok("GET", "/v1/rooms/v", None)).len() == 2
+    });
+    let Srtp::Send(egress) = &mut wv.srtp else {
+        panic!("a publish leg seals")
+    };
+    for seq in 1..=50u16 {
+        let clear = rtp(0xC001, seq, b"no plain legs here");
+        let n = egress.protect_rtp(&clear, &mut sealed).unwrap();
+        wv_sock.send_to(&sealed[..n], wv.relay).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    wait_for(timeout, "b withholds 50 copies", || {
+        b.metric("relay_dropped_packets_total{reason=\"plain_legs\"}") == 50
+    });
+    assert!(
+        rtp_of(&drain(&pv, Duration::from_millis(300))).is_empty(),
+        "pv got a WebRTC publisher's media in a room without plain_legs"
+    );
+}
+
+/// Two aiortc participants (an independent WebRTC stack: aioice, OpenSSL DTLS, libsrtp, libvpx,
+/// libopus), one on each relay, publish to and subscribe to each other: each relay removes its
+/// publisher's SRTP once, the clear media crosses the trunk with the W bit, and the other relay
+/// seals it for its subscriber, who decodes audio and video; its feedback (PLI, NACK, RR) crosses
+/// back. Runs in a network namespace with only `lo` (etcd and both relays inside it).
+#[test]
+fn aiortc_participants_on_two_relays_decode_each_other() {
+    if webrtc::in_own_netns("aiortc_participants_on_two_relays_decode_each_other") {
+        return;
+    }
+    let mut etcd = Etcd::start(1).unwrap();
+    etcd.wait_healthy(Duration::from_secs(10)).unwrap();
+    let a = fleet_relay(&etcd, "a", "X");
+    let b = fleet_relay(&etcd, "b", "X");
+    a.room("r");
+    let mut alice = webrtc::Peer::aiortc();
+    alice.name = "alice";
+    let mut bob = webrtc::Peer::aiortc();
+    bob.name = "bob";
+    // Each publishes on its own relay (which also gives each relay's room the same aiortc
+    // codec numbers), then subscribes there to the other, who lives on the other relay.
+    webrtc::publish(&a, &mut alice, "alice");
+    webrtc::publish(&b, &mut bob, "bob");
+    for (r, other) in [(&a, "bob"), (&b, "alice")] {
+        wait_for(
+            Duration::from_secs(10),
+            "the other relay's publisher known",
+            || {
+                members(&r.ok("GET", "/v1/rooms/r", None))
+                    .iter()
+                    .any(|(id, _)| id == other)
+            },
+        );
+    }
+    let alice_sub = webrtc::subscribe(&a, &mut alice, "alice");
+    let bob_sub = webrtc::subscribe(&b, &mut bob, "bob");
+    let stats = |peer: &mut webrtc::Peer, pc: &Value| peer.call(json!({"op": "stats", "id": pc}));
+    let count = |s: &Value, key: &str| s[key].as_u64().unwrap_or(0);
+    for (peer, pc) in [(&mut alice, &alice_sub), (&mut bob, &bob_sub)] {
+        let decoded = webrtc::wait_for(45, || {
+            let s = stats(peer, pc);
+            (count(&s, "framesDecoded") > 30 && count(&s, "audioFramesDecoded") > 50).then_some(s)
+        });
+        let name = peer.name;
+        let s = decoded.unwrap_or_else(|| {
+            panic!(
+                "{name} decodes too little across relays: {} a {} b {}",
+                stats(peer, pc),
+                a.metrics_text(),
+                b.metrics_text()
+            )
+        });
+        eprintln!("{name} receives {s}");
+        let received = count(&s, "packetsReceived");
+        let lost = s["packetsLost"].as_i64().unwrap_or(0);
+        assert!(lost * 50 <= received as i64, "lost {lost} of {received}");
+    }
+    for (r, peer) in [(&a, "b"), (&b, "a")] {
+        assert!(
+            r.metric(&format!(
+                "relay_trunk_packets_received_total{{peer=\"{peer}\"}}"
+            )) > 100
+        );
+        for reason in ["srtp_auth", "srtp_egress", "trunk_malformed", "plain_legs"] {
+            assert_eq!(
+                r.metric(&format!(
+                    "relay_dropped_packets_total{{reason=\"{reason}\"}}"
+                )),
+                0,
+                "{reason}"
+            );
+        }
+    }
 }

@@ -17,7 +17,8 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(valid, "accepted an invalid trunk datagram");
     assert_eq!(p.as_bytes(), data);
-    assert_eq!(p.version(), 4);
+    assert_eq!(p.version(), data[0]);
+    assert_eq!(p.webrtc(), data[1] & 0x10 != 0);
     assert_eq!(demux::classify(data), Kind::Other);
 
     // Fields straight from the bytes.
@@ -34,12 +35,16 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(p.sender(), ParticipantNo(word(data, 8)));
     assert_eq!(p.epoch(), Epoch(word(data, 12)));
 
-    // The header re-emits to the same bytes; the payload is the untouched rest.
+    // The header re-emits to the same bytes (version 5 only with W, else version 4); the
+    // payload is the untouched rest.
     let header = p.header();
-    assert_eq!(header.to_bytes()[..], data[..trunk::HEADER_LEN]);
+    let mut written = [0u8; trunk::HEADER_LEN];
+    written.copy_from_slice(&data[..trunk::HEADER_LEN]);
+    written[0] = if p.webrtc() { 5 } else { 4 };
+    assert_eq!(header.to_bytes(), written);
     let mut out = [0u8; trunk::HEADER_LEN];
     assert_eq!(header.emit(&mut out), Ok(trunk::HEADER_LEN));
-    assert_eq!(out[..], data[..trunk::HEADER_LEN]);
+    assert_eq!(out, written);
     assert_eq!(p.payload(), &data[trunk::HEADER_LEN..]);
     assert_eq!(
         demux::classify(p.payload()),
@@ -47,15 +52,20 @@ fuzz_target!(|data: &[u8]| {
     );
 });
 
-/// The layout read plainly: 16 bytes of header and at least two of RTP/RTCP, version 4, media
-/// kind not 3, reserved bits zero, and an inner first byte of 128-191 whose second byte is an
-/// RTCP packet type (192-223) exactly when the C bit is set.
+/// The layout read plainly: 16 bytes of header and at least two of RTP/RTCP, version 4 (W
+/// reserved) or 5 (W defined), media kind not 3, reserved bits zero, and an inner first byte of
+/// 128-191 whose second byte is an RTCP packet type (192-223) exactly when the C bit is set.
 fn reference(data: &[u8]) -> bool {
-    if data.len() < 18 || data[0] != 4 {
+    let reserved = match data.first() {
+        Some(4) => 0x1f,
+        Some(5) => 0x0f,
+        _ => return false,
+    };
+    if data.len() < 18 {
         return false;
     }
     let flags = data[1];
-    if flags & 0x1f != 0 || flags & 0x60 == 0x60 {
+    if flags & reserved != 0 || flags & 0x60 == 0x60 {
         return false;
     }
     let (first, second) = (data[16], data[17]);

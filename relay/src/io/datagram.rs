@@ -48,6 +48,12 @@ pub(crate) trait Output {
     /// `dest`, from this worker's trunk socket, behind `header` (two iovecs: the header is
     /// copied into the send, the datagram is not).
     fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]);
+    /// Queues a trunk datagram made of `header` and a copy of `bytes` (the clear copy of a
+    /// WebRTC leg's datagram) for the peer relay at `dest`, from this worker's trunk socket, in
+    /// a reply slot of the plan. The caller has checked that it fits ([`plan::REPLY_SIZE`]).
+    ///
+    /// [`plan::REPLY_SIZE`]: super::plan::REPLY_SIZE
+    fn trunk_copy(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN], bytes: &[u8]);
 }
 
 /// The [`Sink`] of the routing decision over a backend's [`Output`]: plain receivers get the
@@ -75,6 +81,43 @@ impl<O: Output> Sink for Fwd<'_, O> {
     #[inline]
     fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]) {
         self.out.trunk(dest, header);
+    }
+}
+
+/// The [`Sink`] of a WebRTC leg's clear copy (in the worker's scratch buffer): WebRTC receivers
+/// get a copy sealed for their leg, plain receivers a copy only in a `plain_legs` room (else
+/// counted), and each peer relay one trunk datagram of the header and a copy of the clear bytes
+/// (the received buffer holds the SRTP bytes, which must not cross).
+struct Clear<'a, O> {
+    out: &'a mut O,
+    clear: &'a [u8],
+    plain_legs: bool,
+    egress: &'a mut HashMap<u64, Egress>,
+    counts: &'a mut BatchCounts,
+}
+
+impl<O: Output> Sink for Clear<'_, O> {
+    #[inline]
+    fn forward(&mut self, dest: &SockAddr, legs: Option<&Arc<Legs>>) {
+        match legs {
+            Some(l) => seal(l, dest, self.clear, self.egress, self.counts, self.out),
+            None if self.plain_legs => self.out.reply(dest, self.clear),
+            None => self.counts.drops[DropReason::PlainLegs.index()] += 1,
+        }
+    }
+
+    /// Never asked: `route_clear` shares nothing.
+    fn hand_off(&mut self, _: usize, _: &Hot) -> bool {
+        false
+    }
+
+    #[inline]
+    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]) {
+        if trunk::HEADER_LEN + self.clear.len() > super::plan::REPLY_SIZE {
+            self.counts.drops[DropReason::Oversize.index()] += 1;
+            return;
+        }
+        self.out.trunk_copy(dest, header, self.clear);
     }
 }
 
@@ -241,10 +284,15 @@ impl Datapath {
                 } = self;
                 let inner = bytes.get(trunk::HEADER_LEN..).unwrap_or_default();
                 let egress = &mut srtp.egress;
-                table.route_trunk(*worker, &src, bytes, |dest, legs| match legs {
-                    None => out.forward(dest),
-                    Some(l) => seal(l, dest, inner, egress, counts, out),
-                })
+                let (verdict, withheld) =
+                    table.route_trunk(*worker, &src, bytes, |dest, legs| match legs {
+                        // A plain receiver gets the inner datagram zero-copy: for the clear
+                        // copy of a WebRTC leg's (W), only in a `plain_legs` room.
+                        None => out.forward(dest),
+                        Some(l) => seal(l, dest, inner, egress, counts, out),
+                    });
+                counts.drops[DropReason::PlainLegs.index()] += withheld as u64;
+                verdict
             }
         };
         if let Verdict::Drop(reason) = verdict {
@@ -286,10 +334,10 @@ impl Datapath {
             };
             return table.route_shared(*share, src, bytes, &mut sink);
         };
-        // A WebRTC sender's clear copy lives in the scratch buffer, which the next datagram
-        // overwrites: its fan-out is never handed off (`route_legs` shares nothing), and so
-        // each of its receivers is served by this worker alone.
         // A WebRTC leg: unprotect a copy in the worker's scratch buffer, then route it clear.
+        // The scratch buffer is overwritten by the next datagram: its fan-out is never handed
+        // off (`route_clear` shares nothing), so each of its receivers is served by this worker
+        // alone, and its trunk copies carry a copy of the clear bytes.
         let plain_legs = legs.plain_legs;
         let Some(ing) = ingress.get_mut(&session.id) else {
             return Verdict::Drop(DropReason::Srtp);
@@ -307,12 +355,14 @@ impl Datapath {
             Ok(len) => len,
             Err(e) => return Verdict::Drop(srtp_drop(e)),
         };
-        let clear = &scratch[..len];
-        table.route_legs(*worker, src, clear, |dest, legs| match legs {
-            Some(l) => seal(l, dest, clear, egress, counts, out),
-            None if plain_legs => out.reply(dest, clear),
-            None => counts.drops[DropReason::PlainLegs.index()] += 1,
-        })
+        let mut sink = Clear {
+            out,
+            clear: &scratch[..len],
+            plain_legs,
+            egress,
+            counts,
+        };
+        table.route_clear(*worker, src, sink.clear, &mut sink)
     }
 }
 

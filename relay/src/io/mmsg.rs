@@ -286,6 +286,17 @@ impl Output for Out<'_> {
             debug_assert!(planned, "an empty plan takes a send");
         }
     }
+
+    fn trunk_copy(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN], bytes: &[u8]) {
+        if self.queue.trunk_fd.is_none() {
+            return;
+        }
+        if !self.queue.plan.push_trunk_reply(dest, header, bytes) {
+            self.queue.flush(self.fd, self.iovs);
+            let planned = self.queue.plan.push_trunk_reply(dest, header, bytes);
+            debug_assert!(planned, "an empty plan takes a reply");
+        }
+    }
 }
 
 /// A batch of received datagrams, in fixed-size slots taken from a pool.
@@ -513,7 +524,7 @@ impl SendQueue {
                 // SAFETY: the destination lives in a compiled room (or the worker's peer
                 // table) that the worker holds until the flush.
                 What::Run { .. } | What::Trunk { .. } => unsafe { &*e.dest },
-                What::Reply(n) => self.plan.reply(n).0,
+                What::Reply(n) | What::TrunkReply(n) => self.plan.reply(n).0,
             };
             hdr.msg_hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
             hdr.msg_hdr.msg_namelen = dest.len();
@@ -552,6 +563,17 @@ impl SendQueue {
                     ];
                     hdr.msg_hdr.msg_iov = self.trunk_iovs[k].as_mut_ptr();
                     hdr.msg_hdr.msg_iovlen = 2;
+                    self.trunk_hdrs.push(hdr);
+                    continue;
+                }
+                What::TrunkReply(n) => {
+                    let (_, bytes) = self.plan.reply(n);
+                    self.reply_iovs[usize::from(n)] = libc::iovec {
+                        iov_base: bytes.as_ptr() as *mut libc::c_void,
+                        iov_len: bytes.len(),
+                    };
+                    hdr.msg_hdr.msg_iov = &raw mut self.reply_iovs[usize::from(n)];
+                    hdr.msg_hdr.msg_iovlen = 1;
                     self.trunk_hdrs.push(hdr);
                     continue;
                 }
@@ -617,8 +639,8 @@ impl SendQueue {
         let mut start = 0;
         while start < self.trunk_hdrs.len() {
             // SAFETY: each header points at two iovecs of this queue (a header inside the plan's
-            // entry, a datagram in a live slot) and a peer's address, none of which change until
-            // the call returns.
+            // entry, a datagram in a live slot) or one (a reply slot of the plan) and a peer's
+            // address, none of which change until the call returns.
             let (n, err) = unsafe { send::sendmmsg(tfd, &mut self.trunk_hdrs[start..]) };
             for h in &self.trunk_hdrs[start..start + n] {
                 self.sent.packets += 1;

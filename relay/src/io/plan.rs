@@ -61,6 +61,9 @@ pub(crate) enum What {
         first: u32,
         header: [u8; crate::packet::trunk::HEADER_LEN],
     },
+    /// Reply slot `n`, holding a whole trunk datagram (header and the clear copy of a WebRTC
+    /// leg's datagram), to a peer relay from the trunk socket.
+    TrunkReply(u16),
 }
 
 /// The planned sends of a batch.
@@ -166,6 +169,38 @@ impl Plan {
         true
     }
 
+    /// Plans a trunk datagram made of `header` and a copy of `bytes` (the clear copy of a WebRTC
+    /// leg's datagram, which lives in a buffer the next datagram overwrites) for the peer relay
+    /// at `dest`, in a reply slot. Returns false when the plan has no free slot (flush, then
+    /// push again); a datagram too large for a slot is never planned (the caller checks
+    /// [`REPLY_SIZE`] first and counts it).
+    pub(crate) fn push_trunk_reply(
+        &mut self,
+        dest: &SockAddr,
+        header: &[u8; crate::packet::trunk::HEADER_LEN],
+        bytes: &[u8],
+    ) -> bool {
+        if self.is_full() || self.used_replies == REPLY_SLOTS {
+            return false;
+        }
+        let len = header.len() + bytes.len();
+        if len > REPLY_SIZE {
+            return true;
+        }
+        let n = self.used_replies;
+        self.replies[n][..header.len()].copy_from_slice(header);
+        self.replies[n][header.len()..len].copy_from_slice(bytes);
+        self.reply_lens[n] = len as u16;
+        self.reply_dests[n] = dest.clone();
+        self.used_replies += 1;
+        self.entries.push(Entry {
+            dest: ptr::null(),
+            what: What::TrunkReply(n as u16),
+            bytes: len as u32,
+        });
+        true
+    }
+
     /// Plans a reply to `dest`. Returns false when the plan is full (flush, then push again), and
     /// drops a reply too large for a slot (which the caller never makes).
     #[allow(
@@ -261,7 +296,7 @@ impl Entry {
     pub(crate) fn segments(&self) -> u64 {
         match self.what {
             What::Run { count, .. } => u64::from(count),
-            What::Reply(_) | What::Trunk { .. } => 1,
+            What::Reply(_) | What::Trunk { .. } | What::TrunkReply(_) => 1,
         }
     }
 
@@ -312,7 +347,7 @@ mod tests {
                         count,
                     )
                 }
-                What::Reply(_) | What::Trunk { .. } => (0, 0, 0),
+                What::Reply(_) | What::Trunk { .. } | What::TrunkReply(_) => (0, 0, 0),
             })
             .collect()
     }
@@ -388,6 +423,26 @@ mod tests {
     }
 
     #[test]
+    fn a_trunk_reply_holds_the_header_and_a_copy_of_the_datagram() {
+        let b = addr(2);
+        let mut plan = Plan::new(4, true);
+        plan.begin(0, 10);
+        let header = [5u8; 16];
+        assert!(plan.push_trunk_reply(&b, &header, b"clear rtp"));
+        assert_eq!(plan.entries()[0].what, What::TrunkReply(0));
+        assert_eq!(plan.entries()[0].bytes, 25);
+        let (to, bytes) = plan.reply(0);
+        assert_eq!(to.as_socket(), b.as_socket());
+        assert_eq!(&bytes[..16], &header);
+        assert_eq!(&bytes[16..], b"clear rtp");
+        // Larger than a slot: nothing planned (the caller counts it before it asks).
+        assert!(plan.push_trunk_reply(&b, &header, &[0x80; REPLY_SIZE - 15]));
+        assert_eq!(plan.entries().len(), 1);
+        assert!(plan.push_trunk_reply(&b, &header, &[0x80; REPLY_SIZE - 16]));
+        assert_eq!(plan.entries().len(), 2);
+    }
+
+    #[test]
     fn a_full_plan_refuses_until_cleared_and_replies_are_copied() {
         let (b, c) = (addr(2), addr(3));
         let mut plan = Plan::new(2, true);
@@ -397,6 +452,7 @@ mod tests {
         assert!(!plan.push(&c));
         let (to, bytes) = plan.reply(0);
         assert_eq!((to.as_socket(), bytes), (c.as_socket(), &b"pong"[..]));
+        assert!(!plan.push_trunk_reply(&b, &[4; 16], b"rtp"), "full");
         plan.clear();
         plan.begin(1, 10);
         assert!(plan.push(&b));

@@ -9,7 +9,7 @@
 //!  0                   1                   2                   3
 //!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |    version    |C|MED|   zero  |          origin node          |
+//! |    version    |C|MED|W| zero  |          origin node          |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |                          room number                          |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -22,17 +22,26 @@
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! ```
 //!
-//! - **version** (8 bits): the layout's version, [`VERSION`] (4) for this one. Versions are
-//!   numbered from 4 so that every possible version, 4 to 15, lies in the first-byte range that
-//!   RFC 7983 §7 and RFC 9443 §3 leave unassigned (0-3 STUN, 16-19 ZRTP, 20-63 DTLS, 64-79 TURN
-//!   channels, 128-191 RTP/RTCP, 192-255 QUIC): a trunk datagram that reaches a media port
-//!   classifies as [`demux::Kind::Other`] and is dropped there as not media.
+//! - **version** (8 bits): the layout's version: 4 ([`VERSION_4`]) or 5 ([`VERSION`]). Versions
+//!   are numbered from 4 so that every possible version, 4 to 15, lies in the first-byte range
+//!   that RFC 7983 §7 and RFC 9443 §3 leave unassigned (0-3 STUN, 16-19 ZRTP, 20-63 DTLS, 64-79
+//!   TURN channels, 128-191 RTP/RTCP, 192-255 QUIC): a trunk datagram that reaches a media port
+//!   classifies as [`demux::Kind::Other`] and is dropped there as not media. Version 5 is
+//!   version 4 with the W bit defined; a relay writes version 5 only when W is set, so a header
+//!   without W is byte for byte the version 4 one and a relay that reads version 4 only still
+//!   takes it. Such a relay refuses version 5 ([`Error::BadVersion`], counted
+//!   `trunk_malformed`): exactly the media it could not treat as WebRTC media (below).
 //! - **C** (1 bit): 0 RTP, 1 RTCP. It must agree with what [`demux::classify`] says of the
 //!   inner datagram.
 //! - **MED** (2 bits): the media kind of the track the packet belongs to: 0 unspecified (RTCP
 //!   that is not tied to one track, such as receiver feedback crossing back to a publisher's
 //!   relay), 1 audio, 2 video; 3 is reserved and refused.
-//! - **zero** (5 bits): reserved, sent as 0 and refused otherwise, so a later use of them
+//! - **W** (1 bit, version 5; reserved and 0 in version 4): the inner datagram is the clear
+//!   copy of what a WebRTC leg sent, SRTP or SRTCP removed by the origin relay. The receiving
+//!   relay treats it as it treats a local WebRTC leg's media: each WebRTC receiver gets a copy
+//!   sealed for its own leg, and plain receivers get it only in a room with `plain_legs`. A
+//!   version 4 header with this bit set is refused ([`Error::BadFlags`]).
+//! - **zero** (4 bits): reserved, sent as 0 and refused otherwise, so a later use of them
 //!   comes with a new version rather than being read wrongly by an older relay. (A hop count,
 //!   for trees instead of a full mesh, is the expected first use.)
 //! - **origin node** (16 bits): the sending relay's fleet node number. A receiver accepts the
@@ -51,8 +60,13 @@ use core::fmt;
 
 use crate::packet::demux;
 
-/// The version of the layout above, written in the first byte.
-pub const VERSION: u8 = 4;
+/// The newest version of the layout above: version 4 with the W bit. Written only in headers
+/// that set W.
+pub const VERSION: u8 = 5;
+
+/// The first version of the layout: no W bit (it is reserved, 0). Written in every header
+/// without W, so that relays that read only this version keep reading them.
+pub const VERSION_4: u8 = 4;
 
 /// Bytes of header in front of the inner datagram.
 pub const HEADER_LEN: usize = 16;
@@ -108,7 +122,8 @@ pub enum Error {
     Truncated,
     /// The first byte is not a version this relay reads.
     BadVersion,
-    /// The media kind is the reserved value 3, or a reserved flag bit is set.
+    /// The media kind is the reserved value 3, or a reserved flag bit is set (W counts as
+    /// reserved in version 4).
     BadFlags,
     /// The inner datagram is not what the C bit says (RTP or RTCP by RFC 7983 and RFC 5761).
     BadContent,
@@ -136,17 +151,20 @@ pub struct Packet<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// Checks, in order: length (header and at least the two bytes the RFC 7983 demux reads),
-    /// version, flags, and that the inner datagram classifies as the C bit says.
+    /// version (4 or 5), flags (the ones of that version), and that the inner datagram
+    /// classifies as the C bit says.
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         let buf = buffer.as_ref();
         if buf.len() < HEADER_LEN + 2 {
             return Err(Error::Truncated);
         }
-        if buf[field::VERSION] != VERSION {
-            return Err(Error::BadVersion);
-        }
+        let reserved = match buf[field::VERSION] {
+            VERSION_4 => field::RESERVED | field::WEBRTC,
+            VERSION => field::RESERVED,
+            _ => return Err(Error::BadVersion),
+        };
         let flags = buf[field::FLAGS];
-        if flags & field::RESERVED != 0 || (flags & field::MEDIA) >> field::MEDIA_SHIFT == 3 {
+        if flags & reserved != 0 || (flags & field::MEDIA) >> field::MEDIA_SHIFT == 3 {
             return Err(Error::BadFlags);
         }
         let expected = if flags & field::RTCP != 0 {
@@ -170,7 +188,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()
     }
 
-    /// The version byte (always [`VERSION`] once checked).
+    /// The version byte ([`VERSION_4`] or [`VERSION`] once checked).
     pub fn version(&self) -> u8 {
         self.as_bytes()[field::VERSION]
     }
@@ -192,6 +210,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
             // 3 was refused by `new_checked`.
             _ => Media::Unspecified,
         }
+    }
+
+    /// Whether the inner datagram is the clear copy of a WebRTC leg's media (the W bit; never
+    /// set in version 4).
+    pub fn webrtc(&self) -> bool {
+        self.as_bytes()[field::FLAGS] & field::WEBRTC != 0
     }
 
     /// The sending relay's node number.
@@ -220,6 +244,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Header {
             content: self.content(),
             media: self.media(),
+            webrtc: self.webrtc(),
             origin: self.origin(),
             room: self.room(),
             sender: self.sender(),
@@ -240,6 +265,8 @@ pub struct Header {
     pub content: Content,
     /// The media kind of the track.
     pub media: Media,
+    /// The inner datagram is the clear copy of a WebRTC leg's media (W; written as version 5).
+    pub webrtc: bool,
     /// The sending relay.
     pub origin: NodeNo,
     /// The room.
@@ -266,7 +293,7 @@ impl Header {
     /// The header as bytes, for a preallocated header slot of a send record.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
-        b[field::VERSION] = VERSION;
+        b[field::VERSION] = if self.webrtc { VERSION } else { VERSION_4 };
         let media: u8 = match self.media {
             Media::Unspecified => 0,
             Media::Audio => 1,
@@ -276,7 +303,8 @@ impl Header {
             Content::Rtp => 0,
             Content::Rtcp => field::RTCP,
         };
-        b[field::FLAGS] = rtcp | media << field::MEDIA_SHIFT;
+        let webrtc = if self.webrtc { field::WEBRTC } else { 0 };
+        b[field::FLAGS] = rtcp | media << field::MEDIA_SHIFT | webrtc;
         b[field::ORIGIN..field::ORIGIN + 2].copy_from_slice(&self.origin.0.to_be_bytes());
         b[field::ROOM..field::ROOM + 4].copy_from_slice(&self.room.0.to_be_bytes());
         b[field::SENDER..field::SENDER + 4].copy_from_slice(&self.sender.0.to_be_bytes());
@@ -295,7 +323,10 @@ mod field {
     pub(super) const RTCP: u8 = 0x80;
     pub(super) const MEDIA: u8 = 0x60;
     pub(super) const MEDIA_SHIFT: u32 = 5;
-    pub(super) const RESERVED: u8 = 0x1f;
+    /// W (version 5 only).
+    pub(super) const WEBRTC: u8 = 0x10;
+    /// Reserved in every version.
+    pub(super) const RESERVED: u8 = 0x0f;
     pub(super) const ORIGIN: usize = 2;
     pub(super) const ROOM: usize = 4;
     pub(super) const SENDER: usize = 8;
@@ -342,6 +373,7 @@ mod tests {
             Header {
                 content: Content::Rtcp,
                 media: Media::Unspecified,
+                webrtc: false,
                 origin: NodeNo(7),
                 room: RoomNo(1),
                 sender: ParticipantNo(2),
@@ -356,6 +388,7 @@ mod tests {
         let header = Header {
             content: Content::Rtp,
             media: Media::Video,
+            webrtc: false,
             origin: NodeNo(0x0102),
             room: RoomNo(0x0a0b_0c0d),
             sender: ParticipantNo(0x1122_3344),
@@ -375,6 +408,51 @@ mod tests {
             ..header
         };
         assert_eq!(audio.to_bytes()[..2], [0x04, 0xa0]);
+    }
+
+    #[test]
+    fn the_webrtc_bit_is_version_5_and_only_it_is() {
+        // The clear copy of a WebRTC leg's video: version 5, flags 0x50 (RTP, video, W).
+        let header = Header {
+            webrtc: true,
+            ..Packet::new_checked(&VIDEO_RTP[..]).unwrap().header()
+        };
+        assert_eq!(header.to_bytes()[..2], [0x05, 0x50]);
+        assert_eq!(
+            header.to_bytes()[2..],
+            VIDEO_RTP[2..16],
+            "the other fields as before"
+        );
+        let mut b = VIDEO_RTP;
+        b[..16].copy_from_slice(&header.to_bytes());
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!((p.version(), p.webrtc()), (5, true));
+        assert_eq!(p.header(), header);
+        // Feedback crossing back from a WebRTC receiver: RTCP, unspecified kind, W.
+        let q = Header {
+            webrtc: true,
+            ..Packet::new_checked(FEEDBACK_RTCP).unwrap().header()
+        };
+        assert_eq!(q.to_bytes()[..2], [0x05, 0x90]);
+        // Without W the header is the version 4 one, byte for byte (older relays read it).
+        let p4 = Packet::new_checked(&VIDEO_RTP[..]).unwrap();
+        assert_eq!((p4.version(), p4.webrtc()), (4, false));
+        // Version 5 without W reads as version 4 does.
+        b[1] = 0x40;
+        let p5 = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(
+            (p5.version(), p5.webrtc(), p5.media()),
+            (5, false, Media::Video)
+        );
+        // W in a version 4 header is a reserved bit: refused, never read as WebRTC media.
+        let mut old = VIDEO_RTP;
+        old[1] = 0x50;
+        assert_eq!(Packet::new_checked(&old[..]), Err(Error::BadFlags));
+        // Version 5 keeps the other four bits reserved.
+        for bit in 0..4 {
+            b[1] = 0x50 | 1 << bit;
+            assert_eq!(Packet::new_checked(&b[..]), Err(Error::BadFlags));
+        }
     }
 
     #[test]
@@ -398,7 +476,7 @@ mod tests {
 
     #[test]
     fn bad_version() {
-        for first in [0x00, 0x03, 0x05, 0x0f, 0x80] {
+        for first in [0x00, 0x03, 0x06, 0x0f, 0x80] {
             let mut b = VIDEO_RTP;
             b[0] = first;
             assert_eq!(Packet::new_checked(&b[..]), Err(Error::BadVersion));

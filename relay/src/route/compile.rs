@@ -70,6 +70,11 @@ pub trait Roster {
     fn peer_receive_blocks(&self, _id: &str) -> [Option<Arc<RuleCounters>>; 2] {
         [None, None]
     }
+    /// The room's `plain_legs` (fixed when the room is created): whether media from WebRTC
+    /// legs, local or from another relay, may reach plain members. False by default.
+    fn plain_legs(&self) -> bool {
+        false
+    }
 }
 
 /// A participant that changed (joined, left, or changed anything the workers see, rules
@@ -273,6 +278,7 @@ pub fn compile<R: Roster + ?Sized>(
 
     let (mut room, slots) = work.finish();
     room.number = super::trunk::room_number(room_name);
+    room.plain_legs = roster.plain_legs();
     Ok(Compiled {
         room: Arc::new(room),
         slots,
@@ -451,6 +457,7 @@ impl Work<'_> {
             receive_blocked: receive_blocked.map(Vec::into_boxed_slice),
             members,
             number: base.number,
+            plain_legs: base.plain_legs,
             trunks: trunks.map(|mut t| {
                 t.sort_unstable();
                 t.into_boxed_slice()

@@ -20,8 +20,12 @@
 //!   packet (room, sender's slot and SSRC), whose share that worker routes with its own table,
 //!   [`Table::route_hot`] (`share.rs`). In fleet mode the same call also gives the [`Sink`] the
 //!   copies for peer relays ([`Sink::trunk`]): the receiving worker sends those itself.
+//! - The clear copy of a WebRTC leg's datagram (unprotected by the worker) goes to
+//!   [`Table::route_clear`]: local receivers from this worker, and in fleet mode the copies for
+//!   peer relays with the trunk header's W bit set.
 //! - A datagram from the trunk port goes to [`Table::route_trunk`]: local receivers only, all of
-//!   them from the worker that received it, never handed off.
+//!   them from the worker that received it, never handed off; one with W reaches plain
+//!   receivers only in a `plain_legs` room.
 #![deny(unsafe_code)]
 
 mod compile;

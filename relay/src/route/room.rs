@@ -194,6 +194,10 @@ pub struct Room {
     pub(crate) members: usize,
     /// The room's fleet-wide number (trunk headers).
     pub(crate) number: u32,
+    /// The room's `plain_legs`: whether media from WebRTC legs may reach plain members. Read
+    /// for media that came over a trunk from a WebRTC leg of another relay (a local WebRTC
+    /// sender carries it in its own [`super::Legs`]).
+    pub(crate) plain_legs: bool,
     /// Per kind: each peer relay with a subscribe-all member that may receive that kind, and
     /// how many. A local track goes once to each of these peers (and to the peers of its
     /// remote selective subscribers).

@@ -79,7 +79,9 @@ pub trait Sink {
     /// take it now: that share is then dropped (the sink counts it), never sent here.
     fn hand_off(&mut self, to: usize, hot: &Hot) -> bool;
     /// Queues the datagram, unchanged, for the peer relay whose trunk address is `dest`, behind
-    /// the trunk `header` (fleet mode only; the receiving worker sends these itself).
+    /// the trunk `header` (fleet mode only; the receiving worker sends these itself). From
+    /// [`super::Table::route_clear`] the datagram is the clear copy the caller routed, not the
+    /// received bytes.
     fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]);
 }
 

@@ -487,6 +487,31 @@ impl Table {
         self.route_shared(Share::alone(worker), src, buf, &mut Fleet(emit))
     }
 
+    /// Routes the clear copy of a datagram that the WebRTC leg at `src` sent (its SRTP or
+    /// SRTCP removed by the caller): `sink` gets each local receiver (`legs` says whether it is
+    /// WebRTC; the caller seals a copy for those and applies the room's `plain_legs` to the
+    /// others) and, in fleet mode, each copy for a peer relay, exactly as [`Table::route_shared`]
+    /// chooses them for a plain sender, with the W bit in the trunk header so that the peer
+    /// treats it as WebRTC media. Nothing is handed off: `clear` lives in the caller's scratch
+    /// buffer, so this worker sends every copy. [`Sink::trunk`] here means "send `clear` behind
+    /// this header", which the caller copies (the received buffer holds the SRTP bytes).
+    #[inline]
+    pub fn route_clear(
+        &self,
+        worker: usize,
+        src: &SocketAddr,
+        clear: &[u8],
+        sink: &mut impl Sink,
+    ) -> Verdict {
+        let mut copies = Copies {
+            sink,
+            share: Share::alone(worker),
+            fleet: self.peers.local().map(|l| (&*self.peers, l)),
+            webrtc: true,
+        };
+        self.route_source(src, clear, &mut copies)
+    }
+
     /// Decides where one datagram goes: queues each destination on `sink`, or, in a room where
     /// `share` applies, the destinations of this worker's chunks and a hand-off to each other
     /// worker (`route::share`). In fleet mode it also queues the copies for peer relays
@@ -504,6 +529,7 @@ impl Table {
             sink,
             share,
             fleet: self.peers.local().map(|l| (&*self.peers, l)),
+            webrtc: false,
         };
         self.route_source(src, buf, &mut copies)
     }
@@ -546,51 +572,69 @@ impl Table {
     /// `emit` gets local receivers only: a trunk packet never goes to another trunk (split
     /// horizon), and it is never handed off: this worker sends every local copy, in a hot room
     /// too (`route::share`). `emit` is given the inner datagram's destinations; the caller sends
-    /// the bytes after the header.
+    /// the bytes after the header (sealed for a WebRTC receiver, `legs` set).
+    ///
+    /// A datagram with the W bit (the clear copy of a WebRTC leg's media on its relay) reaches
+    /// plain receivers only in a room with `plain_legs`, as a local WebRTC sender's does; the
+    /// copies withheld are not emitted, and returned beside the verdict for the caller to count
+    /// (`plain_legs`).
     #[inline]
     pub fn route_trunk(
         &self,
         worker: usize,
         src: &SocketAddr,
         buf: &[u8],
-        emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
-    ) -> Verdict {
+        mut emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+    ) -> (Verdict, usize) {
+        let drop = |reason| (Verdict::Drop(reason), 0);
         let Some(peer) = self.peers.by_addr(src) else {
-            return Verdict::Drop(DropReason::TrunkUnknownPeer);
+            return drop(DropReason::TrunkUnknownPeer);
         };
         let Ok(packet) = trunk::Packet::new_checked(buf) else {
-            return Verdict::Drop(DropReason::TrunkMalformed);
+            return drop(DropReason::TrunkMalformed);
         };
         if packet.origin() != peer.node || packet.epoch() != peer.epoch {
-            return Verdict::Drop(DropReason::TrunkUnknownPeer);
+            return drop(DropReason::TrunkUnknownPeer);
         }
         peer.counters.received.add(worker, 1);
         let Some(&(index, slot)) = self.by_remote.get(&(peer.node.0, packet.sender().0)) else {
-            return Verdict::Drop(DropReason::TrunkUnknownSender);
+            return drop(DropReason::TrunkUnknownSender);
         };
         let Some(installed) = self.installed(index) else {
-            return Verdict::Drop(DropReason::TrunkUnknownSender);
+            return drop(DropReason::TrunkUnknownSender);
         };
         let Some(member) = installed.room.member(slot) else {
-            return Verdict::Drop(DropReason::TrunkUnknownSender);
+            return drop(DropReason::TrunkUnknownSender);
         };
         if installed.room.number != packet.room().0 {
-            return Verdict::Drop(DropReason::TrunkUnknownSender);
+            return drop(DropReason::TrunkUnknownSender);
         }
         let kind = match packet.content() {
             trunk::Content::Rtp => demux::Kind::Rtp,
             trunk::Content::Rtcp => demux::Kind::Rtcp,
         };
         let inner = packet.payload();
-        let mut sink = Emit(emit);
-        route_member(
+        let withhold = packet.webrtc() && !installed.room.plain_legs;
+        let mut withheld = 0;
+        let mut sink = Emit(|dest: &SockAddr, legs: Option<&Arc<super::Legs>>| {
+            if legs.is_none() && withhold {
+                withheld += 1;
+            } else {
+                emit(dest, legs);
+            }
+        });
+        let verdict = route_member(
             installed,
             slot,
             member,
             kind,
             inner,
             &mut Copies::local(Share::alone(worker), &mut sink),
-        )
+        );
+        match verdict {
+            Verdict::Forward(n) => (Verdict::Forward(n.saturating_sub(withheld)), withheld),
+            v => (v, withheld),
+        }
     }
 
     /// Routes worker `share.worker`'s share of a packet that another worker handed it
@@ -665,6 +709,8 @@ struct Copies<'a, S> {
     sink: &'a mut S,
     share: Share,
     fleet: Option<(&'a Peers, Local)>,
+    /// The datagram is the clear copy of a WebRTC leg's: trunk headers carry the W bit.
+    webrtc: bool,
 }
 
 impl<'a, S: Sink> Copies<'a, S> {
@@ -674,6 +720,7 @@ impl<'a, S: Sink> Copies<'a, S> {
             sink,
             share,
             fleet: None,
+            webrtc: false,
         }
     }
 
@@ -712,6 +759,7 @@ impl<'a, S: Sink> Copies<'a, S> {
                 trunk::Content::Rtp
             },
             media,
+            webrtc: self.webrtc,
             origin: local.node,
             room: trunk::RoomNo(room),
             sender: trunk::ParticipantNo(sender),

@@ -138,9 +138,10 @@ fn send(t: &Table, from: u16, buf: &[u8]) -> (Verdict, Vec<u16>, Vec<(SocketAddr
 /// Delivers a trunk datagram from relay `origin` to relay `t`: (verdict, local ports).
 fn deliver(t: &Table, origin: u16, buf: &[u8]) -> (Verdict, Vec<u16>) {
     let mut local = Vec::new();
-    let v = t.route_trunk(0, &trunk_addr(origin), buf, |d, _| {
+    let (v, withheld) = t.route_trunk(0, &trunk_addr(origin), buf, |d, _| {
         local.push(d.as_socket().unwrap().port())
     });
+    assert_eq!(withheld, 0, "a plain sender's media is never withheld");
     local.sort();
     (v, local)
 }
@@ -167,6 +168,7 @@ fn a_track_crosses_once_per_relay_with_a_receiver_and_fans_out_there() {
         trunk::Header {
             content: trunk::Content::Rtp,
             media: trunk::Media::Audio,
+            webrtc: false,
             origin: NodeNo(A),
             room: trunk::RoomNo(room_number("r")),
             sender: trunk::ParticipantNo(1),
@@ -289,7 +291,10 @@ fn trunk_ingress_accepts_only_live_peers_and_well_formed_headers() {
     // From an address that is no peer's trunk address (a client, or a peer's media port).
     let mut out = 0;
     let v = b.route_trunk(0, &addr(1), &good, |_, _| out += 1);
-    assert_eq!((v, out), (Verdict::Drop(DropReason::TrunkUnknownPeer), 0));
+    assert_eq!(
+        (v, out),
+        ((Verdict::Drop(DropReason::TrunkUnknownPeer), 0), 0)
+    );
     // From C's address but saying it is A; from A with an old epoch.
     drop(deliver(&b, C, &good), DropReason::TrunkUnknownPeer);
     let mut old = good.clone();
@@ -299,7 +304,7 @@ fn trunk_ingress_accepts_only_live_peers_and_well_formed_headers() {
     for bad in [&good[..10], &good[..17]] {
         drop(deliver(&b, A, bad), DropReason::TrunkMalformed);
     }
-    for (at, value) in [(0, 5u8), (1, 0x61), (1, 0x80 | 0x20)] {
+    for (at, value) in [(0, 6u8), (1, 0x61), (1, 0x80 | 0x20), (1, 0x20 | 0x10)] {
         let mut m = good.clone();
         m[at] = value;
         drop(deliver(&b, A, &m), DropReason::TrunkMalformed);
@@ -425,5 +430,244 @@ fn a_hot_rooms_trunk_copies_go_from_the_receiving_worker_and_its_ingress_is_not_
     assert_eq!(
         deliver(&b, A, &whole[0].1),
         (Verdict::Forward(2), vec![3, 4])
+    );
+}
+
+/// Room "w" as relay `here` compiles it, with the room's `plain_legs`: wa (WebRTC publisher,
+/// audio 71 and video 72, publish leg at 21) and pa2 (plain, 22) on A; wb (WebRTC receiver,
+/// publish leg at 23, subscribe leg at 24) and pb (plain, 25) on B.
+fn webrtc_relay(here: u16, rules: &RuleSet, plain_legs: bool) -> Table {
+    let legs = |publish: u64, subscribe: Option<(u64, u16)>| {
+        let session = |id| Session {
+            id,
+            fingerprints: None,
+            srtp: None,
+        };
+        let mut l = Legs::new(
+            Some(session(publish)),
+            subscribe.map(|(id, _)| session(id)),
+            None,
+            subscribe.map(|(_, port)| addr(port)),
+        );
+        l.plain_legs = plain_legs;
+        Arc::new(l)
+    };
+    let mut wa = member(
+        "wa",
+        0,
+        here,
+        A,
+        21,
+        &[(71, MediaKind::Audio), (72, MediaKind::Video)],
+        None,
+    );
+    wa.webrtc = Some(legs(1, None));
+    let mut wb = member("wb", 2, here, B, 23, &[], None);
+    wb.webrtc = Some(legs(2, Some((3, 24))));
+    let people = [
+        wa,
+        member("pa2", 1, here, A, 22, &[], None),
+        wb,
+        member("pb", 3, here, B, 25, &[], None),
+    ];
+    let compiled = compile_all("w", &people, rules, |_| {
+        Some(Arc::new(RuleCounters::new(1)))
+    })
+    .unwrap();
+    let mut room = (*compiled.room).clone();
+    room.plain_legs = plain_legs;
+    let mut t = Table::new();
+    t.apply(Update::Room {
+        id: RoomId(1),
+        room: Arc::new(room),
+        slots: compiled.slots,
+    });
+    let peers = [A, B].into_iter().filter(|&n| n != here).map(|n| {
+        Peer::new(
+            &format!("n{n}"),
+            NodeNo(n),
+            epoch(n),
+            trunk_addr(n),
+            Arc::new(TrunkCounters::new(1)),
+        )
+    });
+    let local = Local {
+        node: NodeNo(here),
+        epoch: epoch(here),
+    };
+    t.apply(Update::Peers(Arc::new(Peers::new(local, peers))));
+    t
+}
+
+/// What routing one datagram queued: local receivers (port, whether WebRTC) and trunk copies
+/// (destination, header and datagram).
+#[derive(Default)]
+struct Copied {
+    local: Vec<(u16, bool)>,
+    trunks: Vec<(SocketAddr, Vec<u8>)>,
+    datagram: Vec<u8>,
+}
+
+impl Sink for Copied {
+    fn forward(&mut self, dest: &socket2::SockAddr, legs: Option<&Arc<Legs>>) {
+        self.local
+            .push((dest.as_socket().unwrap().port(), legs.is_some()));
+    }
+
+    fn hand_off(&mut self, _: usize, _: &Hot) -> bool {
+        panic!("route_clear never hands off")
+    }
+
+    fn trunk(&mut self, dest: &socket2::SockAddr, header: &[u8; trunk::HEADER_LEN]) {
+        let mut whole = header.to_vec();
+        whole.extend_from_slice(&self.datagram);
+        self.trunks.push((dest.as_socket().unwrap(), whole));
+    }
+}
+
+/// Routes the clear copy `buf` of what the WebRTC leg at local port `from` sent.
+fn clear(t: &Table, from: u16, buf: &[u8]) -> (Verdict, Copied) {
+    let mut sink = Copied {
+        datagram: buf.to_vec(),
+        ..Copied::default()
+    };
+    let v = t.route_clear(0, &addr(from), buf, &mut sink);
+    sink.local.sort();
+    (v, sink)
+}
+
+/// Delivers a trunk datagram from `origin` to `t`: (verdict, withheld, local receivers).
+fn deliver_legs(t: &Table, origin: u16, buf: &[u8]) -> (Verdict, usize, Vec<(u16, bool)>) {
+    let mut local = Vec::new();
+    let (v, withheld) = t.route_trunk(0, &trunk_addr(origin), buf, |d, legs| {
+        local.push((d.as_socket().unwrap().port(), legs.is_some()))
+    });
+    local.sort();
+    (v, withheld, local)
+}
+
+#[test]
+fn a_webrtc_publishers_clear_media_crosses_once_with_the_w_bit() {
+    let rules = RuleSet::new();
+    let a = webrtc_relay(A, &rules, true);
+    // wa's clear audio: pa2 here (plain), one copy to B (wb and pb there), header version 5.
+    let (v, out) = clear(&a, 21, &rtp(71));
+    assert_eq!(v, Verdict::Forward(2));
+    assert_eq!(out.local, [(22, false)]);
+    assert_eq!(out.trunks.len(), 1);
+    let (to, datagram) = &out.trunks[0];
+    assert_eq!(*to, trunk_addr(B));
+    // Version 5; flags 0x30: RTP, audio (01), W. Origin A, room "w", sender 21, A's epoch.
+    let mut expected = vec![0x05, 0x30, 0x00, 0x01];
+    expected.extend_from_slice(&room_number("w").to_be_bytes());
+    expected.extend_from_slice(&[0, 0, 0, 21, 0, 0, 0, 101]);
+    assert_eq!(datagram[..16], expected[..]);
+    let p = trunk::Packet::new_checked(&datagram[..]).unwrap();
+    assert!(p.webrtc());
+    assert_eq!(
+        p.payload(),
+        &rtp(71)[..],
+        "the clear datagram behind the header"
+    );
+    assert_eq!(a.peers().get(B).unwrap().counters.sent.sum(), 1);
+    // Video: flags 0x50.
+    let (_, out) = clear(&a, 21, &rtp(72));
+    assert_eq!(out.trunks[0].1[..2], [0x05, 0x50]);
+    // The same member's datagram routed as a plain sender's (route_fleet) has no W: version 4.
+    let (_, _, plain) = send(&a, 21, &rtp(71));
+    assert_eq!(plain[0].1[..2], [0x04, 0x20]);
+    // An undeclared SSRC goes nowhere, trunk included.
+    let (v, out) = clear(&a, 21, &rtp(99));
+    assert_eq!(v, Verdict::Drop(DropReason::UndeclaredSsrc));
+    assert!(out.local.is_empty() && out.trunks.is_empty());
+}
+
+#[test]
+fn webrtc_media_from_a_trunk_reaches_webrtc_receivers_and_plain_ones_only_with_plain_legs() {
+    let rules = RuleSet::new();
+    let a = webrtc_relay(A, &rules, false);
+    let (_, out) = clear(&a, 21, &rtp(71));
+    // Without plain_legs on A, pa2 gets nothing here either (the caller counts it
+    // `plain_legs`): the Sink sees it as a plain receiver.
+    assert_eq!(out.local, [(22, false)]);
+    let w = &out.trunks[0].1;
+    // On B without plain_legs: wb's subscribe leg gets it (to be sealed), pb is withheld.
+    let b = webrtc_relay(B, &rules, false);
+    assert_eq!(
+        deliver_legs(&b, A, w),
+        (Verdict::Forward(1), 1, vec![(24, true)])
+    );
+    // With plain_legs: both, pb zero-copy.
+    let b = webrtc_relay(B, &rules, true);
+    assert_eq!(
+        deliver_legs(&b, A, w),
+        (Verdict::Forward(2), 0, vec![(24, true), (25, false)])
+    );
+    // The same bytes without W (a plain publisher's, version 4) reach pb without plain_legs.
+    let b = webrtc_relay(B, &rules, false);
+    let mut v4 = w.clone();
+    v4[..2].copy_from_slice(&[0x04, 0x20]);
+    assert_eq!(
+        deliver_legs(&b, A, &v4),
+        (Verdict::Forward(2), 0, vec![(24, true), (25, false)])
+    );
+    // W in a version 4 header is refused, never read as a plain publisher's media.
+    v4[1] = 0x30;
+    assert_eq!(
+        deliver_legs(&b, A, &v4),
+        (Verdict::Drop(DropReason::TrunkMalformed), 0, vec![])
+    );
+    assert_eq!(b.peers().get(A).unwrap().counters.received.sum(), 1);
+}
+
+#[test]
+fn webrtc_feedback_crosses_back_with_the_w_bit_and_rules_hold_at_both_ends() {
+    let rules = RuleSet::new();
+    let (a, b) = (
+        webrtc_relay(A, &rules, false),
+        webrtc_relay(B, &rules, false),
+    );
+    // wb's PLI about wa's video, unprotected at B from wb's subscribe leg: one copy to A,
+    // RTCP with W (flags 0x90), sender wb (number 23); A sends it to wa's publish leg.
+    let (v, out) = clear(&b, 24, &pli(5, 72));
+    assert_eq!(v, Verdict::Forward(1));
+    assert!(out.local.is_empty());
+    let (to, datagram) = &out.trunks[0];
+    assert_eq!(*to, trunk_addr(A));
+    assert_eq!(datagram[..2], [0x05, 0x90]);
+    assert_eq!(datagram[8..12], [0, 0, 0, 23]);
+    assert_eq!(
+        deliver_legs(&a, B, datagram),
+        (Verdict::Forward(1), 0, vec![(21, true)])
+    );
+
+    let rule = |who: &str, direction: &str| {
+        let spec = serde_json::json!({
+            "match": {"participants": [{"room": "w", "participant": who}]},
+            "direction": direction, "media": "all",
+            "basis": {"authority": "A", "reference": "1", "jurisdiction": "US"},
+            "expires_at": "2099-01-01T00:00:00Z"});
+        crate::rules::compile(&crate::rules::parse(spec.to_string().as_bytes()).unwrap()).unwrap()
+    };
+    // A send rule on wa stops its clear copy at A, before any trunk copy.
+    let a = webrtc_relay(A, &rules_with(rule("wa", "send")), true);
+    let (v, out) = clear(&a, 21, &rtp(71));
+    assert_eq!(v, Verdict::Drop(DropReason::Rule));
+    assert!(out.local.is_empty() && out.trunks.is_empty());
+    // Receive rules on both of B's members: no copy to B.
+    let mut both = RuleSet::new();
+    both.insert(RuleId(1), rule("wb", "receive"));
+    both.insert(RuleId(2), rule("pb", "receive"));
+    let a = webrtc_relay(A, &both, true);
+    let (_, out) = clear(&a, 21, &rtp(71));
+    assert_eq!(out.local, [(22, false)]);
+    assert!(out.trunks.is_empty());
+    // A receive rule on wb is enforced at B too: pb (plain_legs) still gets it.
+    let a = webrtc_relay(A, &rules, true);
+    let (_, out) = clear(&a, 21, &rtp(71));
+    let b = webrtc_relay(B, &rules_with(rule("wb", "receive")), true);
+    assert_eq!(
+        deliver_legs(&b, A, &out.trunks[0].1),
+        (Verdict::Forward(1), 0, vec![(25, false)])
     );
 }

@@ -96,6 +96,11 @@ impl RoomState {
         self.remote.get(id).map(|m| m.slot)
     }
 
+    /// The tracks of participant `id` of another relay, if it is a remote member here.
+    pub(super) fn remote_tracks(&self, id: &str) -> Option<&[crate::control::body::TrackBody]> {
+        self.remote.get(id).map(|m| &m.p.tracks[..])
+    }
+
     /// Puts a participant of another relay in place of `id` (or removes it), keeping the slots
     /// and the listener index; `restore` puts it back in that slot (rollback).
     pub(super) fn put_remote(
@@ -249,6 +254,10 @@ impl route::Roster for RoomState {
         })
     }
 
+    fn plain_legs(&self) -> bool {
+        self.plain_legs
+    }
+
     fn slot(&self, id: &str) -> Option<u16> {
         self.participants
             .get(id)
@@ -280,6 +289,10 @@ impl route::Roster for Scoped<'_> {
 
     fn slot(&self, id: &str) -> Option<u16> {
         route::Roster::slot(self.room, id)
+    }
+
+    fn plain_legs(&self) -> bool {
+        self.room.plain_legs
     }
 
     fn listeners(&self, id: &str) -> impl Iterator<Item = &str> {

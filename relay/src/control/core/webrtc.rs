@@ -29,6 +29,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::fleet::RemoteParticipant;
 use super::{Core, Now, Outcome, RegionLookup, Undo};
 use crate::control::body::{
     IceBody, ParticipantBody, SubscribeBody, TrackBody, WebrtcPublishBody, WebrtcSubscribeBody,
@@ -593,7 +594,9 @@ impl Core {
 
     /// The tracks participant `id` may receive, by publisher id then SSRC. Rules play no part:
     /// blocked media simply does not arrive. Tracks of a kind the room has no codec for yet are
-    /// left out (a browser could not decode them).
+    /// left out (a browser could not decode them). In fleet mode the publishers on other relays
+    /// count too (their media crosses the trunk, WebRTC or not); their tracks are offered as a
+    /// plain publisher's are (this relay does not have their offer's stream ids).
     fn receivable(
         &self,
         room: &str,
@@ -603,18 +606,29 @@ impl Core {
         let r = self.room(room)?;
         let mut out = Vec::new();
         let publishers: Vec<&str> = match subscribe {
-            SubscribeBody::All(_) => r.participants.keys().map(String::as_str).collect(),
+            SubscribeBody::All(_) => r
+                .participants
+                .keys()
+                .chain(r.remote.keys())
+                .map(String::as_str)
+                .collect(),
             SubscribeBody::Only(list) => list.iter().map(String::as_str).collect(),
         };
         for pid in publishers {
             if pid == id {
                 continue;
             }
-            let Some(q) = r.participants.get(pid) else {
+            let local = r.participants.get(pid);
+            let Some(tracks) = local
+                .map(|q| &q.tracks[..])
+                .or_else(|| r.remote_tracks(pid))
+            else {
                 continue;
             };
-            let published = q.webrtc.as_deref().map_or(&[][..], |w| &w.published[..]);
-            for t in &q.tracks {
+            let published = local
+                .and_then(|q| q.webrtc.as_deref())
+                .map_or(&[][..], |w| &w.published[..]);
+            for t in tracks {
                 if r.codecs.of_kind(&sdp_kind(t.kind)).is_empty() {
                     continue;
                 }
@@ -671,12 +685,44 @@ impl Core {
     }
 
     /// `subscription_changed` for each WebRTC participant whose receivable tracks the pending
-    /// change altered: a publisher it subscribes to joined, left or changed tracks, or its own
-    /// subscription changed. Costs the change times the room's WebRTC participants.
+    /// change altered: a publisher it subscribes to (here, or on another relay of the fleet)
+    /// joined, left or changed tracks, or its own subscription changed. Costs the change times
+    /// the room's WebRTC participants.
     pub(super) fn subscription_events(&self) -> Vec<Event> {
         let mut told: BTreeSet<(String, String)> = BTreeSet::new();
         let mut seen = BTreeSet::new();
+        // The WebRTC participants of `r` with a subscribe leg that listen to publisher `id`.
+        let listeners = |r: &super::rooms::RoomState,
+                         room: &str,
+                         id: &str,
+                         told: &mut BTreeSet<_>| {
+            for w in &r.webrtc {
+                let Some(q) = r.participants.get(w) else {
+                    continue;
+                };
+                let listens = match &q.subscribe {
+                    SubscribeBody::All(_) => true,
+                    SubscribeBody::Only(list) => list.iter().any(|x| x == id),
+                };
+                if w != id && listens && q.webrtc.as_ref().is_some_and(|x| x.subscribe.is_some()) {
+                    told.insert((room.to_owned(), w.clone()));
+                }
+            }
+        };
         for undo in &self.journal {
+            if let Undo::Remote(room, id, old, _) = undo {
+                if !seen.insert((room.clone(), id.clone())) {
+                    continue;
+                }
+                let now = self.remote.get(&(room.clone(), id.clone()));
+                let tracks = |p: Option<&RemoteParticipant>| p.map(|p| p.tracks.clone());
+                if let Some(r) = self.rooms.get(room)
+                    && tracks(old.as_ref()) != tracks(now)
+                {
+                    listeners(r, room, id, &mut told);
+                }
+                continue;
+            }
             let Undo::Participant(room, id, old) = undo else {
                 continue;
             };
@@ -689,21 +735,7 @@ impl Core {
             let now = r.participants.get(id);
             let tracks = |p: Option<&super::Participant>| p.map(|p| p.tracks.clone());
             if tracks(old.as_ref()) != tracks(now) {
-                for w in &r.webrtc {
-                    let Some(q) = r.participants.get(w) else {
-                        continue;
-                    };
-                    let listens = match &q.subscribe {
-                        SubscribeBody::All(_) => true,
-                        SubscribeBody::Only(list) => list.iter().any(|x| x == id),
-                    };
-                    if w != id
-                        && listens
-                        && q.webrtc.as_ref().is_some_and(|x| x.subscribe.is_some())
-                    {
-                        told.insert((room.clone(), w.clone()));
-                    }
-                }
+                listeners(r, room, id, &mut told);
             }
             if let (Some(o), Some(n)) = (old, now)
                 && o.subscribe != n.subscribe

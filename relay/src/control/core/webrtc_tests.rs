@@ -296,6 +296,57 @@ fn subscribe_offers_the_others_tracks_and_takes_the_answer() {
 }
 
 #[test]
+fn a_publisher_on_another_relay_is_offered_and_its_comings_and_goings_told() {
+    let mut c = core_with(Restore::default());
+    room(&mut c, None).unwrap();
+    publish(&mut c, "a", CHROMIUM_OFFER, 1).unwrap();
+    assert_eq!(
+        offer(&mut c, "a", 2).unwrap_err().code,
+        Code::NothingToReceive
+    );
+    let remote = |ssrcs: &[u32]| Command::FleetParticipant {
+        room: "r".into(),
+        id: "x".into(),
+        remote: Some(Box::new(RemoteParticipant {
+            node: "n2".into(),
+            peer: 2,
+            number: 5,
+            region: None,
+            tracks: ssrcs
+                .iter()
+                .zip([MediaKind::Audio, MediaKind::Video])
+                .map(|(&ssrc, kind)| TrackBody { ssrc, kind })
+                .collect(),
+            subscribe: SubscribeBody::ALL,
+            relay_region: None,
+        })),
+    };
+    // x lives on relay n2 (its media crosses the trunk, WebRTC or not): a is offered its
+    // tracks with this relay's codecs, as a plain publisher's.
+    run(&mut c, remote(&[7001, 7002])).unwrap();
+    let (_, body, _, _) = offer(&mut c, "a", 3).unwrap();
+    let text = body["sdp"].as_str().unwrap();
+    for ssrc in [7001, 7002] {
+        assert!(text.contains(&format!("a=ssrc:{ssrc} cname:x")), "{text}");
+    }
+    answer(&mut c, "a", CHROMIUM_ANSWER).unwrap();
+    // x changes its tracks, then leaves: a (subscribe leg, subscribes to all) is told each time.
+    let (_, _, events, _) = run(&mut c, remote(&[7001])).unwrap();
+    assert_eq!(kinds(&events), ["subscription_changed"]);
+    assert_eq!(events[0].data["participant"], "a");
+    let (_, _, events, _) = run(
+        &mut c,
+        Command::FleetParticipant {
+            room: "r".into(),
+            id: "x".into(),
+            remote: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(kinds(&events), ["subscription_changed"]);
+}
+
+#[test]
 fn subscribe_leg_latches_on_its_own_and_is_indexed() {
     let mut c = core_with(Restore::default());
     room(&mut c, None).unwrap();

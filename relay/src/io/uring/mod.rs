@@ -448,7 +448,7 @@ impl Uring {
                         let r = self.turn[first as usize];
                         self.records.fill_trunk(dest, header, r.iov, r.bid)
                     }
-                    What::Reply(n) => {
+                    What::Reply(n) | What::TrunkReply(n) => {
                         let (dest, bytes) = self.plan.reply(n);
                         let r = self.records.fill_reply(dest, bytes);
                         if r.is_none() && self.records.any_free() {
@@ -485,6 +485,7 @@ impl Uring {
                     self.bufs.hold(self.turn[first as usize].bid);
                     slot = TRUNK_SLOT;
                 }
+                What::TrunkReply(_) => slot = TRUNK_SLOT,
                 What::Reply(_) => {}
             }
             let sqe = opcode::SendMsg::new(slot, hdr).build();
@@ -776,6 +777,23 @@ impl Output for Out<'_> {
             self.u.flush();
             let planned = self.u.plan.push_trunk(dest, header);
             debug_assert!(planned, "an empty plan takes a send");
+        }
+    }
+
+    fn trunk_copy(
+        &mut self,
+        dest: &SockAddr,
+        header: &[u8; crate::packet::trunk::HEADER_LEN],
+        bytes: &[u8],
+    ) {
+        if !self.u.trunk {
+            return;
+        }
+        self.u.planned += 1;
+        if !self.u.plan.push_trunk_reply(dest, header, bytes) {
+            self.u.flush();
+            let planned = self.u.plan.push_trunk_reply(dest, header, bytes);
+            debug_assert!(planned, "an empty plan takes a reply");
         }
     }
 }
