@@ -766,7 +766,7 @@ fn no_trunk_copy_goes_to_a_relay_where_a_relays_in_rule_blocks_every_receiver() 
 /// on loopback against the same POST on one relay alone, p50 and p99 of 200 rules each, and a
 /// bare etcd transaction of the same shape (CAS on a head key, two puts) through etcd's HTTP
 /// gateway in the same run.
-/// `RELAY_BIN=target/release/relay cargo test -p e2e --test fleet -- --ignored --nocapture rule_round_trip`
+/// `RELAY_BIN=$PWD/target/release/relay cargo test -p e2e --test fleet -- --ignored --nocapture rule_round_trip`
 ///
 /// With `RELAY_BENCH_TRACE=DIR`, each fleet relay logs the fleet's steps at debug level to
 /// `DIR/{node}.log` (commit, watch event, applied, ack written, ack seen, answered: each with its

@@ -365,7 +365,7 @@ async fn settle(
 /// starts at etcd's revision when the request arrives, and the read made after the `created`
 /// answer covers everything before. It is synced unless a write commits in the few
 /// microseconds between etcd reading its revision and registering the watch (its gRPC layer
-/// does the two apart; measured once in about 300 waits): [`wait_acks_once`] reads again
+/// does the two apart; seen once in about 300 acks waited for): [`wait_acks_once`] reads again
 /// a few times in the first 100 ms while acks are missing ([`REREADS`]).
 async fn open_watch(shared: &Shared, client: &mut Client) -> Result<WatchStream, FleetError> {
     let options = WatchOptions::new().with_prefix();
