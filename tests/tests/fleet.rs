@@ -765,32 +765,54 @@ fn no_trunk_copy_goes_to_a_relay_where_a_relays_in_rule_blocks_every_receiver() 
 }
 
 /// Benchmark (docs/BENCHMARKS.md, "Fleet"): `POST /v1/rules` to 201 on a fleet of three relays
-/// on loopback against the same POST on one relay alone, p50 and p99 of 200 rules each.
-/// `RELAY_BIN=target/release/relay cargo test -p e2e --test fleet -- --ignored --nocapture rule_round_trip`
+/// on loopback against the same POST on one relay alone, p50 and p99 of 200 rules each, and a
+/// bare etcd transaction of the same shape (CAS on a head key, two puts) through etcd's HTTP
+/// gateway in the same run.
+/// `RELAY_BIN=$PWD/target/release/relay cargo test -p e2e --test fleet -- --ignored --nocapture rule_round_trip`
+///
+/// With `RELAY_BENCH_TRACE=DIR`, each fleet relay logs the fleet's steps at debug level to
+/// `DIR/{node}.log` (commit, watch event, applied, ack written, ack seen, answered: each with its
+/// revision or rule id and a timestamp) and the calls go to `DIR/calls.tsv` (rule id, wall-clock
+/// start in microseconds since the epoch, round trip in microseconds).
 #[test]
 #[ignore = "benchmark: run by hand on a quiet machine"]
 fn rule_round_trip_bench() {
     const N: usize = 200;
+    let trace = std::env::var_os("RELAY_BENCH_TRACE").map(std::path::PathBuf::from);
     let fast = |r: &mut Options| {
         r.args.extend(["--max-rule-changes".into(), "10000".into()]);
     };
-    let time = |relay: &Relay| {
+    let time = |relay: &Relay, calls: Option<&std::path::Path>| {
+        let mut lines = String::new();
         let mut took: Vec<Duration> = (0..N)
             .map(|i| {
                 let body = rule(json!({"match": {"participants": [{"room": "r", "participant": format!("p{i}")}]}}));
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
                 let t = Instant::now();
                 let (status, v) = relay.call("POST", "/v1/rules", Some(&body));
+                let took = t.elapsed();
                 assert_eq!(status, 201, "{v}");
-                t.elapsed()
+                lines.push_str(&format!(
+                    "{}\t{}\t{}\n",
+                    v["id"],
+                    wall.as_micros(),
+                    took.as_micros()
+                ));
+                took
             })
             .collect();
+        if let Some(path) = calls {
+            std::fs::write(path, lines).unwrap();
+        }
         took.sort();
         (took[N / 2], took[N * 99 / 100])
     };
     let mut alone_opts = Options::default();
     fast(&mut alone_opts);
     let alone = Relay::start_with(alone_opts);
-    let (p50, p99) = time(&alone);
+    let (p50, p99) = time(&alone, None);
     eprintln!("one relay alone:        p50 {p50:?} p99 {p99:?}");
     let etcd = Etcd::start(1).unwrap();
     let start = |node: &str| {
@@ -805,6 +827,13 @@ fn rule_round_trip_bench() {
             ],
             ..Default::default()
         };
+        if let Some(dir) = &trace {
+            o.stderr = Some(dir.join(format!("{node}.log")));
+            o.env.push((
+                "RELAY_LOG".into(),
+                "info,relay::fleet=debug,relay::control::owner::fleet=debug".into(),
+            ));
+        }
         fast(&mut o);
         Relay::start_with(o)
     };
@@ -812,8 +841,93 @@ fn rule_round_trip_bench() {
     wait_for(Duration::from_secs(5), "3 nodes", || {
         fleet_metric(&fleet[0], "relay_fleet_nodes") == 3
     });
-    let (p50, p99) = time(&fleet[0]);
+    let calls = trace.as_ref().map(|d| d.join("calls.tsv"));
+    let fsyncs = etcd_fsyncs(&etcd);
+    let (p50, p99) = time(&fleet[0], calls.as_deref());
     eprintln!("fleet of 3, 1 etcd:     p50 {p50:?} p99 {p99:?}");
+    let (count, secs) = etcd_fsyncs(&etcd);
+    eprintln!(
+        "  etcd WAL fsyncs meanwhile: {} ({:.2} per rule), mean {:.2} ms",
+        count - fsyncs.0,
+        (count - fsyncs.0) / N as f64,
+        (secs - fsyncs.1) * 1e3 / (count - fsyncs.0).max(1.0)
+    );
+    // The store alone, same run, same member: one transaction like the rule's (compare the head
+    // key's mod revision, put the head and an entry) over a kept-alive HTTP connection to etcd's
+    // gateway (JSON on top of gRPC, so an upper bound of what the relay's gRPC client pays).
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build();
+    let url = format!("{}/v3/kv/txn", etcd.endpoints()[0]);
+    let b64 = |s: &str| base64_encode(s.as_bytes());
+    let head = b64("bench/head");
+    let mut head_rev = 0u64;
+    let mut took: Vec<Duration> = (0..N)
+        .map(|i| {
+            let body = json!({
+                "compare": [{"key": head, "target": "MOD", "result": "EQUAL", "mod_revision": head_rev.to_string()}],
+                "success": [
+                    {"request_put": {"key": head, "value": b64(&i.to_string())}},
+                    {"request_put": {"key": b64(&format!("bench/entry/{i}")), "value": b64(&"x".repeat(300))}},
+                ],
+            });
+            let t = Instant::now();
+            let v: Value = agent
+                .post(&url)
+                .send_string(&body.to_string())
+                .unwrap()
+                .into_json()
+                .unwrap();
+            let took = t.elapsed();
+            assert_eq!(v["succeeded"], json!(true), "{v}");
+            head_rev = v["header"]["revision"].as_str().unwrap().parse().unwrap();
+            took
+        })
+        .collect();
+    took.sort();
+    eprintln!(
+        "bare etcd txn (HTTP):   p50 {:?} p99 {:?}",
+        took[N / 2],
+        took[N * 99 / 100]
+    );
+}
+
+/// etcd's WAL fsyncs so far (count, seconds), from the first member's metrics.
+fn etcd_fsyncs(etcd: &Etcd) -> (f64, f64) {
+    let text = ureq::get(&format!("{}/metrics", etcd.endpoints()[0]))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("etcd_disk_wal_fsync_duration_seconds_count"),
+        value("etcd_disk_wal_fsync_duration_seconds_sum"),
+    )
+}
+
+/// Standard base64 (etcd's JSON gateway carries keys and values so).
+fn base64_encode(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// CPU time of every thread of process `pid`, from `/proc/<pid>/task/*/schedstat` (ns).

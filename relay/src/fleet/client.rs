@@ -798,6 +798,7 @@ async fn watch_prefix(
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
                 let Ok(key) = kv.key_str() else { continue };
+                tracing::debug!(key, revision = kv.mod_revision(), "fleet: watch event");
                 revision = revision.max(kv.mod_revision());
                 let value = match event.event_type() {
                     EventType::Put => Some(kv.value().to_vec()),

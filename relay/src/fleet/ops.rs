@@ -6,8 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, GetResponse, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, EventType, GetOptions, GetResponse, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions, WatchStream,
 };
 use serde_json::json;
 
@@ -119,9 +119,16 @@ async fn append_once(
             ));
         }
         let txn = Txn::new().when(when).and_then(ops);
+        let sent = std::time::Instant::now();
         let resp = shared.timed(client.txn(txn)).await?;
         if resp.succeeded() {
             let revision = resp.header().map_or(0, |h| h.revision());
+            tracing::debug!(
+                revision,
+                seq = entry.seq,
+                txn_us = sent.elapsed().as_micros() as u64,
+                "fleet: audit txn committed"
+            );
             return Ok(Commit { revision, entry });
         }
         // Either the head moved (try again) or the expected key changed (give up).
@@ -196,6 +203,7 @@ pub(super) async fn ack(shared: &Shared, revision: i64) -> Result<(), FleetError
             .await
     })
     .await?;
+    tracing::debug!(revision, "fleet: ack written");
     *last = revision;
     Ok(())
 }
@@ -220,58 +228,49 @@ async fn wait_acks_once(
     deadline: tokio::time::Instant,
 ) -> Result<Acks, FleetError> {
     let mut client = shared.client();
-    let prefix = Some(GetOptions::new().with_prefix());
-    // Who must ack: the registrations that existed at `revision`, by create revision.
-    let then = shared
-        .timed(client.get(
+    let mut watcher = shared.client();
+    // Who must ack (the registrations that existed at `revision`, by create revision), read
+    // while the watch opens.
+    let (then, mut stream) = tokio::try_join!(
+        shared.timed(client.get(
             shared.keys.nodes(),
             Some(GetOptions::new().with_prefix().with_revision(revision)),
-        ))
-        .await?;
+        )),
+        open_watch(shared, &mut watcher),
+    )?;
     let members = registrations(shared, &then);
-    // Where they are now, acks and registrations read at one revision.
-    let now = Txn::new().and_then([
-        TxnOp::get(shared.keys.acks(), prefix.clone()),
-        TxnOp::get(shared.keys.nodes(), prefix),
-    ]);
-    let resp = shared.timed(client.txn(now)).await?;
-    let read_at = resp.header().map_or(0, |h| h.revision());
-    let gets = gets(resp.op_responses());
-    let (Some(acks_now), Some(nodes_now)) = (gets.first(), gets.get(1)) else {
-        return Err(FleetError::Unavailable("short transaction answer".into()));
-    };
-    let live = registrations(shared, nodes_now);
     let mut out = Acks {
         revision,
         ..Acks::default()
     };
-    let mut pending = BTreeSet::new();
-    for (node, created) in &members {
-        let acked = acks_now.kvs().iter().any(|kv| {
-            kv.key_str().ok().and_then(|k| shared.keys.node_of(k)) == Some(node.as_str())
-                && parse_revision(kv.value()) >= revision
-        });
-        if acked {
-            out.acked.push(node.clone());
-        } else if live.get(node) != Some(created) {
-            out.gone.push(node.clone());
-        } else {
-            pending.insert(node.clone());
-        }
-    }
-    if pending.is_empty() {
-        return Ok(out);
-    }
-    let options = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(read_at + 1);
-    let mut stream = shared
-        .timed(client.watch(shared.keys.all(), Some(options)))
-        .await?;
+    let mut pending: BTreeSet<String> = members.keys().cloned().collect();
+    // Where they are now, read after the watch exists: what the read misses, the watch brings
+    // (a change in both counts once).
+    let read_at = settle(shared, &mut client, &members, &mut pending, &mut out).await?;
+    tracing::debug!(
+        revision,
+        read_at,
+        pending = pending.len(),
+        "fleet: acks read"
+    );
+    // Read again a few times while the acks are missing, in case etcd put the watch in its
+    // 100 ms catch-up set after all (see `open_watch`).
+    let read_done = tokio::time::Instant::now();
+    let mut rereads = REREADS.iter().map(|after| read_done + *after);
+    let mut reread = rereads.next();
     let acks_prefix = shared.keys.acks();
     while !pending.is_empty() {
         let msg = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::time::sleep_until(reread.unwrap_or(deadline)), if reread.is_some() => {
+                let before = pending.len();
+                let read_at = settle(shared, &mut client, &members, &mut pending, &mut out).await?;
+                if pending.len() < before {
+                    tracing::debug!(revision, read_at, pending = pending.len(), "fleet: acks read again");
+                }
+                reread = rereads.next();
+                continue;
+            }
             msg = stream.message() => msg,
         };
         let resp = match msg {
@@ -292,6 +291,12 @@ async fn wait_acks_once(
             let is_ack = key.starts_with(acks_prefix.as_str());
             match event.event_type() {
                 EventType::Put if is_ack && parse_revision(kv.value()) >= revision => {
+                    tracing::debug!(
+                        revision,
+                        node,
+                        ack_at = kv.mod_revision(),
+                        "fleet: ack seen"
+                    );
                     out.acked.push(node.to_owned());
                 }
                 // A new registration of the name: the one of then is gone.
@@ -308,6 +313,77 @@ async fn wait_acks_once(
     out.acked.sort();
     out.gone.sort();
     Ok(out)
+}
+
+/// Reads the acks and registrations now (at one revision) and moves each node of `pending`
+/// that has acked `out.revision` to `out.acked`, and each whose registration of then (in
+/// `members`) is gone to `out.gone`. Returns the revision read at.
+async fn settle(
+    shared: &Shared,
+    client: &mut Client,
+    members: &BTreeMap<String, i64>,
+    pending: &mut BTreeSet<String>,
+    out: &mut Acks,
+) -> Result<i64, FleetError> {
+    let prefix = Some(GetOptions::new().with_prefix());
+    let now = Txn::new().and_then([
+        TxnOp::get(shared.keys.acks(), prefix.clone()),
+        TxnOp::get(shared.keys.nodes(), prefix),
+    ]);
+    let resp = shared.timed(client.txn(now)).await?;
+    let read_at = resp.header().map_or(0, |h| h.revision());
+    let gets = gets(resp.op_responses());
+    let (Some(acks_now), Some(nodes_now)) = (gets.first(), gets.get(1)) else {
+        return Err(FleetError::Unavailable("short transaction answer".into()));
+    };
+    let live = registrations(shared, nodes_now);
+    pending.retain(|node| {
+        let acked = acks_now.kvs().iter().any(|kv| {
+            kv.key_str().ok().and_then(|k| shared.keys.node_of(k)) == Some(node.as_str())
+                && parse_revision(kv.value()) >= out.revision
+        });
+        if acked {
+            out.acked.push(node.clone());
+        } else if live.get(node) != members.get(node) {
+            out.gone.push(node.clone());
+        } else {
+            return true;
+        }
+        false
+    });
+    Ok(read_at)
+}
+
+/// Opens a watch of the whole fleet prefix from the store's revision now, and waits until
+/// etcd has created it.
+///
+/// No start revision on purpose: etcd serves a watch that starts at or below its current
+/// revision from its "unsynced" set, which one loop catches up only every 100 ms (its
+/// `syncWatchersLoop`). A watch opened at a read's revision + 1 after another write had landed
+/// (another relay's ack or report) waited there for acks long written: that was the fleet rule
+/// round trip's p99 of about 100 ms (docs/BENCHMARKS.md). Without a start revision the watch
+/// starts at etcd's revision when the request arrives, and the read made after the `created`
+/// answer covers everything before. It is synced unless a write commits in the few
+/// microseconds between etcd reading its revision and registering the watch (its gRPC layer
+/// does the two apart; seen once in about 300 acks waited for): [`wait_acks_once`] reads again
+/// a few times in the first 100 ms while acks are missing ([`REREADS`]).
+async fn open_watch(shared: &Shared, client: &mut Client) -> Result<WatchStream, FleetError> {
+    let options = WatchOptions::new().with_prefix();
+    let mut stream = shared
+        .timed(client.watch(shared.keys.all(), Some(options)))
+        .await?;
+    match shared.timed(stream.message()).await? {
+        Some(resp) if resp.created() && !resp.canceled() => {
+            tracing::debug!(
+                store_at = resp.header().map_or(0, |h| h.revision()),
+                "fleet: ack watch created"
+            );
+            Ok(stream)
+        }
+        _ => Err(FleetError::Unavailable(
+            "etcd did not create the ack watch".into(),
+        )),
+    }
 }
 
 /// Revokes `node`'s lease if it still has one, then waits one TTL: by then its own deadline
@@ -500,3 +576,13 @@ struct Head {
 
 /// Transactions tried before giving up with [`FleetError::Conflict`].
 const ATTEMPTS: usize = 64;
+
+/// When [`wait_acks_once`] reads the acks again while some are missing, after its first read:
+/// until etcd's catch-up loop (every 100 ms) has surely run for a watch it left unsynced.
+const REREADS: [Duration; 5] = [
+    Duration::from_millis(10),
+    Duration::from_millis(30),
+    Duration::from_millis(50),
+    Duration::from_millis(75),
+    Duration::from_millis(100),
+];

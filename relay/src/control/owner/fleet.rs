@@ -693,6 +693,7 @@ impl Owner {
             } => {
                 // A deleted rule key is not something the fleet does; nothing to install.
                 let applied = value.as_ref().is_none_or(|v| self.fleet_apply(&key, v));
+                tracing::debug!(revision, applied, "fleet: rule applied");
                 if applied {
                     self.fleet_ack(revision);
                     self.fleet_mirror();
@@ -1165,6 +1166,10 @@ impl Owner {
         if p.status == 201 {
             p.rule = commit.entry.seq;
         }
+        tracing::debug!(
+            revision = commit.revision,
+            "fleet: commit on the control thread"
+        );
         let timeout = link.fleet.ttl();
         link.fleet
             .wait_acks_then(commit.revision, timeout, link.post(id, Step::Acks));
@@ -1266,6 +1271,7 @@ impl Owner {
             map.insert("fenced".into(), json!(p.fenced));
             map.insert("relays_in".into(), json!(p.relays_in));
         }
+        tracing::debug!(rule = p.rule, "fleet: rule call answered");
         let _ = p.reply.send(Ok((p.status, body)));
     }
 
