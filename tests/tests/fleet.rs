@@ -548,6 +548,103 @@ fn rooms_span_relays_and_a_lost_relay_names_its_participants() {
     );
 }
 
+/// Two relays that both accept a PUT for one participant id (each before it saw the other's
+/// key) settle on one: the fleet's key names the last writer, and the other relay lets go of its
+/// participant with `participant_left` reason `replaced`, naming the relay that holds it.
+#[test]
+fn a_participant_put_on_two_relays_at_once_ends_on_one_and_the_other_says_so() {
+    const IDS: usize = 40;
+    let etcd = Etcd::start(1).unwrap();
+    let a = fleet_relay(&etcd, "a", "HK");
+    let b = fleet_relay(&etcd, "b", "US");
+    wait_for(Duration::from_secs(2), "2 nodes", || {
+        fleet_metric(&a, "relay_fleet_nodes") == 2
+    });
+    let mut on = [
+        EventStream::open(a.control, None, None, None),
+        EventStream::open(b.control, None, None, None),
+    ];
+    let mut clashes = 0;
+    // Rounds until PUTs have clashed (each round's 40 pairs start at once on both relays; a
+    // round without a clash means every pair was ordered by the watch, which is also right).
+    for round in 0..3 {
+        let room = format!("c{round}");
+        a.room(&room);
+        wait_for(Duration::from_secs(2), "the room known on b", || {
+            listed_rooms(&b).iter().any(|(r, _)| *r == room)
+        });
+        let barrier = std::sync::Barrier::new(2);
+        let put = |r: &Relay| -> Vec<u16> {
+            barrier.wait();
+            (0..IDS)
+                .map(|i| {
+                    let path = format!("/v1/rooms/{room}/participants/x{i}");
+                    r.call("PUT", &path, Some(&json!({"tracks": []}))).0
+                })
+                .collect()
+        };
+        let (sa, sb) = std::thread::scope(|s| {
+            let ha = s.spawn(|| put(&a));
+            let hb = s.spawn(|| put(&b));
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        let mut both = Vec::new();
+        for i in 0..IDS {
+            for st in [sa[i], sb[i]] {
+                assert!(matches!(st, 201 | 409), "x{i}: {} / {}", sa[i], sb[i]);
+            }
+            assert!(sa[i] == 201 || sb[i] == 201, "x{i} accepted nowhere");
+            if sa[i] == 201 && sb[i] == 201 {
+                both.push(format!("x{i}"));
+            }
+        }
+        // Both relays settle on one relay per id, the same one.
+        let path = format!("/v1/rooms/{room}");
+        let mut views = (Vec::new(), Vec::new());
+        wait_for(Duration::from_secs(5), "one relay per id on both", || {
+            views = (
+                members(&a.ok("GET", &path, None)),
+                members(&b.ok("GET", &path, None)),
+            );
+            views.0 == views.1 && views.0.len() == IDS
+        });
+        // Each clash: exactly one relay let go, naming the other, which is the one listed.
+        let mut replaced = Vec::new();
+        for (events, node) in on.iter_mut().zip(["a", "b"]) {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while let Some(e) = events.next(deadline.saturating_duration_since(Instant::now())) {
+                if e.kind == "participant_left" && e.data["room"] == room.as_str() {
+                    assert_eq!(e.data["reason"], "replaced", "{:?}", e.data);
+                    let id = e.data["participant"].as_str().unwrap().to_owned();
+                    let holder = e.data["node"].as_str().unwrap().to_owned();
+                    assert_ne!(holder, node);
+                    assert!(
+                        views.0.contains(&(id.clone(), holder.clone())),
+                        "{id} said to be on {holder}: {:?}",
+                        views.0
+                    );
+                    replaced.push(id);
+                }
+            }
+        }
+        replaced.sort();
+        both.sort();
+        assert_eq!(replaced, both, "one participant_left replaced per clash");
+        eprintln!(
+            "round {round}: {} of {IDS} PUTs accepted by both relays",
+            both.len()
+        );
+        clashes += both.len();
+        if clashes > 0 {
+            break;
+        }
+    }
+    assert!(
+        clashes > 0,
+        "no PUT pair clashed in 3 rounds: the path was not exercised"
+    );
+}
+
 /// The participant ids and nodes a room view lists, sorted.
 fn members(view: &Value) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = view["participants"]

@@ -23,7 +23,7 @@ use crate::store::AuditEntry;
 
 /// The control side's handle on the fleet thread. Dropping it is [`Fleet::stop`].
 pub struct Fleet {
-    jobs: Option<mpsc::UnboundedSender<Job>>,
+    jobs: Option<mpsc::UnboundedSender<(Lane, Job)>>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -48,6 +48,17 @@ pub(super) struct Shared {
 }
 
 type Job = Box<dyn FnOnce(Arc<Shared>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// How a job runs on the fleet thread.
+#[derive(Clone, Copy)]
+enum Lane {
+    /// At once, beside every other job.
+    Any,
+    /// After every earlier `InOrder` job has finished: writes of keys that one relay puts and
+    /// deletes (a participant that joins and leaves at once must not be left registered by a
+    /// put that overtook the delete), and reads that must see them.
+    InOrder,
+}
 
 impl Fleet {
     /// Starts the fleet thread, joins the fleet (see the module docs, step 1) and returns once
@@ -207,26 +218,46 @@ impl Fleet {
         self.submit(|s| async move { ops::audit_entries(&s).await }, done);
     }
 
-    /// Puts `key` (a full key, from [`Fleet::keys`]) under this node's lease, without waiting.
+    /// Puts `key` (a full key, from [`Fleet::keys`]) under this node's lease, without waiting;
+    /// in order with [`Fleet::delete_then`] and [`Fleet::get_then`].
     pub fn put_leased_then(
         &self,
         key: String,
         value: Vec<u8>,
         done: impl FnOnce(Result<(), FleetError>) + Send + 'static,
     ) {
-        self.submit(
+        self.submit_on(
+            Lane::InOrder,
             move |s| async move { ops::put_leased(&s, &key, &value).await },
             done,
         );
     }
 
-    /// Deletes `key`, without waiting.
+    /// Deletes `key`, without waiting; in order with [`Fleet::put_leased_then`].
     pub fn delete_then(
         &self,
         key: String,
         done: impl FnOnce(Result<(), FleetError>) + Send + 'static,
     ) {
-        self.submit(move |s| async move { ops::delete(&s, &key).await }, done);
+        self.submit_on(
+            Lane::InOrder,
+            move |s| async move { ops::delete(&s, &key).await },
+            done,
+        );
+    }
+
+    /// Reads `key` after every put and delete asked for before it has finished, without
+    /// waiting: `done` gets the key and its value (`None`: absent).
+    pub fn get_then(
+        &self,
+        key: String,
+        done: impl FnOnce(Result<(String, Option<Vec<u8>>), FleetError>) + Send + 'static,
+    ) {
+        self.submit_on(
+            Lane::InOrder,
+            move |s| async move { ops::get(&s, &key).await.map(|v| (key, v)) },
+            done,
+        );
     }
 
     /// Puts `key` (not leased) unless it exists, without waiting: `done` gets `None` when
@@ -339,13 +370,26 @@ impl Fleet {
         F: FnOnce(Arc<Shared>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, FleetError>> + Send + 'static,
     {
+        self.submit_on(Lane::Any, f, done);
+    }
+
+    fn submit_on<T, F, Fut>(
+        &self,
+        lane: Lane,
+        f: F,
+        done: impl FnOnce(Result<T, FleetError>) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        F: FnOnce(Arc<Shared>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, FleetError>> + Send + 'static,
+    {
         let job: Job = Box::new(move |s| Box::pin(async move { done(f(s).await) }));
         let Some(jobs) = &self.jobs else {
             return;
         };
         // The thread lives as long as `jobs`; a job it has not finished when it stops is
         // dropped with its `done` (a blocking caller then gets `FleetError::Stopped`).
-        let _ = jobs.send(job);
+        let _ = jobs.send((lane, job));
     }
 
     fn shutdown(&mut self) {
@@ -448,7 +492,7 @@ async fn run(
     config: Config,
     status: Arc<Status>,
     events: Sender<Event>,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut jobs: mpsc::UnboundedReceiver<(Lane, Job)>,
     ready: std::sync::mpsc::Sender<Result<Arc<Shared>, FleetError>>,
 ) {
     let options = ConnectOptions::new()
@@ -544,8 +588,23 @@ async fn run(
     if ready.send(Ok(shared.clone())).is_err() {
         return;
     }
-    while let Some(job) = jobs.recv().await {
-        tokio::spawn(job(shared.clone()));
+    // One task runs the ordered lane's jobs one after another.
+    let (in_order, mut queued) = mpsc::unbounded_channel::<Job>();
+    let lane = shared.clone();
+    tokio::spawn(async move {
+        while let Some(job) = queued.recv().await {
+            job(lane.clone()).await;
+        }
+    });
+    while let Some((lane, job)) = jobs.recv().await {
+        match lane {
+            Lane::Any => {
+                tokio::spawn(job(shared.clone()));
+            }
+            Lane::InOrder => {
+                let _ = in_order.send(job);
+            }
+        }
     }
     if !shared.halted.load(Ordering::Relaxed) {
         let _ = shared

@@ -454,6 +454,16 @@ pub(super) async fn delete(shared: &Shared, key: &str) -> Result<(), FleetError>
     .await
 }
 
+/// The value of `key` (`None`: absent).
+pub(super) async fn get(shared: &Shared, key: &str) -> Result<Option<Vec<u8>>, FleetError> {
+    retry(shared, any_failure, || async {
+        let mut client = shared.client();
+        let resp = shared.timed(client.get(key, None)).await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    })
+    .await
+}
+
 /// Every key under `prefix`, with its value, in key order.
 pub(super) async fn get_prefix(
     shared: &Shared,

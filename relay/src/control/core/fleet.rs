@@ -77,6 +77,25 @@ impl Core {
         Outcome::default()
     }
 
+    /// See [`Command::FleetReplaced`]: the participant leaves here as on `DELETE`, with
+    /// reason `replaced` and the relay that holds it now; no reply.
+    pub(super) fn fleet_replaced(
+        &mut self,
+        room: &str,
+        id: &str,
+        node: &str,
+    ) -> Result<Outcome, ApiError> {
+        let mut out = self.delete_participant(room, id)?;
+        out.reply = None;
+        for e in &mut out.events {
+            if e.kind == "participant_left" {
+                e.data["reason"] = "replaced".into();
+                e.data["node"] = node.into();
+            }
+        }
+        Ok(out)
+    }
+
     /// A fleet rule this relay does not enforce (its `relays_in` names other regions) came,
     /// changed or ended: active, it keeps the trunk copies of its media from relays where it
     /// blocks every receiver; otherwise it is forgotten. Journaled; no event, row or counter.

@@ -217,6 +217,17 @@ pub enum Command {
         /// What its relay registered.
         remote: Option<Box<RemoteParticipant>>,
     },
+    /// Fleet mode: this relay's participant is registered by another relay too, which wrote
+    /// the fleet's key last (both accepted a PUT before either saw the other's key). This relay
+    /// lets go of its own: `participant_left` with reason `replaced`, naming that relay.
+    FleetReplaced {
+        /// Room id.
+        room: String,
+        /// Participant id.
+        id: String,
+        /// The relay the fleet's key names.
+        node: String,
+    },
 }
 
 /// What an accepted command asks the caller to carry out.
@@ -445,6 +456,7 @@ impl Core {
             Command::FleetParticipant { room, id, remote } => {
                 Ok(self.fleet_participant(room, id, remote.map(|r| *r)))
             }
+            Command::FleetReplaced { room, id, node } => self.fleet_replaced(&room, &id, &node),
         }
     }
 

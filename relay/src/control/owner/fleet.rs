@@ -172,6 +172,9 @@ pub enum Step {
     Room(RoomStep),
     /// Every room key was read (at attach, or after a compacted watch).
     Rooms(Result<Vec<(String, Vec<u8>)>, FleetError>),
+    /// A participant key that this relay and another both wrote, read after this relay's own
+    /// writes: (key, value).
+    Owner(Result<(String, Option<Vec<u8>>), FleetError>),
 }
 
 /// What a relay puts under `reports/{node}`: the counters of the rules it enforces.
@@ -456,8 +459,9 @@ impl Owner {
             return;
         }
         let d = &event.data;
-        // Events about participants of other relays are theirs to register.
-        if d["reason"] == "node_lost" {
+        // Events about participants of other relays are theirs to register (one that this relay
+        // let go of, `replaced`, is registered by the relay that holds it now).
+        if d["reason"] == "node_lost" || d["reason"] == "replaced" {
             return;
         }
         let (Some(room), participant) = (d["room"].as_str(), d["participant"].as_str()) else {
@@ -492,12 +496,27 @@ impl Owner {
         let k = (room.to_owned(), id.to_owned());
         match value {
             Some(v) => {
-                if let Ok(p) = serde_json::from_slice::<FleetParticipant>(&v)
-                    && p.node != link.node
-                {
-                    link.remote.insert(k.clone(), p.clone());
-                    self.fleet_remote(&k.0, &k.1, Some(&p));
+                let Ok(p) = serde_json::from_slice::<FleetParticipant>(&v) else {
+                    return;
+                };
+                if p.node == link.node {
+                    // Ours. A relay that registered the same id before us has let go of it
+                    // (below), or will: it is no longer theirs here.
+                    if link.remote.remove(&k).is_some() {
+                        self.fleet_remote(&k.0, &k.1, None);
+                    }
+                    return;
                 }
+                if self.core.participant_summary(&k.0, &k.1).is_some() {
+                    // Both relays accepted a PUT for this id before either saw the other's
+                    // key. The key names one relay, the last writer: read it after our own
+                    // writes (same ordered lane) and let go of ours if it names the other.
+                    link.fleet
+                        .get_then(link.keys.participant(&k.0, &k.1), link.post(0, Step::Owner));
+                    return;
+                }
+                link.remote.insert(k.clone(), p.clone());
+                self.fleet_remote(&k.0, &k.1, Some(&p));
             }
             None => {
                 let Some(p) = link.remote.remove(&k) else {
@@ -519,6 +538,38 @@ impl Owner {
                 }
             }
         }
+    }
+
+    /// A participant key read back after a clash (`Step::Owner`): if it names another relay,
+    /// which wrote it after this one did, this relay's participant leaves
+    /// ([`Command::FleetReplaced`]) and the other relay's takes its place here.
+    fn fleet_owner(&mut self, key: &str, value: Option<Vec<u8>>) {
+        let Some(link) = &self.fleet else { return };
+        let Some((room, id)) = link.keys.participant_of(key) else {
+            return;
+        };
+        let (room, id) = (room.to_owned(), id.to_owned());
+        let Some(p) = value.and_then(|v| serde_json::from_slice::<FleetParticipant>(&v).ok())
+        else {
+            return;
+        };
+        if p.node == link.node {
+            return;
+        }
+        if self.core.participant_summary(&room, &id).is_some() {
+            let cmd = Command::FleetReplaced {
+                room: room.clone(),
+                id: id.clone(),
+                node: p.node.clone(),
+            };
+            if let Err(e) = self.run_command(cmd) {
+                tracing::warn!(error = %e, "letting go of a participant another relay holds failed");
+                return;
+            }
+        }
+        let Some(link) = &mut self.fleet else { return };
+        link.remote.insert((room.clone(), id.clone()), p.clone());
+        self.fleet_remote(&room, &id, Some(&p));
     }
 
     /// `node_lost`: every participant that was on `node`, each also as `participant_left`
@@ -1136,6 +1187,10 @@ impl Owner {
             }
             Step::Participants(Err(e)) => {
                 tracing::warn!(error = %e, "reading the fleet's participants failed");
+            }
+            Step::Owner(Ok((key, value))) => self.fleet_owner(&key, value),
+            Step::Owner(Err(e)) => {
+                tracing::warn!(error = %e, "reading where a participant lives failed");
             }
             Step::Room(step) => self.fleet_room_step(id, step),
             Step::Rooms(Ok(kvs)) => self.fleet_rooms_read(kvs),
