@@ -645,6 +645,65 @@ fn a_participant_put_on_two_relays_at_once_ends_on_one_and_the_other_says_so() {
     );
 }
 
+/// A relay restarted from its database after a room was deleted fleet-wide while it was down
+/// closes that room (it was deleted); the rooms the fleet still holds come back with their
+/// participants.
+#[test]
+fn a_relay_restarted_from_its_database_closes_rooms_deleted_while_it_was_down() {
+    let etcd = Etcd::start(1).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let start_a = || {
+        let args: Vec<String> = vec![
+            "--etcd".into(),
+            etcd.endpoints().join(","),
+            "--node".into(),
+            "a".into(),
+            "--region".into(),
+            "HK".into(),
+            "--trunk".into(),
+            "127.0.0.1:0".into(),
+            "--workers".into(),
+            "1".into(),
+        ];
+        let relay = Relay::start_with(Options {
+            args,
+            data_dir: Some(data.path().to_path_buf()),
+            ..Default::default()
+        });
+        // A restarted node waits for its previous life's lease to go (up to two TTLs).
+        wait_for(TTL * 3, "a ready", || {
+            relay.call("GET", "/readyz", None).0 == 200
+        });
+        relay
+    };
+    let mut a = start_a();
+    let b = fleet_relay(&etcd, "b", "US");
+    for room in ["gone", "kept"] {
+        a.room(room);
+        a.join(room, "p", &Client::new(), &[(7, "audio")]);
+    }
+    wait_for(Duration::from_secs(2), "rooms known on b", || {
+        let listed = listed_rooms(&b);
+        ["gone", "kept"]
+            .iter()
+            .all(|r| listed.iter().any(|(l, _)| l == r))
+    });
+    a.kill9();
+    let closed = b.ok("DELETE", "/v1/rooms/gone", None);
+    assert_eq!(closed["closed"], true, "{closed}");
+    let a = start_a();
+    wait_for(Duration::from_secs(3), "gone closed on a", || {
+        a.call("GET", "/v1/rooms/gone", None).0 == 404
+    });
+    let kept = a.ok("GET", "/v1/rooms/kept", None);
+    assert_eq!(members(&kept), [("p".to_owned(), "a".to_owned())], "{kept}");
+    assert!(
+        !listed_rooms(&a).iter().any(|(r, _)| r == "gone"),
+        "{:?}",
+        listed_rooms(&a)
+    );
+}
+
 /// The participant ids and nodes a room view lists, sorted.
 fn members(view: &Value) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = view["participants"]

@@ -261,14 +261,15 @@ impl Fleet {
     }
 
     /// Puts `key` (not leased) unless it exists, without waiting: `done` gets `None` when
-    /// this call created it, else the value it already had.
+    /// this call created it, else the value it already had. In order with the other writes.
     pub fn put_new_then(
         &self,
         key: String,
         value: Vec<u8>,
         done: impl FnOnce(Result<Option<Vec<u8>>, FleetError>) + Send + 'static,
     ) {
-        self.submit(
+        self.submit_on(
+            Lane::InOrder,
             move |s| async move { ops::put_new(&s, &key, &value).await },
             done,
         );
@@ -281,6 +282,20 @@ impl Fleet {
         done: impl FnOnce(Result<Vec<(String, Vec<u8>)>, FleetError>) + Send + 'static,
     ) {
         self.submit(
+            move |s| async move { ops::get_prefix(&s, &prefix).await },
+            done,
+        );
+    }
+
+    /// [`Fleet::get_prefix_then`] after every write asked for before it has finished (the
+    /// relay's own keys read back as it last wrote them).
+    pub fn get_prefix_after_writes_then(
+        &self,
+        prefix: String,
+        done: impl FnOnce(Result<Vec<(String, Vec<u8>)>, FleetError>) + Send + 'static,
+    ) {
+        self.submit_on(
+            Lane::InOrder,
             move |s| async move { ops::get_prefix(&s, &prefix).await },
             done,
         );

@@ -280,6 +280,11 @@ impl Core {
         self.rooms.contains_key(room)
     }
 
+    /// The rooms open on this relay.
+    pub fn room_ids(&self) -> impl Iterator<Item = &str> {
+        self.rooms.keys().map(String::as_str)
+    }
+
     /// A rule's record as the core holds it.
     pub fn rule_record(&self, id: rules::RuleId) -> Option<&StoredRule> {
         self.rules.record(id)

@@ -424,8 +424,10 @@ impl Owner {
 
     fn fleet_read_participants(&self) {
         let Some(link) = &self.fleet else { return };
-        link.fleet
-            .get_prefix_then(link.keys.participants(), link.post(0, Step::Participants));
+        link.fleet.get_prefix_after_writes_then(
+            link.keys.participants(),
+            link.post(0, Step::Participants),
+        );
     }
 
     fn fleet_put_participant(&self, room: &str, id: &str, summary: Value) {

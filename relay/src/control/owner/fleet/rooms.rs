@@ -14,7 +14,7 @@
 //!
 //! Without `--etcd` none of this runs: rooms are the core's alone, as before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -325,7 +325,7 @@ impl Owner {
     pub(super) fn fleet_read_rooms(&self) {
         let Some(link) = &self.fleet else { return };
         link.fleet
-            .get_prefix_then(link.keys.rooms(), link.post(0, Step::Rooms));
+            .get_prefix_after_writes_then(link.keys.rooms(), link.post(0, Step::Rooms));
     }
 
     /// Every room key was read: rooms known before and gone now were deleted meanwhile and
@@ -341,15 +341,27 @@ impl Owner {
                 fresh.insert(room.to_owned(), settings);
             }
         }
+        // Open here and not in the fleet: deleted while this relay was away (restarted from
+        // its database) or since the last read, unless a PUT here is creating its key (the
+        // read went on the ordered lane, so one that began before it is still pending here).
+        let creating: BTreeSet<&str> = link
+            .room_calls
+            .values()
+            .filter_map(|c| match c {
+                RoomCall::Put { room, .. } => Some(room.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut gone: BTreeSet<String> = self
+            .core
+            .room_ids()
+            .filter(|r| !fresh.contains_key(*r) && !creating.contains(*r))
+            .map(str::to_owned)
+            .collect();
         let old = std::mem::replace(&mut link.rooms, fresh);
-        for room in old.keys() {
-            if !self
-                .fleet
-                .as_ref()
-                .is_some_and(|l| l.rooms.contains_key(room))
-            {
-                self.fleet_close(room);
-            }
+        gone.extend(old.into_keys().filter(|r| !link.rooms.contains_key(r)));
+        for room in &gone {
+            self.fleet_close(room);
         }
     }
 
