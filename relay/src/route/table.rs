@@ -195,13 +195,16 @@ pub struct Table {
     rooms: Vec<Option<Installed>>,
     free: Vec<u32>,
     ids: HashMap<RoomId, u32>,
-    // Keys come from the network: std's keyed SipHash resists collision floods.
-    by_addr: HashMap<SocketAddr, (u32, u16, Leg)>,
-    by_ufrag: HashMap<Box<[u8]>, (u32, u16, Leg)>,
+    // Looked up once per datagram with the source the network gives; only the control thread
+    // inserts (addresses signaling set or a STUN check with the right password latched). A
+    // seeded foldhash (random per table) costs a fraction of SipHash per lookup; nobody on the
+    // network can fill the table with keys of their choosing to make chains long.
+    by_addr: FastMap<SocketAddr, (u32, u16, Leg)>,
+    by_ufrag: FastMap<Box<[u8]>, (u32, u16, Leg)>,
     /// WebRTC members indexed: while there are none, a media packet costs no second lookup.
     webrtc_members: usize,
     /// Members that live on other relays, by (their relay's node number, participant number).
-    by_remote: HashMap<(u16, u32), (u32, u16)>,
+    by_remote: FastMap<(u16, u32), (u32, u16)>,
     /// The fleet's other relays (empty outside fleet mode).
     peers: Arc<Peers>,
 }
@@ -215,7 +218,10 @@ struct Installed {
     ssrcs: Ssrcs,
 }
 
-type Ssrcs = HashMap<Ssrc, (u16, u16)>;
+type Ssrcs = FastMap<Ssrc, (u16, u16)>;
+
+/// A hash map keyed with a seeded foldhash, for the lookups made per datagram.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl Table {
     /// An empty table.
@@ -813,7 +819,7 @@ impl Installed {
         Self {
             id,
             room: Arc::new(Room::empty()),
-            ssrcs: HashMap::new(),
+            ssrcs: Ssrcs::default(),
         }
     }
 }
