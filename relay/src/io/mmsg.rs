@@ -543,7 +543,7 @@ impl SendQueue {
                         hdr.msg_hdr.msg_controllen = SEGMENT_CMSG_SPACE as _;
                     }
                 }
-                What::Reply(n) => {
+                What::Reply(n) | What::TrunkReply(n) => {
                     let (_, bytes) = self.plan.reply(n);
                     self.reply_iovs[usize::from(n)] = libc::iovec {
                         iov_base: bytes.as_ptr() as *mut libc::c_void,
@@ -551,6 +551,11 @@ impl SendQueue {
                     };
                     hdr.msg_hdr.msg_iov = &raw mut self.reply_iovs[usize::from(n)];
                     hdr.msg_hdr.msg_iovlen = 1;
+                    if matches!(e.what, What::TrunkReply(_)) {
+                        // A WebRTC leg's clear copy for a peer relay: from the trunk socket.
+                        self.trunk_hdrs.push(hdr);
+                        continue;
+                    }
                 }
                 What::Trunk { first, ref header } => {
                     let k = self.trunk_hdrs.len();
@@ -563,17 +568,6 @@ impl SendQueue {
                     ];
                     hdr.msg_hdr.msg_iov = self.trunk_iovs[k].as_mut_ptr();
                     hdr.msg_hdr.msg_iovlen = 2;
-                    self.trunk_hdrs.push(hdr);
-                    continue;
-                }
-                What::TrunkReply(n) => {
-                    let (_, bytes) = self.plan.reply(n);
-                    self.reply_iovs[usize::from(n)] = libc::iovec {
-                        iov_base: bytes.as_ptr() as *mut libc::c_void,
-                        iov_len: bytes.len(),
-                    };
-                    hdr.msg_hdr.msg_iov = &raw mut self.reply_iovs[usize::from(n)];
-                    hdr.msg_hdr.msg_iovlen = 1;
                     self.trunk_hdrs.push(hdr);
                     continue;
                 }
