@@ -205,13 +205,9 @@ impl Datapath {
         truncated: bool,
         out: &mut impl Output,
     ) {
-        self.counts.packets_in += 1;
-        self.counts.bytes_in += bytes.len() as u64;
-        let verdict = match src {
-            _ if self.fenced => Verdict::Drop(DropReason::Fenced),
-            _ if truncated || bytes.len() > SLOT_SIZE => Verdict::Drop(DropReason::Oversize),
-            None => Verdict::Drop(DropReason::UnknownSource),
-            Some(src) => self.route(&src, bytes, out),
+        let verdict = match self.admit(src, bytes, truncated, DropReason::UnknownSource) {
+            Ok(src) => self.route(&src, bytes, out),
+            Err(drop) => drop,
         };
         match verdict {
             Verdict::Forward(_) => {}
@@ -257,6 +253,26 @@ impl Datapath {
         }
     }
 
+    /// Counts a received datagram and says whether it may be routed: not while fenced, not when
+    /// oversize, and only with a source address (`no_source` is the drop without one).
+    #[inline]
+    fn admit(
+        &mut self,
+        src: Option<SocketAddr>,
+        bytes: &[u8],
+        truncated: bool,
+        no_source: DropReason,
+    ) -> Result<SocketAddr, Verdict> {
+        self.counts.packets_in += 1;
+        self.counts.bytes_in += bytes.len() as u64;
+        match src {
+            _ if self.fenced => Err(Verdict::Drop(DropReason::Fenced)),
+            _ if truncated || bytes.len() > SLOT_SIZE => Err(Verdict::Drop(DropReason::Oversize)),
+            None => Err(Verdict::Drop(no_source)),
+            Some(src) => Ok(src),
+        }
+    }
+
     /// Handles one datagram that came in on the trunk port: checked against the live peers and
     /// routed to local receivers only (split horizon). The backend has pointed "the datagram
     /// being handled" at the inner datagram (after the header), which `forward` sends.
@@ -268,13 +284,9 @@ impl Datapath {
         truncated: bool,
         out: &mut impl Output,
     ) {
-        self.counts.packets_in += 1;
-        self.counts.bytes_in += bytes.len() as u64;
-        let verdict = match src {
-            _ if self.fenced => Verdict::Drop(DropReason::Fenced),
-            _ if truncated || bytes.len() > SLOT_SIZE => Verdict::Drop(DropReason::Oversize),
-            None => Verdict::Drop(DropReason::TrunkUnknownPeer),
-            Some(src) => {
+        let verdict = match self.admit(src, bytes, truncated, DropReason::TrunkUnknownPeer) {
+            Err(drop) => drop,
+            Ok(src) => {
                 let Self {
                     worker,
                     table,
