@@ -418,6 +418,24 @@ pub fn one_core_relay() -> Relay {
     })
 }
 
+/// Gives a test socket a receive buffer (16 MiB, SO_RCVBUFFORCE: the tests run as root) that
+/// holds a whole burst, read after the sending.
+pub fn roomy(sock: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let bytes: libc::c_int = 16 << 20;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_RCVBUFFORCE");
+}
+
 /// An RTP packet: version 2, payload type 96, the given SSRC and sequence number.
 pub fn rtp(ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
     let mut p = vec![0x80, 96];

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use e2e::control::EventStream;
 use e2e::etcd::Etcd;
-use e2e::{Client, Options, Relay, relay_bin, rfc3339_in, rtp};
+use e2e::{Client, Options, Relay, relay_bin, rfc3339_in, roomy, rtp};
 use serde_json::{Value, json};
 
 const TTL: Duration = Duration::from_secs(3);
@@ -1229,23 +1229,6 @@ fn trunk_cost_and_hop_latency() {
         );
     }
     etcd.kill9(0).unwrap();
-}
-
-/// A receive buffer that holds a whole test's worth of datagrams, read after the sending.
-fn roomy(sock: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let bytes: libc::c_int = 16 << 20;
-    // SAFETY: setsockopt reads one c_int from a live local.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const bytes).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "SO_RCVBUFFORCE");
 }
 
 /// A room shared among the workers on two relays with two workers each (`--handoff-min-members

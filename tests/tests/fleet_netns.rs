@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use e2e::etcd::Etcd;
 use e2e::netns::{Hook, Host, Lan};
-use e2e::{Options, Relay, rfc3339_in, rtp};
+use e2e::{Options, Relay, rfc3339_in, roomy, rtp};
 use serde_json::{Value, json};
 
 const TTL: Duration = Duration::from_secs(3);
@@ -413,23 +413,6 @@ fn burst(sock: &UdpSocket, ssrc: u32, to: SocketAddr, from: u16, n: u16) {
         sock.send_to(&rtp(ssrc, seq, b"trunked"), to).unwrap();
         std::thread::sleep(Duration::from_micros(500));
     }
-}
-
-/// Gives a test socket room for a whole burst (SO_RCVBUFFORCE: the tests run as root).
-fn roomy(sock: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let bytes: libc::c_int = 16 << 20;
-    // SAFETY: setsockopt reads one c_int from a live local.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const bytes).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "SO_RCVBUFFORCE");
 }
 
 /// What each receiver got since the last read: RTP seqs of `ssrc` (anything else fails).
