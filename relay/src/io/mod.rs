@@ -166,6 +166,9 @@ impl DataPlane {
         let workers = config.workers.max(1);
         let (sockets, local_addr) =
             socket::bind_group(config.media, workers, config.socket_buffer)?;
+        for s in &sockets {
+            socket::dont_fragment(s)?;
+        }
         let (trunks, trunk_addr) = match config.trunk {
             Some(addr) => {
                 let with = |e: io::Error| io::Error::new(e.kind(), format!("--trunk {addr}: {e}"));

@@ -79,6 +79,23 @@ fn bind(addr: SocketAddr, buffer: usize) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// Sets DF on the socket's IPv4 datagrams and keeps the kernel from fragmenting them
+/// (`IP_PMTUDISC_PROBE`: the outgoing device's MTU is the limit, a learned path MTU is not).
+///
+/// Why: a datagram the kernel might fragment needs a hashed IP ID (`__ip_select_ident`, a
+/// SipHash and an atomic on a table shared by every core: 1.4% of the relay's core at 160k
+/// packets/s, docs/BENCHMARKS.md); one with DF gets ID 0. Media stacks keep RTP below the path MTU
+/// and set DF themselves; a forwarded datagram too large for the device is a counted send error
+/// rather than fragments.
+pub(crate) fn dont_fragment(socket: &Socket) -> io::Result<()> {
+    setsockopt(
+        socket.as_raw_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_PROBE,
+    )
+}
+
 /// Sets the socket buffers, beyond `rmem_max` where the process may (CAP_NET_ADMIN).
 fn set_buffer(socket: &Socket, bytes: usize) {
     let value = bytes.min(i32::MAX as usize) as libc::c_int;
@@ -249,6 +266,66 @@ pub(crate) fn name_to_addr(name: &[u8]) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The IPv4 header (ID, DF) of the next UDP datagram to `port` a raw socket sees.
+    fn ipv4_header_to(raw: &Socket, port: u16) -> (u16, bool) {
+        let mut buf = [std::mem::MaybeUninit::new(0u8); 2048];
+        loop {
+            let n = raw
+                .recv(&mut buf)
+                .expect("the datagram reached the raw socket");
+            // SAFETY: recv initialised the first n bytes.
+            let d: Vec<u8> = buf[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
+            let ihl = usize::from(d[0] & 0x0f) * 4;
+            if d.len() >= ihl + 4 && u16::from_be_bytes([d[ihl + 2], d[ihl + 3]]) == port {
+                return (u16::from_be_bytes([d[4], d[5]]), d[6] & 0x40 != 0);
+            }
+        }
+    }
+
+    #[test]
+    fn media_datagrams_go_out_with_df_and_no_hashed_ip_id() {
+        use std::time::Duration;
+        // Needs CAP_NET_RAW to read the headers the kernel wrote (CI runs as root).
+        let raw = match Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)) {
+            Ok(s) => s,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                eprintln!("skipped: no CAP_NET_RAW");
+                return;
+            }
+            Err(e) => panic!("raw socket: {e}"),
+        };
+        raw.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = sink.local_addr().unwrap();
+        let (group, _) = bind_group("127.0.0.1:0".parse().unwrap(), 1, 0).unwrap();
+        dont_fragment(&group[0]).unwrap();
+        assert_eq!(
+            getsockopt(
+                group[0].as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER
+            )
+            .unwrap(),
+            libc::IP_PMTUDISC_PROBE
+        );
+        for _ in 0..3 {
+            group[0].send_to(&[0x80; 200], &to.into()).unwrap();
+            assert_eq!(ipv4_header_to(&raw, to.port()), (0, true));
+        }
+        // The kernel's default for an unconnected socket: a hashed ID on every datagram.
+        let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ids: Vec<u16> = (0..3)
+            .map(|_| {
+                plain.send_to(&[0x80; 200], to).unwrap();
+                ipv4_header_to(&raw, to.port()).0
+            })
+            .collect();
+        assert!(ids.iter().any(|&id| id != 0), "{ids:?}");
+    }
 
     #[test]
     fn trunk_datagrams_are_spread_over_the_group_by_room_and_sender() {
