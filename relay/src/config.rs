@@ -487,6 +487,20 @@ impl ServeArgs {
             .media
             .unwrap_or_else(|| "0.0.0.0:40000".parse().expect("valid literal"));
         let fleet = fleet_settings(&args, media, args.advertise)?;
+        let fifo = args
+            .worker_priority
+            .as_deref()
+            .is_some_and(|p| p.starts_with("fifo"));
+        if fifo && (args.busy_poll == Some(true) || args.idle_poll_us.is_some_and(|us| us > 0)) {
+            // A real-time worker that never sleeps starves the normal tasks of its core (the
+            // kernel's per-core work included) until the kernel stops it for tens of
+            // milliseconds to catch them up: measured 35-63 ms stalls with loss (OPERATIONS.md).
+            bail!(
+                "--worker-priority fifo cannot be combined with --busy-poll true or \
+                 --idle-poll-us above 0: a polling real-time worker is stopped by the kernel for \
+                 tens of milliseconds at a time; choose one"
+            );
+        }
         Ok(Config {
             media,
             control,
@@ -549,6 +563,27 @@ fn read_file(path: &Path) -> anyhow::Result<ServeArgs> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_real_time_worker_may_not_poll() {
+        let fifo = |busy: Option<bool>, idle: Option<u64>| ServeArgs {
+            worker_priority: Some("fifo:10".into()),
+            busy_poll: busy,
+            idle_poll_us: idle,
+            ..ServeArgs::default()
+        };
+        for refused in [fifo(Some(true), None), fifo(None, Some(50))] {
+            let err = refused.resolve().unwrap_err().to_string();
+            assert!(err.contains("cannot be combined"), "{err}");
+        }
+        assert!(fifo(Some(false), Some(0)).resolve().is_ok());
+        let polling_normal = ServeArgs {
+            busy_poll: Some(true),
+            idle_poll_us: Some(50),
+            ..ServeArgs::default()
+        };
+        assert!(polling_normal.resolve().is_ok());
+    }
 
     #[test]
     fn defaults_need_nothing() {
