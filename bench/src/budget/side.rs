@@ -367,6 +367,7 @@ mod tests {
             step_factor: 2.0,
             smoke_rate: 100.0,
             relay_args: Vec::new(),
+            loadgen_spin: false,
             budget: SideBySideBudget {
                 latency_le_rtpengine: true,
                 knee_vs_rtpengine: 1.5,

@@ -47,6 +47,9 @@ pub struct SideBySide {
     /// Relay flags beyond the runner's own.
     #[serde(default)]
     pub relay_args: Vec<String>,
+    /// loadgen polls without sleeping (see [`ScenarioSpec::loadgen_spin`]).
+    #[serde(default)]
+    pub loadgen_spin: bool,
     /// The checks.
     pub budget: SideBySideBudget,
 }
@@ -85,7 +88,7 @@ impl SideBySide {
             smoke_mult: self.smoke_rate / self.rate,
             rtpengine: true,
             relay_args: self.relay_args.clone(),
-            loadgen_spin: false,
+            loadgen_spin: self.loadgen_spin,
             webrtc: false,
             budget: Budget::default(),
         }
