@@ -267,23 +267,30 @@ pub(crate) fn name_to_addr(name: &[u8]) -> Option<SocketAddr> {
 mod tests {
     use super::*;
 
-    /// The IPv4 header (ID, DF) of the next UDP datagram to `port` a raw socket sees.
-    fn ipv4_header_to(raw: &Socket, port: u16) -> (u16, bool) {
+    /// Sends `send` until a raw socket sees it (tests running beside this one may flood the raw
+    /// socket's buffer), and returns the IPv4 header fields (ID, DF) of the datagram it saw.
+    fn ipv4_header_of(raw: &Socket, port: u16, mut send: impl FnMut()) -> (u16, bool) {
+        use std::time::{Duration, Instant};
         let mut buf = [std::mem::MaybeUninit::new(0u8); 2048];
-        loop {
-            let n = raw
-                .recv(&mut buf)
-                .expect("the datagram reached the raw socket");
-            // SAFETY: recv initialised the first n bytes.
-            let d: Vec<u8> = buf[..n]
-                .iter()
-                .map(|b| unsafe { b.assume_init() })
-                .collect();
-            let ihl = usize::from(d[0] & 0x0f) * 4;
-            if d.len() >= ihl + 4 && u16::from_be_bytes([d[ihl + 2], d[ihl + 3]]) == port {
-                return (u16::from_be_bytes([d[4], d[5]]), d[6] & 0x40 != 0);
+        for _ in 0..20 {
+            send();
+            let deadline = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < deadline {
+                let Ok(n) = raw.recv(&mut buf) else {
+                    break;
+                };
+                // SAFETY: recv initialised the first n bytes.
+                let d: Vec<u8> = buf[..n]
+                    .iter()
+                    .map(|b| unsafe { b.assume_init() })
+                    .collect();
+                let ihl = usize::from(d[0] & 0x0f) * 4;
+                if d.len() >= ihl + 4 && u16::from_be_bytes([d[ihl + 2], d[ihl + 3]]) == port {
+                    return (u16::from_be_bytes([d[4], d[5]]), d[6] & 0x40 != 0);
+                }
             }
         }
+        panic!("no datagram to port {port} reached the raw socket");
     }
 
     #[test]
@@ -298,7 +305,8 @@ mod tests {
             }
             Err(e) => panic!("raw socket: {e}"),
         };
-        raw.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        raw.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = sink.local_addr().unwrap();
         let (group, _) = bind_group("127.0.0.1:0".parse().unwrap(), 1, 0).unwrap();
@@ -312,16 +320,21 @@ mod tests {
             .unwrap(),
             libc::IP_PMTUDISC_PROBE
         );
+        let to_sock = to.into();
         for _ in 0..3 {
-            group[0].send_to(&[0x80; 200], &to.into()).unwrap();
-            assert_eq!(ipv4_header_to(&raw, to.port()), (0, true));
+            let header = ipv4_header_of(&raw, to.port(), || {
+                group[0].send_to(&[0x80; 200], &to_sock).unwrap();
+            });
+            assert_eq!(header, (0, true));
         }
         // The kernel's default for an unconnected socket: a hashed ID on every datagram.
         let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let ids: Vec<u16> = (0..3)
             .map(|_| {
-                plain.send_to(&[0x80; 200], to).unwrap();
-                ipv4_header_to(&raw, to.port()).0
+                ipv4_header_of(&raw, to.port(), || {
+                    plain.send_to(&[0x80; 200], to).unwrap();
+                })
+                .0
             })
             .collect();
         assert!(ids.iter().any(|&id| id != 0), "{ids:?}");
