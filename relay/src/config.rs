@@ -487,11 +487,19 @@ impl ServeArgs {
             .media
             .unwrap_or_else(|| "0.0.0.0:40000".parse().expect("valid literal"));
         let fleet = fleet_settings(&args, media, args.advertise)?;
-        let fifo = args
-            .worker_priority
-            .as_deref()
-            .is_some_and(|p| p.starts_with("fifo"));
-        if fifo && (args.busy_poll == Some(true) || args.idle_poll_us.is_some_and(|us| us > 0)) {
+        let worker_priority = match args.worker_priority.as_deref() {
+            None => crate::io::WorkerPriority::default(),
+            Some(p) => p
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--worker-priority {e}"))?,
+        };
+        let busy_poll = args.busy_poll.unwrap_or(false);
+        let idle_poll = args.idle_poll_us.map_or(
+            crate::io::DEFAULT_IDLE_SPIN,
+            std::time::Duration::from_micros,
+        );
+        let fifo = matches!(worker_priority, crate::io::WorkerPriority::Fifo(_));
+        if fifo && (busy_poll || !idle_poll.is_zero()) {
             // A real-time worker that never sleeps starves the normal tasks of its core (the
             // kernel's per-core work included) until the kernel stops it for tens of
             // milliseconds to catch them up: measured 35-63 ms stalls with loss (OPERATIONS.md).
@@ -532,20 +540,12 @@ impl ServeArgs {
                 n => n.unwrap_or(1024),
             },
             gso: args.gso.unwrap_or(true),
-            busy_poll: args.busy_poll.unwrap_or(false),
+            busy_poll,
             handoff_min_members: args
                 .handoff_min_members
                 .unwrap_or(crate::io::DEFAULT_HANDOFF_MIN_MEMBERS),
-            idle_poll: args.idle_poll_us.map_or(
-                crate::io::DEFAULT_IDLE_SPIN,
-                std::time::Duration::from_micros,
-            ),
-            worker_priority: match args.worker_priority.as_deref() {
-                None => crate::io::WorkerPriority::default(),
-                Some(p) => p
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("--worker-priority {e}"))?,
-            },
+            idle_poll,
+            worker_priority,
             limits,
             log: args.log.unwrap_or_else(|| "info".into()),
             log_format: args.log_format.unwrap_or_default(),
