@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::route::Addr;
 use crossbeam_channel::Sender;
-use socket2::SockAddr;
 
 use super::SLOT_SIZE;
 use super::srtp_state::SrtpState;
@@ -30,30 +30,30 @@ const STUN_REPLY_SIZE: usize = 256;
 /// Where the sends that one datagram causes go. Implemented by each backend over its send queue.
 pub(crate) trait Output {
     /// Queues the datagram being handled, unchanged, for `dest`.
-    fn forward(&mut self, dest: &SockAddr);
+    fn forward(&mut self, dest: &Addr);
     /// Queues a datagram the relay made itself (a STUN response) for `dest`. The bytes are
     /// copied: the caller may reuse its buffer at once.
     #[allow(
         dead_code,
         reason = "the STUN handler calls it from `Datapath::handle`"
     )]
-    fn reply(&mut self, dest: &SockAddr, bytes: &[u8]);
+    fn reply(&mut self, dest: &Addr, bytes: &[u8]);
     /// Queues a datagram that `write` makes in a free slot of the plan (an SRTP copy sealed
     /// straight into it), returning its length or `None` to send nothing.
-    fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>);
+    fn reply_with(&mut self, dest: &Addr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>);
     /// Hands the datagram being handled to worker `to` for its share of `hot`'s fan-out
     /// (`io::handoff`). Returns false, counted, when it could not: that share is dropped.
     fn hand_off(&mut self, to: usize, hot: &Hot) -> bool;
     /// Queues the datagram being handled, unchanged, for the peer relay whose trunk address is
     /// `dest`, from this worker's trunk socket, behind `header` (two iovecs: the header is
     /// copied into the send, the datagram is not).
-    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]);
+    fn trunk(&mut self, dest: &Addr, header: &[u8; trunk::HEADER_LEN]);
     /// Queues a trunk datagram made of `header` and a copy of `bytes` (the clear copy of a
     /// WebRTC leg's datagram) for the peer relay at `dest`, from this worker's trunk socket, in
     /// a reply slot of the plan. The caller has checked that it fits ([`plan::REPLY_SIZE`]).
     ///
     /// [`plan::REPLY_SIZE`]: super::plan::REPLY_SIZE
-    fn trunk_copy(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN], bytes: &[u8]);
+    fn trunk_copy(&mut self, dest: &Addr, header: &[u8; trunk::HEADER_LEN], bytes: &[u8]);
 }
 
 /// The [`Sink`] of the routing decision over a backend's [`Output`]: plain receivers get the
@@ -67,7 +67,7 @@ struct Fwd<'a, O> {
 
 impl<O: Output> Sink for Fwd<'_, O> {
     #[inline]
-    fn forward(&mut self, dest: &SockAddr, legs: Option<&Arc<Legs>>) {
+    fn forward(&mut self, dest: &Addr, legs: Option<&Arc<Legs>>) {
         match legs {
             None => self.out.forward(dest),
             Some(l) => seal(l, dest, self.packet, self.egress, self.counts, self.out),
@@ -79,7 +79,7 @@ impl<O: Output> Sink for Fwd<'_, O> {
     }
 
     #[inline]
-    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]) {
+    fn trunk(&mut self, dest: &Addr, header: &[u8; trunk::HEADER_LEN]) {
         self.out.trunk(dest, header);
     }
 }
@@ -98,7 +98,7 @@ struct Clear<'a, O> {
 
 impl<O: Output> Sink for Clear<'_, O> {
     #[inline]
-    fn forward(&mut self, dest: &SockAddr, legs: Option<&Arc<Legs>>) {
+    fn forward(&mut self, dest: &Addr, legs: Option<&Arc<Legs>>) {
         match legs {
             Some(l) => seal(l, dest, self.clear, self.egress, self.counts, self.out),
             None if self.plain_legs => self.out.reply(dest, self.clear),
@@ -112,7 +112,7 @@ impl<O: Output> Sink for Clear<'_, O> {
     }
 
     #[inline]
-    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]) {
+    fn trunk(&mut self, dest: &Addr, header: &[u8; trunk::HEADER_LEN]) {
         if trunk::HEADER_LEN + self.clear.len() > super::plan::REPLY_SIZE {
             self.counts.drops[DropReason::Oversize.index()] += 1;
             return;
@@ -239,7 +239,7 @@ impl Datapath {
                 );
                 match action {
                     StunAction::Reply { len, latch } => {
-                        out.reply(&SockAddr::from(src), &self.reply[..len]);
+                        out.reply(&Addr::from(src), &self.reply[..len]);
                         if let Some(latch) = latch {
                             // The control thread applies latches; if it is behind, the client's
                             // next check retries.
@@ -420,7 +420,7 @@ fn srtp_drop(e: SrtpError) -> DropReason {
 #[inline]
 fn seal(
     legs: &Legs,
-    dest: &SockAddr,
+    dest: &Addr,
     packet: &[u8],
     egress: &mut HashMap<u64, Egress>,
     counts: &mut BatchCounts,

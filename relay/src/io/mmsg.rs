@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::ptr;
 use std::time::Instant;
 
-use socket2::SockAddr;
+use crate::route::Addr;
 
 use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
@@ -242,7 +242,7 @@ struct Out<'a> {
 }
 
 impl Output for Out<'_> {
-    fn forward(&mut self, dest: &SockAddr) {
+    fn forward(&mut self, dest: &Addr) {
         if !self.queue.plan.push(dest) {
             self.queue.flush(self.fd, self.iovs);
             let planned = self.queue.plan.push(dest);
@@ -250,7 +250,7 @@ impl Output for Out<'_> {
         }
     }
 
-    fn reply(&mut self, dest: &SockAddr, bytes: &[u8]) {
+    fn reply(&mut self, dest: &Addr, bytes: &[u8]) {
         if !self.queue.plan.push_reply(dest, bytes) {
             self.queue.flush(self.fd, self.iovs);
             let planned = self.queue.plan.push_reply(dest, bytes);
@@ -258,7 +258,7 @@ impl Output for Out<'_> {
         }
     }
 
-    fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>) {
+    fn reply_with(&mut self, dest: &Addr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>) {
         if !self.queue.plan.push_reply_with(dest, &mut *write) {
             self.queue.flush(self.fd, self.iovs);
             let planned = self.queue.plan.push_reply_with(dest, write);
@@ -276,7 +276,7 @@ impl Output for Out<'_> {
         }
     }
 
-    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]) {
+    fn trunk(&mut self, dest: &Addr, header: &[u8; trunk::HEADER_LEN]) {
         if self.queue.trunk_fd.is_none() {
             return;
         }
@@ -287,7 +287,7 @@ impl Output for Out<'_> {
         }
     }
 
-    fn trunk_copy(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN], bytes: &[u8]) {
+    fn trunk_copy(&mut self, dest: &Addr, header: &[u8; trunk::HEADER_LEN], bytes: &[u8]) {
         if self.queue.trunk_fd.is_none() {
             return;
         }

@@ -12,7 +12,7 @@
 
 use std::ptr;
 
-use socket2::SockAddr;
+use crate::route::Addr;
 
 /// Most segments in one GSO send (the kernel's UDP_MAX_SEGMENTS is at least 64).
 pub(crate) const MAX_SEGMENTS: usize = 64;
@@ -31,7 +31,7 @@ pub(crate) const REPLY_SIZE: usize = 1500;
 pub(crate) struct Entry {
     /// The destination of a run; points into a compiled room that outlives the plan's flush.
     /// Null for a reply, whose destination is kept with its bytes ([`Plan::reply`]).
-    pub(crate) dest: *const SockAddr,
+    pub(crate) dest: *const Addr,
     /// What is sent.
     pub(crate) what: What,
     /// Total bytes.
@@ -78,7 +78,7 @@ pub(crate) struct Plan {
     gso: bool,
     replies: Box<[[u8; REPLY_SIZE]]>,
     reply_lens: [u16; REPLY_SLOTS],
-    reply_dests: Box<[SockAddr]>,
+    reply_dests: Box<[Addr]>,
     used_replies: usize,
 }
 
@@ -99,9 +99,7 @@ impl Plan {
             gso,
             replies: vec![[0u8; REPLY_SIZE]; REPLY_SLOTS].into_boxed_slice(),
             reply_lens: [0; REPLY_SLOTS],
-            reply_dests: (0..REPLY_SLOTS)
-                .map(|_| SockAddr::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0))))
-                .collect(),
+            reply_dests: [Addr::default(); REPLY_SLOTS].into(),
             used_replies: 0,
         }
     }
@@ -120,7 +118,7 @@ impl Plan {
     /// Plans sending the current datagram to `dest`: joins the previous datagram's send to the
     /// same destination where GSO allows, or adds a send. Returns false, planning nothing, when
     /// the plan is full: flush it, then push again.
-    pub(crate) fn push(&mut self, dest: &SockAddr) -> bool {
+    pub(crate) fn push(&mut self, dest: &Addr) -> bool {
         let pos = self.cur.len();
         if self.gso
             && let Some(&i) = self.prev.get(pos)
@@ -152,7 +150,7 @@ impl Plan {
     /// Returns false, planning nothing, when the plan is full: flush it, then push again.
     pub(crate) fn push_trunk(
         &mut self,
-        dest: &SockAddr,
+        dest: &Addr,
         header: &[u8; crate::packet::trunk::HEADER_LEN],
     ) -> bool {
         if self.is_full() {
@@ -176,7 +174,7 @@ impl Plan {
     /// [`REPLY_SIZE`] first and counts it).
     pub(crate) fn push_trunk_reply(
         &mut self,
-        dest: &SockAddr,
+        dest: &Addr,
         header: &[u8; crate::packet::trunk::HEADER_LEN],
         bytes: &[u8],
     ) -> bool {
@@ -191,7 +189,7 @@ impl Plan {
         self.replies[n][..header.len()].copy_from_slice(header);
         self.replies[n][header.len()..len].copy_from_slice(bytes);
         self.reply_lens[n] = len as u16;
-        self.reply_dests[n] = dest.clone();
+        self.reply_dests[n] = *dest;
         self.used_replies += 1;
         self.entries.push(Entry {
             dest: ptr::null(),
@@ -207,7 +205,7 @@ impl Plan {
         dead_code,
         reason = "the STUN handler calls it through `Output::reply`"
     )]
-    pub(crate) fn push_reply(&mut self, dest: &SockAddr, bytes: &[u8]) -> bool {
+    pub(crate) fn push_reply(&mut self, dest: &Addr, bytes: &[u8]) -> bool {
         if self.is_full() || self.used_replies == REPLY_SLOTS {
             return false;
         }
@@ -217,7 +215,7 @@ impl Plan {
         let n = self.used_replies;
         self.replies[n][..bytes.len()].copy_from_slice(bytes);
         self.reply_lens[n] = bytes.len() as u16;
-        self.reply_dests[n] = dest.clone();
+        self.reply_dests[n] = *dest;
         self.used_replies += 1;
         self.entries.push(Entry {
             dest: ptr::null(),
@@ -232,7 +230,7 @@ impl Plan {
     /// nothing, when the plan has no free slot: flush it, then push again.
     pub(crate) fn push_reply_with(
         &mut self,
-        dest: &SockAddr,
+        dest: &Addr,
         write: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> bool {
         if self.is_full() || self.used_replies == REPLY_SLOTS {
@@ -243,7 +241,7 @@ impl Plan {
             return true;
         };
         self.reply_lens[n] = len as u16;
-        self.reply_dests[n] = dest.clone();
+        self.reply_dests[n] = *dest;
         self.used_replies += 1;
         self.entries.push(Entry {
             dest: ptr::null(),
@@ -264,7 +262,7 @@ impl Plan {
     }
 
     /// The destination and bytes of reply slot `n`.
-    pub(crate) fn reply(&self, n: u16) -> (&SockAddr, &[u8]) {
+    pub(crate) fn reply(&self, n: u16) -> (&Addr, &[u8]) {
         let n = usize::from(n);
         (
             &self.reply_dests[n],
@@ -331,8 +329,8 @@ impl Entry {
 mod tests {
     use super::*;
 
-    fn addr(port: u16) -> SockAddr {
-        SockAddr::from(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    fn addr(port: u16) -> Addr {
+        Addr::from(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     fn runs(plan: &Plan) -> Vec<(u16, u32, u16)> {

@@ -6,7 +6,7 @@ use std::mem;
 use std::os::fd::RawFd;
 use std::ptr;
 
-use socket2::SockAddr;
+use crate::route::Addr;
 
 use super::plan::MAX_SEGMENTS;
 use super::socket;
@@ -95,7 +95,7 @@ pub(crate) unsafe fn sendmmsg(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> (usize, 
 ///
 /// # Safety
 /// Each iovec must point at live, initialised bytes.
-pub(crate) unsafe fn send_each(fd: RawFd, dest: &SockAddr, iovs: &[libc::iovec]) -> Sent {
+pub(crate) unsafe fn send_each(fd: RawFd, dest: &Addr, iovs: &[libc::iovec]) -> Sent {
     // SAFETY: mmsghdr is a plain C struct; all-zero bytes are a valid value.
     let mut hdrs: [libc::mmsghdr; MAX_SEGMENTS] = unsafe { mem::zeroed() };
     let mut sent = Sent::default();
@@ -122,4 +122,48 @@ pub(crate) unsafe fn send_each(fd: RawFd, dest: &SockAddr, iovs: &[libc::iovec])
         }
     }
     sent
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The kernel takes an [`Addr`] as a `msg_name` for both families: each datagram reaches
+    /// the receiver it names, from the sender's address.
+    #[test]
+    fn the_kernel_delivers_to_an_addr_of_either_family() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let (Ok(tx), Ok(rx)) = (UdpSocket::bind(local), UdpSocket::bind(local)) else {
+                eprintln!("skipped {local}: no such loopback here");
+                continue;
+            };
+            rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let dest = Addr::from(rx.local_addr().unwrap());
+            let bytes = [*b"first", *b"other"];
+            let iovs: Vec<libc::iovec> = bytes
+                .iter()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_ptr().cast_mut().cast(),
+                    iov_len: b.len(),
+                })
+                .collect();
+            // SAFETY: the iovecs point at `bytes`, live and initialised for the call.
+            let sent = unsafe { send_each(tx.as_raw_fd(), &dest, &iovs) };
+            assert_eq!(
+                (sent.packets, sent.bytes, sent.errors),
+                (2, 10, 0),
+                "{local}"
+            );
+            for want in &bytes {
+                let mut buf = [0u8; 16];
+                let (n, from): (usize, SocketAddr) = rx.recv_from(&mut buf).unwrap();
+                assert_eq!(&buf[..n], want, "{local}");
+                assert_eq!(from, tx.local_addr().unwrap(), "{local}");
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use socket2::SockAddr;
+use super::addr::Addr;
 
 use super::counter::{ParticipantCounters, RuleCounters};
 use super::ice::Credentials;
@@ -229,7 +229,7 @@ pub fn compile<R: Roster + ?Sized>(
         let member = Member {
             name: Arc::from(p.id),
             addr,
-            sockaddr: addr.map(SockAddr::from),
+            sockaddr: addr.map(Addr::from),
             tracks: p
                 .tracks
                 .iter()

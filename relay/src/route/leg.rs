@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use socket2::SockAddr;
+use super::addr::Addr;
 
 use super::ice::Credentials;
 use super::table::RoomId;
@@ -95,7 +95,7 @@ pub struct Legs {
     pub subscribe_addr: Option<SocketAddr>,
     /// Whether this member's media may reach plain members (its room's `plain_legs`).
     pub plain_legs: bool,
-    pub(crate) subscribe_sockaddr: Option<SockAddr>,
+    pub(crate) subscribe_sockaddr: Option<Addr>,
 }
 
 impl Legs {
@@ -112,7 +112,7 @@ impl Legs {
             subscribe,
             subscribe_ice,
             subscribe_addr,
-            subscribe_sockaddr: subscribe_addr.map(SockAddr::from),
+            subscribe_sockaddr: subscribe_addr.map(Addr::from),
             plain_legs: false,
         }
     }

@@ -28,6 +28,7 @@
 //!   receivers only in a `plain_legs` room.
 #![deny(unsafe_code)]
 
+mod addr;
 mod compile;
 mod counter;
 mod ice;
@@ -37,6 +38,7 @@ mod share;
 mod table;
 mod trunk;
 
+pub use addr::Addr;
 pub use compile::{Change, Compiled, Participant, Roster, Slots, compile, compile_all};
 pub use counter::{Counter, ParticipantCounter, ParticipantCounters, RuleCounters};
 pub use ice::{Credentials, Latch, StunAction, StunGuard};

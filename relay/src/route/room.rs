@@ -13,6 +13,9 @@
 //! - The exceptions are small sorted lists kept per member: `only`, the slots a selective
 //!   subscriber listed, and `listeners`, the slots of the selective subscribers who listed this
 //!   member (a publisher's receivers beyond the `all` bits).
+//! - `dests`: each slot's media address, densely (32 bytes a slot), and `webrtc`: the members
+//!   whose copies are sealed for a WebRTC leg. The walk over a plain receiver reads its bit and
+//!   its address only, never the member.
 //!
 //! Receive rules are counted per packet from room-wide groups (rule, subscribe-all members it
 //! blocks), adjusted for the sender, and per listener; a send rule stops the track outright.
@@ -21,7 +24,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
-use socket2::SockAddr;
+use super::addr::Addr;
 
 use super::counter::{ParticipantCounters, RuleCounters};
 use super::ice::Credentials;
@@ -141,7 +144,7 @@ pub(crate) struct Track {
 pub(crate) struct Member {
     pub(crate) name: Arc<str>,
     pub(crate) addr: Option<SocketAddr>,
-    pub(crate) sockaddr: Option<SockAddr>,
+    pub(crate) sockaddr: Option<Addr>,
     pub(crate) tracks: Arc<[Track]>,
     pub(crate) counters: Arc<ParticipantCounters>,
     pub(crate) blocks: Blocks,
@@ -169,8 +172,13 @@ pub(crate) struct Chunk {
     pub(crate) present: u64,
     /// Per kind: members with a track of that kind that no rule stops.
     pub(crate) sends: [u64; 2],
+    /// Members whose media goes to a WebRTC subscribe leg: the fan-out reads their legs.
+    pub(crate) webrtc: u64,
     /// The members: as many slots as the last occupied one needs, rounded up to a power of two.
     pub(crate) slots: Box<[Option<Member>]>,
+    /// Per slot, where its media goes ([`Member::media_dest`]; unset where `present` is clear):
+    /// the fan-out walks this dense array, 32 bytes a receiver, not the members themselves.
+    pub(crate) dests: Box<[Addr]>,
 }
 
 /// A receive rule and the number of subscribe-all members with an address it blocks.
@@ -268,7 +276,7 @@ impl Room {
         sender: &Member,
         kind: MediaKind,
         range: Range<usize>,
-        mut emit: impl FnMut(&Member, &SockAddr),
+        mut emit: impl FnMut(&Addr, Option<&Arc<Legs>>),
     ) -> usize {
         let k = kind.index();
         let own = usize::from(slot);
@@ -303,14 +311,29 @@ impl Room {
                     }
                 }
             }
+            // Every bit of `all` and of `present` has its address in `dests`.
+            let dests = &chunk.dests[..];
+            sent += mask.count_ones() as usize;
+            if chunk.webrtc & mask == 0 {
+                while mask != 0 {
+                    let i = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    if let Some(dest) = dests.get(i) {
+                        emit(dest, None);
+                    }
+                }
+                continue;
+            }
             while mask != 0 {
                 let i = mask.trailing_zeros() as usize;
                 mask &= mask - 1;
-                if let Some(Some(r)) = chunk.slots.get(i)
-                    && let Some(dest) = r.media_dest()
-                {
-                    emit(r, dest);
-                    sent += 1;
+                let legs = if chunk.webrtc & (1u64 << i) != 0 {
+                    chunk.slots.get(i).and_then(|m| m.as_ref()?.webrtc.as_ref())
+                } else {
+                    None
+                };
+                if let Some(dest) = dests.get(i) {
+                    emit(dest, legs);
                 }
             }
         }
@@ -408,7 +431,7 @@ impl Room {
         &self,
         slot: u16,
         me: &Member,
-        mut emit: impl FnMut(&SockAddr),
+        mut emit: impl FnMut(&Addr),
     ) -> usize {
         let own = usize::from(slot);
         // Kinds `me` sends unblocked, and kinds it may receive.
@@ -479,7 +502,7 @@ impl Member {
     /// Where media to this member goes: a WebRTC member's subscribe leg, or a plain member's
     /// address.
     #[inline]
-    pub(crate) fn media_dest(&self) -> Option<&SockAddr> {
+    pub(crate) fn media_dest(&self) -> Option<&Addr> {
         match &self.webrtc {
             Some(legs) => legs.subscribe_sockaddr.as_ref(),
             None => self.sockaddr.as_ref(),
@@ -501,13 +524,18 @@ impl Chunk {
     /// A chunk of these members (at most [`CHUNK`]), with its bitmasks.
     pub(crate) fn new(slots: Vec<Option<Member>>) -> Self {
         let mut chunk = Self::default();
+        let mut dests = vec![Addr::default(); slots.len()];
         for (i, m) in slots.iter().enumerate() {
             let Some(m) = m else {
                 continue;
             };
             let bit = 1u64 << i;
-            if m.media_dest().is_some() {
+            if let Some(dest) = m.media_dest() {
+                dests[i] = *dest;
                 chunk.present |= bit;
+                if m.webrtc.is_some() {
+                    chunk.webrtc |= bit;
+                }
                 if m.only.is_none() {
                     for k in 0..2 {
                         if m.blocks.receive[k].is_none() {
@@ -523,6 +551,7 @@ impl Chunk {
             }
         }
         chunk.slots = slots.into();
+        chunk.dests = dests.into();
         chunk
     }
 }

@@ -17,10 +17,10 @@
 
 use std::sync::Arc;
 
-use socket2::SockAddr;
+use super::addr::Addr;
 
 use super::leg::Legs;
-use super::room::{CHUNK, MediaKind, Member, Room};
+use super::room::{CHUNK, MediaKind, Room};
 use super::table::RoomId;
 use crate::packet::rtp::Ssrc;
 use crate::packet::trunk;
@@ -74,7 +74,7 @@ pub struct Hot {
 /// Where the sends of a routed datagram go.
 pub trait Sink {
     /// Queues the datagram for `dest`; `legs` are the receiver's WebRTC legs (`None`: plain).
-    fn forward(&mut self, dest: &SockAddr, legs: Option<&Arc<Legs>>);
+    fn forward(&mut self, dest: &Addr, legs: Option<&Arc<Legs>>);
     /// Asks worker `to` to send its share of `hot`'s receivers. Returns false when it cannot
     /// take it now: that share is then dropped (the sink counts it), never sent here.
     fn hand_off(&mut self, to: usize, hot: &Hot) -> bool;
@@ -82,15 +82,15 @@ pub trait Sink {
     /// the trunk `header` (fleet mode only; the receiving worker sends these itself). From
     /// [`super::Table::route_clear`] the datagram is the clear copy the caller routed, not the
     /// received bytes.
-    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]);
+    fn trunk(&mut self, dest: &Addr, header: &[u8; trunk::HEADER_LEN]);
 }
 
 /// A [`Sink`] over a closure that never hands off (local receivers only).
 pub(crate) struct Emit<F>(pub(crate) F);
 
-impl<F: FnMut(&SockAddr, Option<&Arc<Legs>>)> Sink for Emit<F> {
+impl<F: FnMut(&Addr, Option<&Arc<Legs>>)> Sink for Emit<F> {
     #[inline]
-    fn forward(&mut self, dest: &SockAddr, legs: Option<&Arc<Legs>>) {
+    fn forward(&mut self, dest: &Addr, legs: Option<&Arc<Legs>>) {
         (self.0)(dest, legs);
     }
 
@@ -99,7 +99,7 @@ impl<F: FnMut(&SockAddr, Option<&Arc<Legs>>)> Sink for Emit<F> {
     }
 
     /// Never called: the routes that take an `Emit` send to local receivers only.
-    fn trunk(&mut self, _: &SockAddr, _: &[u8; trunk::HEADER_LEN]) {}
+    fn trunk(&mut self, _: &Addr, _: &[u8; trunk::HEADER_LEN]) {}
 }
 
 impl Room {
@@ -117,7 +117,7 @@ impl Room {
         workers: usize,
         slot: u16,
         kind: MediaKind,
-        mut emit: impl FnMut(&Member, &SockAddr),
+        mut emit: impl FnMut(&Addr, Option<&Arc<Legs>>),
     ) -> usize {
         let Some(sender) = self.member(slot) else {
             return 0;

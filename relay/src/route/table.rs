@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use socket2::SockAddr;
+use super::addr::Addr;
 
 use super::ice::{self, Latch, StunAction, StunGuard};
 use super::leg::{DtlsLeg, Leg};
@@ -437,9 +437,13 @@ impl Table {
         worker: usize,
         src: &SocketAddr,
         buf: &[u8],
-        mut emit: impl FnMut(&SockAddr),
+        emit: impl FnMut(&Addr),
     ) -> Verdict {
-        self.route_legs(worker, src, buf, |d, _| emit(d))
+        self.route_source(
+            src,
+            buf,
+            &mut Copies::local(Share::alone(worker), &mut Plain(emit)),
+        )
     }
 
     /// The WebRTC legs of the member whose address is `src` (publish or subscribe leg), with
@@ -468,7 +472,7 @@ impl Table {
         worker: usize,
         src: &SocketAddr,
         buf: &[u8],
-        emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+        emit: impl FnMut(&Addr, Option<&Arc<super::Legs>>),
     ) -> Verdict {
         let mut sink = Emit(emit);
         self.route_source(
@@ -590,7 +594,7 @@ impl Table {
         worker: usize,
         src: &SocketAddr,
         buf: &[u8],
-        mut emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+        mut emit: impl FnMut(&Addr, Option<&Arc<super::Legs>>),
     ) -> (Verdict, usize) {
         let drop = |reason| (Verdict::Drop(reason), 0);
         let Some(peer) = self.peers.by_addr(src) else {
@@ -622,7 +626,7 @@ impl Table {
         let inner = packet.payload();
         let withhold = packet.webrtc() && !installed.room.plain_legs;
         let mut withheld = 0;
-        let mut sink = Emit(|dest: &SockAddr, legs: Option<&Arc<super::Legs>>| {
+        let mut sink = Emit(|dest: &Addr, legs: Option<&Arc<super::Legs>>| {
             if legs.is_none() && withhold {
                 withheld += 1;
             } else {
@@ -652,7 +656,7 @@ impl Table {
         &self,
         share: Share,
         hot: &Hot,
-        mut emit: impl FnMut(&SockAddr, Option<&Arc<super::Legs>>),
+        mut emit: impl FnMut(&Addr, Option<&Arc<super::Legs>>),
     ) -> Verdict {
         let Some(room) = self.room(hot.room) else {
             return Verdict::Drop(DropReason::UnknownSource);
@@ -673,7 +677,7 @@ impl Table {
             share.workers,
             hot.slot,
             track.kind,
-            |r, d| emit(d, r.webrtc.as_ref()),
+            &mut emit,
         ))
     }
 }
@@ -732,7 +736,7 @@ impl<'a, S: Sink> Copies<'a, S> {
 
     /// Queues the datagram for the local receiver at `dest`.
     #[inline]
-    fn forward(&mut self, dest: &SockAddr, legs: Option<&Arc<super::Legs>>) {
+    fn forward(&mut self, dest: &Addr, legs: Option<&Arc<super::Legs>>) {
         self.sink.forward(dest, legs);
     }
 
@@ -780,9 +784,9 @@ impl<'a, S: Sink> Copies<'a, S> {
 #[derive(Clone, Copy, Debug)]
 pub enum Dest<'a> {
     /// A local receiver, with its WebRTC legs if it has them.
-    Local(&'a SockAddr, Option<&'a Arc<super::Legs>>),
+    Local(&'a Addr, Option<&'a Arc<super::Legs>>),
     /// A peer relay's trunk address, and the header to put in front of the datagram.
-    Trunk(&'a SockAddr, &'a [u8; trunk::HEADER_LEN]),
+    Trunk(&'a Addr, &'a [u8; trunk::HEADER_LEN]),
 }
 
 /// A [`Sink`] over a closure that takes each [`Dest`] and never hands off.
@@ -790,7 +794,7 @@ struct Fleet<F>(F);
 
 impl<F: FnMut(Dest<'_>)> Sink for Fleet<F> {
     #[inline]
-    fn forward(&mut self, dest: &SockAddr, legs: Option<&Arc<super::Legs>>) {
+    fn forward(&mut self, dest: &Addr, legs: Option<&Arc<super::Legs>>) {
         (self.0)(Dest::Local(dest, legs));
     }
 
@@ -799,9 +803,27 @@ impl<F: FnMut(Dest<'_>)> Sink for Fleet<F> {
     }
 
     #[inline]
-    fn trunk(&mut self, dest: &SockAddr, header: &[u8; trunk::HEADER_LEN]) {
+    fn trunk(&mut self, dest: &Addr, header: &[u8; trunk::HEADER_LEN]) {
         (self.0)(Dest::Trunk(dest, header));
     }
+}
+
+/// A [`Sink`] over a closure that takes each local destination alone (no legs) and never hands
+/// off: [`Table::route`]'s, one closure deep so that the fan-out keeps its pointers in registers.
+struct Plain<F>(F);
+
+impl<F: FnMut(&Addr)> Sink for Plain<F> {
+    #[inline]
+    fn forward(&mut self, dest: &Addr, _: Option<&Arc<super::Legs>>) {
+        (self.0)(dest);
+    }
+
+    fn hand_off(&mut self, _: usize, _: &Hot) -> bool {
+        false
+    }
+
+    /// Never called: [`Table::route`] sends to local receivers only.
+    fn trunk(&mut self, _: &Addr, _: &[u8; trunk::HEADER_LEN]) {}
 }
 
 /// A member's legs: (which, address, relay-side credentials).
@@ -877,7 +899,7 @@ fn fan_out<S: Sink>(
             share.workers,
             from.slot,
             track.kind,
-            |r, d| sink.forward(d, r.webrtc.as_ref()),
+            |d, legs| sink.forward(d, legs),
         );
         return Verdict::Forward(sent + trunk_copies(from, track, rtcp, sink));
     }
@@ -887,7 +909,7 @@ fn fan_out<S: Sink>(
         from.member,
         track.kind,
         0..room.chunks.len(),
-        |r, dest| sink.forward(dest, r.webrtc.as_ref()),
+        |dest, legs| sink.forward(dest, legs),
     );
     Verdict::Forward(sent + trunk_copies(from, track, rtcp, sink))
 }

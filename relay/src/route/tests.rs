@@ -257,14 +257,14 @@ fn a_fan_out_split_by_chunks_visits_each_receiver_once() {
     assert_eq!(room.chunks(), 4);
     let sender = room.member(0).unwrap();
     let mut whole = Vec::new();
-    room.each_receiver(0, 0, sender, MediaKind::Audio, 0..4, |m, _| {
-        whole.push(m.name.clone())
+    room.each_receiver(0, 0, sender, MediaKind::Audio, 0..4, |d, _| {
+        whole.push(d.as_socket().unwrap())
     });
     assert_eq!(whole.len(), 198, "everybody but the sender and m151");
     let mut parts = Vec::new();
     for range in [0..1, 1..3, 3..4] {
-        room.each_receiver(0, 0, sender, MediaKind::Audio, range, |m, _| {
-            parts.push(m.name.clone())
+        room.each_receiver(0, 0, sender, MediaKind::Audio, range, |d, _| {
+            parts.push(d.as_socket().unwrap())
         });
     }
     assert_eq!(parts, whole);
@@ -330,7 +330,7 @@ impl Shares {
 }
 
 impl Sink for Shares {
-    fn forward(&mut self, dest: &socket2::SockAddr, _: Option<&Arc<crate::route::Legs>>) {
+    fn forward(&mut self, dest: &crate::route::Addr, _: Option<&Arc<crate::route::Legs>>) {
         self.local.push(dest.as_socket().unwrap());
     }
 
@@ -342,7 +342,7 @@ impl Sink for Shares {
         true
     }
 
-    fn trunk(&mut self, _: &socket2::SockAddr, _: &[u8; crate::packet::trunk::HEADER_LEN]) {
+    fn trunk(&mut self, _: &crate::route::Addr, _: &[u8; crate::packet::trunk::HEADER_LEN]) {
         panic!("a copy for a peer relay outside fleet mode");
     }
 }

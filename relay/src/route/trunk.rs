@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use socket2::SockAddr;
+use super::addr::Addr;
 
 use super::counter::Counter;
 use crate::packet::trunk::{Epoch, NodeNo};
@@ -45,7 +45,7 @@ pub struct Peer {
     pub epoch: Epoch,
     /// Its registered trunk address: the only source its trunk packets are accepted from.
     pub addr: SocketAddr,
-    pub(crate) sockaddr: SockAddr,
+    pub(crate) sockaddr: Addr,
     /// Its counters, kept by the control thread across node list changes.
     pub counters: Arc<TrunkCounters>,
 }
@@ -64,7 +64,7 @@ impl Peer {
             node,
             epoch,
             addr,
-            sockaddr: SockAddr::from(addr),
+            sockaddr: Addr::from(addr),
             counters,
         }
     }

@@ -362,7 +362,7 @@ struct Hand {
 }
 
 impl Sink for Hand {
-    fn forward(&mut self, dest: &socket2::SockAddr, _: Option<&Arc<Legs>>) {
+    fn forward(&mut self, dest: &crate::route::Addr, _: Option<&Arc<Legs>>) {
         self.local.push(dest.as_socket().unwrap().port());
     }
 
@@ -371,7 +371,7 @@ impl Sink for Hand {
         true
     }
 
-    fn trunk(&mut self, dest: &socket2::SockAddr, header: &[u8; trunk::HEADER_LEN]) {
+    fn trunk(&mut self, dest: &crate::route::Addr, header: &[u8; trunk::HEADER_LEN]) {
         self.trunks.push((dest.as_socket().unwrap(), *header));
     }
 }
@@ -509,7 +509,7 @@ struct Copied {
 }
 
 impl Sink for Copied {
-    fn forward(&mut self, dest: &socket2::SockAddr, legs: Option<&Arc<Legs>>) {
+    fn forward(&mut self, dest: &crate::route::Addr, legs: Option<&Arc<Legs>>) {
         self.local
             .push((dest.as_socket().unwrap().port(), legs.is_some()));
     }
@@ -518,7 +518,7 @@ impl Sink for Copied {
         panic!("route_clear never hands off")
     }
 
-    fn trunk(&mut self, dest: &socket2::SockAddr, header: &[u8; trunk::HEADER_LEN]) {
+    fn trunk(&mut self, dest: &crate::route::Addr, header: &[u8; trunk::HEADER_LEN]) {
         let mut whole = header.to_vec();
         whole.extend_from_slice(&self.datagram);
         self.trunks.push((dest.as_socket().unwrap(), whole));

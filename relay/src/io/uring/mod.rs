@@ -25,9 +25,9 @@ use std::mem;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
+use crate::route::Addr;
 use io_uring::types::{Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
-use socket2::SockAddr;
 
 use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
@@ -680,7 +680,7 @@ fn complete(
             tracing::warn!(error = %errno(res), "the kernel refused GSO: sending datagrams one by one");
         }
         // SAFETY: the record's iovecs point into buffers it still holds references to.
-        let s = unsafe { send::send_each(fd, &r.dest(), &r.iov[..usize::from(r.count)]) };
+        let s = unsafe { send::send_each(fd, r.dest(), &r.iov[..usize::from(r.count)]) };
         c.sent.packets += s.packets;
         c.sent.bytes += s.bytes;
         c.sent.errors += s.errors;
@@ -719,7 +719,7 @@ struct Out<'a> {
 }
 
 impl Output for Out<'_> {
-    fn forward(&mut self, dest: &SockAddr) {
+    fn forward(&mut self, dest: &Addr) {
         self.u.planned += 1;
         if !self.u.plan.push(dest) {
             self.u.flush();
@@ -728,7 +728,7 @@ impl Output for Out<'_> {
         }
     }
 
-    fn reply(&mut self, dest: &SockAddr, bytes: &[u8]) {
+    fn reply(&mut self, dest: &Addr, bytes: &[u8]) {
         self.u.planned += 1;
         if !self.u.plan.push_reply(dest, bytes) {
             self.u.flush();
@@ -737,7 +737,7 @@ impl Output for Out<'_> {
         }
     }
 
-    fn reply_with(&mut self, dest: &SockAddr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>) {
+    fn reply_with(&mut self, dest: &Addr, write: &mut dyn FnMut(&mut [u8]) -> Option<usize>) {
         self.u.planned += 1;
         if !self.u.plan.push_reply_with(dest, &mut *write) {
             self.u.flush();
@@ -768,7 +768,7 @@ impl Output for Out<'_> {
         true
     }
 
-    fn trunk(&mut self, dest: &SockAddr, header: &[u8; crate::packet::trunk::HEADER_LEN]) {
+    fn trunk(&mut self, dest: &Addr, header: &[u8; crate::packet::trunk::HEADER_LEN]) {
         if !self.u.trunk {
             return;
         }
@@ -782,7 +782,7 @@ impl Output for Out<'_> {
 
     fn trunk_copy(
         &mut self,
-        dest: &SockAddr,
+        dest: &Addr,
         header: &[u8; crate::packet::trunk::HEADER_LEN],
         bytes: &[u8],
     ) {

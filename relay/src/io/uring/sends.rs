@@ -8,7 +8,7 @@
 use std::mem;
 use std::ptr;
 
-use socket2::SockAddr;
+use crate::route::Addr;
 
 use crate::io::plan::{MAX_SEGMENTS, REPLY_SIZE};
 use crate::io::send::{SEGMENT_CMSG_SPACE, SegmentCmsg};
@@ -19,8 +19,9 @@ use crate::packet::trunk::HEADER_LEN;
 #[repr(C)]
 pub(super) struct Record {
     pub(super) hdr: libc::msghdr,
-    /// Large enough for `sockaddr_in` and `sockaddr_in6`, the only addresses a room holds.
-    name: libc::sockaddr_in6,
+    /// The destination: the kernel reads it when the send is submitted, after the plan that
+    /// pointed at the room's copy was cleared.
+    name: Addr,
     pub(super) count: u16,
     /// The reply slot this send owns, if it is a reply.
     pub(super) reply: Option<u16>,
@@ -78,7 +79,7 @@ impl Records {
     /// when there are several. Returns its index and the `msghdr` to submit.
     pub(super) fn fill(
         &mut self,
-        dest: &SockAddr,
+        dest: &Addr,
         iovs: impl ExactSizeIterator<Item = (libc::iovec, u16)>,
         segment: u16,
     ) -> Option<(u32, *const libc::msghdr)> {
@@ -100,7 +101,7 @@ impl Records {
     /// datagram at `iov` in buffer `bid`, to the peer relay at `dest`.
     pub(super) fn fill_trunk(
         &mut self,
-        dest: &SockAddr,
+        dest: &Addr,
         header: &[u8; HEADER_LEN],
         iov: libc::iovec,
         bid: u16,
@@ -130,7 +131,7 @@ impl Records {
     /// buffer is free.
     pub(super) fn fill_reply(
         &mut self,
-        dest: &SockAddr,
+        dest: &Addr,
         bytes: &[u8],
     ) -> Option<(u32, *const libc::msghdr)> {
         if self.free.is_empty() || bytes.len() > REPLY_SIZE {
@@ -200,20 +201,12 @@ impl Drop for Records {
 
 impl Record {
     /// Points the header at this record's own address copy, iovecs and control message.
-    fn set_header(&mut self, dest: &SockAddr, iovs: usize, segment: Option<u16>) {
-        let len = (dest.len() as usize).min(size_of::<libc::sockaddr_in6>());
-        // SAFETY: dest.as_ptr() points at dest.len() bytes; name has room for `len` of them.
-        unsafe {
-            ptr::copy_nonoverlapping(
-                dest.as_ptr().cast::<u8>(),
-                (&raw mut self.name).cast::<u8>(),
-                len,
-            );
-        }
+    fn set_header(&mut self, dest: &Addr, iovs: usize, segment: Option<u16>) {
+        self.name = *dest;
         // SAFETY: a zeroed msghdr is valid; the fields set below are the only ones read.
         self.hdr = unsafe { mem::zeroed() };
-        self.hdr.msg_name = (&raw mut self.name).cast();
-        self.hdr.msg_namelen = len as libc::socklen_t;
+        self.hdr.msg_name = self.name.as_ptr().cast_mut().cast();
+        self.hdr.msg_namelen = self.name.len();
         self.hdr.msg_iov = self.iov.as_mut_ptr();
         self.hdr.msg_iovlen = iovs as _;
         if let Some(size) = segment {
@@ -224,18 +217,8 @@ impl Record {
     }
 
     /// The destination, for the one-by-one fallback.
-    pub(super) fn dest(&self) -> SockAddr {
-        // SAFETY: a zeroed sockaddr_storage is valid.
-        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-        // SAFETY: name and storage are distinct and large enough for msg_namelen bytes.
-        unsafe {
-            ptr::copy_nonoverlapping(
-                (&raw const self.name).cast::<u8>(),
-                (&raw mut storage).cast::<u8>(),
-                self.hdr.msg_namelen as usize,
-            );
-            SockAddr::new(storage, self.hdr.msg_namelen)
-        }
+    pub(super) fn dest(&self) -> &Addr {
+        &self.name
     }
 
     /// The datagrams this send puts on the wire.
