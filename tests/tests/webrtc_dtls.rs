@@ -33,13 +33,15 @@ struct Served {
 
 /// Serves STUN and DTLS on `socket` until `stop`, as the relay will: ICE-lite answers with the
 /// participant's pwd, DTLS to the handshake.
-/// Fingerprints that arrive on `late` (the subscribe answer) go to the handshake.
+/// Fingerprints that arrive on `late` (the subscribe answer) go to the handshake. `nominated` is
+/// set when a check with USE-CANDIDATE arrives.
 fn serve(
     socket: UdpSocket,
     mut hs: Handshake,
     pwd: String,
     late: mpsc::Receiver<Vec<Fingerprint>>,
     stop: Arc<AtomicBool>,
+    nominated: Arc<AtomicBool>,
 ) -> Served {
     socket
         .set_read_timeout(Some(Duration::from_millis(10)))
@@ -71,6 +73,9 @@ fn serve(
                     continue;
                 }
                 served.use_candidate |= msg.use_candidate();
+                if msg.use_candidate() {
+                    nominated.store(true, Ordering::Relaxed);
+                }
                 let response = stun::BindingResponse {
                     transaction_id: msg.transaction_id(),
                     mapped: from,
@@ -136,10 +141,12 @@ fn publish_and_connect(mut peer: Peer) -> (Served, Value) {
         Instant::now(),
     );
     let stop = Arc::new(AtomicBool::new(false));
+    let nominated = Arc::new(AtomicBool::new(false));
     let server = {
         let (stop, pwd) = (Arc::clone(&stop), local.ice.pwd.clone());
+        let nominated = Arc::clone(&nominated);
         let (_, late) = mpsc::channel();
-        thread::spawn(move || serve(socket, hs, pwd, late, stop))
+        thread::spawn(move || serve(socket, hs, pwd, late, stop, nominated))
     };
     peer.call(json!({"op": "set_answer", "id": offer["id"], "sdp": sdp::write(&publish.answer)}));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -148,8 +155,9 @@ fn publish_and_connect(mut peer: Peer) -> (Served, Value) {
         thread::sleep(Duration::from_millis(250));
         stats = peer.call(json!({"op": "stats", "id": offer["id"]}));
         let sending = stats["packetsSent"].as_u64().unwrap_or(0) > 20;
-        if stats["connectionState"] == "failed"
-            || (stats["connectionState"] == "connected" && sending)
+        // Chromium may call a pair connected a few checks before it nominates it.
+        let done = sending && nominated.load(Ordering::Relaxed);
+        if stats["connectionState"] == "failed" || (stats["connectionState"] == "connected" && done)
         {
             break;
         }
@@ -229,7 +237,8 @@ fn chromium_answers_the_subscribe_offer_and_connects_with_the_relay_as_server() 
     let (late_tx, late) = mpsc::channel();
     let server = {
         let (stop, pwd) = (Arc::clone(&stop), local.ice.pwd.clone());
-        thread::spawn(move || serve(socket, hs, pwd, late, stop))
+        let nominated = Arc::new(AtomicBool::new(false));
+        thread::spawn(move || serve(socket, hs, pwd, late, stop, nominated))
     };
     let reply = peer.call(json!({"op": "answer", "sdp": sdp::write(&offer)}));
     // The browser starts ICE and DTLS now; the answer reaches the relay a little later.

@@ -234,6 +234,49 @@ fn members_without_address_get_nothing() {
     assert_eq!(route(&t, 1, &rtp(11)), (Verdict::Forward(0), vec![]));
 }
 
+/// Each receiver once, in slot order, from its dense address, with its legs exactly when it is
+/// WebRTC: a chunk that mixes both kinds takes the loop that reads legs, a chunk of plain
+/// receivers the one that never reads a member, and a WebRTC member whose subscribe leg has not
+/// latched gets nothing.
+#[test]
+fn the_walk_gives_webrtc_receivers_their_legs_and_plain_ones_none() {
+    let names: Vec<String> = (0..130).map(|i| format!("m{i}")).collect();
+    let legs = |sub: Option<u16>| Arc::new(Legs::new(None, None, None, sub.map(|p| addr(p))));
+    let everyone: Vec<Participant<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut m = member(
+                n,
+                i as u16,
+                Some(1000 + i as u16),
+                &[(i as u32, MediaKind::Audio)],
+            );
+            // Chunk 0: every third member WebRTC (m30 without a subscribe leg); chunk 1 plain;
+            // chunk 2 (m128, m129): m129 WebRTC.
+            if (i < 64 && i % 3 == 0 && i > 0) || i == 129 {
+                m.webrtc = Some(legs((i != 30).then_some(5000 + i as u16)));
+            }
+            m
+        })
+        .collect();
+    let mut t = Table::new();
+    install(&mut t, compiled(&everyone, &RuleSet::new()));
+    let mut out = Vec::new();
+    let v = t.route_legs(0, &addr(1000), &rtp(0), |d, l| {
+        out.push((d.as_socket().unwrap().port(), l.is_some()))
+    });
+    let want: Vec<(u16, bool)> = (1..130u16)
+        .filter(|&i| i != 30)
+        .map(|i| {
+            let webrtc = (i < 64 && i % 3 == 0) || i == 129;
+            (if webrtc { 5000 + i } else { 1000 + i }, webrtc)
+        })
+        .collect();
+    assert_eq!(v, Verdict::Forward(want.len()));
+    assert_eq!(out, want);
+}
+
 #[test]
 fn a_fan_out_split_by_chunks_visits_each_receiver_once() {
     // 200 members over 4 chunks, one selective listener in the third chunk.
