@@ -241,7 +241,7 @@ fn members_without_address_get_nothing() {
 #[test]
 fn the_walk_gives_webrtc_receivers_their_legs_and_plain_ones_none() {
     let names: Vec<String> = (0..130).map(|i| format!("m{i}")).collect();
-    let legs = |sub: Option<u16>| Arc::new(Legs::new(None, None, None, sub.map(|p| addr(p))));
+    let legs = |sub: Option<u16>| Arc::new(Legs::new(None, None, None, sub.map(addr)));
     let everyone: Vec<Participant<'_>> = names
         .iter()
         .enumerate()
