@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::route::Addr;
 use crossbeam_channel::Sender;
 
 use super::SLOT_SIZE;
@@ -19,7 +18,7 @@ use super::stats::BatchCounts;
 use crate::fleet::Status;
 use crate::packet::{demux, trunk};
 use crate::route::{
-    DropReason, Hot, Latch, Legs, Share, Sink, StunAction, StunGuard, Table, Update, Verdict,
+    Addr, DropReason, Hot, Latch, Legs, Share, Sink, StunAction, StunGuard, Table, Update, Verdict,
 };
 use crate::srtp::{Egress, Error as SrtpError};
 

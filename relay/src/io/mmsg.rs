@@ -17,8 +17,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::ptr;
 use std::time::Instant;
 
-use crate::route::Addr;
-
 use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
 use super::handoff::{Handoff, JOBS_PER_TURN, Job};
@@ -29,7 +27,7 @@ use super::socket;
 use super::stats::BatchCounts;
 use super::worker::Worker;
 use crate::packet::trunk;
-use crate::route::Hot;
+use crate::route::{Addr, Hot};
 
 /// Receive slots of a worker that hands off fan-outs, in receive batches: a slot that other
 /// workers still send from is not received into again until they are done (its lease, one per

@@ -6,10 +6,9 @@ use std::mem;
 use std::os::fd::RawFd;
 use std::ptr;
 
-use crate::route::Addr;
-
 use super::plan::MAX_SEGMENTS;
 use super::socket;
+use crate::route::Addr;
 
 /// A control message that asks for UDP segmentation offload with the given segment size
 /// (`UDP_SEGMENT`, Linux 4.18): the kernel cuts the send into datagrams of that size, the last

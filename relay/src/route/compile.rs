@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::addr::Addr;
-
 use super::counter::{ParticipantCounters, RuleCounters};
 use super::ice::Credentials;
 use super::room::{

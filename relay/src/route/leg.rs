@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::addr::Addr;
-
 use super::ice::Credentials;
 use super::table::RoomId;
 use crate::sdp::Fingerprint;

@@ -25,7 +25,6 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::addr::Addr;
-
 use super::counter::{ParticipantCounters, RuleCounters};
 use super::ice::Credentials;
 use super::leg::Legs;

@@ -18,7 +18,6 @@
 use std::sync::Arc;
 
 use super::addr::Addr;
-
 use super::leg::Legs;
 use super::room::{CHUNK, MediaKind, Room};
 use super::table::RoomId;

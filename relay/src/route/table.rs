@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::addr::Addr;
-
 use super::ice::{self, Latch, StunAction, StunGuard};
 use super::leg::{DtlsLeg, Leg};
 use super::room::{Member, Room};

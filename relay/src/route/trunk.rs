@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::addr::Addr;
-
 use super::counter::Counter;
 use crate::packet::trunk::{Epoch, NodeNo};
 

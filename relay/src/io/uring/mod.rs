@@ -25,7 +25,6 @@ use std::mem;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use crate::route::Addr;
 use io_uring::types::{Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
@@ -38,7 +37,7 @@ use super::send::{self, Sent};
 use super::socket;
 use super::stats::BatchCounts;
 use super::worker::Worker;
-use crate::route::Hot;
+use crate::route::{Addr, Hot};
 use bufs::BufRing;
 use sends::Records;
 

@@ -8,11 +8,10 @@
 use std::mem;
 use std::ptr;
 
-use crate::route::Addr;
-
 use crate::io::plan::{MAX_SEGMENTS, REPLY_SIZE};
 use crate::io::send::{SEGMENT_CMSG_SPACE, SegmentCmsg};
 use crate::packet::trunk::HEADER_LEN;
+use crate::route::Addr;
 
 /// One send in flight. The fields a single-datagram send touches come first, so that it touches
 /// few cache lines; the iovecs of a GSO run come last.
