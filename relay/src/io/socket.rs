@@ -2,10 +2,12 @@
 //! and core pinning. Nothing here runs per packet.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{SocketAddr, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::route::Addr;
 
 /// Binds `n` sockets to `addr` in one SO_REUSEPORT group, and returns them with the bound
 /// address.
@@ -243,24 +245,13 @@ pub(crate) fn pin_to_core(core: usize) {
 /// mapping IPv4-mapped IPv6 addresses to plain IPv4 so that a dual-stack socket sees the addresses
 /// participants were registered with. `None` for anything else or too short.
 pub(crate) fn name_to_addr(name: &[u8]) -> Option<SocketAddr> {
-    let family = libc::c_int::from(u16::from_ne_bytes([*name.first()?, *name.get(1)?]));
-    let port = u16::from_be_bytes([*name.get(2)?, *name.get(3)?]);
-    match family {
-        libc::AF_INET => {
-            let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
-            Some(SocketAddr::new(Ipv4Addr::from(ip).into(), port))
-        }
-        libc::AF_INET6 => {
-            let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
-            let scope: [u8; 4] = name.get(24..28)?.try_into().ok()?;
-            let ip = Ipv6Addr::from(ip);
-            Some(match ip.to_ipv4_mapped() {
-                Some(v4) => SocketAddr::new(v4.into(), port),
-                None => SocketAddrV6::new(ip, port, 0, u32::from_ne_bytes(scope)).into(),
-            })
-        }
-        _ => None,
-    }
+    Some(match Addr::read(name)? {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => SocketAddrV6::new(*a.ip(), a.port(), 0, a.scope_id()).into(),
+        },
+        v4 => v4,
+    })
 }
 
 #[cfg(test)]

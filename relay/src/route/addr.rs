@@ -47,20 +47,27 @@ impl Addr {
 
     /// The address as the standard library's type; `None` when unset.
     pub fn as_socket(&self) -> Option<SocketAddr> {
-        let n = &self.name;
-        let family = i32::from(u16::from_ne_bytes([n[0], n[1]]));
-        let port = u16::from_be_bytes([n[2], n[3]]);
-        match (family, self.len as usize) {
-            (libc::AF_INET, IN_LEN) => {
-                let ip = Ipv4Addr::new(n[4], n[5], n[6], n[7]);
-                Some(SocketAddrV4::new(ip, port).into())
+        Self::read(self.as_bytes())
+    }
+
+    /// Reads `sockaddr_in` or `sockaddr_in6` bytes (as here, or as `recvmsg` writes a source),
+    /// exactly as they are; `None` for another family or too few bytes.
+    #[inline]
+    pub(crate) fn read(name: &[u8]) -> Option<SocketAddr> {
+        let family = i32::from(u16::from_ne_bytes([*name.first()?, *name.get(1)?]));
+        let port = u16::from_be_bytes([*name.get(2)?, *name.get(3)?]);
+        match family {
+            libc::AF_INET => {
+                let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+                Some(SocketAddrV4::new(Ipv4Addr::from(ip), port).into())
             }
-            (libc::AF_INET6, NAME_LEN) => {
-                let flowinfo = u32::from_ne_bytes([n[4], n[5], n[6], n[7]]);
-                let mut ip = [0u8; 16];
-                ip.copy_from_slice(&n[8..24]);
-                let scope = u32::from_ne_bytes([n[24], n[25], n[26], n[27]]);
-                Some(SocketAddrV6::new(Ipv6Addr::from(ip), port, flowinfo, scope).into())
+            libc::AF_INET6 => {
+                let flowinfo: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+                let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+                let scope: [u8; 4] = name.get(24..NAME_LEN)?.try_into().ok()?;
+                let ip = Ipv6Addr::from(ip);
+                let (flowinfo, scope) = (u32::from_ne_bytes(flowinfo), u32::from_ne_bytes(scope));
+                Some(SocketAddrV6::new(ip, port, flowinfo, scope).into())
             }
             _ => None,
         }
