@@ -58,6 +58,49 @@ fn bursts_arrive_byte_identical_with_and_without_gso() {
     }
 }
 
+/// A fan-out wider than `--send-batch` (40 receivers, batches of 8): the plan still joins each
+/// burst into one GSO send per receiver, the sends go out window by window, and every receiver
+/// gets every datagram in order.
+#[test]
+fn a_fan_out_wider_than_the_send_batch_still_forms_runs_in_order() {
+    for backend in BACKENDS {
+        let plane = start(backend, |c| c.send_batch = 8);
+        let socks = clients(41);
+        let addrs: Vec<_> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
+        install(&plane, 1, 100, &addrs);
+        let mut sent = Vec::new();
+        for burst in 0..5u16 {
+            let packets: Vec<Vec<u8>> = (0..8u16)
+                .map(|i| rtp(100, burst * 8 + i, if i == 7 { 90 } else { 300 }))
+                .collect();
+            send_burst(&socks[0], plane.local_addr(), &packets);
+            sent.extend(packets);
+        }
+        for (i, r) in socks[1..].iter().enumerate() {
+            let got = recv_n(r, sent.len(), PATIENT);
+            assert!(
+                got == sent,
+                "{backend:?}: receiver {i} got {} of {} (or out of order)",
+                got.len(),
+                sent.len()
+            );
+        }
+        let out = || sum(&plane, |s| &s.packets_out);
+        assert!(
+            wait_until(PATIENT, || out() == 40 * 40),
+            "{backend:?}: {}",
+            out()
+        );
+        // A burst reaches the relay in one receive batch, so each receiver's copies of it join
+        // into runs: far fewer sends than copies (one per datagram without the plan's width).
+        let gso_sends = sum(&plane, |s| &s.gso_sends);
+        assert!(
+            gso_sends > 0 && gso_sends <= 5 * 40 * 2,
+            "{backend:?}: {gso_sends} GSO sends for 5 bursts to 40 receivers"
+        );
+    }
+}
+
 /// With only 64 receive buffers, bursts larger than the ring end the multishot receive with
 /// ENOBUFS; the worker arms it again and nothing is lost.
 #[test]

@@ -49,11 +49,12 @@ struct Args {
     #[arg(long, default_value_t = 4000)]
     rate: u64,
     /// Seconds of warm-up, then of measurement. The receivers hold the window's copies in
-    /// kernel memory until it ends (about 1 KB each): keep egress x seconds within reason.
-    #[arg(long, default_value_t = 2)]
-    warmup: u64,
-    #[arg(long, default_value_t = 1)]
-    seconds: u64,
+    /// kernel memory until it ends (about 1 KB each), which the kernel's UDP memory limit
+    /// (`net.ipv4.udp_mem`, its first value) bounds: a run that reaches it fails.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 0.5)]
+    seconds: f64,
     /// Each receiver's receive buffer during the window, bytes (SO_RCVBUFFORCE).
     #[arg(long, default_value_t = 4 << 20)]
     rcvbuf: usize,
@@ -90,6 +91,8 @@ struct RunResult {
     core_busy: Vec<f64>,
     /// The relay process's CPU, in cores.
     relay_cpu: f64,
+    /// The kernel's UDP memory at the end of the window, as a share of its limit.
+    udp_mem_share: f64,
 }
 
 fn main() -> Result<()> {
@@ -108,7 +111,8 @@ fn main() -> Result<()> {
             println!(
                 "run {run} workers {w}: egress {:.0}/s at the receivers (relay counted {:.0}/s, \
                  receivers dropped {:.0}/s), offered {:.0}/s in, hand-offs {:.0}/s, refused \
-                 {:.0}/s, send errors {:.0}/s, GSO sends {:.0}/s; cores busy {}, relay {:.2} cores",
+                 {:.0}/s, send errors {:.0}/s, GSO sends {:.0}/s; cores busy {}, relay {:.2} cores, \
+                 UDP memory {:.0}% of its limit",
                 r.egress,
                 r.relay_counted,
                 r.receiver_drops,
@@ -119,6 +123,7 @@ fn main() -> Result<()> {
                 r.gso_sends,
                 busy.join(" "),
                 r.relay_cpu,
+                r.udp_mem_share * 100.0,
             );
             results.push(r);
         }
@@ -179,6 +184,28 @@ fn receiver_drops(ports: &std::collections::HashSet<String>) -> Result<u64> {
         .sum())
 }
 
+/// The kernel's UDP memory in pages (/proc/net/sockstat) and the limit above which it refuses
+/// receive memory beyond each socket's minimum: `net.ipv4.udp_mem`'s first value (UDP keeps
+/// no memory-pressure state, so the kernel suppresses allocations from there on).
+fn udp_memory() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/net/sockstat")?;
+    let used = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("UDP: "))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let i = f.iter().position(|w| *w == "mem")?;
+            f.get(i + 1)?.parse().ok()
+        })
+        .ok_or_else(|| anyhow!("no UDP memory in /proc/net/sockstat"))?;
+    let limit = std::fs::read_to_string("/proc/sys/net/ipv4/udp_mem")?
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| anyhow!("unreadable /proc/sys/net/ipv4/udp_mem"))?;
+    Ok((used, limit))
+}
+
 /// Every core's /proc/stat ticks.
 fn cores() -> Result<Vec<CpuTicks>> {
     let text = std::fs::read_to_string("/proc/stat")?;
@@ -232,7 +259,7 @@ fn one_run(relay: &Path, args: &Args, workers: usize) -> Result<RunResult> {
         let (stop, sent, rate) = (stop.clone(), sent.clone(), args.rate);
         std::thread::spawn(move || generate(&publisher, media, rate, &stop, &sent))
     };
-    std::thread::sleep(Duration::from_secs(args.warmup));
+    std::thread::sleep(Duration::from_secs_f64(args.warmup));
 
     let counters = |m: &std::collections::BTreeMap<String, f64>| {
         [
@@ -260,8 +287,9 @@ fn one_run(relay: &Path, args: &Args, workers: usize) -> Result<RunResult> {
         set_rcvbuf(r, args.rcvbuf)?;
     }
     let opened = Instant::now();
-    std::thread::sleep(Duration::from_secs(args.seconds));
+    std::thread::sleep(Duration::from_secs_f64(args.seconds));
     // Close it: the smallest buffer again, so that later copies are dropped, then count.
+    let (udp_used, udp_limit) = udp_memory()?;
     let close = Instant::now();
     for r in &receivers {
         set_rcvbuf(r, 0)?;
@@ -283,6 +311,15 @@ fn one_run(relay: &Path, args: &Args, workers: usize) -> Result<RunResult> {
     let got = drain(&receivers);
     proc.check_alive()?;
     proc.stop();
+    // Past the limit the receivers' kernel drops copies for want of memory, not of buffer, and
+    // the count is what the machine can hold, not what the relay sent.
+    let udp_mem_share = udp_used as f64 / udp_limit.max(1) as f64;
+    if udp_mem_share > 0.95 {
+        bail!(
+            "the window's copies filled the kernel's UDP memory ({udp_used} of {udp_limit} pages, \
+             net.ipv4.udp_mem): the count would be the machine's limit; use a shorter --seconds"
+        );
+    }
     // Each receiver's window runs from its own open to its own close: on average, the
     // midpoints of the two loops.
     let secs = ((close - open) + (closed - opened)).as_secs_f64() / 2.0;
@@ -316,6 +353,7 @@ fn one_run(relay: &Path, args: &Args, workers: usize) -> Result<RunResult> {
             .map(|&(busy, all)| busy as f64 / all.max(1) as f64)
             .collect(),
         relay_cpu: relay1.saturating_sub(relay0) as f64 / 1e9 / secs,
+        udp_mem_share,
     })
 }
 
@@ -376,6 +414,7 @@ fn summary(args: &Args, results: &[RunResult]) -> Value {
                 "gso_sends_per_s": runs.iter().map(|r| r.gso_sends.round()).collect::<Vec<_>>(),
                 "core_busy": runs.iter().map(|r| r.core_busy.iter().map(|b| (b * 100.0).round() / 100.0).collect::<Vec<_>>()).collect::<Vec<_>>(),
                 "relay_cpu_cores": runs.iter().map(|r| (r.relay_cpu * 100.0).round() / 100.0).collect::<Vec<_>>(),
+                "udp_mem_share_at_close": runs.iter().map(|r| (r.udp_mem_share * 100.0).round() / 100.0).collect::<Vec<_>>(),
                 "handoff_full_per_s": runs.iter().map(|r| r.handoff_full.round()).collect::<Vec<_>>(),
                 "send_errors_per_s": runs.iter().map(|r| r.send_errors.round()).collect::<Vec<_>>(),
             })

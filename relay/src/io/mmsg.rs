@@ -21,7 +21,7 @@ use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
 use super::handoff::{Handoff, JOBS_PER_TURN, Job};
 use super::idle::IdleSpin;
-use super::plan::{Plan, REPLY_SLOTS, What};
+use super::plan::{PLAN_SENDS, Plan, REPLY_SLOTS, What};
 use super::send::{self, SEGMENT_CMSG_SPACE, SegmentCmsg, Sent};
 use super::socket;
 use super::stats::BatchCounts;
@@ -484,14 +484,16 @@ struct SendQueue {
 unsafe impl Send for SendQueue {}
 
 impl SendQueue {
+    /// A queue that submits up to `capacity` sends in one window of `sendmmsg` calls (the
+    /// plan itself holds [`PLAN_SENDS`]).
     fn new(capacity: usize, gso: bool, trunk_fd: Option<RawFd>) -> Self {
-        let capacity = capacity.max(1);
+        let capacity = capacity.clamp(1, PLAN_SENDS);
         let empty = libc::iovec {
             iov_base: ptr::null_mut(),
             iov_len: 0,
         };
         Self {
-            plan: Plan::new(capacity, gso),
+            plan: Plan::new(PLAN_SENDS, gso),
             hdrs: Vec::with_capacity(capacity),
             order: Vec::with_capacity(capacity),
             trunk_fd,
@@ -508,14 +510,31 @@ impl SendQueue {
         }
     }
 
-    /// Sends everything planned, in as few `sendmmsg` calls as the kernel allows. A datagram the
-    /// kernel refuses is counted and skipped; the rest still go out. A GSO send the kernel
-    /// refuses turns GSO off for this socket and goes out one datagram at a time.
+    /// Sends everything planned, a window of `--send-batch` sends at a time, in as few
+    /// `sendmmsg` calls as the kernel allows. A datagram the kernel refuses is counted and
+    /// skipped; the rest still go out. A GSO send the kernel refuses turns GSO off for this
+    /// socket and goes out one datagram at a time.
     fn flush(&mut self, fd: RawFd, iovs: &[libc::iovec]) {
+        let (planned, window) = (self.plan.entries().len(), self.cmsgs.len());
+        let mut from = 0;
+        while from < planned {
+            let to = planned.min(from + window);
+            self.send_window(fd, iovs, from, to);
+            from = to;
+        }
+        self.plan.clear();
+    }
+
+    /// Sends the plan's entries `from..to` (at most a window).
+    fn send_window(&mut self, fd: RawFd, iovs: &[libc::iovec], from: usize, to: usize) {
         self.hdrs.clear();
         self.order.clear();
         self.trunk_hdrs.clear();
-        for (i, e) in self.plan.entries().iter().enumerate() {
+        for (i, e) in self.plan.entries()[from..to]
+            .iter()
+            .enumerate()
+            .map(|(w, e)| (from + w, e))
+        {
             // SAFETY: a zeroed mmsghdr is valid; the fields set below are the only ones read.
             let mut hdr: libc::mmsghdr = unsafe { mem::zeroed() };
             let dest = match e.what {
@@ -536,8 +555,9 @@ impl SendQueue {
                     hdr.msg_hdr.msg_iov = ptr::from_ref(&iovs[first as usize]).cast_mut();
                     hdr.msg_hdr.msg_iovlen = usize::from(count) as _;
                     if count > 1 {
-                        self.cmsgs[i] = SegmentCmsg::new(segment);
-                        hdr.msg_hdr.msg_control = ptr::from_mut(&mut self.cmsgs[i]).cast();
+                        let c = &mut self.cmsgs[i - from];
+                        *c = SegmentCmsg::new(segment);
+                        hdr.msg_hdr.msg_control = ptr::from_mut(c).cast();
                         hdr.msg_hdr.msg_controllen = SEGMENT_CMSG_SPACE as _;
                     }
                 }
@@ -594,7 +614,7 @@ impl SendQueue {
                 break;
             };
             if err.kind() == std::io::ErrorKind::WouldBlock {
-                // The send buffer is full: drop the rest of this batch, counted, and go on reading.
+                // The send buffer is full: drop the rest of this window, counted, and go on.
                 let rest: u64 = self.order[start..]
                     .iter()
                     .map(|&i| self.plan.entries()[i as usize].segments())
@@ -623,7 +643,6 @@ impl SendQueue {
             }
             start += 1;
         }
-        self.plan.clear();
     }
 
     /// Sends the planned trunk datagrams from the trunk socket (never GSO: each has its header).
