@@ -103,7 +103,8 @@ pub struct ServeArgs {
     /// Datagrams per receive batch [default: 64].
     #[arg(long, env = "RELAY_RECV_BATCH")]
     pub recv_batch: Option<usize>,
-    /// Sends queued before they are submitted (one sendmmsg or io_uring submit) [default: 1024].
+    /// Sends submitted at once (a window of sendmmsg calls, or the io_uring submission queue);
+    /// the send plan holds 4096 whatever this is [default: 1024].
     #[arg(long, env = "RELAY_SEND_BATCH")]
     pub send_batch: Option<usize>,
     /// Receive buffers per worker in the io_uring buffer ring, a power of two [default: 1024].
@@ -224,7 +225,7 @@ pub struct Config {
     pub socket_buffer: usize,
     /// Datagrams per receive batch.
     pub recv_batch: usize,
-    /// Sends queued before they are submitted.
+    /// Sends submitted at once (the plan itself holds `io::plan::PLAN_SENDS`).
     pub send_batch: usize,
     /// io_uring receive buffers per worker.
     pub ring_buffers: usize,

@@ -87,7 +87,7 @@ struct RunResult {
     send_errors: f64,
     /// GSO sends (one syscall, several copies to one receiver).
     gso_sends: f64,
-    /// Per core, the busy share of the window (/proc/stat: all but idle and iowait).
+    /// Per core, the busy share of the window (/proc/stat: one minus the measured idle share).
     core_busy: Vec<f64>,
     /// The relay process's CPU, in cores.
     relay_cpu: f64,
@@ -206,12 +206,14 @@ fn udp_memory() -> Result<(u64, u64)> {
     Ok((used, limit))
 }
 
-/// Every core's /proc/stat ticks.
-fn cores() -> Result<Vec<CpuTicks>> {
+/// Every core's /proc/stat ticks, and when they were read.
+fn cores() -> Result<(Instant, Vec<CpuTicks>)> {
     let text = std::fs::read_to_string("/proc/stat")?;
-    (0..cpus())
+    let at = Instant::now();
+    let ticks = (0..cpus())
         .map(|c| parse_stat(&text, c).ok_or_else(|| anyhow!("no cpu{c} in /proc/stat")))
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((at, ticks))
 }
 
 fn one_run(relay: &Path, args: &Args, workers: usize) -> Result<RunResult> {
@@ -328,16 +330,8 @@ fn one_run(relay: &Path, args: &Args, workers: usize) -> Result<RunResult> {
     }
     // The relay's counters over the time between their two reads.
     let rate = |i: usize| (c1[i] - c0[i]) / (read1 - read0).as_secs_f64();
-    let ticks: Vec<(u64, u64)> = cpu1
-        .iter()
-        .zip(&cpu0)
-        .map(|(b, a)| {
-            (
-                b.busy() - a.busy(),
-                (b.busy() + b.idle()) - (a.busy() + a.idle()),
-            )
-        })
-        .collect();
+    let ((at0, cpu0), (at1, cpu1)) = (cpu0, cpu1);
+    let cpu_secs = (at1 - at0).as_secs_f64();
     Ok(RunResult {
         workers,
         egress: got as f64 / secs,
@@ -348,9 +342,10 @@ fn one_run(relay: &Path, args: &Args, workers: usize) -> Result<RunResult> {
         handoff_full: rate(2),
         send_errors: rate(3),
         gso_sends: rate(4),
-        core_busy: ticks
+        core_busy: cpu1
             .iter()
-            .map(|&(busy, all)| busy as f64 / all.max(1) as f64)
+            .zip(&cpu0)
+            .map(|(b, a)| b.busy_since(a, cpu_secs))
             .collect(),
         relay_cpu: relay1.saturating_sub(relay0) as f64 / 1e9 / secs,
         udp_mem_share,

@@ -5,6 +5,14 @@
 //! A sampler thread reads the core's line of `/proc/stat`, the process's and ksoftirqd's CPU
 //! times and the core's `/proc/net/softnet_stat` row every [`PERIOD`]; `CoreUse::over` takes
 //! the samples that bound loadgen's send window and turns their differences into shares of it.
+//!
+//! The core's busy share is one minus its idle share of the wall-clock time between the two
+//! samples. A tickless kernel measures idle time when a CPU leaves idle, but charges the busy
+//! fields (user, system, softirq...) one tick at a time to whatever runs when the tick fires, and
+//! a core that sleeps thousands of times a second between short bursts of work is mostly idle
+//! when its tick would fire: measured with the relay's worker, the busy fields gave 3-8% where
+//! the idle time and the worker's own run time (schedstat) both gave 36-41%. The busy fields
+//! only split the busy share. CPU times of tasks come from `schedstat` (nanoseconds run).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,8 +32,21 @@ pub struct CpuTicks {
     pub f: [u64; 8],
 }
 
+/// Clock ticks a second in `/proc/stat` (USER_HZ).
+pub fn user_hz() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
 impl CpuTicks {
-    /// Busy: user + nice + system + irq + softirq + steal.
+    /// The busy share of the `seconds` between `earlier` and this reading: one minus the
+    /// measured idle share (see the module's comment for why not the sampled busy fields).
+    pub fn busy_since(&self, earlier: &Self, seconds: f64) -> f64 {
+        let idle = self.idle().saturating_sub(earlier.idle()) as f64;
+        (1.0 - idle / (seconds * user_hz()).max(1.0)).clamp(0.0, 1.0)
+    }
+
+    /// Busy ticks as sampled: user + nice + system + irq + softirq + steal.
     pub fn busy(&self) -> u64 {
         let f = &self.f;
         f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
@@ -81,33 +102,32 @@ pub fn parse_softnet(text: &str, core: usize) -> Option<[u64; 3]> {
     Some(out)
 }
 
-/// utime + stime of a process or thread, in clock ticks, from its `stat` file.
-fn task_ticks(path: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let rest = text.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+/// Field `i` of a task's `schedstat`: 0 is nanoseconds run, 1 nanoseconds runnable but waiting.
+fn schedstat(path: &std::path::Path, i: usize) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .nth(i)?
+        .parse()
+        .ok()
 }
 
-/// What the scheduler did with the threads of process `pid`, summed over them: nanoseconds
-/// runnable but waiting for a CPU (`schedstat`, second field), and voluntary and involuntary
+/// What the scheduler did with the threads of process `pid`, summed over them: nanoseconds run
+/// and nanoseconds runnable but waiting for a CPU (`schedstat`), and voluntary and involuntary
 /// context switches (`status`): a sleep that ended, and a preemption by another task.
-fn sched_counts(pid: u32) -> Option<[u64; 3]> {
-    let mut total = [0; 3];
+fn sched_counts(pid: u32) -> Option<[u64; 4]> {
+    let mut total = [0; 4];
     for e in std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
         .flatten()
     {
-        let text = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
-        total[0] += text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        let stat = e.path().join("schedstat");
+        total[0] += schedstat(&stat, 0).unwrap_or(0);
+        total[1] += schedstat(&stat, 1).unwrap_or(0);
         let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
         for (i, key) in [
-            (1, "voluntary_ctxt_switches:"),
-            (2, "nonvoluntary_ctxt_switches:"),
+            (2, "voluntary_ctxt_switches:"),
+            (3, "nonvoluntary_ctxt_switches:"),
         ] {
             total[i] += status
                 .lines()
@@ -134,10 +154,10 @@ pub fn ksoftirqd(core: usize) -> Option<u32> {
 struct Sample {
     at: Instant,
     cpu: CpuTicks,
-    process: u64,
-    /// Run-queue wait of the process's threads (ns), their voluntary and involuntary context
-    /// switches.
-    sched: [u64; 3],
+    /// Run time of the process's threads (ns), their run-queue wait (ns), their voluntary and
+    /// involuntary context switches.
+    sched: [u64; 4],
+    /// Run time of the core's ksoftirqd (ns).
     ksoftirqd: u64,
     softnet: [u64; 3],
 }
@@ -159,10 +179,9 @@ impl Sampler {
             Some(Sample {
                 at: Instant::now(),
                 cpu: parse_stat(&stat, core)?,
-                process: task_ticks(&format!("/proc/{pid}/stat"))?,
-                sched: sched_counts(pid).unwrap_or_default(),
+                sched: sched_counts(pid)?,
                 ksoftirqd: softirqd
-                    .and_then(|k| task_ticks(&format!("/proc/{k}/stat")))
+                    .and_then(|k| schedstat(format!("/proc/{k}/schedstat").as_ref(), 0))
                     .unwrap_or(0),
                 softnet: parse_softnet(&softnet, core).unwrap_or_default(),
             })
@@ -211,16 +230,16 @@ impl Drop for Sampler {
     }
 }
 
-/// What one core did over a window, as shares of the window's ticks (0 to 1).
+/// What one core did over a window, as shares of its wall-clock time (0 to 1).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct CoreUse {
     /// The core.
     pub core: usize,
     /// Seconds between the two samples used.
     pub seconds: f64,
-    /// user + nice + system + irq + softirq + steal.
+    /// One minus the idle share: everything that ran on the core.
     pub busy: f64,
-    /// user (and nice).
+    /// The busy share split by the sampled ticks: user (and nice).
     pub user: f64,
     /// system.
     pub system: f64,
@@ -258,7 +277,7 @@ pub struct CoreUse {
 
 impl CoreUse {
     /// The use between the first sample at or after the window's start and the last at or
-    /// before its end. None when fewer than two samples fall inside or no tick passed.
+    /// before its end. None when fewer than two samples fall inside.
     fn over(
         core: usize,
         samples: &[Sample],
@@ -270,17 +289,22 @@ impl CoreUse {
         if b.at <= a.at {
             return None;
         }
-        let d = b.cpu.minus(&a.cpu);
-        let ticks = (d.busy() + d.idle()) as f64;
-        if ticks == 0.0 {
-            return None;
-        }
-        let share = |t: u64| t as f64 / ticks;
-        let busy = share(d.busy());
-        let process = share(b.process.saturating_sub(a.process));
-        let ksoftirqd = share(b.ksoftirqd.saturating_sub(a.ksoftirqd));
-        let per_packet = |s: f64| (packets_per_s > 0.0).then(|| s * 1e9 / packets_per_s);
         let seconds = (b.at - a.at).as_secs_f64();
+        let d = b.cpu.minus(&a.cpu);
+        let busy = b.cpu.busy_since(&a.cpu, seconds);
+        // The sampled busy ticks only say how the busy share divides.
+        let sampled = d.busy() as f64;
+        let share = |t: u64| {
+            if sampled > 0.0 {
+                busy * t as f64 / sampled
+            } else {
+                0.0
+            }
+        };
+        let ran = |ns: u64| ns as f64 / 1e9 / seconds;
+        let process = ran(b.sched[0].saturating_sub(a.sched[0]));
+        let ksoftirqd = ran(b.ksoftirqd.saturating_sub(a.ksoftirqd));
+        let per_packet = |s: f64| (packets_per_s > 0.0).then(|| s * 1e9 / packets_per_s);
         let mut softnet = [0; 3];
         for (i, v) in softnet.iter_mut().enumerate() {
             *v = b.softnet[i].saturating_sub(a.softnet[i]);
@@ -297,9 +321,9 @@ impl CoreUse {
             process,
             ksoftirqd,
             other: (busy - process - ksoftirqd).max(0.0),
-            runqueue_wait: b.sched[0].saturating_sub(a.sched[0]) as f64 / 1e9 / seconds,
-            sleeps_per_s: b.sched[1].saturating_sub(a.sched[1]) as f64 / seconds,
-            preempted_per_s: b.sched[2].saturating_sub(a.sched[2]) as f64 / seconds,
+            runqueue_wait: ran(b.sched[1].saturating_sub(a.sched[1])),
+            sleeps_per_s: b.sched[2].saturating_sub(a.sched[2]) as f64 / seconds,
+            preempted_per_s: b.sched[3].saturating_sub(a.sched[3]) as f64 / seconds,
             busy_ns_per_packet: per_packet(busy),
             process_ns_per_packet: per_packet(process),
             softnet,
@@ -343,28 +367,34 @@ mod tests {
     fn shares_come_from_the_samples_inside_the_window() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let sample = |ms, user, idle, softirq, process, ksoftirqd| Sample {
+        let hz = user_hz() as u64;
+        // Ticks in hundredths of a second, whatever USER_HZ is.
+        let t = |hundredths: u64| hundredths * hz / 100;
+        let ms_ns = 1_000_000;
+        let sample = |ms: u64, user, idle, softirq, process_ms: u64, ksoftirqd_ms: u64| Sample {
             at: at(ms),
             cpu: CpuTicks {
-                f: [user, 0, 0, idle, 0, 0, softirq, 0],
+                f: [t(user), 0, 0, t(idle), 0, 0, t(softirq), 0],
             },
-            process,
-            sched: [ms * 10_000, ms * 3, ms],
-            ksoftirqd,
+            sched: [process_ms * ms_ns, ms * 10_000, ms * 3, ms],
+            ksoftirqd: ksoftirqd_ms * ms_ns,
             softnet: [ms, 0, 0],
         };
         let samples = [
             sample(0, 0, 0, 0, 0, 0),
-            sample(100, 5, 5, 0, 5, 0),
-            // Inside the window: 60 user, 20 softirq, 20 idle; process 50, ksoftirqd 10.
-            sample(1100, 65, 25, 20, 55, 10),
-            sample(1200, 100, 100, 100, 100, 100),
+            sample(100, 5, 5, 0, 50, 0),
+            // Inside the window (1 s): 20 idle, so 80% busy; the sampled ticks (30 user, 10
+            // softirq) miss half of it and only split it 3:1. The process ran 500 ms,
+            // ksoftirqd 100 ms.
+            sample(1100, 35, 25, 10, 550, 100),
+            sample(1200, 100, 100, 100, 1000, 1000),
         ];
         let u = CoreUse::over(0, &samples, (at(50), at(1150)), 1000.0).unwrap();
-        assert!((u.busy - 0.8).abs() < 1e-9 && (u.softirq - 0.2).abs() < 1e-9);
-        assert!((u.process - 0.5).abs() < 1e-9 && (u.ksoftirqd - 0.1).abs() < 1e-9);
-        assert!((u.other - 0.2).abs() < 1e-9);
-        assert!((u.busy_ns_per_packet.unwrap() - 800_000.0).abs() < 1e-6);
+        assert!((u.busy - 0.8).abs() < 1e-6, "{}", u.busy);
+        assert!((u.user - 0.6).abs() < 1e-6 && (u.softirq - 0.2).abs() < 1e-6);
+        assert!((u.process - 0.5).abs() < 1e-6 && (u.ksoftirqd - 0.1).abs() < 1e-6);
+        assert!((u.other - 0.2).abs() < 1e-6);
+        assert!((u.busy_ns_per_packet.unwrap() - 800_000.0).abs() < 1e-3);
         assert_eq!(u.softnet[0], 1000);
         assert!((u.runqueue_wait - 0.01).abs() < 1e-9, "{}", u.runqueue_wait);
         assert!((u.sleeps_per_s - 3000.0).abs() < 1e-6, "{}", u.sleeps_per_s);

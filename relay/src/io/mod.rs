@@ -78,7 +78,8 @@ pub struct DataPlaneConfig {
     pub socket_buffer: usize,
     /// Datagrams per receive batch (`recvmmsg`).
     pub recv_batch: usize,
-    /// Sends planned before they are submitted (one `sendmmsg`, or one io_uring submission).
+    /// Sends submitted at once: a window of `sendmmsg` calls, or the io_uring submission queue
+    /// (and half its send records). The plan holds `plan::PLAN_SENDS` whatever this is.
     pub send_batch: usize,
     /// Buffers in each worker's io_uring buffer ring (rounded up to a power of two).
     pub ring_buffers: usize,

@@ -16,8 +16,8 @@ use crate::route::Addr;
 
 /// Sends one plan holds, whatever `--send-batch` submits at once. A run only grows within one
 /// plan, so this is the largest fan-out whose receivers each get a frame's packets in one GSO
-/// send: a webinar's share of up to 4,096 listeners per worker (docs/ARCHITECTURE.md, "The send
-/// plan"). With the two position lists that is 4,096 × 48 bytes, about 200 KB a worker.
+/// send: a webinar's share of up to 4,096 listeners per worker (docs/ARCHITECTURE.md, "GSO and
+/// the plan's size"). With the two position lists that is 4,096 × 48 bytes, about 200 KB a worker.
 pub(crate) const PLAN_SENDS: usize = 4096;
 const _: () = assert!(size_of::<Entry>() <= 40);
 /// Most segments in one GSO send (the kernel's UDP_MAX_SEGMENTS is at least 64).
