@@ -161,9 +161,7 @@ pub fn cpu_ns(pid: u32) -> Result<u64> {
     let ticks =
         |i: usize| -> Result<u64> { Ok(f.get(i).ok_or_else(|| anyhow!("short stat"))?.parse()?) };
     let total = ticks(11)? + ticks(12)?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(total * 1_000_000_000 / hz)
+    Ok((total as f64 * 1e9 / super::core::user_hz()) as u64)
 }
 
 /// CPU time of the calling thread, ns.

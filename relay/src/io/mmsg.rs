@@ -464,6 +464,8 @@ impl RecvBatch {
 /// The planned sends of a batch and the `sendmmsg` headers that carry them.
 struct SendQueue {
     plan: Plan,
+    /// The headers of one window of the plan (`--send-batch` sends; `cmsgs` and `trunk_iovs`
+    /// have one slot per header of the window).
     hdrs: Vec<libc::mmsghdr>,
     /// The plan's entry behind each header of `hdrs`.
     order: Vec<u32>,
