@@ -71,6 +71,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         gso: config.gso,
         busy_poll: config.busy_poll,
         handoff_min_members: config.handoff_min_members,
+        largest_room: config.limits.max_participants,
         fence: fence.clone(),
         trunk: config.fleet.as_ref().map(|f| f.trunk),
         idle_spin: config.idle_poll,

@@ -47,7 +47,7 @@ pub(crate) fn run(w: &Worker, ready: impl FnOnce(io::Result<()>)) -> io::Result<
     let mut batch = RecvBatch::new(w.settings.recv_batch, pool, SLOT_SIZE);
     // The trunk port's batch (never lent): each slot's send iovec skips the trunk header.
     let mut trunk_batch = trunk_fd.map(|_| RecvBatch::new(w.settings.recv_batch, 1, SLOT_SIZE));
-    let mut queue = SendQueue::new(w.settings.send_batch, gso, trunk_fd);
+    let mut queue = SendQueue::new(w.settings.send_batch, w.settings.plan_sends, gso, trunk_fd);
     let mut jobs = Jobs::new();
     ready(Ok(()));
     let result = serve(
@@ -486,16 +486,17 @@ struct SendQueue {
 unsafe impl Send for SendQueue {}
 
 impl SendQueue {
-    /// A queue that submits up to `capacity` sends in one window of `sendmmsg` calls (the
-    /// plan itself holds [`PLAN_SENDS`]).
-    fn new(capacity: usize, gso: bool, trunk_fd: Option<RawFd>) -> Self {
-        let capacity = capacity.clamp(1, PLAN_SENDS);
+    /// A queue whose plan holds `plan_sends` sends and that submits up to `capacity` of them in
+    /// one window of `sendmmsg` calls.
+    fn new(capacity: usize, plan_sends: usize, gso: bool, trunk_fd: Option<RawFd>) -> Self {
+        let plan_sends = plan_sends.max(PLAN_SENDS);
+        let capacity = capacity.clamp(1, plan_sends);
         let empty = libc::iovec {
             iov_base: ptr::null_mut(),
             iov_len: 0,
         };
         Self {
-            plan: Plan::new(PLAN_SENDS, gso),
+            plan: Plan::new(plan_sends, gso),
             hdrs: Vec::with_capacity(capacity),
             order: Vec::with_capacity(capacity),
             trunk_fd,

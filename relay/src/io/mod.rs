@@ -79,7 +79,9 @@ pub struct DataPlaneConfig {
     /// Datagrams per receive batch (`recvmmsg`).
     pub recv_batch: usize,
     /// Sends submitted at once: a window of `sendmmsg` calls, or the io_uring submission queue
-    /// (and half its send records). The plan holds `plan::PLAN_SENDS` whatever this is.
+    /// (and half its send records). The plan's width is apart from it ([`largest_room`]).
+    ///
+    /// [`largest_room`]: DataPlaneConfig::largest_room
     pub send_batch: usize,
     /// Buffers in each worker's io_uring buffer ring (rounded up to a power of two).
     pub ring_buffers: usize,
@@ -90,6 +92,10 @@ pub struct DataPlaneConfig {
     /// Rooms of at least this many members share each packet's fan-out among all workers
     /// (`io::handoff`); 0 never shares.
     pub handoff_min_members: usize,
+    /// Members the largest room may have (`--max-participants`): each worker's send plan is as
+    /// wide as its largest fan-out in such a room, so that its receivers get a burst in one GSO
+    /// send (`plan::width`).
+    pub largest_room: usize,
     /// In fleet mode, the fleet's status: while it says fenced, workers forward nothing
     /// (counted as drop reason `fenced`; read once per batch).
     pub fence: Option<Arc<crate::fleet::Status>>,
@@ -117,6 +123,7 @@ impl Default for DataPlaneConfig {
             gso: true,
             busy_poll: false,
             handoff_min_members: handoff::DEFAULT_MIN_MEMBERS,
+            largest_room: 10_000,
             fence: None,
             trunk: None,
             idle_spin: DEFAULT_IDLE_SPIN,
@@ -189,6 +196,7 @@ impl DataPlane {
             busy_poll: config.busy_poll,
             handoff_min_members: config.handoff_min_members,
             idle_spin: config.idle_spin,
+            plan_sends: plan::width(config.largest_room, workers, config.handoff_min_members),
         };
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let (latch_tx, latches) = crossbeam_channel::bounded(LATCH_QUEUE);

@@ -12,14 +12,28 @@
 
 use std::ptr;
 
-use crate::route::Addr;
+use crate::route::{Addr, CHUNK};
 
-/// Sends one plan holds, whatever `--send-batch` submits at once. A run only grows within one
-/// plan, so this is the largest fan-out whose receivers each get a frame's packets in one GSO
-/// send: a webinar's share of up to 4,096 listeners per worker (docs/ARCHITECTURE.md, "GSO and
-/// the plan's size"). With the two position lists that is 4,096 × 48 bytes, about 200 KB a worker.
+/// The fewest sends one plan holds, whatever `--send-batch` submits at once. A run only grows
+/// within one plan, so the plan is at least as wide as the largest fan-out a worker sends
+/// ([`width`]); with the two position lists a send costs 48 bytes, so 4,096 cost about 200 KB a
+/// worker (docs/ARCHITECTURE.md, "GSO and the plan's size").
 pub(crate) const PLAN_SENDS: usize = 4096;
 const _: () = assert!(size_of::<Entry>() <= 40);
+
+/// Sends a worker's plan holds so that every receiver of a fan-out in a room of up to
+/// `largest_room` members gets a burst in one GSO send: the room, or where rooms that large are
+/// shared among `workers` (`route::Share`: chunk `c` to worker `c % workers`), the most chunks
+/// one worker gets; never fewer than [`PLAN_SENDS`].
+pub(crate) fn width(largest_room: usize, workers: usize, handoff_min_members: usize) -> usize {
+    let shared = workers > 1 && handoff_min_members > 0 && largest_room >= handoff_min_members;
+    let fan_out = if shared {
+        largest_room.div_ceil(CHUNK).div_ceil(workers) * CHUNK
+    } else {
+        largest_room
+    };
+    fan_out.max(PLAN_SENDS)
+}
 /// Most segments in one GSO send (the kernel's UDP_MAX_SEGMENTS is at least 64).
 pub(crate) const MAX_SEGMENTS: usize = 64;
 /// Most bytes in one GSO send: the UDP length field, less IPv6 and UDP headers, rounded down.
@@ -354,6 +368,17 @@ mod tests {
                 What::Reply(_) | What::Trunk { .. } | What::TrunkReply(_) => (0, 0, 0),
             })
             .collect()
+    }
+
+    #[test]
+    fn the_plan_is_as_wide_as_the_largest_share_of_the_largest_room() {
+        assert_eq!(width(10_000, 1, 128), 10_000);
+        // 157 chunks over two workers: 79 chunks for worker 0.
+        assert_eq!(width(10_000, 2, 128), 79 * 64);
+        assert_eq!(width(10_000, 2, 0), 10_000, "never shared");
+        assert_eq!(width(10_000, 3, 128), PLAN_SENDS);
+        assert_eq!(width(100, 1, 128), PLAN_SENDS);
+        assert_eq!(width(65_534, 4, 128), 256 * 64);
     }
 
     #[test]

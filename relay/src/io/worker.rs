@@ -30,8 +30,10 @@ pub(crate) enum Message {
 pub(crate) struct Settings {
     /// Datagrams per `recvmmsg`.
     pub(crate) recv_batch: usize,
-    /// Sends planned before they are submitted.
+    /// Sends submitted at once.
     pub(crate) send_batch: usize,
+    /// Sends one plan holds (`plan::width`).
+    pub(crate) plan_sends: usize,
     /// Buffers in the io_uring provided-buffer ring (a power of two).
     pub(crate) ring_buffers: usize,
     /// Join runs of equal-size datagrams into GSO sends.

@@ -32,7 +32,7 @@ use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
 use super::handoff::{Handoff, Held, JOBS_PER_TURN, Job, SENDS_PER_TURN};
 use super::idle::IdleSpin;
-use super::plan::{PLAN_SENDS, Plan, REPLY_SLOTS, What};
+use super::plan::{Plan, REPLY_SLOTS, What};
 use super::send::{self, Sent};
 use super::socket;
 use super::stats::BatchCounts;
@@ -188,7 +188,7 @@ impl Uring {
             pending: Vec::with_capacity(s.ring_buffers + 8),
             // A turn holds what was received and the jobs of other workers it serves.
             turn: Vec::with_capacity(s.ring_buffers + 8 + JOBS_PER_TURN),
-            plan: Plan::new(PLAN_SENDS.max(s.send_batch), gso),
+            plan: Plan::new(s.plan_sends.max(s.send_batch), gso),
             fd,
             wake,
             recv_armed: false,
