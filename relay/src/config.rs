@@ -104,7 +104,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_RECV_BATCH")]
     pub recv_batch: Option<usize>,
     /// Sends submitted at once (a window of sendmmsg calls, or the io_uring submission queue);
-    /// the send plan holds 4096 whatever this is [default: 1024].
+    /// the send plan is as wide as the largest fan-out whatever this is [default: 1024].
     #[arg(long, env = "RELAY_SEND_BATCH")]
     pub send_batch: Option<usize>,
     /// Receive buffers per worker in the io_uring buffer ring, a power of two [default: 1024].
@@ -225,7 +225,7 @@ pub struct Config {
     pub socket_buffer: usize,
     /// Datagrams per receive batch.
     pub recv_batch: usize,
-    /// Sends submitted at once (the plan itself holds `io::plan::PLAN_SENDS`).
+    /// Sends submitted at once (the plan's width is `io::plan::width`).
     pub send_batch: usize,
     /// io_uring receive buffers per worker.
     pub ring_buffers: usize,
