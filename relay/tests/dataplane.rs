@@ -11,6 +11,27 @@ use relay::config::BackendChoice;
 
 const PATIENT: Duration = Duration::from_secs(5);
 
+/// Sends `bursts` bursts of `per` RTP packets of SSRC 100 from `from` to `to`, each burst in one
+/// GSO send so that it reaches the relay's socket together; packet `i` of burst `b` is
+/// `len(b, i)` bytes long. Returns every packet, in the order sent.
+fn send_bursts(
+    from: &std::net::UdpSocket,
+    to: std::net::SocketAddr,
+    bursts: u16,
+    per: u16,
+    len: impl Fn(u16, u16) -> usize,
+) -> Vec<Vec<u8>> {
+    let mut sent = Vec::new();
+    for burst in 0..bursts {
+        let packets: Vec<Vec<u8>> = (0..per)
+            .map(|i| rtp(100, burst * per + i, len(burst, i)))
+            .collect();
+        send_burst(from, to, &packets);
+        sent.extend(packets);
+    }
+    sent
+}
+
 /// Bursts of equal-size packets (the last of each shorter) from a to b and c: both get exactly
 /// the same datagrams in the same order, with GSO on and off; with GSO on, runs were joined.
 #[test]
@@ -21,15 +42,13 @@ fn bursts_arrive_byte_identical_with_and_without_gso() {
             let socks = clients(3);
             let addrs: Vec<_> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
             install(&plane, 1, 100, &addrs);
-            let mut sent = Vec::new();
-            for burst in 0..20u16 {
-                let size = 200 + usize::from(burst) * 60;
-                let packets: Vec<Vec<u8>> = (0..10u16)
-                    .map(|i| rtp(100, burst * 10 + i, if i == 9 { 77 } else { size }))
-                    .collect();
-                send_burst(&socks[0], plane.local_addr(), &packets);
-                sent.extend(packets);
-            }
+            let sent = send_bursts(&socks[0], plane.local_addr(), 20, 10, |burst, i| {
+                if i == 9 {
+                    77
+                } else {
+                    200 + usize::from(burst) * 60
+                }
+            });
             for r in &socks[1..] {
                 let got = recv_n(r, sent.len(), PATIENT);
                 assert!(
@@ -68,14 +87,9 @@ fn a_fan_out_wider_than_the_send_batch_still_forms_runs_in_order() {
         let socks = clients(41);
         let addrs: Vec<_> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
         install(&plane, 1, 100, &addrs);
-        let mut sent = Vec::new();
-        for burst in 0..5u16 {
-            let packets: Vec<Vec<u8>> = (0..8u16)
-                .map(|i| rtp(100, burst * 8 + i, if i == 7 { 90 } else { 300 }))
-                .collect();
-            send_burst(&socks[0], plane.local_addr(), &packets);
-            sent.extend(packets);
-        }
+        let sent = send_bursts(&socks[0], plane.local_addr(), 5, 8, |_, i| {
+            if i == 7 { 90 } else { 300 }
+        });
         for (i, r) in socks[1..].iter().enumerate() {
             let got = recv_n(r, sent.len(), PATIENT);
             assert!(
@@ -109,12 +123,7 @@ fn io_uring_receive_survives_running_out_of_buffers() {
     let socks = clients(2);
     let addrs: Vec<_> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
     install(&plane, 1, 100, &addrs);
-    let mut sent = Vec::new();
-    for burst in 0..10u16 {
-        let packets: Vec<Vec<u8>> = (0..64u16).map(|i| rtp(100, burst * 64 + i, 500)).collect();
-        send_burst(&socks[0], plane.local_addr(), &packets);
-        sent.extend(packets);
-    }
+    let sent = send_bursts(&socks[0], plane.local_addr(), 10, 64, |_, _| 500);
     let got = recv_n(&socks[1], sent.len(), PATIENT);
     assert!(got == sent, "got {} of {}", got.len(), sent.len());
     assert!(
@@ -204,14 +213,9 @@ fn refused_gso_falls_back_without_loss() {
         let socks = clients(3);
         let addrs: Vec<_> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
         install(&plane, 1, 100, &addrs);
-        let mut sent = Vec::new();
-        for burst in 0..5u16 {
-            let packets: Vec<Vec<u8>> = (0..6u16)
-                .map(|i| rtp(100, burst * 6 + i, if i == 5 { 50 } else { 700 }))
-                .collect();
-            send_burst(&socks[0], plane.local_addr(), &packets);
-            sent.extend(packets);
-        }
+        let sent = send_bursts(&socks[0], plane.local_addr(), 5, 6, |_, i| {
+            if i == 5 { 50 } else { 700 }
+        });
         for r in &socks[1..] {
             let got = recv_n(r, sent.len(), PATIENT);
             assert!(

@@ -21,7 +21,7 @@ use super::SLOT_SIZE;
 use super::datagram::{Datapath, Output};
 use super::handoff::{Handoff, JOBS_PER_TURN, Job};
 use super::idle::IdleSpin;
-use super::plan::{PLAN_SENDS, Plan, REPLY_SLOTS, What};
+use super::plan::{Plan, REPLY_SLOTS, What};
 use super::send::{self, SEGMENT_CMSG_SPACE, SegmentCmsg, Sent};
 use super::socket;
 use super::stats::BatchCounts;
@@ -489,7 +489,6 @@ impl SendQueue {
     /// A queue whose plan holds `plan_sends` sends and that submits up to `capacity` of them in
     /// one window of `sendmmsg` calls.
     fn new(capacity: usize, plan_sends: usize, gso: bool, trunk_fd: Option<RawFd>) -> Self {
-        let plan_sends = plan_sends.max(PLAN_SENDS);
         let capacity = capacity.clamp(1, plan_sends);
         let empty = libc::iovec {
             iov_base: ptr::null_mut(),

@@ -188,7 +188,7 @@ impl Uring {
             pending: Vec::with_capacity(s.ring_buffers + 8),
             // A turn holds what was received and the jobs of other workers it serves.
             turn: Vec::with_capacity(s.ring_buffers + 8 + JOBS_PER_TURN),
-            plan: Plan::new(s.plan_sends.max(s.send_batch), gso),
+            plan: Plan::new(s.plan_sends, gso),
             fd,
             wake,
             recv_armed: false,
